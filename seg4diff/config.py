@@ -1,0 +1,148 @@
+"""The typed model of `params.yaml`: one pydantic model per params group, validated once at the edge."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing, unreadable, or has a key of the wrong name, type or value."""
+
+
+class Group(BaseModel):
+    # strict: YAML gives real types, so "1" for an int or 1.5 for an int is a mistake worth reporting.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class ModelParams(Group):
+    path: str = Field(description="hub id or local directory of a diffusers pipeline")
+    local_files_only: bool = True
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    device: str = "cpu"
+    text_length: int | None = Field(None, ge=1, description="T5 tokens in the joint sequence (None: 256 SD3, 512 FLUX)")
+
+
+class ShapesParams(Group):
+    image_size: int = Field(64, ge=16)
+    num_train: int = Field(ge=1)
+    num_val: int = Field(ge=1)
+    num_test: int = Field(ge=1)
+    min_objects: int = Field(1, ge=1)
+    max_objects: int = Field(3, ge=1)
+    texture: bool = False
+    mask_format: Literal["polygon", "rle"] = "polygon"
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _objects_range(self) -> ShapesParams:
+        if self.min_objects > self.max_objects:
+            raise ValueError(f"min_objects ({self.min_objects}) must not exceed max_objects ({self.max_objects})")
+        return self
+
+
+class CocoSplit(Group):
+    annotations: str
+    images: str
+
+
+class CocoParams(Group):
+    splits: dict[str, CocoSplit]
+    background: bool = Field(True, description="unlabelled pixels are a 'background' class (else ignored)")
+
+
+class MaskFolderSplit(Group):
+    images: str
+    labels: str
+    ids_file: str | None = Field(None, description="text file of sample ids, one a line (default: every image)")
+
+
+class MaskFolderParams(Group):
+    splits: dict[str, MaskFolderSplit]
+    class_names: list[str]
+    reduce_zero_label: bool = False
+    image_suffix: str = ".jpg"
+    label_suffix: str = ".png"
+
+
+class DataParams(Group):
+    source: Literal["shapes", "coco", "mask_folder"]
+    root: str = Field(description="directory of the raw dataset (Shapes is generated there)")
+    shapes: ShapesParams | None = None
+    coco: CocoParams | None = None
+    mask_folder: MaskFolderParams | None = None
+
+    @model_validator(mode="after")
+    def _source_section(self) -> DataParams:
+        if getattr(self, self.source) is None:
+            raise ValueError(f"data.source is '{self.source}' but the section data.{self.source} is missing")
+        return self
+
+
+class PrepareParams(Group):
+    splits: list[str] = ["train", "val", "test"]
+    resolution: int = Field(32, description="working resolution of images (square), a multiple of 16")
+    label_resolution: int = Field(64, description="resolution at which label maps are kept and evaluated")
+    max_samples: int | None = Field(None, ge=1, description="cap per split (None: all)")
+    on_error: Literal["skip", "fail"] = "skip"
+    output: str = "data/prepared"
+
+    @field_validator("resolution")
+    @classmethod
+    def _multiple_of_16(cls, value: int) -> int:
+        if value <= 0 or value % 16:
+            raise ValueError(f"must be a positive multiple of 16, got {value}")
+        return value
+
+
+class TrackingParams(Group):
+    mlflow_db: str = Field("mlflow.db", description="SQLite file of the MLflow tracking store, relative to the repo")
+    experiment: str = "seg4diff"
+
+
+class Params(Group):
+    model: ModelParams
+    data: DataParams
+    tracking: TrackingParams
+    prepare: PrepareParams
+
+
+def format_validation_error(error: ValidationError, source: str) -> str:
+    """Returns one line per problem: the dotted key path, what is wrong, and what was given."""
+    lines = [f"{source}: {error.error_count()} invalid setting(s)"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "<top level>"
+        given = f" (got {item['input']!r})" if item["type"] not in ("missing", "extra_forbidden") else ""
+        message = "unknown key: not a setting of this group" if item["type"] == "extra_forbidden" else item["msg"]
+        lines.append(f"  {key}: {message}{given}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: dict, source: str = "params") -> Params:
+    """Returns the validated Params for a dict as read from params.yaml; raises ParamsError naming each bad key."""
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        raise ParamsError(format_validation_error(error, source)) from None
+
+
+def load_params(path: str | Path = "params.yaml", overrides: dict | None = None) -> Params:
+    """Returns the validated Params of a YAML file, with `overrides` (nested dict) merged over it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found (run from the repository root or pass its path)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{path}: not valid YAML: {error}") from None
+    return parse_params(deep_merge(raw, overrides or {}), str(path))
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Returns `base` with `override` merged in, recursing into nested dicts."""
+    merged = dict(base)
+    for key, value in override.items():
+        merged[key] = deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged

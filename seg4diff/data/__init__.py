@@ -1,0 +1,1 @@
+"""Dataset sources (COCO JSON, semantic-mask folders, synthetic Shapes) and the prepared store."""

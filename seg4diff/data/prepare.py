@@ -1,0 +1,96 @@
+"""Dataset preparation: any source → one prepared store per split, with a summary of what was kept and why not."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from seg4diff.config import DataParams, PrepareParams
+from seg4diff.data.coco import CocoSource
+from seg4diff.data.mask_folder import MaskFolderSource
+from seg4diff.data.prepared import BATCH, PreparedWriter, resize_label
+from seg4diff.data.sample import IGNORE_INDEX, DatasetSource, SampleError
+
+
+def build_source(data: DataParams, splits: list[str]) -> DatasetSource:
+    """Returns the configured dataset source (Shapes must have been generated under data.root: `generate_shapes`)."""
+    root = Path(data.root)
+    if data.source == "shapes":
+        return CocoSource(root, {s: (f"annotations/{s}.json", f"images/{s}") for s in splits}, background=True)
+    if data.source == "coco":
+        return CocoSource(root, {s: (c.annotations, c.images) for s, c in data.coco.splits.items()}, data.coco.background)
+    folder = data.mask_folder
+    return MaskFolderSource(root, {s: (c.images, c.labels, c.ids_file) for s, c in folder.splits.items()},
+                            folder.class_names, folder.reduce_zero_label, folder.image_suffix, folder.label_suffix)
+
+
+@dataclass
+class SplitSummary:
+    split: str
+    total: int = 0
+    kept: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    skipped_examples: dict[str, str] = field(default_factory=dict)
+    notes: Counter = field(default_factory=Counter)
+    class_pixels: np.ndarray | None = None
+    class_images: np.ndarray | None = None
+
+    def as_dict(self, class_names: list[str]) -> dict:
+        pixels = self.class_pixels / max(self.class_pixels.sum(), 1)
+        return {"split": self.split, "total": self.total, "kept": self.kept, "skipped": dict(self.skipped),
+                "skipped_examples": self.skipped_examples, "notes": dict(self.notes),
+                "class_pixel_share": {n: round(float(p), 5) for n, p in zip(class_names, pixels)},
+                "class_images": {n: int(c) for n, c in zip(class_names, self.class_images)}}
+
+
+def prepare_split(source: DatasetSource, split: str, output: Path, params: PrepareParams, progress: bool = True) -> SplitSummary:
+    """Writes `output` (a prepared zarr store) for one split and returns what was kept, skipped and noted."""
+    ids = source.sample_ids(split)[: params.max_samples]
+    num_classes = len(source.class_names)
+    summary = SplitSummary(split, total=len(ids), class_pixels=np.zeros(num_classes, np.int64), class_images=np.zeros(num_classes, np.int64))
+    writer = PreparedWriter(output, source.class_names, source.has_background, params.resolution, params.label_resolution,
+                            attrs={"split": split})
+    batch = []
+    for sample_id in tqdm(ids, desc=f"prepare {split}", unit="img", disable=not progress):
+        try:
+            sample = source.load(split, sample_id)
+        except SampleError as error:
+            if params.on_error == "fail":
+                raise SampleError(error.reason, f"split '{split}', sample '{sample_id}': {error.detail} (set prepare.on_error: skip to skip it)") from None
+            summary.skipped[error.reason] += 1
+            summary.skipped_examples.setdefault(error.reason, f"{sample_id}: {error.detail}")
+            continue
+        summary.notes.update(sample.notes)
+        label = resize_label(sample.label, params.label_resolution)
+        counts = np.bincount(label[label != IGNORE_INDEX].ravel(), minlength=num_classes)
+        summary.class_pixels += counts
+        summary.class_images += counts > 0
+        batch.append(sample)
+        if len(batch) == BATCH:
+            writer.write(batch)
+            batch = []
+    writer.write(batch)
+    summary.kept = writer.count
+    writer.commit({"total": summary.total, "kept": summary.kept, "skipped": dict(summary.skipped)})
+    return summary
+
+
+def summary_markdown(summaries: list[SplitSummary], class_names: list[str]) -> str:
+    """Returns a markdown report: per split counts and skip reasons, then per-class image counts and pixel shares."""
+    lines = ["| split | total | kept | skipped (reason: count) | handled (note: count) |", "|---|---:|---:|---|---|"]
+    for s in summaries:
+        skipped = ", ".join(f"{k}: {v}" for k, v in sorted(s.skipped.items())) or "—"
+        notes = ", ".join(f"{k}: {v}" for k, v in sorted(s.notes.items())) or "—"
+        lines.append(f"| {s.split} | {s.total} | {s.kept} | {skipped} | {notes} |")
+    lines += ["", "| class | " + " | ".join(f"{s.split} images | {s.split} pixel %" for s in summaries) + " |",
+              "|---|" + "---:|---:|" * len(summaries)]
+    for k, name in enumerate(class_names):
+        cells = []
+        for s in summaries:
+            share = 100 * s.class_pixels[k] / max(s.class_pixels.sum(), 1)
+            cells.append(f"{s.class_images[k]} | {share:.2f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

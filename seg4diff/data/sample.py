@@ -1,0 +1,40 @@
+"""What every dataset source yields: a sample, or a SampleError that names why it cannot be used."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+IGNORE_INDEX = 255
+
+
+class SampleError(Exception):
+    """A sample that cannot be used; `reason` is a short stable name counted in the prepare summary."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class RawSample:
+    source_id: str
+    image: np.ndarray  # (height, width, 3) uint8 RGB
+    label: np.ndarray  # (height, width) uint8 class ids, IGNORE_INDEX where unlabelled
+    caption: str = ""
+    notes: tuple[str, ...] = ()  # anomalies handled without skipping (e.g. "empty_mask"), counted in the summary
+
+
+class DatasetSource(Protocol):
+    """A dataset split by split: contiguous class names (background first when the dataset has it)."""
+
+    class_names: list[str]
+    has_background: bool
+
+    def sample_ids(self, split: str) -> list[str]: ...
+
+    def load(self, split: str, sample_id: str) -> RawSample:
+        """Returns the sample or raises SampleError."""
+        ...

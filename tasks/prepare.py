@@ -1,0 +1,23 @@
+"""Tasks of the prepare stage: generate Shapes when it is the source, then write one prepared store per split."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import task
+
+from seg4diff.config import Params
+from seg4diff.data.prepare import SplitSummary, build_source, prepare_split
+from seg4diff.data.shapes import generate_shapes
+
+
+@task(name="generate-shapes")
+def generate_shapes_task(params: Params) -> None:
+    """Writes the Shapes dataset in COCO format under data.root (deterministic from data.shapes.seed)."""
+    generate_shapes(Path(params.data.root), params.data.shapes, params.prepare.splits)
+
+
+@task(name="prepare-split", task_run_name="prepare-{split}")
+def prepare_split_task(params: Params, split: str) -> SplitSummary:
+    """Writes <prepare.output>/<split>.zarr and returns its summary."""
+    source = build_source(params.data, params.prepare.splits)
+    return prepare_split(source, split, Path(params.prepare.output) / f"{split}.zarr", params.prepare)
