@@ -75,24 +75,32 @@ def tiny_flux_transformer() -> FluxTransformer2DModel:
                                   axes_dims_rope=(2, 2, 4))
 
 
+def _eval(pipe):
+    """Freshly built modules are in training mode (T5 dropout); loaded ones are in eval mode."""
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.eval()
+    return pipe
+
+
 def tiny_sd3_pipeline(sd35: bool = False, seed: int = 0) -> StableDiffusion3Pipeline:
     torch.manual_seed(seed)
     tokenizer = clip_tokenizer()
     t5_tok = t5_tokenizer()
-    return StableDiffusion3Pipeline(
+    return _eval(StableDiffusion3Pipeline(
         transformer=tiny_sd3_transformer(sd35), vae=_vae(4, 0.1),
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
         text_encoder=CLIPTextModelWithProjection(_clip_config(tokenizer, 32, 32)), tokenizer=tokenizer,
         text_encoder_2=CLIPTextModelWithProjection(_clip_config(tokenizer, 32, 32)), tokenizer_2=clip_tokenizer(),
-        text_encoder_3=_t5(t5_tok, 64), tokenizer_3=t5_tok)
+        text_encoder_3=_t5(t5_tok, 64), tokenizer_3=t5_tok))
 
 
 def tiny_flux_pipeline(seed: int = 0) -> FluxPipeline:
     torch.manual_seed(seed)
     tokenizer = clip_tokenizer()
     t5_tok = t5_tokenizer()
-    return FluxPipeline(
+    return _eval(FluxPipeline(
         transformer=tiny_flux_transformer(), vae=_vae(4, 0.1),
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15),
         text_encoder=CLIPTextModel(_clip_config(tokenizer, 32, 32)), tokenizer=tokenizer,
-        text_encoder_2=_t5(t5_tok, 64), tokenizer_2=t5_tok)
+        text_encoder_2=_t5(t5_tok, 64), tokenizer_2=t5_tok))

@@ -1,0 +1,45 @@
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+sys.path.insert(0, str(Path(__file__).parent))
+
+import pytest  # noqa: E402
+
+from tiny_pipelines import tiny_flux_pipeline, tiny_sd3_pipeline  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory) -> dict[str, Path]:
+    """Tiny random SD3, SD3.5-style and FLUX pipelines saved with save_pretrained (safetensors)."""
+    root = tmp_path_factory.mktemp("models")
+    dirs = {}
+    for name, pipe in {"sd3": tiny_sd3_pipeline(), "sd35": tiny_sd3_pipeline(sd35=True), "flux": tiny_flux_pipeline()}.items():
+        pipe.save_pretrained(root / name, safe_serialization=True)
+        dirs[name] = root / name
+    return dirs
+
+
+def base_params(tmp_path: Path, **data_overrides) -> dict:
+    """A small, valid params dict whose outputs all live under tmp_path."""
+    return {
+        "model": {"path": str(tmp_path / "model")},
+        "data": {"source": "shapes", "root": str(tmp_path / "raw"),
+                 "shapes": {"image_size": 32, "num_train": 12, "num_val": 4, "num_test": 6, "seed": 3}, **data_overrides},
+        "prepare": {"resolution": 32, "label_resolution": 32, "output": str(tmp_path / "prepared")},
+        "tracking": {"mlflow_db": str(tmp_path / "mlflow.db")},
+    }

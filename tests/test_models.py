@@ -1,0 +1,75 @@
+import pytest
+import torch
+
+from seg4diff.config import ModelParams
+from seg4diff.models import ModelLoadError, backbone_from_pipeline, load_backbone
+from tiny_pipelines import tiny_flux_pipeline, tiny_sd3_pipeline
+
+PROMPT = "red circle background potted-plant"
+SPANS = {"red circle": (0, 10), "background": (11, 21), "potted-plant": (22, 34)}
+
+
+def _text(tokens, encoder):
+    return "".join(t.token for t in tokens if t.encoder == encoder).replace("</w>", "").replace("▁", "")
+
+
+@pytest.mark.parametrize("name,builder", [("sd3", tiny_sd3_pipeline), ("flux", tiny_flux_pipeline)])
+def test_pipeline_round_trips_through_the_loader(tiny_model_dirs, name, builder):
+    backbone = load_backbone(ModelParams(path=str(tiny_model_dirs[name]), text_length=24))
+    reference = backbone_from_pipeline(builder(), text_length=24)  # same seed: same weights before saving
+    assert backbone.family == ("flux" if name == "flux" else "sd3")
+    a, b = backbone.encode_prompts([PROMPT]), reference.encode_prompts([PROMPT])
+    torch.testing.assert_close(a.prompt_embeds, b.prompt_embeds)
+    torch.testing.assert_close(a.pooled, b.pooled)
+    images = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    latents = backbone.encode_images(images)
+    torch.testing.assert_close(latents, reference.encode_images(images))
+    out = backbone.transformer(**backbone.transformer_inputs(latents, 0.5, a))[0]
+    ref = reference.transformer(**reference.transformer_inputs(latents, 0.5, b))[0]
+    torch.testing.assert_close(out, ref)
+    assert backbone.token_grid(32, 32) == (8, 8)
+
+
+def test_sd3_token_offsets_map_class_names_to_clip_and_t5_positions(tiny_model_dirs):
+    backbone = load_backbone(ModelParams(path=str(tiny_model_dirs["sd3"]), text_length=24))
+    enc = backbone.encode_prompts([PROMPT, "blue square"])
+    assert enc.prompt_embeds.shape[1] == 77 + 24 == len(enc.tokens[0])
+    # CLIP: <bos> red circle background p o t t e d - p l a n t <eos>; T5: ▁red ▁circle ▁back ground ▁ p o t ...
+    assert enc.positions(0, *SPANS["red circle"]) == [1, 2, 77, 78]
+    assert enc.positions(0, *SPANS["background"]) == [3, 79, 80]
+    plant = enc.positions(0, *SPANS["potted-plant"])
+    clip = [p for p in plant if p < 77]  # p o t t e d - p l an t: sub-words, contiguous after "background"
+    assert clip == list(range(4, 15)) and len(plant) > len(clip)
+    for word, span in SPANS.items():
+        tokens = [enc.tokens[0][p] for p in enc.positions(0, *span)]
+        assert _text(tokens, "clip") == word.replace(" ", "") == _text(tokens, "t5")
+    assert enc.positions(1, 0, 4) == [1, 77]  # "blue": one CLIP token and one T5 token
+
+
+def test_flux_token_offsets_are_t5_positions(tiny_model_dirs):
+    backbone = load_backbone(ModelParams(path=str(tiny_model_dirs["flux"]), text_length=24))
+    enc = backbone.encode_prompts([PROMPT])
+    assert enc.prompt_embeds.shape[1] == 24
+    assert enc.positions(0, *SPANS["background"]) == [2, 3]
+    for word, span in SPANS.items():
+        assert _text([enc.tokens[0][p] for p in enc.positions(0, *span)], "t5") == word.replace(" ", "")
+
+
+def test_sigmas_follow_the_shifted_schedule(tiny_model_dirs):
+    backbone = load_backbone(ModelParams(path=str(tiny_model_dirs["sd3"])))
+    sigmas = backbone.sigmas(28, 1024)
+    sigma_min = 3 * 0.001 / (1 + 2 * 0.001)  # the training schedule's last sigma, already shifted
+    plain = 1 - 8 * (1 - sigma_min) / 27  # 28 timesteps linear from 1 to sigma_min, then shifted by 3
+    assert sigmas[8] == pytest.approx(3 * plain / (1 + 2 * plain), abs=1e-4)
+    assert len(sigmas) == 28 and sigmas[0] == pytest.approx(1.0)
+
+
+def test_missing_directory_names_path_and_param(tmp_path):
+    with pytest.raises(ModelLoadError, match=r"model directory '.*/absent' does not exist: set model.path"):
+        load_backbone(ModelParams(path=str(tmp_path / "absent")))
+
+
+def test_hub_id_offline_says_so(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(ModelLoadError, match=r"cannot load model 'nobody/no-such-model': .*local_files_only is true"):
+        load_backbone(ModelParams(path="nobody/no-such-model"))
