@@ -1,0 +1,199 @@
+"""Captured attention equals a naive softmax(QKᵀ/√d) built from each module's own projections; outputs unchanged."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from diffusers.models.embeddings import apply_rotary_emb
+
+from seg4diff.attention import attention_with_lse, capture_attention, chunked_attention_with_lse, joint_attention_modules
+from tiny_pipelines import tiny_flux_transformer, tiny_sd3_transformer
+
+TEXT = 7
+
+
+def _sd3_inputs(transformer, batch=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    c = transformer.config
+    return {"hidden_states": torch.randn(batch, c.in_channels, 16, 16, generator=g),
+            "encoder_hidden_states": torch.randn(batch, TEXT, c.joint_attention_dim, generator=g),
+            "pooled_projections": torch.randn(batch, c.pooled_projection_dim, generator=g),
+            "timestep": torch.tensor([500.0, 250.0][:batch]), "return_dict": False}
+
+
+def _flux_inputs(transformer, batch=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    c = transformer.config
+    n_image = 36
+    image_ids = torch.zeros(6, 6, 3)
+    image_ids[..., 1] += torch.arange(6)[:, None]
+    image_ids[..., 2] += torch.arange(6)[None, :]
+    return {"hidden_states": torch.randn(batch, n_image, c.in_channels, generator=g),
+            "encoder_hidden_states": torch.randn(batch, TEXT, c.joint_attention_dim, generator=g),
+            "pooled_projections": torch.randn(batch, c.pooled_projection_dim, generator=g),
+            "timestep": torch.tensor([0.5, 0.25][:batch]), "img_ids": image_ids.reshape(-1, 3),
+            "txt_ids": torch.zeros(TEXT, 3), "guidance": None, "return_dict": False}
+
+
+def _naive_sd3(attn, x, text):
+    """Full joint softmax from the module's own layers: [image, text] order."""
+    b, heads = x.shape[0], attn.heads
+    split = lambda t: t.view(b, -1, heads, t.shape[-1] // heads).transpose(1, 2)
+    q, k = split(attn.to_q(x)), split(attn.to_k(x))
+    tq, tk = split(attn.add_q_proj(text)), split(attn.add_k_proj(text))
+    if attn.norm_q is not None:
+        q, k = attn.norm_q(q), attn.norm_k(k)
+    if attn.norm_added_q is not None:
+        tq, tk = attn.norm_added_q(tq), attn.norm_added_k(tk)
+    q, k = torch.cat([q, tq], 2), torch.cat([k, tk], 2)
+    return torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1), x.shape[1]
+
+
+def _naive_flux(attn, x, text, rotary):
+    """Full joint softmax, [text, image] order; single-stream blocks get the joint sequence as x."""
+    q, k = attn.to_q(x).unflatten(-1, (-1, attn.head_dim)), attn.to_k(x).unflatten(-1, (-1, attn.head_dim))
+    q, k = attn.norm_q(q), attn.norm_k(k)
+    if text is not None:
+        tq = attn.norm_added_q(attn.add_q_proj(text).unflatten(-1, (-1, attn.head_dim)))
+        tk = attn.norm_added_k(attn.add_k_proj(text).unflatten(-1, (-1, attn.head_dim)))
+        q, k = torch.cat([tq, q], 1), torch.cat([tk, k], 1)
+    q, k = apply_rotary_emb(q, rotary, sequence_dim=1), apply_rotary_emb(k, rotary, sequence_dim=1)
+    q, k = q.transpose(1, 2), k.transpose(1, 2)
+    return torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(attn.head_dim), dim=-1)
+
+
+def _record_inputs(transformer):
+    """Registers hooks that keep each joint attention module's inputs and outputs during a stock forward."""
+    seen = {}
+
+    def hook(index):
+        def keep(module, args, kwargs, output):
+            seen[index] = (kwargs, output)
+        return keep
+
+    handles = [m.register_forward_hook(hook(i), with_kwargs=True) for i, m in enumerate(joint_attention_modules(transformer))]
+    return seen, handles
+
+
+MODELS = {
+    "sd3": (lambda: tiny_sd3_transformer(), _sd3_inputs),
+    "sd35": (lambda: tiny_sd3_transformer(sd35=True), _sd3_inputs),
+    "flux": (tiny_flux_transformer, _flux_inputs),
+}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_capture_equals_naive_softmax_and_leaves_outputs_unchanged(name):
+    torch.manual_seed(0)
+    build, make_inputs = MODELS[name]
+    transformer = build().eval()
+    inputs = make_inputs(transformer)
+    modules = joint_attention_modules(transformer)
+    stock_processors = [m.processor for m in modules]
+
+    seen, handles = _record_inputs(transformer)
+    with torch.no_grad():
+        stock = transformer(**inputs)[0]
+    for h in handles:
+        h.remove()
+    stock_seen = dict(seen)
+
+    seen, handles = _record_inputs(transformer)
+    with torch.no_grad(), capture_attention(transformer, diagnostics=True) as cap:
+        captured = transformer(**inputs)[0]
+    for h in handles:
+        h.remove()
+    assert [m.processor for m in modules] == stock_processors  # originals restored
+    torch.testing.assert_close(captured, stock, atol=1e-6, rtol=1e-5)
+    for index, (_, out) in stock_seen.items():  # every block's attention output equals the stock processor's
+        for a, b in zip(out if isinstance(out, tuple) else (out,), seen[index][1] if isinstance(out, tuple) else (seen[index][1],)):
+            torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
+
+    i2t, t2i = cap.image_to_text, cap.text_to_image
+    assert i2t.dims == ("batch", "layer", "head", "image_token", "text_token")
+    assert i2t.sizes["layer"] == len(modules) and i2t.sizes["text_token"] == TEXT
+    with torch.no_grad():
+        for layer, (kwargs, _) in stock_seen.items():
+            if name == "flux":
+                text = kwargs.get("encoder_hidden_states")
+                probs = _naive_flux(modules[layer], kwargs["hidden_states"], text, kwargs["image_rotary_emb"])
+                full_image, full_text = probs[:, :, TEXT:, TEXT:], probs[:, :, :TEXT, :TEXT]
+                ref_i2t, ref_t2i = probs[:, :, TEXT:, :TEXT], probs[:, :, :TEXT, TEXT:]
+            else:
+                probs, n = _naive_sd3(modules[layer], kwargs["hidden_states"], kwargs["encoder_hidden_states"])
+                full_image, full_text = probs[:, :, :n, :n], probs[:, :, n:, n:]
+                ref_i2t, ref_t2i = probs[:, :, :n, n:], probs[:, :, n:, :n]
+            np.testing.assert_allclose(i2t.sel(layer=layer).values, ref_i2t.numpy(), atol=1e-5)
+            np.testing.assert_allclose(t2i.sel(layer=layer).values, ref_t2i.numpy(), atol=1e-5)
+            # kept + dropped mass: each full row sums to one
+            image_rows = i2t.sel(layer=layer).values.sum(-1) + full_image.sum(-1).numpy()
+            text_rows = t2i.sel(layer=layer).values.sum(-1) + full_text.sum(-1).numpy()
+            np.testing.assert_allclose(image_rows, 1.0, atol=1e-5)
+            np.testing.assert_allclose(text_rows, 1.0, atol=1e-5)
+            # diagnostics: mass on the other modality and full-row entropy, without the N×N matrix
+            np.testing.assert_allclose(cap.diagnostic("image_to_text_mass").sel(layer=layer).values, ref_i2t.sum(-1).numpy(), atol=1e-5)
+            entropy = -(probs * probs.clamp_min(1e-30).log()).sum(-1)
+            image_entropy = entropy[:, :, TEXT:] if name == "flux" else entropy[:, :, :n]
+            np.testing.assert_allclose(cap.diagnostic("image_entropy").sel(layer=layer).values, image_entropy.numpy(), atol=1e-4)
+
+
+def test_selected_layers_tokens_head_mean_and_per_sample_tokens():
+    torch.manual_seed(0)
+    transformer = tiny_sd3_transformer().eval()
+    inputs = _sd3_inputs(transformer)
+    with torch.no_grad(), capture_attention(transformer) as full:
+        transformer(**inputs)
+    with torch.no_grad(), capture_attention(transformer, layers=[1], text_tokens=[4, 0], head_mean=True,
+                                            directions=("image_to_text",)) as some:
+        transformer(**inputs)
+    expected = full.image_to_text.sel(layer=[1]).isel(text_token=[4, 0]).mean("head", keepdims=True)
+    np.testing.assert_allclose(some.image_to_text.values, expected.values, atol=1e-6)
+    assert some.image_to_text.coords["head"].values.tolist() == [-1]
+    with pytest.raises(KeyError, match="nothing recorded for 'text_to_image'"):
+        some.text_to_image
+    per_sample = torch.tensor([[1, 2], [5, 6]])
+    with torch.no_grad(), capture_attention(transformer, layers=[0], text_tokens=per_sample) as cap:
+        transformer(**inputs)
+    for b in range(2):
+        np.testing.assert_allclose(cap.image_to_text.values[b], full.image_to_text.sel(layer=[0]).values[b][..., per_sample[b].numpy()], atol=1e-6)
+        np.testing.assert_allclose(cap.text_to_image.values[b], full.text_to_image.sel(layer=[0]).values[b][..., per_sample[b].numpy(), :], atol=1e-6)
+
+
+def test_processors_restored_on_error_and_bad_layers_refused():
+    transformer = tiny_sd3_transformer().eval()
+    before = [m.processor for m in joint_attention_modules(transformer)]
+    with pytest.raises(RuntimeError, match="boom"):
+        with capture_attention(transformer, layers=[0, 2]):
+            raise RuntimeError("boom")
+    assert [m.processor for m in joint_attention_modules(transformer)] == before
+    with pytest.raises(IndexError, match=r"layers \[3\] out of range: the transformer has 3"):
+        with capture_attention(transformer, layers=[3]):
+            pass
+
+
+def test_logits_keep_gradients_for_losses():
+    torch.manual_seed(0)
+    transformer = tiny_sd3_transformer().eval()
+    inputs = _sd3_inputs(transformer, batch=1)
+    with capture_attention(transformer, layers=[1], output="logits", detach=False, directions=("image_to_text",)) as cap:
+        transformer(**inputs)
+    logits = cap.tensor("image_to_text")
+    logits.sum().backward()
+    assert transformer.transformer_blocks[1].attn.to_q.weight.grad.abs().sum() > 0
+    with torch.no_grad(), capture_attention(transformer, layers=[1], directions=("image_to_text",)) as probs:
+        transformer(**inputs)
+    # probabilities are exp(logit − lse over all keys): ratios between text keys match softmax of the logits
+    p = probs.tensor("image_to_text")[0, 0, 0, 0]
+    l = logits.detach()[0, 0, 0, 0]
+    torch.testing.assert_close(p / p.sum(), torch.softmax(l, -1), atol=1e-6, rtol=1e-5)
+
+
+def test_kernel_and_chunked_fallback_agree():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 50, 8, generator=g) for _ in range(3))
+    out, lse = attention_with_lse(q, k, v)
+    out2, lse2 = chunked_attention_with_lse(q, k, v, 8 ** -0.5, chunk=16)
+    torch.testing.assert_close(out, torch.nn.functional.scaled_dot_product_attention(q, k, v))
+    torch.testing.assert_close(out2, out, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(lse2, lse, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse, torch.logsumexp(q @ k.transpose(-1, -2) * 8 ** -0.5, -1), atol=1e-5, rtol=1e-5)
