@@ -97,6 +97,55 @@ class PrepareParams(Group):
         return value
 
 
+class ArchitectureParams(Group):
+    num_layers: int = Field(6, ge=2)
+    num_attention_heads: int = Field(4, ge=1)
+    attention_head_dim: int = Field(16, ge=4)
+    text_length: int = Field(16, ge=4, description="word tokens in the joint sequence")
+
+
+class PretrainParams(Group):
+    output: str = Field("seg4diff/assets/organism", description="where the trained organism is saved")
+    seed: int = 0
+    steps: int = Field(1500, ge=1)
+    batch_size: int = Field(48, ge=1)
+    lr: float = Field(0.001, gt=0)
+    warmup_steps: int = Field(100, ge=0)
+    weight_decay: float = Field(0.01, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    caption_dropout: float = Field(0.1, ge=0, le=1)
+    log_every: int = Field(25, ge=1)
+    architecture: ArchitectureParams = ArchitectureParams()
+    num_samples: int = Field(32, ge=1, description="validation captions generated for the sample grid and colour check")
+    sample_steps: int = Field(30, ge=1)
+    guidance: float = 4.0
+
+
+class ExtractParams(Group):
+    split: str = Field("val", description="prepared split whose attention is extracted (layer selection never sees test)")
+    output: str = "data/attention.zarr"
+    prompt: Literal["gt_classes", "vocabulary", "caption"] = "gt_classes"
+    num_inference_steps: int = Field(28, ge=1)
+    timestep_steps: list[int] = Field([8], description="scheduler step indices of a num_inference_steps schedule")
+    sigmas: list[float] | None = Field(None, description="noise levels in (0, 1]; when set, used instead of timestep_steps")
+    layers: list[int] | None = Field(None, description="blocks to capture (None: all)")
+    directions: list[Literal["image_to_text", "text_to_image"]] = ["image_to_text", "text_to_image"]
+    head_mean: bool = False
+    tokens: Literal["class", "all"] = Field("class", description="keep only class-name tokens, or every text token")
+    max_tokens: int = Field(16, ge=1, description="token slots per sample")
+    batch_size: int = Field(8, ge=1)
+    workers: int = Field(1, ge=1, description="Prefect tasks extracting disjoint sample ranges in parallel")
+    max_samples: int | None = Field(None, ge=1)
+    seed: int = 0
+
+    @field_validator("sigmas")
+    @classmethod
+    def _sigmas_in_range(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and not all(0 < s <= 1 for s in value):
+            raise ValueError(f"every sigma must lie in (0, 1], got {value}")
+        return value
+
+
 class TrackingParams(Group):
     mlflow_db: str = Field("mlflow.db", description="SQLite file of the MLflow tracking store, relative to the repo")
     experiment: str = "seg4diff"
@@ -107,6 +156,8 @@ class Params(Group):
     data: DataParams
     tracking: TrackingParams
     prepare: PrepareParams
+    pretrain: PretrainParams
+    extract: ExtractParams
 
 
 def format_validation_error(error: ValidationError, source: str) -> str:

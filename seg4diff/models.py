@@ -15,9 +15,10 @@ import torch
 from diffusers import DiffusionPipeline, FluxPipeline, StableDiffusion3Pipeline
 
 from seg4diff.config import ModelParams
+from seg4diff.organism import OrganismPipeline, is_organism
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-Family = Literal["sd3", "flux"]
+Family = Literal["sd3", "flux", "organism"]
 
 
 class ModelLoadError(RuntimeError):
@@ -56,12 +57,14 @@ def _looks_like_path(path: str) -> bool:
     return path.startswith((".", "/", "~")) or Path(path).expanduser().exists() or path.count("/") != 1
 
 
-def load_pipeline(params: ModelParams) -> DiffusionPipeline:
-    """Returns the diffusers pipeline at params.path (a local directory or a hub id), on params.device/dtype."""
+def load_pipeline(params: ModelParams) -> DiffusionPipeline | OrganismPipeline:
+    """Returns the pipeline at params.path (a local directory or a hub id), on params.device/dtype."""
     location = str(Path(params.path).expanduser()) if _looks_like_path(params.path) else params.path
     if _looks_like_path(params.path) and not Path(location).is_dir():
         raise ModelLoadError(f"model directory {location!r} does not exist: set model.path in params.yaml to a "
                              "diffusers pipeline directory or a hub id")
+    if is_organism(location):
+        return OrganismPipeline.from_pretrained(location, DTYPES[params.dtype]).to(params.device)
     try:
         pipe = DiffusionPipeline.from_pretrained(location, dtype=DTYPES[params.dtype], use_safetensors=True,
                                                  local_files_only=params.local_files_only, trust_remote_code=False)
@@ -78,8 +81,8 @@ class Backbone:
     """A loaded MM-DiT with the handful of operations the pipeline stages use."""
 
     family: Family
-    pipe: DiffusionPipeline
-    text_length: int  # T5 tokens kept in the joint sequence
+    pipe: DiffusionPipeline | OrganismPipeline
+    text_length: int  # T5 (or organism word) tokens in the joint sequence
 
     @property
     def transformer(self) -> torch.nn.Module:
@@ -100,6 +103,9 @@ class Backbone:
 
     @property
     def vae_scale_factor(self) -> int:
+        """Pixels per latent side (1 for the pixel-space organism)."""
+        if self.family == "organism":
+            return 1
         return 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
 
     @property
@@ -117,6 +123,8 @@ class Backbone:
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Returns latents (batch, channel, h, w) for images (batch, 3, H, W) in [0, 1]: posterior mean, shifted, scaled."""
+        if self.family == "organism":  # pixel space: the image in [−1, 1] is the latent
+            return (2 * images - 1).to(self.device, self.dtype)
         vae = self.pipe.vae
         posterior = vae.encode((2 * images - 1).to(self.device, vae.dtype)).latent_dist
         shift = vae.config.shift_factor or 0.0
@@ -126,7 +134,10 @@ class Backbone:
     def encode_prompts(self, prompts: list[str]) -> PromptEncoding:
         """Returns the prompt embeddings and, for every text position, its tokenizer and character span."""
         pipe, device = self.pipe, self.device
-        if self.family == "sd3":
+        if self.family == "organism":
+            embeds, pooled = pipe.encode_prompt(prompts)
+            tokens = _token_spans(pipe.tokenizer, prompts, self.text_length, "word")
+        elif self.family == "sd3":
             embeds, _, pooled, _ = pipe.encode_prompt(prompts, prompts, prompts, device=device, do_classifier_free_guidance=False,
                                                        max_sequence_length=self.text_length)
             clip = _token_spans(pipe.tokenizer, prompts, pipe.tokenizer_max_length, "clip")
@@ -156,7 +167,7 @@ class Backbone:
     def transformer_inputs(self, latents: torch.Tensor, sigma: float, prompt: PromptEncoding) -> dict:
         """Returns the keyword arguments of one transformer forward on noisy latents at `sigma` (no CFG)."""
         batch = latents.shape[0]
-        if self.family == "sd3":
+        if self.family in ("sd3", "organism"):
             return {"hidden_states": latents, "timestep": torch.full((batch,), sigma * 1000.0, device=self.device),
                     "encoder_hidden_states": prompt.prompt_embeds, "pooled_projections": prompt.pooled, "return_dict": False}
         _, channels, height, width = latents.shape
@@ -176,6 +187,8 @@ def backbone_from_pipeline(pipe: DiffusionPipeline, text_length: int | None = No
         return Backbone("sd3", pipe, text_length or 256)
     if isinstance(pipe, FluxPipeline):
         return Backbone("flux", pipe, text_length or 512)
+    if isinstance(pipe, OrganismPipeline):
+        return Backbone("organism", pipe, pipe.text_length)
     raise ModelLoadError(f"{type(pipe).__name__} is not a supported MM-DiT pipeline (StableDiffusion3Pipeline, FluxPipeline)")
 
 

@@ -1,0 +1,128 @@
+"""The attention store: ONE zarr (format 3) store, written through xarray. The schema lives here only.
+
+    image_to_text, text_to_image   (sample, layer, head, timestep, token, y, x)  float16, zstd, one shard per sample
+        image_to_text[..., k, y, x] = P(image query at (y, x) attends text key in slot k)
+        text_to_image[..., k, y, x] = P(text query in slot k attends image key at (y, x))
+    token_position (sample, token) int32  position in the text sequence (−1: empty slot)
+    token_class    (sample, token) int16  class id the token belongs to (−1: none, e.g. "and")
+    token_encoder, token_text (sample, token) str
+    prompt (sample) str;  complete (sample) bool  — written LAST for a sample, so a killed run never looks done
+    coords: sample (index in the prepared split), layer, head (−1: head mean), timestep (sigma), token (slot), y, x
+"""
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import xarray as xr
+import zarr
+
+SCHEMA_VERSION = 1
+DIMS = ("sample", "layer", "head", "timestep", "token", "y", "x")
+ATTENTION = ("image_to_text", "text_to_image")
+TOKEN_VARS = {"token_position": np.int32, "token_class": np.int16}
+TEXT_VARS = ("token_encoder", "token_text")
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    samples: int
+    layers: list[int]
+    heads: list[int]
+    sigmas: list[float]
+    tokens: int
+    grid: tuple[int, int]
+    directions: tuple[str, ...]
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return (1, len(self.layers), len(self.heads), len(self.sigmas), self.tokens, *self.grid)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # zarr: string dtypes are not yet part of the v3 spec
+        yield
+
+
+def create_store(path: Path, layout: StoreLayout, attrs: dict) -> None:
+    """Writes the store's metadata (no chunk data): every sample starts incomplete."""
+    n = layout.samples
+    shape = (n, *layout.sample_shape[1:])
+    inner = (1, 1, *layout.sample_shape[2:])  # one chunk per (sample, layer) inside one shard per sample
+    variables = {name: (DIMS, da.zeros(shape, dtype=np.float16, chunks=layout.sample_shape)) for name in layout.directions}
+    variables |= {name: (("sample", "token"), da.full((n, layout.tokens), -1, dtype=dtype, chunks=(1, layout.tokens)))
+                  for name, dtype in TOKEN_VARS.items()}
+    variables |= {name: (("sample", "token"), np.full((n, layout.tokens), "", dtype=object)) for name in TEXT_VARS}
+    variables |= {"prompt": (("sample",), np.full(n, "", dtype=object)),
+                  "complete": (("sample",), da.zeros(n, dtype=bool, chunks=1))}
+    dataset = xr.Dataset(variables, coords={"sample": np.arange(n), "layer": layout.layers, "head": layout.heads,
+                                            "timestep": np.asarray(layout.sigmas, dtype=np.float64),
+                                            "token": np.arange(layout.tokens), "y": np.arange(layout.grid[0]),
+                                            "x": np.arange(layout.grid[1])},
+                         attrs={"schema_version": SCHEMA_VERSION, **attrs})
+    compressor = zarr.codecs.ZstdCodec(level=3)
+    encoding = {name: {"chunks": inner, "shards": layout.sample_shape, "compressors": [compressor]} for name in layout.directions}
+    encoding |= {name: {"chunks": (1, layout.tokens)} for name in (*TOKEN_VARS, *TEXT_VARS)}
+    encoding |= {"prompt": {"chunks": (1,)}, "complete": {"chunks": (1,)}}
+    with _quiet():  # dask-backed variables stay unwritten (compute=False); the small string ones are written empty
+        dataset.to_zarr(path, mode="w", zarr_format=3, consolidated=False, compute=False, encoding=encoding)
+
+
+@dataclass
+class SampleRecord:
+    """Everything the store holds for a run of consecutive samples starting at `start`."""
+
+    start: int
+    attention: dict[str, np.ndarray]  # name → (n, layer, head, timestep, token, y, x)
+    token_position: np.ndarray  # (n, token)
+    token_class: np.ndarray
+    token_encoder: np.ndarray  # (n, token) str
+    token_text: np.ndarray
+    prompt: np.ndarray  # (n,) str
+
+
+def write_samples(path: Path, record: SampleRecord) -> None:
+    """Writes the samples' data, then (last) their complete flags; each sample is its own shard, so writers never clash."""
+    n = len(record.prompt)
+    region = {"sample": slice(record.start, record.start + n)}
+    data = {name: (DIMS, values.astype(np.float16)) for name, values in record.attention.items()}
+    data |= {"token_position": (("sample", "token"), record.token_position.astype(np.int32)),
+             "token_class": (("sample", "token"), record.token_class.astype(np.int16)),
+             "token_encoder": (("sample", "token"), record.token_encoder.astype(object)),
+             "token_text": (("sample", "token"), record.token_text.astype(object)),
+             "prompt": (("sample",), record.prompt.astype(object))}
+    with _quiet():
+        xr.Dataset(data).to_zarr(path, region=region, consolidated=False)
+        xr.Dataset({"complete": (("sample",), np.ones(n, dtype=bool))}).to_zarr(path, region=region, consolidated=False)
+
+
+def open_attention(path: Path) -> xr.Dataset:
+    """Returns the store as lazy (dask-backed) arrays; fails clearly if it is missing or of another schema."""
+    path = Path(path)
+    if not (path / "zarr.json").exists():
+        raise FileNotFoundError(f"attention store {path} does not exist: run the extract stage (dvc repro extract)")
+    with _quiet():
+        dataset = xr.open_zarr(path, consolidated=False, zarr_format=3)
+    if dataset.attrs.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(f"{path} has schema version {dataset.attrs.get('schema_version')}, expected {SCHEMA_VERSION}")
+    return dataset
+
+
+def completed(path: Path) -> np.ndarray:
+    """Returns the per-sample complete flags (all False when the store does not exist yet)."""
+    group = zarr.open_group(path, mode="r", zarr_format=3)
+    return np.asarray(group["complete"][:], dtype=bool)
+
+
+def store_fingerprint(path: Path) -> str | None:
+    """Returns the fingerprint attr of an existing store (None when there is none)."""
+    if not (Path(path) / "zarr.json").exists():
+        return None
+    return zarr.open_group(path, mode="r", zarr_format=3).attrs.get("fingerprint")

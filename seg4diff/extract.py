@@ -1,0 +1,180 @@
+"""Attention extraction: prompts from class names, seeded noise at chosen sigmas, one forward each, into the store."""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+
+from seg4diff.attention import capture_attention
+from seg4diff.attention_store import SampleRecord, StoreLayout, completed, create_store, store_fingerprint, write_samples
+from seg4diff.config import ExtractParams
+from seg4diff.models import Backbone, PromptEncoding
+
+
+@dataclass(frozen=True)
+class ClassSpan:
+    class_id: int
+    start: int  # character span of the class phrase in the prompt
+    end: int
+
+
+def class_phrase(name: str) -> str:
+    """Returns the words a class is prompted with: its name cut at the first '-' (Seg4Diff's convention)."""
+    return name.split("-")[0].strip()
+
+
+def build_prompt(mode: str, present: np.ndarray, class_names: list[str], caption: str) -> tuple[str, list[ClassSpan]]:
+    """Returns (prompt, class spans) for one sample.
+
+    gt_classes: the present classes' names joined by spaces (the oracle protocol); vocabulary: every class;
+    caption: the caption, with each class phrase found in it as a whole-word match.
+    """
+    if mode == "caption":
+        spans = []
+        for class_id, name in sorted(enumerate(class_names), key=lambda item: -len(item[1])):
+            for match in re.finditer(rf"\b{re.escape(class_phrase(name))}\b", caption):
+                if not any(s.start < match.end() and match.start() < s.end for s in spans):
+                    spans.append(ClassSpan(class_id, match.start(), match.end()))
+        return caption, sorted(spans, key=lambda s: s.start)
+    ids = np.flatnonzero(present) if mode == "gt_classes" else np.arange(len(class_names))
+    prompt, spans = "", []
+    for class_id in ids:
+        phrase = class_phrase(class_names[class_id])
+        start = len(prompt) + (1 if prompt else 0)
+        prompt = f"{prompt} {phrase}" if prompt else phrase
+        spans.append(ClassSpan(int(class_id), start, start + len(phrase)))
+    return prompt, spans
+
+
+@dataclass
+class TokenSlots:
+    position: np.ndarray  # (slots,) text positions, −1 for empty slots
+    class_id: np.ndarray
+    encoder: np.ndarray
+    text: np.ndarray
+
+
+def token_slots(encoding: PromptEncoding, index: int, spans: list[ClassSpan], keep: str, slots: int, name: str) -> TokenSlots:
+    """Returns the text positions kept for one prompt (class tokens, or all) with their class ids, padded to `slots`."""
+    tokens = encoding.tokens[index]
+    class_of = {}
+    for span in spans:
+        for position in encoding.positions(index, span.start, span.end):
+            class_of.setdefault(position, span.class_id)
+    positions = sorted(class_of) if keep == "class" else list(range(len(tokens)))
+    if len(positions) > slots:
+        raise ValueError(f"sample {name}: {len(positions)} tokens to keep but extract.max_tokens is {slots}; raise it")
+    result = TokenSlots(np.full(slots, -1, np.int32), np.full(slots, -1, np.int16), np.full(slots, "", object), np.full(slots, "", object))
+    for slot, position in enumerate(positions):
+        result.position[slot] = position
+        result.class_id[slot] = class_of.get(position, -1)
+        result.encoder[slot] = tokens[position].encoder
+        result.text[slot] = tokens[position].token
+    return result
+
+
+def resolve_sigmas(backbone: Backbone, params: ExtractParams, image_tokens: int) -> list[float]:
+    """Returns the noise levels to extract at: params.sigmas, or the scheduler's sigmas at params.timestep_steps."""
+    if params.sigmas is not None:
+        return [float(s) for s in params.sigmas]
+    schedule = backbone.sigmas(params.num_inference_steps, image_tokens)
+    bad = [step for step in params.timestep_steps if not 0 <= step < len(schedule)]
+    if bad:
+        raise ValueError(f"extract.timestep_steps {bad} outside a {params.num_inference_steps}-step schedule")
+    return [round(float(schedule[step]), 6) for step in params.timestep_steps]
+
+
+def sample_noise(shape: tuple[int, ...], seed: int, sample_index: int) -> torch.Tensor:
+    """Returns ε for one sample, seeded by (seed, sample index) so it is the same whatever the batching."""
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + sample_index))
+
+
+@torch.no_grad()
+def extract_batch(backbone: Backbone, images: np.ndarray, encoding: PromptEncoding, slots: list[TokenSlots], sample_indices: list[int],
+                  sigmas: list[float], params: ExtractParams, layers: list[int]) -> dict[str, np.ndarray]:
+    """Returns {direction: (batch, layer, head, timestep, token, y, x)} attention for a batch of uint8 images (b, H, W, 3)."""
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    grid = backbone.token_grid(*images.shape[1:3])
+    latents = backbone.encode_images(pixels)
+    positions = torch.from_numpy(np.stack([s.position for s in slots]).astype(np.int64))
+    empty = positions < 0
+    noise = torch.stack([sample_noise(latents.shape[1:], params.seed, i) for i in sample_indices]).to(latents)
+    per_sigma = {d: [] for d in params.directions}
+    for sigma in sigmas:
+        noisy = sigma * noise + (1 - sigma) * latents
+        with capture_attention(backbone.transformer, layers, params.directions, positions.clamp_min(0), params.head_mean) as cap:
+            backbone.transformer(**backbone.transformer_inputs(noisy, sigma, encoding))
+        for direction in params.directions:
+            values = cap.tensor(direction).float()
+            if direction == "image_to_text":  # (b, layer, head, image, token) → (b, layer, head, token, y, x)
+                values = values.transpose(-1, -2)
+            values = values.reshape(*values.shape[:4], *grid).masked_fill(empty[:, None, None, :, None, None], 0)
+            per_sigma[direction].append(values.cpu().numpy())
+    return {d: np.stack(v, axis=3) for d, v in per_sigma.items()}
+
+
+def plan_ranges(samples: int, batch_size: int, workers: int) -> list[tuple[int, int]]:
+    """Returns contiguous, batch-aligned sample ranges, one per worker: the batches are the same for any worker count."""
+    batches = [(start, min(start + batch_size, samples)) for start in range(0, samples, batch_size)]
+    if not batches:
+        return []
+    per_worker = int(np.ceil(len(batches) / workers))
+    return [(group[0][0], group[-1][1]) for group in (batches[i:i + per_worker] for i in range(0, len(batches), per_worker))]
+
+
+def fingerprint(*groups: dict) -> str:
+    """Returns a short hash of the settings that determine the store's content."""
+    return hashlib.sha256(json.dumps(groups, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def open_or_create(path: Path, layout: StoreLayout, attrs: dict) -> bool:
+    """Creates the store unless one with the same fingerprint exists (then it resumes); returns True if created."""
+    if store_fingerprint(path) == attrs["fingerprint"]:
+        return False
+    create_store(path, layout, attrs)
+    return True
+
+
+def extract_range(backbone: Backbone, prepared: xr.Dataset, path: Path, start: int, stop: int, sigmas: list[float],
+                  layers: list[int], params: ExtractParams, progress=None) -> int:
+    """Extracts samples [start, stop) not yet complete, batch by batch; returns how many were computed."""
+    done = completed(path)
+    names = [str(n) for n in prepared["class_name"].values]
+    computed = 0
+    for batch_start in range(start, stop, params.batch_size):
+        indices = [i for i in range(batch_start, min(batch_start + params.batch_size, stop)) if not done[i]]
+        if not indices:
+            continue
+        rows = prepared.isel(sample=indices).load()
+        built = [build_prompt(params.prompt, rows["present"].values[k], names, str(rows["caption"].values[k])) for k in range(len(indices))]
+        prompts = [prompt for prompt, _ in built]
+        encoding = backbone.encode_prompts(prompts)
+        slots = [token_slots(encoding, k, spans, params.tokens, params.max_tokens, f"{params.split}/{indices[k]}")
+                 for k, (_, spans) in enumerate(built)]
+        attention = extract_batch(backbone, rows["image"].values, encoding, slots, indices, sigmas, params, layers)
+        for run_start, run_stop in _runs(indices):  # consecutive runs map to one region write each
+            part = slice(indices.index(run_start), indices.index(run_stop - 1) + 1)
+            write_samples(path, SampleRecord(
+                start=run_start, attention={d: a[part] for d, a in attention.items()},
+                token_position=np.stack([s.position for s in slots[part]]), token_class=np.stack([s.class_id for s in slots[part]]),
+                token_encoder=np.stack([s.encoder for s in slots[part]]), token_text=np.stack([s.text for s in slots[part]]),
+                prompt=np.array(prompts[part], dtype=object)))
+        computed += len(indices)
+        if progress is not None:
+            progress.update(len(indices))
+    return computed
+
+
+def _runs(indices: list[int]) -> list[tuple[int, int]]:
+    runs, first = [], indices[0]
+    for previous, current in zip(indices, indices[1:] + [None]):
+        if current != previous + 1:
+            runs.append((first, previous + 1))
+            first = current
+    return runs

@@ -1,0 +1,56 @@
+"""Tasks of the extract stage: lay out the store once, then fill disjoint, shard-aligned sample ranges."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from prefect import task
+from tqdm import tqdm
+
+from seg4diff.attention import joint_attention_modules
+from seg4diff.attention_store import StoreLayout, completed
+from seg4diff.config import Params
+from seg4diff.data.prepared import open_prepared
+from seg4diff.extract import extract_range, fingerprint, open_or_create, plan_ranges, resolve_sigmas
+from seg4diff.models import load_backbone
+
+
+def _prepared(params: Params):
+    return open_prepared(Path(params.prepare.output) / f"{params.extract.split}.zarr")
+
+
+@task(name="plan-extraction")
+def plan_extraction_task(params: Params) -> dict:
+    """Creates the store (or keeps one with the same fingerprint, to resume it); returns the work plan."""
+    p = params.extract
+    prepared = _prepared(params)
+    samples = min(prepared.sizes["sample"], p.max_samples or prepared.sizes["sample"])
+    backbone = load_backbone(params.model)
+    resolution = prepared.sizes["y"]
+    grid = backbone.token_grid(resolution, resolution)
+    sigmas = resolve_sigmas(backbone, p, grid[0] * grid[1])
+    blocks = len(joint_attention_modules(backbone.transformer))
+    layers = list(range(blocks)) if p.layers is None else p.layers
+    heads = [-1] if p.head_mean else list(range(backbone.transformer.config.num_attention_heads))
+    layout = StoreLayout(samples, layers, heads, sigmas, p.max_tokens, grid, tuple(p.directions))
+    attrs = {"fingerprint": fingerprint(params.model.model_dump(), params.data.model_dump(), params.prepare.model_dump(),
+                                        p.model_dump(exclude={"workers", "batch_size"}), sigmas),
+             "model": params.model.path, "family": backbone.family, "split": p.split, "prompt": p.prompt,
+             "class_names": [str(n) for n in prepared["class_name"].values], "has_background": bool(prepared.attrs["has_background"]),
+             "resolution": resolution, "label_resolution": int(prepared.attrs["label_resolution"]), "seed": p.seed}
+    created = open_or_create(Path(p.output), layout, attrs)
+    done = int(completed(Path(p.output))[:samples].sum())
+    return {"ranges": plan_ranges(samples, p.batch_size, p.workers), "sigmas": sigmas, "layers": layers,
+            "samples": samples, "created": created, "already_complete": done}
+
+
+@task(name="extract-range", task_run_name="extract-{start}-{stop}", retries=1, retry_delay_seconds=5)
+def extract_range_task(params: Params, start: int, stop: int, sigmas: list[float], layers: list[int]) -> dict:
+    """Extracts samples [start, stop) into the store, skipping complete ones; returns counts and seconds."""
+    backbone = load_backbone(params.model)
+    began = time.perf_counter()
+    with tqdm(total=stop - start, desc=f"extract {start}-{stop}", unit="sample") as bar:
+        bar.update(int(completed(Path(params.extract.output))[start:stop].sum()))
+        computed = extract_range(backbone, _prepared(params), Path(params.extract.output), start, stop, sigmas, layers,
+                                 params.extract, progress=bar)
+    return {"computed": computed, "seconds": time.perf_counter() - began}

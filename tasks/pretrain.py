@@ -1,0 +1,60 @@
+"""Tasks of the pretrain stage: train the Shapes organism, then check that it reads its captions and draws them."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from mlflow.tracking import MlflowClient
+from prefect import task
+
+from seg4diff.config import Params
+from seg4diff.data.prepared import class_names, open_prepared
+from seg4diff.organism import Architecture, OrganismPipeline
+from seg4diff.pretrain import TrainingSchedule, caption_colour_agreement, flow_matching_loss, sample, train
+
+
+def load_split(params: Params, split: str) -> tuple[torch.Tensor, list[str], list[str]]:
+    """Returns (images (n, 3, H, W) in [−1, 1], captions, class names) of a prepared split."""
+    store = open_prepared(Path(params.prepare.output) / f"{split}.zarr")
+    images = torch.from_numpy(store["image"].values).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return images, [str(c) for c in store["caption"].values], class_names(store)
+
+
+@task(name="train-organism")
+def train_organism_task(params: Params, run_id: str) -> dict:
+    """Trains the organism on the train split, saves it to pretrain.output; returns the loss log."""
+    p = params.pretrain
+    images, captions, names = load_split(params, "train")
+    words = sorted({word for name in names for word in name.split()} | {"and"})
+    arch = Architecture(num_layers=p.architecture.num_layers, num_attention_heads=p.architecture.num_attention_heads,
+                        attention_head_dim=p.architecture.attention_head_dim, image_size=params.prepare.resolution,
+                        text_length=p.architecture.text_length)
+    pipe = OrganismPipeline.build(words, arch, p.seed)
+    schedule = TrainingSchedule(p.steps, p.batch_size, p.lr, p.warmup_steps, p.weight_decay, p.grad_clip, p.caption_dropout, p.seed)
+    client = MlflowClient()
+    log = train(pipe, images, captions, schedule, on_log=lambda step, loss: client.log_metric(run_id, "train_loss", loss, step=step),
+                log_every=p.log_every)
+    pipe.save_pretrained(p.output)
+    return {"steps": log.steps, "losses": log.losses, "seconds": log.seconds}
+
+
+@task(name="check-organism")
+def check_organism_task(params: Params) -> dict:
+    """Returns held-out checks: caption reading (loss with true vs another image's caption) and caption colour agreement."""
+    p = params.pretrain
+    pipe = OrganismPipeline.from_pretrained(p.output)
+    images, captions, _ = load_split(params, "val")
+    generator = torch.Generator().manual_seed(p.seed + 1)
+    noise = torch.randn(images.shape, generator=generator)
+    s = torch.full((len(images),), 0.9)
+    with torch.no_grad():
+        true = flow_matching_loss(pipe, images, captions, s, noise).item()
+        other = flow_matching_loss(pipe, images, captions[1:] + captions[:1], s, noise).item()
+        empty = flow_matching_loss(pipe, images, [""] * len(images), s, noise).item()
+    chosen = captions[: p.num_samples]
+    generated = sample(pipe, chosen, steps=p.sample_steps, guidance=p.guidance, seed=p.seed).permute(0, 2, 3, 1).numpy()
+    agreement, chance = caption_colour_agreement(generated, chosen)
+    return {"loss_true_caption": true, "loss_other_caption": other, "loss_empty_caption": empty,
+            "caption_gain": 1 - true / other, "colour_agreement": agreement, "colour_chance": chance,
+            "samples": generated.astype(np.float32), "captions": chosen}

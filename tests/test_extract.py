@@ -1,0 +1,137 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO
+from seg4diff.attention import capture_attention
+from seg4diff.attention_store import StoreLayout, completed, open_attention
+from seg4diff.config import ExtractParams, ModelParams, PrepareParams, ShapesParams
+from seg4diff.data.coco import CocoSource
+from seg4diff.data.prepare import prepare_split
+from seg4diff.data.prepared import open_prepared
+from seg4diff.data.shapes import generate_shapes
+from seg4diff.extract import build_prompt, extract_range, open_or_create, plan_ranges, resolve_sigmas, sample_noise
+from seg4diff.models import load_backbone
+
+NAMES = ["background", "red circle", "blue square", "potted-plant"]
+
+
+def test_prompts_and_class_spans():
+    present = np.array([True, False, True, True])
+    prompt, spans = build_prompt("gt_classes", present, NAMES, "")
+    assert prompt == "background blue square potted"
+    assert [(s.class_id, prompt[s.start:s.end]) for s in spans] == [(0, "background"), (2, "blue square"), (3, "potted")]
+    prompt, spans = build_prompt("vocabulary", present, NAMES, "")
+    assert prompt == "background red circle blue square potted" and len(spans) == 4
+    prompt, spans = build_prompt("caption", present, NAMES, "a blue square and a red circle, not a red square")
+    assert [(s.class_id, prompt[s.start:s.end]) for s in spans] == [(2, "blue square"), (1, "red circle")]
+
+
+def test_ranges_are_batch_aligned_and_cover_everything():
+    assert plan_ranges(10, 4, 1) == [(0, 10)]
+    assert plan_ranges(10, 4, 2) == [(0, 8), (8, 10)]
+    assert plan_ranges(10, 4, 5) == [(0, 4), (4, 8), (8, 10)]
+    assert plan_ranges(0, 4, 2) == []
+
+
+@pytest.fixture(scope="module")
+def prepared_val(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    generate_shapes(root, ShapesParams(image_size=32, num_train=1, num_val=6, num_test=1, seed=5), ["val"])
+    source = CocoSource(root, {"val": ("annotations/val.json", "images/val")}, background=True)
+    prepare_split(source, "val", root / "val.zarr", PrepareParams(resolution=32, label_resolution=32), progress=False)
+    return root / "val.zarr"
+
+
+PARAMS = ExtractParams(sigmas=[0.5, 0.8], max_tokens=48, batch_size=2, seed=3)
+
+
+def _extract(model_dir, prepared_path, out, ranges, params=PARAMS):
+    backbone = load_backbone(ModelParams(path=str(model_dir), text_length=24))
+    prepared = open_prepared(prepared_path)
+    sigmas = resolve_sigmas(backbone, params, 64)
+    layout = StoreLayout(6, [0, 1, 2], [0, 1], sigmas, params.max_tokens, (8, 8), tuple(params.directions))
+    open_or_create(out, layout, {"fingerprint": "test"})
+    for start, stop in ranges:
+        extract_range(backbone, prepared, out, start, stop, sigmas, [0, 1, 2], params)
+    return backbone, prepared
+
+
+def test_store_holds_what_a_direct_capture_gives(tiny_model_dirs, prepared_val, tmp_path):
+    backbone, prepared = _extract(tiny_model_dirs["sd3"], prepared_val, tmp_path / "a.zarr", [(0, 6)])
+    store = open_attention(tmp_path / "a.zarr")
+    assert completed(tmp_path / "a.zarr").all()
+    assert store.image_to_text.dims == ("sample", "layer", "head", "timestep", "token", "y", "x")
+    assert store.image_to_text.dtype == np.float16 and list(store.timestep.values) == [0.5, 0.8]
+    # independent recomputation of sample 4 at sigma 0.8, layer 2
+    row = prepared.isel(sample=4).load()
+    prompt = str(store.prompt.values[4])
+    names = [str(n) for n in prepared.class_name.values]
+    assert prompt == " ".join(names[k] for k in np.flatnonzero(row.present.values))
+    image = torch.from_numpy(row.image.values).permute(2, 0, 1)[None].float() / 255
+    latents = backbone.encode_images(image)
+    noise = sample_noise(latents.shape[1:], PARAMS.seed, 4)[None]
+    encoding = backbone.encode_prompts([prompt])
+    positions = store.token_position.values[4]
+    kept = positions[positions >= 0]
+    with torch.no_grad(), capture_attention(backbone.transformer, [2], text_tokens=kept.tolist()) as cap:
+        backbone.transformer(**backbone.transformer_inputs(0.8 * noise + 0.2 * latents, 0.8, encoding))
+    expected = cap.image_to_text.values[0, 0]  # (head, image_token, token)
+    got = store.image_to_text.sel(layer=2, timestep=0.8).isel(sample=4).values[:, : len(kept)]
+    np.testing.assert_allclose(got.reshape(2, len(kept), 64).transpose(0, 2, 1), expected, atol=2e-3)
+    assert (store.image_to_text.isel(sample=4).values[..., len(kept):, :, :] == 0).all()  # empty slots
+    classes = store.token_class.values[4][: len(kept)]
+    assert set(classes) == set(np.flatnonzero(row.present.values))  # every token belongs to a present class
+    text = "".join(store.token_text.values[4][store.token_encoder.values[4] == "clip"]).replace("</w>", "")
+    assert text == prompt.replace(" ", "")
+
+
+def test_result_is_identical_whatever_the_ranges(tiny_model_dirs, prepared_val, tmp_path):
+    _extract(tiny_model_dirs["sd3"], prepared_val, tmp_path / "one.zarr", plan_ranges(6, 2, 1))
+    _extract(tiny_model_dirs["sd3"], prepared_val, tmp_path / "three.zarr", reversed(plan_ranges(6, 2, 3)))
+    one, three = open_attention(tmp_path / "one.zarr").load(), open_attention(tmp_path / "three.zarr").load()
+    assert one.identical(three)
+
+
+def test_same_fingerprint_resumes_and_recomputes_nothing(tiny_model_dirs, prepared_val, tmp_path):
+    out = tmp_path / "r.zarr"
+    _extract(tiny_model_dirs["sd3"], prepared_val, out, [(0, 4)])
+    assert completed(out).tolist() == [True] * 4 + [False] * 2
+    backbone = load_backbone(ModelParams(path=str(tiny_model_dirs["sd3"]), text_length=24))
+    assert extract_range(backbone, open_prepared(prepared_val), out, 0, 6, [0.5, 0.8], [0, 1, 2], PARAMS) == 2
+    assert extract_range(backbone, open_prepared(prepared_val), out, 0, 6, [0.5, 0.8], [0, 1, 2], PARAMS) == 0
+
+
+KILL_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from test_extract import PARAMS, _extract
+_extract(Path({model!r}), Path({prepared!r}), Path({out!r}), [(0, 6)], PARAMS.model_copy(update={{"batch_size": 1}}))
+"""
+
+
+def test_kill_minus_9_then_resume_gives_the_uninterrupted_store(tiny_model_dirs, prepared_val, tmp_path):
+    reference = tmp_path / "ref.zarr"
+    _extract(tiny_model_dirs["sd3"], prepared_val, reference, [(0, 6)], PARAMS.model_copy(update={"batch_size": 1}))
+    out = tmp_path / "killed.zarr"
+    script = KILL_SCRIPT.format(tests=str(REPO / "tests"), model=str(tiny_model_dirs["sd3"]), prepared=str(prepared_val), out=str(out))
+    process = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env={**os.environ, "TQDM_DISABLE": "1"})
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if (out / "complete" / "zarr.json").exists() and completed(out).sum() >= 2:
+            break
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    done_at_kill = completed(out)
+    assert done_at_kill.sum() < 6, "the process finished before it could be killed"
+    _extract(tiny_model_dirs["sd3"], prepared_val, out, [(0, 6)], PARAMS.model_copy(update={"batch_size": 1}))
+    assert open_attention(out).load().identical(open_attention(reference).load())
