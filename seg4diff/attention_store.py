@@ -6,6 +6,9 @@
     token_position (sample, token) int32  position in the text sequence (−1: empty slot)
     token_class    (sample, token) int16  class id the token belongs to (−1: none, e.g. "and")
     token_encoder, token_text (sample, token) str
+    image_to_text_mass, image_entropy (sample, layer, head, timestep, y, x)  optional diagnostics per image query:
+        attention mass on all text keys, entropy of the full softmax row
+    text_to_image_mass, text_entropy (sample, layer, head, timestep, token)   the same per kept text query
     prompt (sample) str;  complete (sample) bool  — written LAST for a sample, so a killed run never looks done
     coords: sample (index in the prepared split), layer, head (−1: head mean), timestep (sigma), token (slot), y, x
 """
@@ -25,6 +28,10 @@ import zarr
 SCHEMA_VERSION = 1
 DIMS = ("sample", "layer", "head", "timestep", "token", "y", "x")
 ATTENTION = ("image_to_text", "text_to_image")
+IMAGE_DIAGNOSTICS = ("image_to_text_mass", "image_entropy")
+TEXT_DIAGNOSTICS = ("text_to_image_mass", "text_entropy")
+IMAGE_DIAGNOSTIC_DIMS = ("sample", "layer", "head", "timestep", "y", "x")
+TEXT_DIAGNOSTIC_DIMS = ("sample", "layer", "head", "timestep", "token")
 TOKEN_VARS = {"token_position": np.int32, "token_class": np.int16}
 TEXT_VARS = ("token_encoder", "token_text")
 
@@ -38,6 +45,7 @@ class StoreLayout:
     tokens: int
     grid: tuple[int, int]
     directions: tuple[str, ...]
+    diagnostics: bool = False
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -57,6 +65,13 @@ def create_store(path: Path, layout: StoreLayout, attrs: dict) -> None:
     shape = (n, *layout.sample_shape[1:])
     inner = (1, 1, *layout.sample_shape[2:])  # one chunk per (sample, layer) inside one shard per sample
     variables = {name: (DIMS, da.zeros(shape, dtype=np.float16, chunks=layout.sample_shape)) for name in layout.directions}
+    if layout.diagnostics:
+        per_sample = layout.sample_shape
+        image_shape, text_shape = (*per_sample[:4], *per_sample[5:]), per_sample[:5]
+        variables |= {name: (IMAGE_DIAGNOSTIC_DIMS, da.zeros((n, *image_shape[1:]), np.float32, chunks=image_shape))
+                      for name in IMAGE_DIAGNOSTICS}
+        variables |= {name: (TEXT_DIAGNOSTIC_DIMS, da.zeros((n, *text_shape[1:]), np.float32, chunks=text_shape))
+                      for name in TEXT_DIAGNOSTICS}
     variables |= {name: (("sample", "token"), da.full((n, layout.tokens), -1, dtype=dtype, chunks=(1, layout.tokens)))
                   for name, dtype in TOKEN_VARS.items()}
     variables |= {name: (("sample", "token"), np.full((n, layout.tokens), "", dtype=object)) for name in TEXT_VARS}
@@ -69,6 +84,9 @@ def create_store(path: Path, layout: StoreLayout, attrs: dict) -> None:
                          attrs={"schema_version": SCHEMA_VERSION, **attrs})
     compressor = zarr.codecs.ZstdCodec(level=3)
     encoding = {name: {"chunks": inner, "shards": layout.sample_shape, "compressors": [compressor]} for name in layout.directions}
+    if layout.diagnostics:
+        encoding |= {name: {"chunks": variables[name][1].chunksize, "compressors": [compressor]}
+                     for name in (*IMAGE_DIAGNOSTICS, *TEXT_DIAGNOSTICS)}
     encoding |= {name: {"chunks": (1, layout.tokens)} for name in (*TOKEN_VARS, *TEXT_VARS)}
     encoding |= {"prompt": {"chunks": (1,)}, "complete": {"chunks": (1,)}}
     with _quiet():  # dask-backed variables stay unwritten (compute=False); the small string ones are written empty
@@ -80,7 +98,7 @@ class SampleRecord:
     """Everything the store holds for a run of consecutive samples starting at `start`."""
 
     start: int
-    attention: dict[str, np.ndarray]  # name → (n, layer, head, timestep, token, y, x)
+    attention: dict[str, np.ndarray]  # name → (n, layer, head, timestep, token, y, x), or a diagnostic's dims
     token_position: np.ndarray  # (n, token)
     token_class: np.ndarray
     token_encoder: np.ndarray  # (n, token) str
@@ -92,7 +110,10 @@ def write_samples(path: Path, record: SampleRecord) -> None:
     """Writes the samples' data, then (last) their complete flags; each sample is its own shard, so writers never clash."""
     n = len(record.prompt)
     region = {"sample": slice(record.start, record.start + n)}
-    data = {name: (DIMS, values.astype(np.float16)) for name, values in record.attention.items()}
+    dims = {**dict.fromkeys(ATTENTION, DIMS), **dict.fromkeys(IMAGE_DIAGNOSTICS, IMAGE_DIAGNOSTIC_DIMS),
+            **dict.fromkeys(TEXT_DIAGNOSTICS, TEXT_DIAGNOSTIC_DIMS)}
+    data = {name: (dims[name], values.astype(np.float16 if name in ATTENTION else np.float32))
+            for name, values in record.attention.items()}
     data |= {"token_position": (("sample", "token"), record.token_position.astype(np.int32)),
              "token_class": (("sample", "token"), record.token_class.astype(np.int16)),
              "token_encoder": (("sample", "token"), record.token_encoder.astype(object)),

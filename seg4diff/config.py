@@ -131,6 +131,7 @@ class ExtractParams(Group):
     layers: list[int] | None = Field(None, description="blocks to capture (None: all)")
     directions: list[Literal["image_to_text", "text_to_image"]] = ["image_to_text", "text_to_image"]
     head_mean: bool = False
+    diagnostics: bool = Field(True, description="also store text-mass and entropy per query (cheap: no N×N matrix)")
     tokens: Literal["class", "all"] = Field("class", description="keep only class-name tokens, or every text token")
     max_tokens: int = Field(16, ge=1, description="token slots per sample")
     batch_size: int = Field(8, ge=1)
@@ -146,6 +147,23 @@ class ExtractParams(Group):
         return value
 
 
+class ScoreParams(Group):
+    timesteps: list[float] | None = Field(None, description="sigmas of the store to score (None: all stored)")
+    bootstrap_resamples: int = Field(1000, ge=10)
+    seed: int = 0
+    examples: int = Field(4, ge=0, description="samples shown in the example attention-map grid")
+    output: str = "results/layer_scores.csv"
+
+
+class SelectParams(Group):
+    rule: Literal["best_miou", "best_lower_bound"] = Field(
+        "best_miou", description="highest head-mean mIoU, or highest lower end of its 95% interval")
+    direction: Literal["image_to_text", "text_to_image"] = "image_to_text"
+    force_layer: int | None = Field(None, description="pin the expert layer (e.g. 9 for SD3, as in the paper)")
+    force_timestep: float | None = Field(None, description="pin the sigma (must be one of the scored sigmas)")
+    output: str = "results/expert.json"
+
+
 class TrackingParams(Group):
     mlflow_db: str = Field("mlflow.db", description="SQLite file of the MLflow tracking store, relative to the repo")
     experiment: str = "seg4diff"
@@ -158,6 +176,8 @@ class Params(Group):
     prepare: PrepareParams
     pretrain: PretrainParams
     extract: ExtractParams
+    score: ScoreParams
+    select: SelectParams
 
 
 def format_validation_error(error: ValidationError, source: str) -> str:

@@ -12,7 +12,7 @@ import torch
 import xarray as xr
 
 from seg4diff.attention import capture_attention
-from seg4diff.attention_store import SampleRecord, StoreLayout, completed, create_store, store_fingerprint, write_samples
+from seg4diff.attention_store import ATTENTION, IMAGE_DIAGNOSTICS, TEXT_DIAGNOSTICS, SampleRecord, StoreLayout, completed, create_store, store_fingerprint, write_samples
 from seg4diff.config import ExtractParams
 from seg4diff.models import Backbone, PromptEncoding
 
@@ -105,18 +105,25 @@ def extract_batch(backbone: Backbone, images: np.ndarray, encoding: PromptEncodi
     positions = torch.from_numpy(np.stack([s.position for s in slots]).astype(np.int64))
     empty = positions < 0
     noise = torch.stack([sample_noise(latents.shape[1:], params.seed, i) for i in sample_indices]).to(latents)
-    per_sigma = {d: [] for d in params.directions}
+    names = list(params.directions) + (list(IMAGE_DIAGNOSTICS + TEXT_DIAGNOSTICS) if params.diagnostics else [])
+    per_sigma = {name: [] for name in names}
     for sigma in sigmas:
         noisy = sigma * noise + (1 - sigma) * latents
-        with capture_attention(backbone.transformer, layers, params.directions, positions.clamp_min(0), params.head_mean) as cap:
+        with capture_attention(backbone.transformer, layers, params.directions, positions.clamp_min(0), params.head_mean,
+                               diagnostics=params.diagnostics) as cap:
             backbone.transformer(**backbone.transformer_inputs(noisy, sigma, encoding))
-        for direction in params.directions:
-            values = cap.tensor(direction).float()
-            if direction == "image_to_text":  # (b, layer, head, image, token) → (b, layer, head, token, y, x)
+        for name in names:
+            values = cap.tensor(name).float()
+            if name == "image_to_text":  # (b, layer, head, image, token) → (b, layer, head, token, y, x)
                 values = values.transpose(-1, -2)
-            values = values.reshape(*values.shape[:4], *grid).masked_fill(empty[:, None, None, :, None, None], 0)
-            per_sigma[direction].append(values.cpu().numpy())
-    return {d: np.stack(v, axis=3) for d, v in per_sigma.items()}
+            if name in ATTENTION:
+                values = values.reshape(*values.shape[:4], *grid).masked_fill(empty[:, None, None, :, None, None], 0)
+            elif name in IMAGE_DIAGNOSTICS:
+                values = values.reshape(*values.shape[:3], *grid)
+            else:
+                values = values.masked_fill(empty[:, None, None, :], 0)
+            per_sigma[name].append(values.cpu().numpy())
+    return {name: np.stack(v, axis=3) for name, v in per_sigma.items()}
 
 
 def plan_ranges(samples: int, batch_size: int, workers: int) -> list[tuple[int, int]]:

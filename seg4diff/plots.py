@@ -30,3 +30,67 @@ def image_grid(images: np.ndarray, titles: list[str], columns: int = 8) -> plt.F
         axis.set_title("\n".join(textwrap.wrap(title, 18)), fontsize=6)
     figure.tight_layout()
     return figure
+
+
+def layer_curve(scores, title: str = "zero-shot mIoU per layer") -> plt.Figure:
+    """Returns mIoU (head mean) per layer at each direction's best timestep, with 95% bootstrap intervals."""
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    rows = scores[(scores.metric == "miou") & (scores["head"] == "mean")]
+    for direction, group in rows.groupby("direction"):
+        best_sigma = group.groupby("timestep").value.mean().idxmax()
+        curve = group[group.timestep == best_sigma].sort_values("layer")
+        axis.plot(curve.layer, curve.value, marker="o", label=f"{direction} (σ={best_sigma:g})")
+        axis.fill_between(curve.layer, curve.ci_low, curve.ci_high, alpha=0.2)
+    axis.set(xlabel="block", ylabel="mIoU", title=title)
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    return figure
+
+
+def heatmap(values: np.ndarray, rows: list, columns: list, title: str, row_label: str, column_label: str) -> plt.Figure:
+    """Returns an annotated heatmap of values (rows × columns)."""
+    figure, axis = plt.subplots(figsize=(1 + 0.6 * len(columns), 1 + 0.45 * len(rows)))
+    image = axis.imshow(values, cmap="viridis", aspect="auto")
+    axis.set_xticks(range(len(columns)), [f"{c:g}" if isinstance(c, float) else str(c) for c in columns], fontsize=7)
+    axis.set_yticks(range(len(rows)), [str(r) for r in rows], fontsize=7)
+    for (i, j), value in np.ndenumerate(values):
+        axis.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6, color="white" if value < np.nanmean(values) else "black")
+    axis.set(title=title, xlabel=column_label, ylabel=row_label)
+    figure.colorbar(image, ax=axis, fraction=0.04)
+    figure.tight_layout()
+    return figure
+
+
+def palette(num_classes: int) -> np.ndarray:
+    """Returns a fixed colour per class id (0 dark grey), plus white for ignore (index 255)."""
+    colours = plt.get_cmap("tab20")(np.arange(num_classes) % 20)[:, :3]
+    colours[0] = 0.2
+    table = np.ones((256, 3))
+    table[:num_classes] = colours
+    return table
+
+
+def overlay(image: np.ndarray, label: np.ndarray, num_classes: int, alpha: float = 0.55) -> np.ndarray:
+    """Returns the RGB image (uint8 or [0, 1]) blended with the colour-coded label map, at the label's resolution."""
+    from PIL import Image
+
+    rgb = np.asarray(Image.fromarray(np.asarray(image, dtype=np.uint8)).resize(label.shape[::-1], Image.Resampling.BILINEAR)) / 255
+    return (1 - alpha) * rgb + alpha * palette(num_classes)[label]
+
+
+def attention_examples(images, labels, predictions, maps, map_titles, num_classes: int, title: str) -> plt.Figure:
+    """Returns one row per sample: image | ground truth | prediction | each prompted class's attention map."""
+    columns = 3 + max(len(m) for m in maps)
+    figure, axes = plt.subplots(len(images), columns, figsize=(1.7 * columns, 1.8 * len(images)), squeeze=False)
+    for row, (image, label, prediction, sample_maps, names) in enumerate(zip(images, labels, predictions, maps, map_titles)):
+        panels = [(image, "image"), (overlay(image, label, num_classes), "ground truth"),
+                  (overlay(image, prediction, num_classes), "prediction")] + list(zip(sample_maps, names))
+        for axis in axes[row]:
+            axis.axis("off")
+        for axis, (panel, name) in zip(axes[row], panels):
+            axis.imshow(panel, cmap="magma", interpolation="nearest")
+            axis.set_title(name, fontsize=7)
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    return figure

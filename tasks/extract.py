@@ -32,7 +32,7 @@ def plan_extraction_task(params: Params) -> dict:
     blocks = len(joint_attention_modules(backbone.transformer))
     layers = list(range(blocks)) if p.layers is None else p.layers
     heads = [-1] if p.head_mean else list(range(backbone.transformer.config.num_attention_heads))
-    layout = StoreLayout(samples, layers, heads, sigmas, p.max_tokens, grid, tuple(p.directions))
+    layout = StoreLayout(samples, layers, heads, sigmas, p.max_tokens, grid, tuple(p.directions), p.diagnostics)
     attrs = {"fingerprint": fingerprint(params.model.model_dump(), params.data.model_dump(), params.prepare.model_dump(),
                                         p.model_dump(exclude={"workers", "batch_size"}), sigmas),
              "model": params.model.path, "family": backbone.family, "split": p.split, "prompt": p.prompt,

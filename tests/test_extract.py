@@ -57,7 +57,7 @@ def _extract(model_dir, prepared_path, out, ranges, params=PARAMS):
     backbone = load_backbone(ModelParams(path=str(model_dir), text_length=24))
     prepared = open_prepared(prepared_path)
     sigmas = resolve_sigmas(backbone, params, 64)
-    layout = StoreLayout(6, [0, 1, 2], [0, 1], sigmas, params.max_tokens, (8, 8), tuple(params.directions))
+    layout = StoreLayout(6, [0, 1, 2], [0, 1], sigmas, params.max_tokens, (8, 8), tuple(params.directions), params.diagnostics)
     open_or_create(out, layout, {"fingerprint": "test"})
     for start, stop in ranges:
         extract_range(backbone, prepared, out, start, stop, sigmas, [0, 1, 2], params)
@@ -81,12 +81,15 @@ def test_store_holds_what_a_direct_capture_gives(tiny_model_dirs, prepared_val, 
     encoding = backbone.encode_prompts([prompt])
     positions = store.token_position.values[4]
     kept = positions[positions >= 0]
-    with torch.no_grad(), capture_attention(backbone.transformer, [2], text_tokens=kept.tolist()) as cap:
+    with torch.no_grad(), capture_attention(backbone.transformer, [2], text_tokens=kept.tolist(), diagnostics=True) as cap:
         backbone.transformer(**backbone.transformer_inputs(0.8 * noise + 0.2 * latents, 0.8, encoding))
     expected = cap.image_to_text.values[0, 0]  # (head, image_token, token)
     got = store.image_to_text.sel(layer=2, timestep=0.8).isel(sample=4).values[:, : len(kept)]
     np.testing.assert_allclose(got.reshape(2, len(kept), 64).transpose(0, 2, 1), expected, atol=2e-3)
     assert (store.image_to_text.isel(sample=4).values[..., len(kept):, :, :] == 0).all()  # empty slots
+    mass = store.image_to_text_mass.sel(layer=2, timestep=0.8).isel(sample=4).values.reshape(2, 64)
+    np.testing.assert_allclose(mass, cap.diagnostic("image_to_text_mass").values[0, 0], atol=1e-5)
+    assert np.all(mass >= expected.sum(-1) - 1e-3)  # all text keys hold at least the kept ones' mass
     classes = store.token_class.values[4][: len(kept)]
     assert set(classes) == set(np.flatnonzero(row.present.values))  # every token belongs to a present class
     text = "".join(store.token_text.values[4][store.token_encoder.values[4] == "clip"]).replace("</w>", "")

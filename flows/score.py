@@ -1,0 +1,43 @@
+"""Stage `score`: zero-shot grounding mIoU for every (layer, timestep, head), with bootstrap intervals and figures."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+
+from seg4diff.config import load_params
+from seg4diff.tracking import stage_run
+from tasks.score import example_maps_task, score_layers_task, write_scores_task
+
+METRICS = Path("metrics/score.json")
+
+
+@flow(name="score")
+def score(params_path: str = "params.yaml", overrides: dict | None = None) -> dict:
+    """Scores every layer of the attention store; returns the headline numbers."""
+    params = load_params(params_path, overrides)
+    with stage_run("score", params, ("score",)):
+        tables = score_layers_task(params)
+        written = write_scores_task(params, tables)
+        headline = written["headline"]
+        for name, figure in written["figures"].items():
+            mlflow.log_figure(figure, name)
+        if params.score.examples:
+            key = "image_to_text" if "image_to_text" in tables.directions else tables.directions[0]
+            figure = example_maps_task(params, headline[f"{key}.best_layer"], headline[f"{key}.best_sigma"])
+            mlflow.log_figure(figure, "example_maps.png")
+        mlflow.log_artifact(params.score.output)
+        mlflow.log_metrics({k: float(v) for k, v in headline.items()})
+        table = "\n".join(f"| {k} | {v:.4g} |" for k, v in headline.items())
+        create_markdown_artifact(key="layer-scores", markdown=f"# Layer-wise grounding\n\n| | |\n|---|---:|\n{table}",
+                                 description="Best block and reference rows; full table in results/layer_scores.csv")
+    METRICS.parent.mkdir(exist_ok=True)
+    METRICS.write_text(json.dumps({k: round(float(v), 4) for k, v in headline.items()}, indent=2))
+    return headline
+
+
+if __name__ == "__main__":
+    score()

@@ -1,0 +1,40 @@
+"""Stage `select`: pick the expert layer (and timestep) from the layer scores by the rule in params."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+
+from seg4diff.config import load_params
+from seg4diff.tracking import stage_run
+from tasks.select import select_expert_task
+
+
+@flow(name="select")
+def select(params_path: str = "params.yaml", overrides: dict | None = None) -> dict:
+    """Writes results/expert.json; returns the choice."""
+    params = load_params(params_path, overrides)
+    with stage_run("select", params, ("select",)):
+        expert = select_expert_task(params)
+        mlflow.log_metrics({"expert_layer": expert["layer"], "expert_sigma": expert["timestep"], "expert_miou": expert["miou"],
+                            "expert_ci_low": expert["ci_low"], "expert_ci_high": expert["ci_high"]})
+        mlflow.log_dict(expert, "expert.json")
+        runner = expert.get("runner_up")
+        lines = [f"| expert | {expert['layer']} | {expert['timestep']:g} | {expert['miou']:.3f} | {expert['ci_low']:.3f}–{expert['ci_high']:.3f} |"]
+        if runner:
+            lines.append(f"| runner-up | {runner['layer']} | {runner['timestep']:g} | {runner['miou']:.3f} | {runner['ci_low']:.3f}–{runner['ci_high']:.3f} |")
+        create_markdown_artifact(key="expert-layer", markdown=(
+            f"# Expert layer ({expert['rule']}{', forced' if expert['forced'] else ''}, {expert['direction']})\n\n"
+            "| | block | σ | mIoU | 95% interval |\n|---|---:|---:|---:|---|\n" + "\n".join(lines)
+            + f"\n\nIntervals overlap: {expert.get('intervals_overlap')}"))
+    out = Path(params.select.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(expert, indent=2))
+    return expert
+
+
+if __name__ == "__main__":
+    select()

@@ -1,0 +1,119 @@
+"""Layer-wise grounding scores from the attention store: zero-shot mIoU per (layer, timestep, head), with intervals.
+
+Streams over samples (one sample's attention in memory at a time, float32 accumulation) and keeps per-sample
+confusion matrices so that a seeded bootstrap over samples gives a 95% interval for every layer's mIoU.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from tqdm import tqdm
+
+from seg4diff.attention_store import ATTENTION
+from seg4diff.masks import class_maps, predict
+from seg4diff.metrics import confusion_matrix
+
+
+def miou_of(confusion: np.ndarray) -> np.ndarray:
+    """Returns the mIoU of every (…, C, C) confusion matrix at once (classes with an empty union excluded)."""
+    confusion = confusion.astype(np.float64)
+    tp = np.diagonal(confusion, axis1=-2, axis2=-1)
+    union = confusion.sum(-1) + confusion.sum(-2) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, tp / union, np.nan)
+        return np.nanmean(np.where(np.isnan(iou).all(-1, keepdims=True), 0, iou), axis=-1)
+
+
+@dataclass
+class ScoreTables:
+    per_sample: np.ndarray  # (sample, direction, layer, timestep, C, C) head-mean confusion per sample
+    per_head: np.ndarray  # (direction, layer, head, timestep, C, C) summed over samples
+    layer_mean: np.ndarray  # (direction, timestep, C, C): maps averaged over all layers (a reference)
+    diagnostics: dict[str, np.ndarray]  # name → (layer, timestep) means
+    directions: list[str]
+    layers: list[int]
+    heads: list[int]
+    sigmas: list[float]
+
+
+def _sample_predictions(maps: np.ndarray, token_class: np.ndarray, size: int) -> np.ndarray:
+    """(…, token, y, x) → (…, H, W) predictions over the classes the prompt named."""
+    prompted = np.unique(token_class[token_class >= 0])
+    return predict(class_maps(maps, token_class, prompted), prompted, size)
+
+
+def score_store(store: xr.Dataset, labels: xr.DataArray, num_classes: int, progress: bool = True) -> ScoreTables:
+    """Returns confusion tables for every sample, direction, layer, timestep and head of a complete attention store."""
+    directions = [d for d in ATTENTION if d in store]
+    layers, heads, sigmas = store.layer.values.tolist(), store.head.values.tolist(), store.timestep.values.tolist()
+    n, size = store.sizes["sample"], labels.sizes["label_y"]
+    shape = (len(layers), len(sigmas), num_classes, num_classes)
+    per_sample = np.zeros((n, len(directions), *shape), np.int64)
+    per_head = np.zeros((len(directions), len(layers), len(heads), len(sigmas), num_classes, num_classes), np.int64)
+    layer_mean = np.zeros((len(directions), len(sigmas), num_classes, num_classes), np.int64)
+    sums = {name: np.zeros((len(layers), len(sigmas))) for name in ("image_to_text_mass", "image_entropy", "text_entropy") if name in store}
+    for s in tqdm(range(n), desc="score", unit="sample", disable=not progress):
+        sample = store.isel(sample=s).load()
+        token_class = sample.token_class.values
+        target = labels.isel(sample=s).values
+        for d, direction in enumerate(directions):
+            maps = sample[direction].values.astype(np.float32)  # (layer, head, timestep, token, y, x)
+            head_mean = maps.mean(axis=1)
+            predictions = _sample_predictions(head_mean, token_class, size)  # (layer, timestep, H, W)
+            for l in range(len(layers)):
+                for t in range(len(sigmas)):
+                    per_sample[s, d, l, t] = confusion_matrix(predictions[l, t], target, num_classes)
+            if len(heads) > 1:
+                by_head = _sample_predictions(maps, token_class, size)  # (layer, head, timestep, H, W)
+                for index in np.ndindex(by_head.shape[:3]):
+                    per_head[(d, *index)] += confusion_matrix(by_head[index], target, num_classes)
+            averaged = _sample_predictions(head_mean.mean(axis=0), token_class, size)  # (timestep, H, W)
+            for t in range(len(sigmas)):
+                layer_mean[d, t] += confusion_matrix(averaged[t], target, num_classes)
+        valid = token_class >= 0
+        for name in sums:
+            values = sample[name].values.astype(np.float32).mean(axis=1)  # head mean → (layer, timestep, …)
+            if name == "text_entropy":
+                sums[name] += values[..., valid].mean(axis=-1) if valid.any() else 0
+            else:
+                sums[name] += values.reshape(*values.shape[:2], -1).mean(axis=-1)
+    return ScoreTables(per_sample, per_head, layer_mean, {k: v / max(n, 1) for k, v in sums.items()},
+                       directions, layers, heads, sigmas)
+
+
+def bootstrap_miou(per_sample: np.ndarray, resamples: int, seed: int, chunk: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """Returns the 2.5% and 97.5% quantiles of mIoU over seeded resamples of the samples, for each leading index."""
+    rng = np.random.default_rng(seed)
+    n = per_sample.shape[0]
+    flat = per_sample.reshape(n, -1).astype(np.float64)
+    draws = []
+    for start in range(0, resamples, chunk):
+        weights = rng.multinomial(n, np.full(n, 1 / n), size=min(chunk, resamples - start)).astype(np.float64)
+        summed = (weights @ flat).reshape(-1, *per_sample.shape[1:])
+        draws.append(miou_of(summed))
+    draws = np.concatenate(draws)
+    return np.quantile(draws, 0.025, axis=0), np.quantile(draws, 0.975, axis=0)
+
+
+def tidy_scores(tables: ScoreTables, resamples: int, seed: int) -> pd.DataFrame:
+    """Returns the tidy table: layer, timestep, head ("mean" or an index), direction, metric, value, ci_low, ci_high."""
+    rows = []
+    total = tables.per_sample.sum(axis=0)  # (direction, layer, timestep, C, C)
+    low, high = bootstrap_miou(tables.per_sample, resamples, seed)
+    miou = miou_of(total)
+    for d, direction in enumerate(tables.directions):
+        for l, layer in enumerate(tables.layers):
+            for t, sigma in enumerate(tables.sigmas):
+                rows.append((layer, sigma, "mean", direction, "miou", miou[d, l, t], low[d, l, t], high[d, l, t]))
+                if len(tables.heads) > 1:
+                    for h, head in enumerate(tables.heads):
+                        rows.append((layer, sigma, str(head), direction, "miou", miou_of(tables.per_head[d, l, h, t]), np.nan, np.nan))
+    for name, values in tables.diagnostics.items():
+        for l, layer in enumerate(tables.layers):
+            for t, sigma in enumerate(tables.sigmas):
+                rows.append((layer, sigma, "mean", "image_to_text" if name.startswith("image") else "text_to_image",
+                             name, values[l, t], np.nan, np.nan))
+    return pd.DataFrame(rows, columns=["layer", "timestep", "head", "direction", "metric", "value", "ci_low", "ci_high"])

@@ -1,0 +1,89 @@
+"""Tasks of the score stage: stream the attention store into confusion tables, then tidy scores and figures."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from prefect import task
+
+from seg4diff.attention_store import open_attention
+from seg4diff.config import Params
+from seg4diff.data.prepared import open_prepared
+from seg4diff.masks import class_maps, predict, upsample
+from seg4diff.plots import attention_examples, heatmap, layer_curve
+from seg4diff.scoring import ScoreTables, miou_of, score_store, tidy_scores
+
+
+def load_inputs(params: Params):
+    """Returns (complete attention store restricted to score.timesteps, prepared split of the same samples)."""
+    store = open_attention(Path(params.extract.output))
+    if not bool(store.complete.all()):
+        missing = np.flatnonzero(~store.complete.values)[:10].tolist()
+        raise RuntimeError(f"attention store {params.extract.output} is incomplete (samples {missing}…): re-run extract")
+    if params.score.timesteps is not None:
+        unknown = sorted(set(params.score.timesteps) - set(store.timestep.values.tolist()))
+        if unknown:
+            raise ValueError(f"score.timesteps {unknown} are not in the store (stored: {store.timestep.values.tolist()})")
+        store = store.sel(timestep=params.score.timesteps)
+    prepared = open_prepared(Path(params.prepare.output) / f"{store.attrs['split']}.zarr").isel(sample=store.sample.values)
+    return store, prepared
+
+
+@task(name="score-layers")
+def score_layers_task(params: Params) -> ScoreTables:
+    store, prepared = load_inputs(params)
+    return score_store(store, prepared["label"], prepared.sizes["class"])
+
+
+@task(name="write-scores")
+def write_scores_task(params: Params, tables: ScoreTables) -> dict:
+    """Writes results/layer_scores.csv (+ the DVC plot tables); returns figures and headline numbers."""
+    scores = tidy_scores(tables, params.score.bootstrap_resamples, params.score.seed)
+    out = Path(params.score.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scores.to_csv(out, index=False)
+    miou = scores[(scores.metric == "miou") & (scores["head"] == "mean")]
+    miou.pivot_table(index="layer", columns="direction", values="value", aggfunc="max").reset_index().to_csv(
+        out.parent / "layer_curve.csv", index=False)
+    miou[miou.direction == "image_to_text"][["layer", "timestep", "value"]].to_csv(out.parent / "layer_timestep.csv", index=False)
+
+    figures = {"layer_curve.png": layer_curve(scores)}
+    for d, direction in enumerate(tables.directions):
+        grid = miou_of(tables.per_sample[:, d].sum(axis=0))  # (layer, timestep)
+        figures[f"layer_timestep_{direction}.png"] = heatmap(grid, tables.layers, tables.sigmas, f"mIoU, {direction}", "block", "σ")
+        if len(tables.heads) > 1:
+            best_t = int(np.nanargmax(np.nanmax(grid, axis=0)))
+            by_head = miou_of(tables.per_head[d, :, :, best_t])
+            figures[f"layer_head_{direction}.png"] = heatmap(by_head, tables.layers, tables.heads,
+                                                             f"mIoU per head, {direction}, σ={tables.sigmas[best_t]:g}", "block", "head")
+    reference = miou_of(tables.layer_mean)  # (direction, timestep)
+    headline = {}
+    for d, direction in enumerate(tables.directions):
+        grid = miou_of(tables.per_sample[:, d].sum(axis=0))
+        l, t = np.unravel_index(np.nanargmax(grid), grid.shape)
+        headline |= {f"{direction}.best_layer": tables.layers[l], f"{direction}.best_sigma": tables.sigmas[t],
+                     f"{direction}.best_miou": float(grid[l, t]), f"{direction}.median_layer_miou": float(np.median(grid[:, t])),
+                     f"{direction}.all_layers_mean_maps_miou": float(np.nanmax(reference[d]))}
+    return {"figures": figures, "headline": headline, "rows": len(scores)}
+
+
+@task(name="example-maps")
+def example_maps_task(params: Params, layer: int, sigma: float):
+    """Returns the figure of example image→text maps at (layer, sigma) next to image, ground truth and prediction."""
+    store, prepared = load_inputs(params)
+    names = [str(n) for n in prepared.class_name.values]
+    size = prepared.sizes["label_y"]
+    count = min(params.score.examples, store.sizes["sample"])
+    images, labels, predictions, maps, titles = [], [], [], [], []
+    for s in range(count):
+        sample = store.isel(sample=s).sel(layer=layer, timestep=sigma).load()
+        token_class = sample.token_class.values
+        prompted = np.unique(token_class[token_class >= 0])
+        per_class = class_maps(sample.image_to_text.values.astype(np.float32).mean(axis=0), token_class, prompted)
+        images.append(prepared.image.values[s])
+        labels.append(prepared.label.values[s])
+        predictions.append(predict(per_class, prompted, size))
+        maps.append(list(upsample(per_class, size)))
+        titles.append([names[c] for c in prompted])
+    return attention_examples(images, labels, predictions, maps, titles, len(names),
+                              f"image→text attention, block {layer}, σ={sigma:g}")

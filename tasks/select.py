@@ -1,0 +1,19 @@
+"""Task of the select stage: apply the selection rule to the layer scores."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from prefect import task
+
+from seg4diff.config import Params
+from seg4diff.selection import select_expert
+
+
+@task(name="select-expert")
+def select_expert_task(params: Params) -> dict:
+    scores_path = Path(params.score.output)
+    if not scores_path.exists():
+        raise FileNotFoundError(f"{scores_path} does not exist: run the score stage first (dvc repro score)")
+    p = params.select
+    return select_expert(pd.read_csv(scores_path), p.rule, p.direction, p.force_layer, p.force_timestep)

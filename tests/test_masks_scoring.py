@@ -1,0 +1,71 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from seg4diff.masks import class_maps, predict, upsample
+from seg4diff.metrics import confusion_matrix, summarize
+from seg4diff.scoring import bootstrap_miou, miou_of
+from seg4diff.selection import select_expert
+
+
+def test_class_maps_average_each_class_tokens_and_skip_others():
+    maps = np.stack([np.full((2, 2), v, np.float32) for v in (1, 3, 10, 7)])  # 4 tokens
+    token_class = np.array([2, 2, -1, 5])
+    out = class_maps(maps, token_class, np.array([2, 5, 9]))
+    assert out[0, 0, 0] == 2 and out[1, 0, 0] == 7 and np.isneginf(out[2]).all()
+
+
+def test_prediction_is_argmax_of_bilinear_upsampled_maps():
+    left = np.array([[1.0, 0.0], [1.0, 0.0]], np.float32)
+    maps = np.stack([left, 1 - left])
+    pred = predict(maps, np.array([3, 7]), 4)
+    np.testing.assert_array_equal(pred, [[3, 3, 7, 7]] * 4)
+    up = upsample(maps, 4)
+    assert up.shape == (2, 4, 4) and up[0, 0, 0] == 1.0 and up[0, 0, 1] == pytest.approx(0.75)
+    thresholded = predict(maps * 0.4, np.array([3, 7]), 4, background_threshold=0.35)
+    assert (thresholded[:, 1:3] == 0).all() and (thresholded[:, 0] == 3).all()
+
+
+def test_full_resolution_beats_latent_resolution_on_a_thin_structure():
+    """A diagonal boundary: argmax at label resolution recovers it better than a blocky latent-grid prediction."""
+    size, grid = 32, 4
+    yy, xx = np.mgrid[0:size, 0:size]
+    target = (xx > yy).astype(np.int64)
+    cy, cx = (np.arange(grid) + 0.5) * size / grid, (np.arange(grid) + 0.5) * size / grid
+    score = (cx[None, :] - cy[:, None]).astype(np.float32)  # signed distance to the diagonal, at grid centres
+    maps = np.stack([-score, score])
+    full = predict(maps, np.array([0, 1]), size)
+    latent = np.kron(predict(maps, np.array([0, 1]), grid), np.ones((size // grid, size // grid), int))
+    full_miou = summarize(confusion_matrix(full, target, 2))["miou"]
+    latent_miou = summarize(confusion_matrix(latent, target, 2))["miou"]
+    assert full_miou > latent_miou + 0.05
+
+
+def test_vectorised_miou_and_bootstrap_interval():
+    rng = np.random.default_rng(1)
+    per_sample = np.stack([confusion_matrix(rng.integers(0, 3, 50), rng.integers(0, 3, 50), 3) for _ in range(30)])
+    assert miou_of(per_sample.sum(0)) == pytest.approx(summarize(per_sample.sum(0))["miou"])
+    low, high = bootstrap_miou(per_sample, resamples=200, seed=0)
+    assert low < miou_of(per_sample.sum(0)) < high
+    again = bootstrap_miou(per_sample, resamples=200, seed=0)
+    assert (again[0], again[1]) == (low, high)  # seeded
+
+
+def _scores():
+    rows = []
+    for layer, (a, b) in enumerate([(0.3, 0.4), (0.6, 0.7), (0.55, 0.5), (0.2, 0.1)]):
+        for sigma, value in ((0.5, a), (0.7, b)):
+            rows.append((layer, sigma, "mean", "image_to_text", "miou", value, value - 0.05, value + 0.05))
+    rows.append((1, 0.5, "0", "image_to_text", "miou", 0.99, np.nan, np.nan))  # a single head never wins
+    return pd.DataFrame(rows, columns=["layer", "timestep", "head", "direction", "metric", "value", "ci_low", "ci_high"])
+
+
+def test_selection_rule_runner_up_and_forcing():
+    expert = select_expert(_scores(), "best_miou", "image_to_text")
+    assert (expert["layer"], expert["timestep"], expert["miou"]) == (1, 0.7, 0.7)
+    assert expert["runner_up"]["layer"] == 2 and expert["runner_up"]["miou"] == 0.55
+    assert expert["intervals_overlap"] is False and expert["forced"] is False
+    forced = select_expert(_scores(), "best_miou", "image_to_text", force_layer=3, force_timestep=0.5)
+    assert (forced["layer"], forced["timestep"], forced["forced"]) == (3, 0.5, True)
+    with pytest.raises(ValueError, match="force_layer 9 is not a scored layer"):
+        select_expert(_scores(), "best_miou", "image_to_text", force_layer=9)
