@@ -125,6 +125,9 @@ class ExtractParams(Group):
     split: str = Field("val", description="prepared split whose attention is extracted (layer selection never sees test)")
     output: str = "data/attention.zarr"
     prompt: Literal["gt_classes", "vocabulary", "caption"] = "gt_classes"
+    separator: str = Field(" ", description="between class names in a prompt (Seg4Diff: a space)")
+    background: Literal["word", "threshold"] = Field(
+        "word", description="prompt 'background' as a word, or leave it out and predict it by score.background_threshold")
     num_inference_steps: int = Field(28, ge=1)
     timestep_steps: list[int] = Field([8], description="scheduler step indices of a num_inference_steps schedule")
     sigmas: list[float] | None = Field(None, description="noise levels in (0, 1]; when set, used instead of timestep_steps")
@@ -149,6 +152,9 @@ class ExtractParams(Group):
 
 class ScoreParams(Group):
     timesteps: list[float] | None = Field(None, description="sigmas of the store to score (None: all stored)")
+    background_threshold: float = Field(0.3, ge=0, le=1, description=(
+        "with extract.background 'threshold': a pixel is background when its best class map is below this fraction "
+        "of the image's highest class-map value"))
     bootstrap_resamples: int = Field(1000, ge=10)
     seed: int = 0
     examples: int = Field(4, ge=0, description="samples shown in the example attention-map grid")
@@ -162,6 +168,45 @@ class SelectParams(Group):
     force_layer: int | None = Field(None, description="pin the expert layer (e.g. 9 for SD3, as in the paper)")
     force_timestep: float | None = Field(None, description="pin the sigma (must be one of the scored sigmas)")
     output: str = "results/expert.json"
+
+
+class FinetuneParams(Group):
+    mode: Literal["gt_classes", "caption"] = "gt_classes"
+    rank: int = Field(16, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = ["to_q", "to_k", "to_v", "to_out.0"]
+    lambda_flow: float = Field(1.0, ge=0)
+    lambda_focal: float = Field(0.1, ge=0)
+    lambda_dice: float = Field(0.2, ge=0)
+    min_mask_fraction: float = Field(0.005, ge=0, description="caption mode: ground-truth masks smaller than this are dropped")
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(8, ge=1)
+    grad_accumulation: int = Field(1, ge=1)
+    lr: float = Field(0.0001, gt=0)
+    weight_decay: float = Field(0.0001, ge=0)
+    warmup_steps: int = Field(20, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    timestep_mean: float = 0.0
+    timestep_std: float = Field(0.5, gt=0)
+    timestep_shift: float = Field(1.0, gt=0, description="3.0 for SD3's schedule")
+    checkpoint_every: int = Field(50, ge=1)
+    validate_every: int = Field(50, ge=1)
+    validation_samples: int = Field(100, ge=1)
+    seed: int = 0
+    work_dir: str = "models/finetune"
+    output: str = "models/lora"
+
+
+class EvaluateParams(Group):
+    split: str = "test"
+    batch_size: int = Field(16, ge=1)
+    max_samples: int | None = Field(None, ge=1)
+    kl_threshold: float = Field(0.1, gt=0, description="unsupervised: merge token maps whose symmetric KL is below this")
+    seed: int = 0
+    gallery: int = Field(6, ge=0, description="samples in the overlay gallery")
+    generation_samples: int = Field(32, ge=0, description="organism: captions generated for the colour agreement check")
+    output: str = "metrics/evaluate.json"
 
 
 class TrackingParams(Group):
@@ -178,6 +223,8 @@ class Params(Group):
     extract: ExtractParams
     score: ScoreParams
     select: SelectParams
+    finetune: FinetuneParams
+    evaluate: EvaluateParams
 
 
 def format_validation_error(error: ValidationError, source: str) -> str:

@@ -29,12 +29,24 @@ def class_phrase(name: str) -> str:
     return name.split("-")[0].strip()
 
 
-def build_prompt(mode: str, present: np.ndarray, class_names: list[str], caption: str) -> tuple[str, list[ClassSpan]]:
+@dataclass(frozen=True)
+class PromptStyle:
+    """How prompts are built from class names."""
+
+    mode: str = "gt_classes"  # gt_classes | vocabulary | caption
+    separator: str = " "  # Seg4Diff joins names with spaces; the Shapes organism reads "x and y" as in its captions
+    background: str = "word"  # "word": background is a prompted class; "threshold": left out, predicted by threshold
+
+
+def build_prompt(style: PromptStyle | str, present: np.ndarray, class_names: list[str], caption: str) -> tuple[str, list[ClassSpan]]:
     """Returns (prompt, class spans) for one sample.
 
-    gt_classes: the present classes' names joined by spaces (the oracle protocol); vocabulary: every class;
-    caption: the caption, with each class phrase found in it as a whole-word match.
+    gt_classes: the present classes' names joined by the separator (the oracle protocol); vocabulary: every class;
+    caption: the caption, with each class phrase found in it as a whole-word match. With background "threshold",
+    class 0 ("background") is never prompted.
     """
+    style = PromptStyle(style) if isinstance(style, str) else style
+    mode = style.mode
     if mode == "caption":
         spans = []
         for class_id, name in sorted(enumerate(class_names), key=lambda item: -len(item[1])):
@@ -43,11 +55,13 @@ def build_prompt(mode: str, present: np.ndarray, class_names: list[str], caption
                     spans.append(ClassSpan(class_id, match.start(), match.end()))
         return caption, sorted(spans, key=lambda s: s.start)
     ids = np.flatnonzero(present) if mode == "gt_classes" else np.arange(len(class_names))
+    if style.background == "threshold" and class_names and class_names[0] == "background":
+        ids = ids[ids != 0]
     prompt, spans = "", []
     for class_id in ids:
         phrase = class_phrase(class_names[class_id])
-        start = len(prompt) + (1 if prompt else 0)
-        prompt = f"{prompt} {phrase}" if prompt else phrase
+        start = len(prompt) + (len(style.separator) if prompt else 0)
+        prompt = f"{prompt}{style.separator}{phrase}" if prompt else phrase
         spans.append(ClassSpan(int(class_id), start, start + len(phrase)))
     return prompt, spans
 
@@ -77,6 +91,10 @@ def token_slots(encoding: PromptEncoding, index: int, spans: list[ClassSpan], ke
         result.encoder[slot] = tokens[position].encoder
         result.text[slot] = tokens[position].token
     return result
+
+
+def prompt_style(params: ExtractParams, mode: str | None = None) -> PromptStyle:
+    return PromptStyle(mode or params.prompt, params.separator, params.background)
 
 
 def resolve_sigmas(backbone: Backbone, params: ExtractParams, image_tokens: int) -> list[float]:
@@ -159,7 +177,8 @@ def extract_range(backbone: Backbone, prepared: xr.Dataset, path: Path, start: i
         if not indices:
             continue
         rows = prepared.isel(sample=indices).load()
-        built = [build_prompt(params.prompt, rows["present"].values[k], names, str(rows["caption"].values[k])) for k in range(len(indices))]
+        style = prompt_style(params)
+        built = [build_prompt(style, rows["present"].values[k], names, str(rows["caption"].values[k])) for k in range(len(indices))]
         prompts = [prompt for prompt, _ in built]
         encoding = backbone.encode_prompts(prompts)
         slots = [token_slots(encoding, k, spans, params.tokens, params.max_tokens, f"{params.split}/{indices[k]}")

@@ -37,11 +37,13 @@ def predict(maps: np.ndarray, class_ids: np.ndarray, size: int | tuple[int, int]
             background_id: int = 0) -> np.ndarray:
     """Returns (…, H, W) class ids: argmax over the upsampled class maps.
 
-    With `background_threshold` (for datasets without a background word in the prompt), pixels whose best map value
-    falls below it become `background_id`.
+    With `background_threshold` (when background is not a prompted word), pixels whose best map value falls below
+    that fraction of the image's highest value become `background_id`.
     """
     upsampled = upsample(maps, size)
     prediction = np.asarray(class_ids)[upsampled.argmax(axis=-3)]
     if background_threshold is not None:
-        prediction = np.where(upsampled.max(axis=-3) < background_threshold, background_id, prediction)
+        best = upsampled.max(axis=-3)
+        peak = best.max(axis=(-2, -1), keepdims=True)
+        prediction = np.where(best < background_threshold * peak, background_id, prediction)
     return prediction

@@ -164,11 +164,15 @@ class Backbone:
             scheduler.set_timesteps(num_steps)
         return scheduler.sigmas[:num_steps].float().numpy()
 
-    def transformer_inputs(self, latents: torch.Tensor, sigma: float, prompt: PromptEncoding) -> dict:
-        """Returns the keyword arguments of one transformer forward on noisy latents at `sigma` (no CFG)."""
+    def transformer_inputs(self, latents: torch.Tensor, sigma: float | torch.Tensor, prompt: PromptEncoding) -> dict:
+        """Returns the keyword arguments of one transformer forward on noisy latents at `sigma` (no CFG).
+
+        `sigma` is one value for the batch or a (batch,) tensor.
+        """
         batch = latents.shape[0]
+        sigmas = torch.as_tensor(sigma, dtype=torch.float32, device=self.device).expand(batch)
         if self.family in ("sd3", "organism"):
-            return {"hidden_states": latents, "timestep": torch.full((batch,), sigma * 1000.0, device=self.device),
+            return {"hidden_states": latents, "timestep": sigmas * 1000.0,
                     "encoder_hidden_states": prompt.prompt_embeds, "pooled_projections": prompt.pooled, "return_dict": False}
         _, channels, height, width = latents.shape
         packed = FluxPipeline._pack_latents(latents, batch, channels, height, width)
@@ -176,7 +180,7 @@ class Backbone:
         text_ids = torch.zeros(prompt.prompt_embeds.shape[1], 3, device=self.device, dtype=self.dtype)
         guidance = (torch.full((batch,), 3.5, device=self.device, dtype=torch.float32)
                     if self.transformer.config.guidance_embeds else None)
-        return {"hidden_states": packed, "timestep": torch.full((batch,), sigma, device=self.device, dtype=self.dtype),
+        return {"hidden_states": packed, "timestep": sigmas.to(self.dtype),
                 "guidance": guidance, "pooled_projections": prompt.pooled, "encoder_hidden_states": prompt.prompt_embeds,
                 "txt_ids": text_ids, "img_ids": image_ids, "return_dict": False}
 
@@ -192,6 +196,11 @@ def backbone_from_pipeline(pipe: DiffusionPipeline, text_length: int | None = No
     raise ModelLoadError(f"{type(pipe).__name__} is not a supported MM-DiT pipeline (StableDiffusion3Pipeline, FluxPipeline)")
 
 
-def load_backbone(params: ModelParams) -> Backbone:
-    """Returns the Backbone configured by the `model` params group."""
-    return backbone_from_pipeline(load_pipeline(params), params.text_length)
+def load_backbone(params: ModelParams, lora: str | Path | None = None) -> Backbone:
+    """Returns the Backbone configured by the `model` params group, with a saved LoRA adapter applied if given."""
+    backbone = backbone_from_pipeline(load_pipeline(params), params.text_length)
+    if lora is not None:
+        from seg4diff.lora import load_lora
+
+        load_lora(backbone.transformer, lora)
+    return backbone

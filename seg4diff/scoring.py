@@ -39,16 +39,19 @@ class ScoreTables:
     sigmas: list[float]
 
 
-def _sample_predictions(maps: np.ndarray, token_class: np.ndarray, size: int) -> np.ndarray:
+def _sample_predictions(maps: np.ndarray, token_class: np.ndarray, size: int, background_threshold: float | None) -> np.ndarray:
     """(…, token, y, x) → (…, H, W) predictions over the classes the prompt named."""
     prompted = np.unique(token_class[token_class >= 0])
-    return predict(class_maps(maps, token_class, prompted), prompted, size)
+    return predict(class_maps(maps, token_class, prompted), prompted, size, background_threshold)
 
 
-def score_store(store: xr.Dataset, labels: xr.DataArray, num_classes: int, progress: bool = True) -> ScoreTables:
-    """Returns confusion tables for every sample, direction, layer, timestep and head of a complete attention store."""
+def score_store(store: xr.Dataset, labels: xr.DataArray, num_classes: int, background_threshold: float | None = None,
+                progress: bool = True) -> ScoreTables:
+    """Returns confusion tables for every sample, direction, layer, timestep and head of a complete attention store.
+
+    `background_threshold`: for stores whose prompts left background out (see masks.predict)."""
     directions = [d for d in ATTENTION if d in store]
-    layers, heads, sigmas = store.layer.values.tolist(), store.head.values.tolist(), store.timestep.values.tolist()
+    layers, heads, sigmas = store["layer"].values.tolist(), store["head"].values.tolist(), store["timestep"].values.tolist()
     n, size = store.sizes["sample"], labels.sizes["label_y"]
     shape = (len(layers), len(sigmas), num_classes, num_classes)
     per_sample = np.zeros((n, len(directions), *shape), np.int64)
@@ -62,15 +65,15 @@ def score_store(store: xr.Dataset, labels: xr.DataArray, num_classes: int, progr
         for d, direction in enumerate(directions):
             maps = sample[direction].values.astype(np.float32)  # (layer, head, timestep, token, y, x)
             head_mean = maps.mean(axis=1)
-            predictions = _sample_predictions(head_mean, token_class, size)  # (layer, timestep, H, W)
+            predictions = _sample_predictions(head_mean, token_class, size, background_threshold)  # (layer, timestep, H, W)
             for l in range(len(layers)):
                 for t in range(len(sigmas)):
                     per_sample[s, d, l, t] = confusion_matrix(predictions[l, t], target, num_classes)
             if len(heads) > 1:
-                by_head = _sample_predictions(maps, token_class, size)  # (layer, head, timestep, H, W)
+                by_head = _sample_predictions(maps, token_class, size, background_threshold)  # (layer, head, timestep, H, W)
                 for index in np.ndindex(by_head.shape[:3]):
                     per_head[(d, *index)] += confusion_matrix(by_head[index], target, num_classes)
-            averaged = _sample_predictions(head_mean.mean(axis=0), token_class, size)  # (timestep, H, W)
+            averaged = _sample_predictions(head_mean.mean(axis=0), token_class, size, background_threshold)  # (timestep, H, W)
             for t in range(len(sigmas)):
                 layer_mean[d, t] += confusion_matrix(averaged[t], target, num_classes)
         valid = token_class >= 0

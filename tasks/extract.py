@@ -36,6 +36,7 @@ def plan_extraction_task(params: Params) -> dict:
     attrs = {"fingerprint": fingerprint(params.model.model_dump(), params.data.model_dump(), params.prepare.model_dump(),
                                         p.model_dump(exclude={"workers", "batch_size"}), sigmas),
              "model": params.model.path, "family": backbone.family, "split": p.split, "prompt": p.prompt,
+             "separator": p.separator, "background": p.background,
              "class_names": [str(n) for n in prepared["class_name"].values], "has_background": bool(prepared.attrs["has_background"]),
              "resolution": resolution, "label_resolution": int(prepared.attrs["label_resolution"]), "seed": p.seed}
     created = open_or_create(Path(p.output), layout, attrs)

@@ -32,7 +32,12 @@ def load_inputs(params: Params):
 @task(name="score-layers")
 def score_layers_task(params: Params) -> ScoreTables:
     store, prepared = load_inputs(params)
-    return score_store(store, prepared["label"], prepared.sizes["class"])
+    return score_store(store, prepared["label"], prepared.sizes["class"], background_threshold(params, store))
+
+
+def background_threshold(params: Params, store) -> float | None:
+    """The score threshold when the store's prompts left background out, else None."""
+    return params.score.background_threshold if store.attrs.get("background") == "threshold" else None
 
 
 @task(name="write-scores")
@@ -82,7 +87,7 @@ def example_maps_task(params: Params, layer: int, sigma: float):
         per_class = class_maps(sample.image_to_text.values.astype(np.float32).mean(axis=0), token_class, prompted)
         images.append(prepared.image.values[s])
         labels.append(prepared.label.values[s])
-        predictions.append(predict(per_class, prompted, size))
+        predictions.append(predict(per_class, prompted, size, background_threshold(params, store)))
         maps.append(list(upsample(per_class, size)))
         titles.append([names[c] for c in prompted])
     return attention_examples(images, labels, predictions, maps, titles, len(names),

@@ -1,0 +1,256 @@
+"""MAGNET: LoRA on a frozen MM-DiT, trained with flow matching plus focal + dice losses on the expert block's
+pre-softmax image→text logits. Checkpoints carry optimizer and RNG state, so a restarted run resumes exactly."""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import xarray as xr
+from safetensors.torch import load_file
+from tqdm import tqdm
+
+from seg4diff.attention import capture_attention
+from seg4diff.extract import PromptStyle, build_prompt, token_slots
+from seg4diff.lora import LoraSpec, add_lora, save_lora, set_lora_state
+from seg4diff.losses import dice_loss, hungarian_match, sigmoid_focal_loss
+from seg4diff.metrics import summarize
+from seg4diff.models import Backbone
+from seg4diff.pretrain import warmup_cosine
+from seg4diff.segment import segmentation_confusion
+
+IGNORE_INDEX = 255
+
+
+@dataclass(frozen=True)
+class MagnetConfig:
+    expert_layer: int
+    expert_sigma: float
+    mode: str = "gt_classes"  # or "caption"
+    rank: int = 16
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    lambda_flow: float = 1.0
+    lambda_focal: float = 0.1
+    lambda_dice: float = 0.2
+    focal_alpha: float = 0.25
+    focal_gamma: float = 2.0
+    min_mask_fraction: float = 0.005
+    steps: int = 300
+    batch_size: int = 8
+    grad_accumulation: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    warmup_steps: int = 20
+    grad_clip: float = 1.0
+    timestep_mean: float = 0.0
+    timestep_std: float = 0.5
+    timestep_shift: float = 1.0
+    checkpoint_every: int = 50
+    validate_every: int = 50
+    validation_samples: int = 100
+    seed: int = 0
+    prompt_separator: str = " "
+    prompt_background: str = "word"
+    background_threshold: float = 0.3
+
+    @property
+    def style(self) -> PromptStyle:
+        return PromptStyle("caption" if self.mode == "caption" else "gt_classes", self.prompt_separator, self.prompt_background)
+
+    @property
+    def lora(self) -> LoraSpec:
+        return LoraSpec(self.rank, self.alpha, self.dropout, self.target_modules)
+
+    def save(self, transformer: torch.nn.Module, directory: Path) -> None:
+        save_lora(transformer, directory, self.lora, {"expert_layer": self.expert_layer, "expert_sigma": self.expert_sigma})
+
+
+def sample_sigmas(generator: torch.Generator, n: int, config: MagnetConfig) -> torch.Tensor:
+    """Returns logit-normal noise levels on the shifted schedule σ = shift·u / (1 + (shift − 1)·u)."""
+    u = torch.sigmoid(config.timestep_mean + config.timestep_std * torch.randn(n, generator=generator))
+    return config.timestep_shift * u / (1 + (config.timestep_shift - 1) * u)
+
+
+def _class_logits(logits: torch.Tensor, slot_class: np.ndarray, classes: np.ndarray) -> torch.Tensor:
+    """(token, y, x) head-mean logits → (class, y, x): each class's token maps averaged."""
+    return torch.stack([logits[torch.from_numpy(np.flatnonzero(slot_class == c))].mean(0) for c in classes])
+
+
+def magnet_loss(backbone: Backbone, rows: xr.Dataset, config: MagnetConfig, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+    """Returns (weighted loss, parts) for one micro-batch of prepared samples: flow + focal + dice at the expert block."""
+    names = [str(n) for n in rows["class_name"].values]
+    mode = config.style.mode
+    built = [build_prompt(config.style, rows["present"].values[k], names, str(rows["caption"].values[k])) for k in range(rows.sizes["sample"])]
+    with torch.no_grad():
+        encoding = backbone.encode_prompts([prompt for prompt, _ in built])
+        images = torch.from_numpy(rows["image"].values).permute(0, 3, 1, 2).float() / 255
+        x0 = backbone.encode_images(images)
+    width = len(encoding.tokens[0])
+    keep = "class" if mode == "gt_classes" else "all"
+    slots = [token_slots(encoding, k, spans, keep, width, str(k)) for k, (_, spans) in enumerate(built)]
+    used = max(int((s.position >= 0).sum()) for s in slots)
+    positions = torch.from_numpy(np.stack([s.position[:used] for s in slots]).astype(np.int64)).clamp_min(0)
+    noise = torch.randn(x0.shape, generator=generator).to(x0)
+    sigma = sample_sigmas(generator, x0.shape[0], config).to(x0)
+    noisy = sigma.view(-1, 1, 1, 1) * noise + (1 - sigma.view(-1, 1, 1, 1)) * x0
+    with capture_attention(backbone.transformer, [config.expert_layer], ("image_to_text",), positions,
+                           head_mean=mode == "gt_classes", output="logits", detach=False) as cap:
+        prediction = backbone.transformer(**backbone.transformer_inputs(noisy, sigma, encoding))[0]
+    flow = F.mse_loss(prediction.float(), (noise - x0).float())
+    logits = cap.tensor("image_to_text")[:, 0]  # (batch, head, image_token, slot)
+    grid = backbone.token_grid(*images.shape[2:])
+    labels = torch.from_numpy(rows["label"].values.astype(np.int64))
+    size = labels.shape[-2:]
+    maps, targets, valid = [], [], []
+    for k, slot in enumerate(slots):
+        slot_class = slot.class_id[:used]
+        slot_class = np.where(slot.position[:used] >= 0, slot_class, -1)
+        sample_logits = logits[k].transpose(-1, -2).reshape(logits.shape[1], used, *grid)  # (head, slot, y, x)
+        up = lambda x: F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]  # noqa: E731
+        if mode == "gt_classes":
+            classes = np.unique(slot_class[slot_class >= 0])
+            sample_maps = up(_class_logits(sample_logits[0], slot_class, classes))
+            sample_targets = torch.stack([(labels[k] == c).float() for c in classes])
+        else:  # every head × token map is a candidate, Hungarian-matched to the present classes' masks
+            present = [c for c in np.flatnonzero(rows["present"].values[k])
+                       if (labels[k] == c).float().mean() >= config.min_mask_fraction]
+            if not present:
+                continue
+            candidates = up(sample_logits[:, slot.position[:used] >= 0].flatten(0, 1))
+            masks = torch.stack([(labels[k] == c).float() for c in present])
+            chosen, matched = hungarian_match(candidates, masks)
+            sample_maps, sample_targets = candidates[chosen], masks[matched]
+        maps.append(sample_maps)
+        targets.append(sample_targets)
+        valid.append((labels[k] != IGNORE_INDEX).float().expand_as(sample_targets))
+    if maps:
+        maps, targets, valid = torch.cat(maps), torch.cat(targets), torch.cat(valid)
+        focal = sigmoid_focal_loss(maps.float(), targets, config.focal_alpha, config.focal_gamma, valid)
+        dice = dice_loss(maps.float(), targets, valid)
+    else:
+        focal = dice = torch.zeros((), device=flow.device)
+    loss = config.lambda_flow * flow + config.lambda_focal * focal + config.lambda_dice * dice
+    return loss, {"flow": flow.item(), "focal": focal.item(), "dice": dice.item(), "loss": loss.item()}
+
+
+@torch.no_grad()
+def heldout_flow_loss(backbone: Backbone, prepared: xr.Dataset, seed: int, limit: int, batch_size: int = 16,
+                      style: PromptStyle = PromptStyle()) -> float:
+    """Returns the mean flow-matching MSE on held-out samples at fixed noise and fixed σ ∈ {0.1, …, 0.9} (gt-class prompts)."""
+    names = [str(n) for n in prepared["class_name"].values]
+    n = min(limit, prepared.sizes["sample"])
+    total, count = 0.0, 0
+    for start in range(0, n, batch_size):
+        rows = prepared.isel(sample=list(range(start, min(start + batch_size, n)))).load()
+        prompts = [build_prompt(style, rows["present"].values[k], names, "")[0] for k in range(rows.sizes["sample"])]
+        encoding = backbone.encode_prompts(prompts)
+        x0 = backbone.encode_images(torch.from_numpy(rows["image"].values).permute(0, 3, 1, 2).float() / 255)
+        generator = torch.Generator().manual_seed(seed * 7919 + start)
+        for sigma in (0.1, 0.3, 0.5, 0.7, 0.9):
+            noise = torch.randn(x0.shape, generator=generator).to(x0)
+            out = backbone.transformer(**backbone.transformer_inputs(sigma * noise + (1 - sigma) * x0, sigma, encoding))[0]
+            total += F.mse_loss(out.float(), (noise - x0).float(), reduction="sum").item() / x0[0].numel()
+            count += x0.shape[0]
+    return total / count
+
+
+def validate(backbone: Backbone, val: xr.Dataset, config: MagnetConfig) -> dict:
+    """Returns expert-layer mIoU and held-out flow loss on the validation split."""
+    threshold = config.background_threshold if config.prompt_background == "threshold" else None
+    confusion = segmentation_confusion(backbone, val, config.expert_layer, config.expert_sigma, config.seed, 16, config.style,
+                                       threshold, limit=config.validation_samples)
+    return {"val_miou": summarize(confusion)["miou"],
+            "val_flow_loss": heldout_flow_loss(backbone, val, config.seed, config.validation_samples, style=config.style)}
+
+
+def _save_checkpoint(directory: Path, step: int, transformer, optimizer, scheduler, generator, config, history, best) -> None:
+    """Writes checkpoint-<step> atomically (to a temp dir, then renamed) and keeps only the newest."""
+    final = directory / f"checkpoint-{step:06d}"
+    tmp = directory / f".tmp-{step:06d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    config.save(transformer, tmp)
+    torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "history": history, "best": best},
+               tmp / "state.pt")
+    tmp.rename(final)
+    for old in sorted(directory.glob("checkpoint-*"))[:-1]:
+        shutil.rmtree(old)
+
+
+def _forget_other_runs(work_dir: Path, config: MagnetConfig) -> None:
+    """Clears checkpoints written under another config, so that only a run of the same settings is resumed."""
+    marker = work_dir / "config.json"
+    current = json.dumps(asdict(config), sort_keys=True)
+    if marker.exists() and marker.read_text() != current:
+        shutil.rmtree(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(current)
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    found = sorted(Path(directory).glob("checkpoint-*"))
+    return found[-1] if found else None
+
+
+def train_magnet(backbone: Backbone, train: xr.Dataset, val: xr.Dataset, config: MagnetConfig, work_dir: Path,
+                 on_metrics: Callable[[int, dict], None] | None = None, progress: bool = True) -> dict:
+    """Trains the adapter (resuming from work_dir's latest checkpoint); the best-on-validation adapter goes to work_dir/best."""
+    work_dir = Path(work_dir)
+    _forget_other_runs(work_dir, config)
+    torch.manual_seed(config.seed)
+    parameters = add_lora(backbone.transformer, config.lora)
+    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, config.warmup_steps, config.steps))
+    generator = torch.Generator().manual_seed(config.seed)
+    step, history, best = 0, [], {"val_miou": -1.0, "step": 0}
+    checkpoint = latest_checkpoint(work_dir)
+    if checkpoint is not None:
+        state = torch.load(checkpoint / "state.pt", weights_only=False)
+        set_lora_state(backbone.transformer, load_file(checkpoint / "adapter_model.safetensors"), str(checkpoint))
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        step, history, best = state["step"], state["history"], state["best"]
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if backbone.device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    n = train.sizes["sample"]
+    started = time.perf_counter()
+    bar = tqdm(total=config.steps, initial=step, desc="finetune", unit="step", disable=not progress)
+    while step < config.steps:
+        backbone.transformer.train()
+        parts = []
+        for _ in range(config.grad_accumulation):  # gradients of all micro-batches add up before one optimizer step
+            indices = torch.randint(n, (config.batch_size,), generator=generator).tolist()
+            with autocast:
+                loss, part = magnet_loss(backbone, train.isel(sample=indices).load(), config, generator)
+            (loss / config.grad_accumulation).backward()
+            parts.append(part)
+        torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        bar.update(1)
+        metrics = {f"train_{k}": float(np.mean([p[k] for p in parts])) for k in parts[0]}
+        if step % config.validate_every == 0 or step == config.steps:
+            backbone.transformer.eval()
+            metrics |= validate(backbone, val, config)
+            if metrics["val_miou"] > best["val_miou"]:
+                best = {"val_miou": metrics["val_miou"], "val_flow_loss": metrics["val_flow_loss"], "step": step}
+                config.save(backbone.transformer, work_dir / "best")
+        history.append({"step": step, **metrics})
+        if on_metrics:
+            on_metrics(step, metrics)
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            _save_checkpoint(work_dir, step, backbone.transformer, optimizer, scheduler, generator, config, history, best)
+    bar.close()
+    backbone.transformer.eval()
+    return {"best": best, "history": history, "seconds": time.perf_counter() - started}

@@ -1,0 +1,55 @@
+"""Zero-shot segmentation with one block's image→text attention (head mean), as Seg4Diff does it."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import xarray as xr
+
+from seg4diff.attention import capture_attention
+from seg4diff.extract import PromptStyle, build_prompt, sample_noise, token_slots
+from seg4diff.masks import class_maps, predict
+from seg4diff.metrics import confusion_matrix
+from seg4diff.models import Backbone
+
+
+@torch.no_grad()
+def segment_batch(backbone: Backbone, rows: xr.Dataset, sample_indices: list[int], layer: int, sigma: float, seed: int,
+                  style: PromptStyle = PromptStyle(), background_threshold: float | None = None) -> np.ndarray:
+    """Returns predictions (batch, label_y, label_x) for a loaded batch of prepared samples."""
+    names = [str(n) for n in rows["class_name"].values]
+    built = [build_prompt(style, rows["present"].values[k], names, str(rows["caption"].values[k])) for k in range(len(sample_indices))]
+    encoding = backbone.encode_prompts([prompt for prompt, _ in built])
+    width = max(len(encoding.tokens[0]), 1)
+    slots = [token_slots(encoding, k, spans, "class", width, str(i)) for k, ((_, spans), i) in enumerate(zip(built, sample_indices))]
+    used = max(int((s.position >= 0).sum()) for s in slots) or 1
+    positions = torch.from_numpy(np.stack([s.position[:used] for s in slots]).astype(np.int64))
+    images = torch.from_numpy(rows["image"].values).permute(0, 3, 1, 2).float() / 255
+    latents = backbone.encode_images(images)
+    noise = torch.stack([sample_noise(latents.shape[1:], seed, i) for i in sample_indices]).to(latents)
+    with capture_attention(backbone.transformer, [layer], ("image_to_text",), positions.clamp_min(0), head_mean=True) as cap:
+        backbone.transformer(**backbone.transformer_inputs(sigma * noise + (1 - sigma) * latents, sigma, encoding))
+    grid = backbone.token_grid(*images.shape[2:])
+    maps = cap.tensor("image_to_text")[:, 0, 0].transpose(-1, -2).reshape(len(sample_indices), used, *grid).float().cpu().numpy()
+    size = rows.sizes["label_y"]
+    predictions = []
+    for k, slot in enumerate(slots):
+        token_class = slot.class_id[:used].copy()
+        token_class[slot.position[:used] < 0] = -1
+        prompted = np.unique(token_class[token_class >= 0])
+        predictions.append(predict(class_maps(maps[k], token_class, prompted), prompted, size, background_threshold))
+    return np.stack(predictions)
+
+
+def segmentation_confusion(backbone: Backbone, prepared: xr.Dataset, layer: int, sigma: float, seed: int, batch_size: int,
+                           style: PromptStyle = PromptStyle(), background_threshold: float | None = None,
+                           limit: int | None = None) -> np.ndarray:
+    """Returns the dataset-level confusion matrix of zero-shot segmentation over (the first `limit` of) a prepared split."""
+    num_classes = prepared.sizes["class"]
+    n = min(prepared.sizes["sample"], limit or prepared.sizes["sample"])
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    for start in range(0, n, batch_size):
+        indices = list(range(start, min(start + batch_size, n)))
+        rows = prepared.isel(sample=indices).load()
+        predictions = segment_batch(backbone, rows, indices, layer, sigma, seed, style, background_threshold)
+        confusion += confusion_matrix(predictions, rows["label"].values, num_classes)
+    return confusion

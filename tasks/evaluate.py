@@ -1,0 +1,47 @@
+"""Tasks of the evaluate stage: one model variant (base or fine-tuned) evaluated on the test split."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from prefect import task
+
+from seg4diff.config import Params
+from seg4diff.data.prepared import open_prepared
+from seg4diff.evaluate import evaluate_segmentation
+from seg4diff.extract import prompt_style
+from seg4diff.finetune import heldout_flow_loss
+from seg4diff.models import load_backbone
+from seg4diff.pretrain import caption_colour_agreement, sample
+
+
+def expert_of(params: Params) -> dict:
+    path = Path(params.select.output)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: run the select stage first (dvc repro select)")
+    return json.loads(path.read_text())
+
+
+@task(name="evaluate-model", task_run_name="evaluate-{variant}")
+def evaluate_model_task(params: Params, variant: str) -> dict:
+    """Returns segmentation results, fidelity numbers and gallery predictions for 'base' or 'finetuned'."""
+    p = params.evaluate
+    expert = expert_of(params)
+    backbone = load_backbone(params.model, lora=params.finetune.output if variant == "finetuned" else None)
+    test = open_prepared(Path(params.prepare.output) / f"{p.split}.zarr")
+    style = prompt_style(params.extract, "gt_classes")
+    threshold = params.score.background_threshold if style.background == "threshold" else None
+    results, gallery = evaluate_segmentation(backbone, test, expert["layer"], expert["timestep"], p.seed, p.batch_size,
+                                             p.kl_threshold, style, threshold, p.max_samples)
+    limit = min(test.sizes["sample"], p.max_samples or test.sizes["sample"])
+    fidelity = {"heldout_flow_loss": heldout_flow_loss(backbone, test, p.seed, limit, style=style)}
+    if backbone.family == "organism" and p.generation_samples:
+        captions = [str(c) for c in test["caption"].values[: p.generation_samples]]
+        images = sample(backbone.pipe, captions, steps=params.pretrain.sample_steps, guidance=params.pretrain.guidance, seed=p.seed)
+        agreement, chance = caption_colour_agreement(images.permute(0, 2, 3, 1).numpy(), captions)
+        fidelity |= {"caption_colour_agreement": agreement, "caption_colour_chance": chance}
+    shown = sorted(gallery)[: p.gallery]
+    return {"variant": variant, "expert": expert, "segmentation": results, "fidelity": fidelity,
+            "gallery": {i: gallery[i].astype(np.uint8) for i in shown}, "torch_threads": torch.get_num_threads()}

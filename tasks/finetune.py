@@ -1,0 +1,48 @@
+"""Task of the finetune stage: MAGNET LoRA training at the selected expert layer, validated on the val split."""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+from prefect import task
+
+from seg4diff.config import Params
+from seg4diff.data.prepared import open_prepared
+from seg4diff.finetune import MagnetConfig, train_magnet
+from seg4diff.models import load_backbone
+
+
+def magnet_config(params: Params, expert: dict) -> MagnetConfig:
+    p = params.finetune
+    fields = p.model_dump(exclude={"work_dir", "output"})
+    return MagnetConfig(expert_layer=expert["layer"], expert_sigma=expert["timestep"],
+                        prompt_separator=params.extract.separator, prompt_background=params.extract.background,
+                        background_threshold=params.score.background_threshold,
+                        **{**fields, "target_modules": tuple(p.target_modules)})
+
+
+@task(name="train-magnet")
+def train_magnet_task(params: Params, run_id: str) -> dict:
+    """Trains (or resumes) the adapter; copies the best-on-validation one to finetune.output; returns the summary."""
+    expert_path = Path(params.select.output)
+    if not expert_path.exists():
+        raise FileNotFoundError(f"{expert_path} does not exist: run the select stage first (dvc repro select)")
+    expert = json.loads(expert_path.read_text())
+    config = magnet_config(params, expert)
+    prepared = Path(params.prepare.output)
+    client = MlflowClient()
+
+    def log(step: int, metrics: dict) -> None:
+        now = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+
+    summary = train_magnet(load_backbone(params.model), open_prepared(prepared / "train.zarr"), open_prepared(prepared / "val.zarr"),
+                           config, Path(params.finetune.work_dir), on_metrics=log)
+    output = Path(params.finetune.output)
+    shutil.rmtree(output, ignore_errors=True)
+    shutil.copytree(Path(params.finetune.work_dir) / "best", output)
+    return {**summary, "expert": expert}
