@@ -14,6 +14,7 @@ from seg4diff.config import load_params
 from seg4diff.data.prepared import open_prepared
 from seg4diff.plots import image_grid, overlay
 from seg4diff.tracking import stage_run
+from flows.runners import gpu_request, shard_runner
 from tasks.evaluate import evaluate_model_task
 
 PROTOCOLS = {
@@ -42,7 +43,9 @@ def evaluate(params_path: str = "params.yaml", overrides: dict | None = None) ->
     params = load_params(params_path, overrides)
     variants = ["base"] + (["finetuned"] if (Path(params.finetune.output) / "adapter_model.safetensors").exists() else [])
     with stage_run("evaluate", params, ("evaluate",)):
-        results = {v: evaluate_model_task(params, v) for v in variants}
+        with gpu_request(params):
+            futures = {v: evaluate_model_task.submit(params, v) for v in variants}
+        results = {v: future.result() for v, future in futures.items()}
         metrics = {"expert": results["base"]["expert"]["layer"], "sigma": results["base"]["expert"]["timestep"]}
         for variant, result in results.items():
             metrics[variant] = {protocol: {k: round(result["segmentation"][protocol][k], 5) for k in ("miou", "macc", "pacc")}
@@ -71,5 +74,10 @@ def evaluate(params_path: str = "params.yaml", overrides: dict | None = None) ->
     return metrics
 
 
+def with_runner(params_path: str = "params.yaml", overrides: dict | None = None):
+    """The evaluate flow on the configured Dask cluster."""
+    return evaluate.with_options(task_runner=shard_runner(load_params(params_path, overrides)))
+
+
 if __name__ == "__main__":
-    evaluate()
+    with_runner()()

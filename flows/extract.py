@@ -10,6 +10,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from seg4diff.config import load_params
 from seg4diff.tracking import stage_run
+from flows.runners import gpu_request, shard_runner
 from tasks.extract import extract_range_task, plan_extraction_task
 
 METRICS = Path("metrics/extract.json")
@@ -25,7 +26,8 @@ def extract(params_path: str = "params.yaml", overrides: dict | None = None) -> 
     params = load_params(params_path, overrides)
     with stage_run("extract", params, ("model", "extract")):
         plan = plan_extraction_task(params)
-        futures = [extract_range_task.submit(params, start, stop, plan["sigmas"], plan["layers"]) for start, stop in plan["ranges"]]
+        with gpu_request(params):
+            futures = [extract_range_task.submit(params, start, stop, plan["sigmas"], plan["layers"]) for start, stop in plan["ranges"]]
         results = [future.result() for future in futures]
         computed = sum(r["computed"] for r in results)
         seconds = max((r["seconds"] for r in results), default=0.0)
@@ -41,5 +43,10 @@ def extract(params_path: str = "params.yaml", overrides: dict | None = None) -> 
     return summary
 
 
+def with_runner(params_path: str = "params.yaml", overrides: dict | None = None):
+    """The extract flow on the configured Dask cluster."""
+    return extract.with_options(task_runner=shard_runner(load_params(params_path, overrides)))
+
+
 if __name__ == "__main__":
-    extract()
+    with_runner()()

@@ -23,7 +23,8 @@ def finetune(params_path: str = "params.yaml", overrides: dict | None = None) ->
     with stage_run("finetune", params, ("finetune",)) as run:
         summary = train_magnet_task(params, run.info.run_id)
         history = summary["history"]
-        mlflow.log_figure(loss_curve([h["step"] for h in history], [h["train_loss"] for h in history], "MAGNET loss"), "loss_curve.png")
+        trained = [h for h in history if "train_loss" in h]
+        mlflow.log_figure(loss_curve([h["step"] for h in trained], [h["train_loss"] for h in trained], "MAGNET loss"), "loss_curve.png")
         best = summary["best"]
         mlflow.log_metrics({f"best_{k}": float(v) for k, v in best.items()})
         mlflow.log_artifacts(params.finetune.output, "lora")

@@ -209,6 +209,12 @@ class EvaluateParams(Group):
     output: str = "metrics/evaluate.json"
 
 
+class OrchestrationParams(Group):
+    dask_address: str | None = Field(None, description="scheduler of an existing Dask cluster (None: a local cluster)")
+    local_workers: int = Field(2, ge=1, description="workers of the local Dask cluster")
+    gpus_per_task: int = Field(1, ge=0, description="GPU resources an extraction/evaluation shard requests from a worker")
+
+
 class TrackingParams(Group):
     mlflow_db: str = Field("mlflow.db", description="SQLite file of the MLflow tracking store, relative to the repo")
     experiment: str = "seg4diff"
@@ -218,13 +224,14 @@ class Params(Group):
     model: ModelParams
     data: DataParams
     tracking: TrackingParams
+    orchestration: OrchestrationParams = OrchestrationParams()
     prepare: PrepareParams
-    pretrain: PretrainParams
-    extract: ExtractParams
-    score: ScoreParams
-    select: SelectParams
-    finetune: FinetuneParams
-    evaluate: EvaluateParams
+    pretrain: PretrainParams = PretrainParams()
+    extract: ExtractParams = ExtractParams()
+    score: ScoreParams = ScoreParams()
+    select: SelectParams = SelectParams()
+    finetune: FinetuneParams = FinetuneParams()
+    evaluate: EvaluateParams = EvaluateParams()
 
 
 def format_validation_error(error: ValidationError, source: str) -> str:

@@ -220,6 +220,11 @@ def train_magnet(backbone: Backbone, train: xr.Dataset, val: xr.Dataset, config:
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         step, history, best = state["step"], state["history"], state["best"]
+    if step == 0:  # the base model's numbers, for comparison (LoRA B starts at zero: the adapter is a no-op)
+        backbone.transformer.eval()
+        history.append({"step": 0, **validate(backbone, val, config)})
+        if on_metrics:
+            on_metrics(0, history[-1])
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if backbone.device.type == "cuda" else torch.autocast("cpu", enabled=False)
     n = train.sizes["sample"]
     started = time.perf_counter()

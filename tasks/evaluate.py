@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import dask
 import numpy as np
 import torch
 from prefect import task
@@ -27,6 +28,11 @@ def expert_of(params: Params) -> dict:
 @task(name="evaluate-model", task_run_name="evaluate-{variant}")
 def evaluate_model_task(params: Params, variant: str) -> dict:
     """Returns segmentation results, fidelity numbers and gallery predictions for 'base' or 'finetuned'."""
+    with dask.config.set(scheduler="synchronous"):  # reads stay in this (possibly Dask worker) process
+        return _evaluate_model(params, variant)
+
+
+def _evaluate_model(params: Params, variant: str) -> dict:
     p = params.evaluate
     expert = expert_of(params)
     backbone = load_backbone(params.model, lora=params.finetune.output if variant == "finetuned" else None)

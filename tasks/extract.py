@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import dask
 from prefect import task
 from tqdm import tqdm
 
@@ -34,7 +35,7 @@ def plan_extraction_task(params: Params) -> dict:
     heads = [-1] if p.head_mean else list(range(backbone.transformer.config.num_attention_heads))
     layout = StoreLayout(samples, layers, heads, sigmas, p.max_tokens, grid, tuple(p.directions), p.diagnostics)
     attrs = {"fingerprint": fingerprint(params.model.model_dump(), params.data.model_dump(), params.prepare.model_dump(),
-                                        p.model_dump(exclude={"workers", "batch_size"}), sigmas),
+                                        p.model_dump(exclude={"workers", "batch_size", "output"}), sigmas),
              "model": params.model.path, "family": backbone.family, "split": p.split, "prompt": p.prompt,
              "separator": p.separator, "background": p.background,
              "class_names": [str(n) for n in prepared["class_name"].values], "has_background": bool(prepared.attrs["has_background"]),
@@ -50,7 +51,8 @@ def extract_range_task(params: Params, start: int, stop: int, sigmas: list[float
     """Extracts samples [start, stop) into the store, skipping complete ones; returns counts and seconds."""
     backbone = load_backbone(params.model)
     began = time.perf_counter()
-    with tqdm(total=stop - start, desc=f"extract {start}-{stop}", unit="sample") as bar:
+    # reads stay in this process: inside a Dask worker, dask would otherwise send them back to the busy cluster
+    with dask.config.set(scheduler="synchronous"), tqdm(total=stop - start, desc=f"extract {start}-{stop}", unit="sample") as bar:
         bar.update(int(completed(Path(params.extract.output))[start:stop].sum()))
         computed = extract_range(backbone, _prepared(params), Path(params.extract.output), start, stop, sigmas, layers,
                                  params.extract, progress=bar)

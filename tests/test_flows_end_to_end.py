@@ -9,7 +9,9 @@ from conftest import base_params
 
 
 def test_prepare_pretrain_extract_score_select(prefect_harness, tmp_path, monkeypatch):
-    from flows.extract import extract
+    from flows.evaluate import with_runner as evaluate_on_dask
+    from flows.extract import with_runner as extract_on_dask
+    from flows.finetune import finetune
     from flows.prepare import prepare
     from flows.pretrain import pretrain
     from flows.score import score
@@ -26,16 +28,22 @@ def test_prepare_pretrain_extract_score_select(prefect_harness, tmp_path, monkey
                       "batch_size": 2, "workers": 2}
     raw["score"] = {"bootstrap_resamples": 50, "examples": 2, "output": str(tmp_path / "results/layer_scores.csv")}
     raw["select"] = {"output": str(tmp_path / "results/expert.json")}
+    raw["finetune"] = {"steps": 4, "batch_size": 2, "rank": 4, "alpha": 4, "checkpoint_every": 2, "validate_every": 2,
+                       "validation_samples": 4, "work_dir": str(tmp_path / "ft"), "output": str(tmp_path / "lora")}
+    raw["evaluate"] = {"batch_size": 4, "gallery": 2, "generation_samples": 2, "output": str(tmp_path / "metrics/evaluate.json")}
+    raw["orchestration"] = {"local_workers": 2}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
 
     prepare()
     checks = pretrain()
     assert checks["final_train_loss"] < 1.5 and 0 <= checks["colour_agreement"] <= 1
-    summary = extract()
+    summary = extract_on_dask()()  # two shards on a 2-worker local Dask cluster
     assert summary["computed"] == 4 and summary["samples"] == 4
     store = open_attention(tmp_path / "attention.zarr")
     assert store.image_to_text.shape == (4, 3, 2, 2, 8, 16, 16) and bool(store.complete.all())
-    assert extract()["computed"] == 0  # unchanged params: nothing recomputed
+    assert extract_on_dask()()["computed"] == 0  # unchanged params: nothing recomputed
+    sequential = _sequential_store(tmp_path)
+    assert open_attention(sequential).load().identical(store.load())  # bit-identical to one worker
 
     headline = score()
     scores = pd.read_csv(tmp_path / "results/layer_scores.csv")
@@ -48,8 +56,33 @@ def test_prepare_pretrain_extract_score_select(prefect_harness, tmp_path, monkey
     assert (expert["layer"], expert["timestep"]) == (best.layer, best.timestep)
     assert abs(headline["image_to_text.best_miou"] - best.value) < 1e-9
 
+    best = finetune()
+    assert 0 <= best["val_miou"] <= 1 and (tmp_path / "lora/adapter_model.safetensors").exists()
+    metrics = evaluate_on_dask()()
+    assert set(metrics) >= {"base", "finetuned", "expert", "sigma"}
+    for variant in ("base", "finetuned"):
+        assert set(metrics[variant]) == {"gt_classes", "vocabulary", "unsupervised_dataset_matching",
+                                         "unsupervised_per_image_matching", "fidelity"}
+        assert 0 <= metrics[variant]["gt_classes"]["miou"] <= 1 and metrics[variant]["fidelity"]["heldout_flow_loss"] > 0
+    assert json.loads((tmp_path / "metrics/evaluate.json").read_text()) == metrics
+
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = {r.info.run_name: r for r in mlflow.search_runs(experiment_names=["seg4diff"], output_format="list")}
-    assert set(runs) == {"prepare", "pretrain", "extract", "score", "select"}
+    assert set(runs) == {"prepare", "pretrain", "extract", "score", "select", "finetune", "evaluate"}
+    assert "gallery.png" in {a.path for a in mlflow.MlflowClient().list_artifacts(runs["evaluate"].info.run_id)}
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(runs["score"].info.run_id)}
     assert {"layer_curve.png", "example_maps.png", "layer_timestep_image_to_text.png", "layer_head_image_to_text.png"} <= artifacts
+
+
+def _sequential_store(tmp_path):
+    """The same extraction by one worker, in one pass, through the library."""
+    from pathlib import Path
+
+    from seg4diff.config import load_params
+    from tasks.extract import extract_range_task, plan_extraction_task
+
+    params = load_params("params.yaml", {"extract": {"output": str(tmp_path / "sequential.zarr"), "workers": 1}})
+    plan = plan_extraction_task.fn(params)
+    for start, stop in plan["ranges"]:
+        extract_range_task.fn(params, start, stop, plan["sigmas"], plan["layers"])
+    return Path(params.extract.output)
