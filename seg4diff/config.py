@@ -193,6 +193,9 @@ class FinetuneParams(Group):
     checkpoint_every: int = Field(50, ge=1)
     validate_every: int = Field(50, ge=1)
     validation_samples: int = Field(100, ge=1)
+    max_flow_increase: float | None = Field(0.02, ge=0, description=(
+        "the best checkpoint is the highest val mIoU among those whose val flow loss is within this fraction of the "
+        "base model's (None: mIoU alone)"))
     seed: int = 0
     work_dir: str = "models/finetune"
     output: str = "models/lora"

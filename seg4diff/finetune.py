@@ -56,6 +56,7 @@ class MagnetConfig:
     checkpoint_every: int = 50
     validate_every: int = 50
     validation_samples: int = 100
+    max_flow_increase: float | None = 0.02  # a checkpoint may be "best" only within this of the base flow loss
     seed: int = 0
     prompt_separator: str = " "
     prompt_background: str = "word"
@@ -210,7 +211,7 @@ def train_magnet(backbone: Backbone, train: xr.Dataset, val: xr.Dataset, config:
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, config.warmup_steps, config.steps))
     generator = torch.Generator().manual_seed(config.seed)
-    step, history, best = 0, [], {"val_miou": -1.0, "step": 0}
+    step, history, best = 0, [], {"val_miou": -1.0, "val_flow_loss": float("nan"), "step": 0}
     checkpoint = latest_checkpoint(work_dir)
     if checkpoint is not None:
         state = torch.load(checkpoint / "state.pt", weights_only=False)
@@ -223,6 +224,8 @@ def train_magnet(backbone: Backbone, train: xr.Dataset, val: xr.Dataset, config:
     if step == 0:  # the base model's numbers, for comparison (LoRA B starts at zero: the adapter is a no-op)
         backbone.transformer.eval()
         history.append({"step": 0, **validate(backbone, val, config)})
+        best = {"val_miou": history[0]["val_miou"], "val_flow_loss": history[0]["val_flow_loss"], "step": 0}
+        config.save(backbone.transformer, work_dir / "best")  # until a step beats the base model, the no-op adapter
         if on_metrics:
             on_metrics(0, history[-1])
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if backbone.device.type == "cuda" else torch.autocast("cpu", enabled=False)
@@ -248,7 +251,9 @@ def train_magnet(backbone: Backbone, train: xr.Dataset, val: xr.Dataset, config:
         if step % config.validate_every == 0 or step == config.steps:
             backbone.transformer.eval()
             metrics |= validate(backbone, val, config)
-            if metrics["val_miou"] > best["val_miou"]:
+            base_flow = history[0]["val_flow_loss"]
+            keeps_generation = config.max_flow_increase is None or metrics["val_flow_loss"] <= (1 + config.max_flow_increase) * base_flow
+            if keeps_generation and metrics["val_miou"] > best["val_miou"]:
                 best = {"val_miou": metrics["val_miou"], "val_flow_loss": metrics["val_flow_loss"], "step": step}
                 config.save(backbone.transformer, work_dir / "best")
         history.append({"step": step, **metrics})
