@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 import xarray as xr
 from diffusers.models.embeddings import apply_rotary_emb
 

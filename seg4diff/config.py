@@ -208,7 +208,10 @@ class EvaluateParams(Group):
     kl_threshold: float = Field(0.1, gt=0, description="unsupervised: merge token maps whose symmetric KL is below this")
     seed: int = 0
     gallery: int = Field(6, ge=0, description="samples in the overlay gallery")
-    generation_samples: int = Field(32, ge=0, description="organism: captions generated for the colour agreement check")
+    generation_samples: int = Field(32, ge=0, description="test captions generated for the fidelity checks")
+    generation_steps: int = Field(30, ge=1)
+    guidance: float = 4.0
+    clip_model: str | None = Field(None, description="directory of a transformers CLIP model: adds the CLIP score")
     output: str = "metrics/evaluate.json"
 
 

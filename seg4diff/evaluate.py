@@ -7,12 +7,11 @@ import torch
 import xarray as xr
 from tqdm import tqdm
 
-from seg4diff.attention import capture_attention
-from seg4diff.extract import ClassSpan, PromptStyle, build_prompt, sample_noise, token_slots
+from seg4diff.extract import ClassSpan, PromptStyle, build_prompt, token_slots
 from seg4diff.masks import class_maps, predict
 from seg4diff.metrics import confusion_matrix, summarize
 from seg4diff.models import Backbone
-from seg4diff.segment import segment_batch
+from seg4diff.segment import expert_maps, segment_batch
 from seg4diff.unsupervised import match_dataset, match_per_image, merge_token_maps
 
 
@@ -51,18 +50,12 @@ def _ends_inside(encoding, span: ClassSpan) -> bool:
 def vocabulary_predictions(backbone: Backbone, rows: xr.Dataset, indices: list[int], layer: int, sigma: float, seed: int,
                            prompts: list[tuple[str, list[ClassSpan]]], background_threshold: float | None = None) -> np.ndarray:
     """Returns predictions over the whole vocabulary: one forward per prompt (same noise), class maps merged, argmax."""
-    images = torch.from_numpy(rows["image"].values).permute(0, 3, 1, 2).float() / 255
-    latents = backbone.encode_images(images)
-    noise = torch.stack([sample_noise(latents.shape[1:], seed, i) for i in indices]).to(latents)
-    grid = backbone.token_grid(*images.shape[2:])
     merged, ids = [], []
     for prompt, spans in prompts:
         encoding = backbone.encode_prompts([prompt] * len(indices))
         slot = token_slots(encoding, 0, spans, "class", len(encoding.tokens[0]), prompt)
         used = int((slot.position >= 0).sum())
-        with capture_attention(backbone.transformer, [layer], ("image_to_text",), slot.position[:used].tolist(), head_mean=True) as cap:
-            backbone.transformer(**backbone.transformer_inputs(sigma * noise + (1 - sigma) * latents, sigma, encoding))
-        maps = cap.tensor("image_to_text")[:, 0, 0].transpose(-1, -2).reshape(len(indices), used, *grid).float().cpu().numpy()
+        maps = expert_maps(backbone, rows, indices, layer, sigma, seed, encoding, slot.position[:used].tolist())
         classes = np.array([s.class_id for s in spans])
         merged.append(class_maps(maps, slot.class_id[:used], classes))
         ids.append(classes)
@@ -73,15 +66,7 @@ def vocabulary_predictions(backbone: Backbone, rows: xr.Dataset, indices: list[i
 def unsupervised_clusters(backbone: Backbone, rows: xr.Dataset, indices: list[int], layer: int, sigma: float, seed: int,
                           kl_threshold: float) -> list[np.ndarray]:
     """Returns one cluster map per image from the empty prompt's attention over every text position."""
-    images = torch.from_numpy(rows["image"].values).permute(0, 3, 1, 2).float() / 255
-    latents = backbone.encode_images(images)
-    noise = torch.stack([sample_noise(latents.shape[1:], seed, i) for i in indices]).to(latents)
-    encoding = backbone.encode_prompts([""] * len(indices))
-    with capture_attention(backbone.transformer, [layer], ("image_to_text",), head_mean=True) as cap:
-        backbone.transformer(**backbone.transformer_inputs(sigma * noise + (1 - sigma) * latents, sigma, encoding))
-    grid = backbone.token_grid(*images.shape[2:])
-    maps = cap.tensor("image_to_text")[:, 0, 0].transpose(-1, -2)
-    maps = maps.reshape(len(indices), maps.shape[1], *grid).float().cpu().numpy()
+    maps = expert_maps(backbone, rows, indices, layer, sigma, seed, backbone.encode_prompts([""] * len(indices)))
     return [merge_token_maps(m, kl_threshold, rows.sizes["label_y"]) for m in maps]
 
 

@@ -9,7 +9,23 @@ from seg4diff.attention import capture_attention
 from seg4diff.extract import PromptStyle, build_prompt, sample_noise, token_slots
 from seg4diff.masks import class_maps, predict
 from seg4diff.metrics import confusion_matrix
-from seg4diff.models import Backbone
+from seg4diff.models import Backbone, PromptEncoding
+
+
+@torch.no_grad()
+def expert_maps(backbone: Backbone, rows: xr.Dataset, sample_indices: list[int], layer: int, sigma: float, seed: int,
+                encoding: PromptEncoding, positions: torch.Tensor | list[int] | None = None) -> np.ndarray:
+    """Returns head-mean image→text maps (batch, token, y, x) of one block for a loaded batch, with seeded noise at σ.
+
+    `positions`: the text positions to keep, (token,) or (batch, token); None keeps every text position.
+    """
+    images = torch.from_numpy(rows["image"].values).permute(0, 3, 1, 2).float() / 255
+    latents = backbone.encode_images(images)
+    noise = torch.stack([sample_noise(latents.shape[1:], seed, i) for i in sample_indices]).to(latents)
+    with capture_attention(backbone.transformer, [layer], ("image_to_text",), positions, head_mean=True) as cap:
+        backbone.transformer(**backbone.transformer_inputs(sigma * noise + (1 - sigma) * latents, sigma, encoding))
+    maps = cap.tensor("image_to_text")[:, 0, 0].transpose(-1, -2)  # (batch, token, image_token)
+    return maps.reshape(*maps.shape[:2], *backbone.token_grid(*images.shape[2:])).float().cpu().numpy()
 
 
 @torch.no_grad()
@@ -23,13 +39,7 @@ def segment_batch(backbone: Backbone, rows: xr.Dataset, sample_indices: list[int
     slots = [token_slots(encoding, k, spans, "class", width, str(i)) for k, ((_, spans), i) in enumerate(zip(built, sample_indices))]
     used = max(int((s.position >= 0).sum()) for s in slots) or 1
     positions = torch.from_numpy(np.stack([s.position[:used] for s in slots]).astype(np.int64))
-    images = torch.from_numpy(rows["image"].values).permute(0, 3, 1, 2).float() / 255
-    latents = backbone.encode_images(images)
-    noise = torch.stack([sample_noise(latents.shape[1:], seed, i) for i in sample_indices]).to(latents)
-    with capture_attention(backbone.transformer, [layer], ("image_to_text",), positions.clamp_min(0), head_mean=True) as cap:
-        backbone.transformer(**backbone.transformer_inputs(sigma * noise + (1 - sigma) * latents, sigma, encoding))
-    grid = backbone.token_grid(*images.shape[2:])
-    maps = cap.tensor("image_to_text")[:, 0, 0].transpose(-1, -2).reshape(len(sample_indices), used, *grid).float().cpu().numpy()
+    maps = expert_maps(backbone, rows, sample_indices, layer, sigma, seed, encoding, positions.clamp_min(0))
     size = rows.sizes["label_y"]
     predictions = []
     for k, slot in enumerate(slots):

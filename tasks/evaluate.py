@@ -15,7 +15,8 @@ from seg4diff.evaluate import evaluate_segmentation
 from seg4diff.extract import prompt_style
 from seg4diff.finetune import heldout_flow_loss
 from seg4diff.models import load_backbone
-from seg4diff.pretrain import caption_colour_agreement, sample
+from seg4diff.fidelity import clip_score, generate
+from seg4diff.pretrain import caption_colour_agreement
 
 
 def expert_of(params: Params) -> dict:
@@ -43,11 +44,14 @@ def _evaluate_model(params: Params, variant: str) -> dict:
                                              p.kl_threshold, style, threshold, p.max_samples)
     limit = min(test.sizes["sample"], p.max_samples or test.sizes["sample"])
     fidelity = {"heldout_flow_loss": heldout_flow_loss(backbone, test, p.seed, limit, style=style)}
-    if backbone.family == "organism" and p.generation_samples:
+    if p.generation_samples:
         captions = [str(c) for c in test["caption"].values[: p.generation_samples]]
-        images = sample(backbone.pipe, captions, steps=params.pretrain.sample_steps, guidance=params.pretrain.guidance, seed=p.seed)
-        agreement, chance = caption_colour_agreement(images.permute(0, 2, 3, 1).numpy(), captions)
-        fidelity |= {"caption_colour_agreement": agreement, "caption_colour_chance": chance}
+        images = generate(backbone, captions, p.generation_steps, p.guidance, p.seed, test.sizes["y"])
+        if backbone.family == "organism":  # Shapes captions name colours: check the largest blob's
+            agreement, chance = caption_colour_agreement(images, captions)
+            fidelity |= {"caption_colour_agreement": agreement, "caption_colour_chance": chance}
+        if p.clip_model:
+            fidelity["clip_score"] = clip_score(images, captions, p.clip_model)
     shown = sorted(gallery)[: p.gallery]
     return {"variant": variant, "expert": expert, "segmentation": results, "fidelity": fidelity,
             "gallery": {i: gallery[i].astype(np.uint8) for i in shown}, "torch_threads": torch.get_num_threads()}

@@ -3,7 +3,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -115,7 +114,6 @@ def test_same_fingerprint_resumes_and_recomputes_nothing(tiny_model_dirs, prepar
 KILL_SCRIPT = """
 import sys
 sys.path.insert(0, {tests!r})
-from pathlib import Path
 from test_extract import PARAMS, _extract
 _extract(Path({model!r}), Path({prepared!r}), Path({out!r}), [(0, 6)], PARAMS.model_copy(update={{"batch_size": 1}}))
 """

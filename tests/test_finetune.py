@@ -1,4 +1,3 @@
-import numpy as np
 import pytest
 import torch
 
@@ -9,7 +8,7 @@ from seg4diff.data.prepared import open_prepared
 from seg4diff.data.shapes import CLASS_NAMES, generate_shapes
 from seg4diff.finetune import MagnetConfig, latest_checkpoint, magnet_loss, train_magnet
 from seg4diff.lora import lora_state
-from seg4diff.models import backbone_from_pipeline, load_backbone
+from seg4diff.models import load_backbone
 from seg4diff.organism import Architecture, OrganismPipeline
 
 ARCH = Architecture(num_layers=3, num_attention_heads=2, attention_head_dim=8, image_size=16, text_length=10)
