@@ -166,6 +166,26 @@ def open_or_create(path: Path, layout: StoreLayout, attrs: dict) -> bool:
     return True
 
 
+def _extract_and_write(backbone: Backbone, prepared: xr.Dataset, path: Path, indices: list[int], names: list[str],
+                       sigmas: list[float], layers: list[int], params: ExtractParams) -> None:
+    """Computes one batch of samples and writes them (data first, complete flags last)."""
+    rows = prepared.isel(sample=indices).load()
+    style = prompt_style(params)
+    built = [build_prompt(style, rows["present"].values[k], names, str(rows["caption"].values[k])) for k in range(len(indices))]
+    prompts = [prompt for prompt, _ in built]
+    encoding = backbone.encode_prompts(prompts)
+    slots = [token_slots(encoding, k, spans, params.tokens, params.max_tokens, f"{params.split}/{indices[k]}")
+             for k, (_, spans) in enumerate(built)]
+    attention = extract_batch(backbone, rows["image"].values, encoding, slots, indices, sigmas, params, layers)
+    for run_start, run_stop in _runs(indices):  # consecutive runs map to one region write each
+        part = slice(indices.index(run_start), indices.index(run_stop - 1) + 1)
+        write_samples(path, SampleRecord(
+            start=run_start, attention={d: a[part] for d, a in attention.items()},
+            token_position=np.stack([s.position for s in slots[part]]), token_class=np.stack([s.class_id for s in slots[part]]),
+            token_encoder=np.stack([s.encoder for s in slots[part]]), token_text=np.stack([s.text for s in slots[part]]),
+            prompt=np.array(prompts[part], dtype=object)))
+
+
 def extract_range(backbone: Backbone, prepared: xr.Dataset, path: Path, start: int, stop: int, sigmas: list[float],
                   layers: list[int], params: ExtractParams, progress=None) -> int:
     """Extracts samples [start, stop) not yet complete, batch by batch; returns how many were computed."""
@@ -176,21 +196,10 @@ def extract_range(backbone: Backbone, prepared: xr.Dataset, path: Path, start: i
         indices = [i for i in range(batch_start, min(batch_start + params.batch_size, stop)) if not done[i]]
         if not indices:
             continue
-        rows = prepared.isel(sample=indices).load()
-        style = prompt_style(params)
-        built = [build_prompt(style, rows["present"].values[k], names, str(rows["caption"].values[k])) for k in range(len(indices))]
-        prompts = [prompt for prompt, _ in built]
-        encoding = backbone.encode_prompts(prompts)
-        slots = [token_slots(encoding, k, spans, params.tokens, params.max_tokens, f"{params.split}/{indices[k]}")
-                 for k, (_, spans) in enumerate(built)]
-        attention = extract_batch(backbone, rows["image"].values, encoding, slots, indices, sigmas, params, layers)
-        for run_start, run_stop in _runs(indices):  # consecutive runs map to one region write each
-            part = slice(indices.index(run_start), indices.index(run_stop - 1) + 1)
-            write_samples(path, SampleRecord(
-                start=run_start, attention={d: a[part] for d, a in attention.items()},
-                token_position=np.stack([s.position for s in slots[part]]), token_class=np.stack([s.class_id for s in slots[part]]),
-                token_encoder=np.stack([s.encoder for s in slots[part]]), token_text=np.stack([s.text for s in slots[part]]),
-                prompt=np.array(prompts[part], dtype=object)))
+        try:
+            _extract_and_write(backbone, prepared, path, indices, names, sigmas, layers, params)
+        except Exception as error:  # name the samples: a failure must say where
+            raise RuntimeError(f"extract: split '{params.split}', samples {indices}: {error}") from error
         computed += len(indices)
         if progress is not None:
             progress.update(len(indices))

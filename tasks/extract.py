@@ -6,6 +6,7 @@ from pathlib import Path
 
 import dask
 from prefect import task
+from prefect.tasks import exponential_backoff
 from tqdm import tqdm
 
 from seg4diff.attention import joint_attention_modules
@@ -46,7 +47,8 @@ def plan_extraction_task(params: Params) -> dict:
             "samples": samples, "created": created, "already_complete": done}
 
 
-@task(name="extract-range", task_run_name="extract-{start}-{stop}", retries=1, retry_delay_seconds=5)
+@task(name="extract-range", task_run_name="extract-{start}-{stop}", retries=2,
+      retry_delay_seconds=exponential_backoff(backoff_factor=5))  # transient failures (a lost worker, I/O); resumes
 def extract_range_task(params: Params, start: int, stop: int, sigmas: list[float], layers: list[int]) -> dict:
     """Extracts samples [start, stop) into the store, skipping complete ones; returns counts and seconds."""
     backbone = load_backbone(params.model)

@@ -114,6 +114,7 @@ def test_same_fingerprint_resumes_and_recomputes_nothing(tiny_model_dirs, prepar
 KILL_SCRIPT = """
 import sys
 sys.path.insert(0, {tests!r})
+from pathlib import Path
 from test_extract import PARAMS, _extract
 _extract(Path({model!r}), Path({prepared!r}), Path({out!r}), [(0, 6)], PARAMS.model_copy(update={{"batch_size": 1}}))
 """
@@ -136,3 +137,10 @@ def test_kill_minus_9_then_resume_gives_the_uninterrupted_store(tiny_model_dirs,
     assert done_at_kill.sum() < 6, "the process finished before it could be killed"
     _extract(tiny_model_dirs["sd3"], prepared_val, out, [(0, 6)], PARAMS.model_copy(update={"batch_size": 1}))
     assert open_attention(out).load().identical(open_attention(reference).load())
+
+
+def test_a_failure_names_the_split_and_samples(tiny_model_dirs, prepared_val, tmp_path):
+    tight = PARAMS.model_copy(update={"max_tokens": 3})
+    with pytest.raises(RuntimeError, match=r"extract: split 'val', samples \[0, 1\]: sample val/0: \d+ tokens to keep but extract.max_tokens is 3"):
+        _extract(tiny_model_dirs["sd3"], prepared_val, tmp_path / "t.zarr", [(0, 6)], tight)
+    assert not completed(tmp_path / "t.zarr").any()  # nothing marked done
