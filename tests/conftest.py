@@ -34,6 +34,21 @@ def tiny_model_dirs(tmp_path_factory) -> dict[str, Path]:
     return dirs
 
 
+def prepared_shapes(root: Path, splits: list[str], resolution: int, label_resolution: int, seed: int, **counts) -> Path:
+    """Generates a small Shapes dataset under root and prepares `splits` as root/<split>.zarr; returns root."""
+    from seg4diff.config import DataParams, PrepareParams, ShapesParams
+    from seg4diff.data.prepare import build_source, prepare_split
+    from seg4diff.data.shapes import generate_shapes
+
+    shapes = ShapesParams(image_size=32, seed=seed, **{"num_train": 1, "num_val": 1, "num_test": 1, **counts})
+    generate_shapes(root, shapes, splits)
+    source = build_source(DataParams(source="shapes", root=str(root), shapes=shapes), splits)
+    for split in splits:
+        prepare_split(source, split, root / f"{split}.zarr", PrepareParams(resolution=resolution, label_resolution=label_resolution),
+                      progress=False)
+    return root
+
+
 def base_params(tmp_path: Path, **data_overrides) -> dict:
     """A small, valid params dict whose outputs all live under tmp_path."""
     return {

@@ -1,26 +1,22 @@
 import numpy as np
 import pytest
 
-from seg4diff.config import ModelParams, PrepareParams, ShapesParams
-from seg4diff.data.coco import CocoSource
-from seg4diff.data.prepare import prepare_split
+from seg4diff.config import ModelParams
 from seg4diff.data.prepared import open_prepared
-from seg4diff.data.shapes import CLASS_NAMES, generate_shapes
+from seg4diff.data.shapes import CLASS_NAMES
 from seg4diff.evaluate import evaluate_segmentation, vocabulary_predictions, vocabulary_prompts
 from seg4diff.extract import PromptStyle
 from seg4diff.models import load_backbone
 from seg4diff.organism import Architecture, OrganismPipeline
 from seg4diff.segment import segment_batch
+from conftest import prepared_shapes
 
 WORDS = sorted({w for n in CLASS_NAMES for w in n.split()} | {"and", "background"})
 
 
 @pytest.fixture(scope="module")
 def test_split(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ev")
-    generate_shapes(root, ShapesParams(image_size=32, num_train=1, num_val=1, num_test=4, seed=4), ["test"])
-    source = CocoSource(root, {"test": ("annotations/test.json", "images/test")}, background=True)
-    prepare_split(source, "test", root / "test.zarr", PrepareParams(resolution=16, label_resolution=32), progress=False)
+    root = prepared_shapes(tmp_path_factory.mktemp("ev"), ["test"], 16, 32, seed=4, num_test=4)
     for length in (8, 40):
         arch = Architecture(num_layers=2, num_attention_heads=2, attention_head_dim=8, image_size=16, text_length=length)
         OrganismPipeline.build(WORDS, arch, seed=0).save_pretrained(root / f"organism{length}")

@@ -8,14 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO
+from conftest import REPO, prepared_shapes
 from seg4diff.attention import capture_attention
 from seg4diff.attention_store import StoreLayout, completed, open_attention
-from seg4diff.config import ExtractParams, ModelParams, PrepareParams, ShapesParams
-from seg4diff.data.coco import CocoSource
-from seg4diff.data.prepare import prepare_split
+from seg4diff.config import ExtractParams, ModelParams
 from seg4diff.data.prepared import open_prepared
-from seg4diff.data.shapes import generate_shapes
 from seg4diff.extract import build_prompt, extract_range, open_or_create, plan_ranges, resolve_sigmas, sample_noise
 from seg4diff.models import load_backbone
 
@@ -42,11 +39,7 @@ def test_ranges_are_batch_aligned_and_cover_everything():
 
 @pytest.fixture(scope="module")
 def prepared_val(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shapes")
-    generate_shapes(root, ShapesParams(image_size=32, num_train=1, num_val=6, num_test=1, seed=5), ["val"])
-    source = CocoSource(root, {"val": ("annotations/val.json", "images/val")}, background=True)
-    prepare_split(source, "val", root / "val.zarr", PrepareParams(resolution=32, label_resolution=32), progress=False)
-    return root / "val.zarr"
+    return prepared_shapes(tmp_path_factory.mktemp("shapes"), ["val"], 32, 32, seed=5, num_val=6) / "val.zarr"
 
 
 PARAMS = ExtractParams(sigmas=[0.5, 0.8], max_tokens=48, batch_size=2, seed=3)

@@ -1,26 +1,21 @@
 import pytest
 import torch
 
-from seg4diff.config import ModelParams, PrepareParams, ShapesParams
-from seg4diff.data.coco import CocoSource
-from seg4diff.data.prepare import prepare_split
+from seg4diff.config import ModelParams
 from seg4diff.data.prepared import open_prepared
-from seg4diff.data.shapes import CLASS_NAMES, generate_shapes
+from seg4diff.data.shapes import CLASS_NAMES
 from seg4diff.finetune import MagnetConfig, latest_checkpoint, magnet_loss, train_magnet
 from seg4diff.lora import lora_state
 from seg4diff.models import load_backbone
 from seg4diff.organism import Architecture, OrganismPipeline
+from conftest import prepared_shapes
 
 ARCH = Architecture(num_layers=3, num_attention_heads=2, attention_head_dim=8, image_size=16, text_length=10)
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ft")
-    generate_shapes(root, ShapesParams(image_size=32, num_train=12, num_val=4, num_test=1, seed=2), ["train", "val"])
-    for split in ("train", "val"):
-        source = CocoSource(root, {split: (f"annotations/{split}.json", f"images/{split}")}, background=True)
-        prepare_split(source, split, root / f"{split}.zarr", PrepareParams(resolution=16, label_resolution=16), progress=False)
+    root = prepared_shapes(tmp_path_factory.mktemp("ft"), ["train", "val"], 16, 16, seed=2, num_train=12, num_val=4)
     words = sorted({w for n in CLASS_NAMES for w in n.split()} | {"and", "background"})
     OrganismPipeline.build(words, ARCH, seed=0).save_pretrained(root / "organism")
     return root
