@@ -52,8 +52,8 @@ def grounding(params, model_dir: str, name: str) -> dict:
 
 
 def _shape_words_only(store):
-    """The store with every non-shape-word token (colours) marked as belonging to no class."""
-    is_shape = np.isin([[str(t) for t in row] for row in store.token_text.values], list(SHAPES))
+    """The store with every colour-word token marked as belonging to no class (shape words and "background" kept)."""
+    is_shape = np.isin([[str(t) for t in row] for row in store.token_text.values], [*SHAPES, "background"])
     return store.assign(token_class=(("sample", "token"), np.where(is_shape, store.token_class.values, -1)))
 
 

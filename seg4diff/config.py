@@ -34,6 +34,8 @@ class ShapesParams(Group):
     max_objects: int = Field(3, ge=1)
     texture: bool = False
     mask_format: Literal["polygon", "rle"] = "polygon"
+    caption_background: bool = Field(True, description="captions also name 'background' (at a random place), as "
+                                     "the prompts that name it as a class do")
     seed: int = 0
 
     @model_validator(mode="after")
@@ -190,6 +192,8 @@ class FinetuneParams(Group):
     timestep_mean: float = 0.0
     timestep_std: float = Field(0.5, gt=0)
     timestep_shift: float = Field(1.0, gt=0, description="3.0 for SD3's schedule")
+    mask_max_sigma: float | None = Field(None, gt=0, le=1, description=(
+        "mask losses only on samples noised at σ ≤ this (null: all); attention cannot segment pure noise"))
     checkpoint_every: int = Field(50, ge=1)
     validate_every: int = Field(50, ge=1)
     validation_samples: int = Field(100, ge=1)

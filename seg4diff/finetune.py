@@ -53,6 +53,7 @@ class MagnetConfig:
     timestep_mean: float = 0.0
     timestep_std: float = 0.5
     timestep_shift: float = 1.0
+    mask_max_sigma: float | None = None  # mask losses only where σ ≤ this
     checkpoint_every: int = 50
     validate_every: int = 50
     validation_samples: int = 100
@@ -112,6 +113,8 @@ def magnet_loss(backbone: Backbone, rows: xr.Dataset, config: MagnetConfig, gene
     size = labels.shape[-2:]
     maps, targets, valid = [], [], []
     for k, slot in enumerate(slots):
+        if config.mask_max_sigma is not None and sigma[k].item() > config.mask_max_sigma:
+            continue
         slot_class = slot.class_id[:used]
         slot_class = np.where(slot.position[:used] >= 0, slot_class, -1)
         sample_logits = logits[k].transpose(-1, -2).reshape(logits.shape[1], used, *grid)  # (head, slot, y, x)

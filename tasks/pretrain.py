@@ -26,7 +26,7 @@ def train_organism_task(params: Params, run_id: str) -> dict:
     """Trains the organism on the train split, saves it to pretrain.output; returns the loss log."""
     p = params.pretrain
     images, captions, names = load_split(params, "train")
-    words = sorted({word for name in names for word in name.split()} | {"and"})
+    words = sorted({word for text in [*names, *captions] for word in text.split()})
     arch = Architecture(num_layers=p.architecture.num_layers, num_attention_heads=p.architecture.num_attention_heads,
                         attention_head_dim=p.architecture.attention_head_dim, image_size=params.prepare.resolution,
                         text_length=p.architecture.text_length)

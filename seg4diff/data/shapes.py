@@ -72,7 +72,16 @@ def render_image(label: np.ndarray, rng: np.random.Generator, texture: bool) -> 
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def _sample(rng: np.random.Generator, image_id: int, params: ShapesParams) -> tuple[dict, list[dict]]:
+def _caption(phrases: list[str], rng: np.random.Generator, background: bool) -> str:
+    """Returns the phrases joined by " and ", with "background" inserted at a random place when asked."""
+    if background:
+        phrases = list(phrases)
+        phrases.insert(int(rng.integers(len(phrases) + 1)), "background")
+    return " and ".join(phrases)
+
+
+def _sample(rng: np.random.Generator, caption_rng: np.random.Generator, image_id: int,
+            params: ShapesParams) -> tuple[dict, list[dict]]:
     size = params.image_size
     count = int(rng.integers(params.min_objects, params.max_objects + 1))
     classes = _pick_classes(rng, count)
@@ -90,17 +99,19 @@ def _sample(rng: np.random.Generator, image_id: int, params: ShapesParams) -> tu
         annotations.append({"image_id": image_id, "category_id": class_index + 1, "segmentation": segmentation,
                             "area": area, "bbox": [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)], "iscrowd": 0})
     order = rng.permutation(count)
-    caption = " and ".join(CLASS_NAMES[classes[i]] for i in order)
+    caption = _caption([CLASS_NAMES[classes[i]] for i in order], caption_rng, params.caption_background)
     info = {"id": image_id, "file_name": f"{image_id:06d}.png", "height": size, "width": size, "caption": caption}
     return info, annotations
 
 
 def generate_split(root: Path, split: str, count: int, params: ShapesParams) -> Path:
     """Writes images/<split>/*.png and annotations/<split>.json under root; returns the JSON path."""
-    rng = np.random.default_rng([params.seed, SPLIT_SEEDS.get(split, len(SPLIT_SEEDS))])
+    split_seed = SPLIT_SEEDS.get(split, len(SPLIT_SEEDS))
+    rng = np.random.default_rng([params.seed, split_seed])
+    caption_rng = np.random.default_rng([params.seed, split_seed, 1])  # its own stream: images do not depend on it
     images, annotations = [], []
     for image_id in range(count):
-        info, anns = _sample(rng, image_id, params)
+        info, anns = _sample(rng, caption_rng, image_id, params)
         images.append(info)
         annotations.extend(anns)
     for ann_id, ann in enumerate(annotations, start=1):
