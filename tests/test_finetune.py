@@ -65,6 +65,16 @@ def test_mask_losses_come_from_the_expert_block_with_gradients(setup):
     assert grads
 
 
+def test_mask_max_sigma_keeps_mask_losses_to_less_noisy_samples(setup):
+    """Same generator → same σ per sample: with a cap below every drawn σ no mask term remains, above all they all do."""
+    backbone = _backbone(setup)
+    rows = open_prepared(setup / "train.zarr").isel(sample=[0, 1]).load()
+    parts = {cap: magnet_loss(backbone, rows, MagnetConfig(**{**CONFIG.__dict__, "mask_max_sigma": cap}),
+                              torch.Generator().manual_seed(0))[1] for cap in (None, 1e-6, 1.0)}
+    assert parts[1e-6]["focal"] == parts[1e-6]["dice"] == 0 and parts[1e-6]["loss"] == pytest.approx(parts[None]["flow"])
+    assert parts[1.0] == pytest.approx(parts[None]) and parts[None]["focal"] > 0
+
+
 def test_resume_from_checkpoint_equals_an_uninterrupted_run(setup, tmp_path):
     train, val = open_prepared(setup / "train.zarr"), open_prepared(setup / "val.zarr")
     whole = _backbone(setup)
