@@ -25,8 +25,8 @@ def test_numbers(params, lora: Path | None, expert: dict) -> dict:
     backbone = load_backbone(params.model, lora=lora)
     test = open_prepared(Path(params.prepare.output) / "test.zarr")
     style = prompt_style(params.extract, "gt_classes")
-    threshold = params.score.background_threshold if style.background == "threshold" else None
-    confusion = segmentation_confusion(backbone, test, expert["layer"], expert["timestep"], params.evaluate.seed, 16, style, threshold)
+    confusion = segmentation_confusion(backbone, test, expert["layer"], expert["timestep"], params.evaluate.seed, 16, style,
+                                       params.background_threshold)
     return {"test_miou": summarize(confusion)["miou"],
             "test_flow_loss": heldout_flow_loss(backbone, test, params.evaluate.seed, test.sizes["sample"], style=style)}
 

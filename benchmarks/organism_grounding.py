@@ -3,7 +3,7 @@ shipped model and for the same architecture at random init, scores every block (
 background settings), and reports the best block, the median block, the all-layers-mean reference, all-background,
 and the best block when a class is represented by its shape word alone.
 
-    .venv/bin/python benchmarks/organism_grounding.py [--seed-dir DIR]   # stores under /tmp
+    .venv/bin/python benchmarks/organism_grounding.py [--model DIR]   # default: model.path; stores under /tmp
 """
 from __future__ import annotations
 
@@ -38,10 +38,9 @@ def grounding(params, model_dir: str, name: str) -> dict:
     open_or_create(path, layout, attrs)
     extract_range(backbone, test, path, 0, test.sizes["sample"], sigmas, layers, p)
     store = open_attention(path)
-    threshold = params.score.background_threshold if p.background == "threshold" else None
     result = {}
     for label, tokens in (("class phrase", store), ("shape word only", _shape_words_only(store))):
-        tables = score_store(tokens, test["label"], test.sizes["class"], threshold, progress=False)
+        tables = score_store(tokens, test["label"], test.sizes["class"], params.background_threshold, progress=False)
         grid_miou = miou_of(tables.per_sample[:, 0].sum(axis=0))  # (layer, sigma)
         best_l, best_t = np.unravel_index(np.nanargmax(grid_miou), grid_miou.shape)
         result[label] = {"best_block": layers[best_l], "sigma": sigmas[best_t], "best_miou": float(grid_miou[best_l, best_t]),

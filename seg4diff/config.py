@@ -243,6 +243,11 @@ class Params(Group):
     finetune: FinetuneParams = FinetuneParams()
     evaluate: EvaluateParams = EvaluateParams()
 
+    @property
+    def background_threshold(self) -> float | None:
+        """score.background_threshold when prompts leave background out (extract.background 'threshold'), else None."""
+        return self.score.background_threshold if self.extract.background == "threshold" else None
+
 
 def format_validation_error(error: ValidationError, source: str) -> str:
     """Returns one line per problem: the dotted key path, what is wrong, and what was given."""
