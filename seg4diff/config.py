@@ -104,6 +104,8 @@ class ArchitectureParams(Group):
     num_attention_heads: int = Field(4, ge=1)
     attention_head_dim: int = Field(16, ge=4)
     text_length: int = Field(16, ge=4, description="word tokens in the joint sequence")
+    text_layers: int = Field(0, ge=0, description="causal transformer layers of the text encoder (0: token + position embeddings)")
+    pooled: Literal["mean", "none"] = Field("mean", description="pooled text vector for AdaLN: mean of the words, or none (zeros)")
 
 
 class PretrainParams(Group):

@@ -6,6 +6,7 @@ sigmas, and the inputs of one transformer forward at a given sigma.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -55,6 +56,23 @@ def _token_spans(tokenizer, prompts: list[str], max_length: int, encoder: str) -
 
 def _looks_like_path(path: str) -> bool:
     return path.startswith((".", "/", "~")) or Path(path).expanduser().exists() or path.count("/") != 1
+
+
+def model_digest(params: ModelParams, sample_bytes: int = 1 << 20) -> str:
+    """Returns a short content digest of a local model directory (each file's path, size, first and last MiB), or the
+    hub id: the weights behind a path, so that retraining a model in place is never mistaken for the same model."""
+    root = Path(params.path).expanduser()
+    if not (_looks_like_path(params.path) and root.is_dir()):
+        return params.path
+    digest = hashlib.sha256()
+    for file in sorted(f for f in root.rglob("*") if f.is_file()):
+        size = file.stat().st_size
+        digest.update(f"{file.relative_to(root)}:{size}".encode())
+        with file.open("rb") as handle:
+            digest.update(handle.read(sample_bytes))
+            handle.seek(max(sample_bytes, size - sample_bytes))
+            digest.update(handle.read())
+    return digest.hexdigest()[:16]
 
 
 def load_pipeline(params: ModelParams) -> DiffusionPipeline | OrganismPipeline:

@@ -19,6 +19,8 @@ from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
+from seg4diff.config import ArchitectureParams
+
 MARKER = "organism.json"
 PAD, UNK = "[PAD]", "[UNK]"
 
@@ -41,15 +43,22 @@ class Architecture:
     image_size: int = 32
     patch_size: int = 2
     text_length: int = 16
+    text_layers: int = 0
+    pooled: str = "mean"  # "none": AdaLN sees only the timestep, so the caption reaches the image through attention alone
+
+    @classmethod
+    def from_params(cls, params: ArchitectureParams, image_size: int) -> Architecture:
+        return cls(image_size=image_size, **params.model_dump())
 
 
 class OrganismPipeline:
     """Transformer + text encoder + tokenizer + scheduler of the organism, with SD3-like prompt encoding."""
 
     def __init__(self, transformer: SD3Transformer2DModel, text_encoder: CLIPTextModel,
-                 tokenizer: PreTrainedTokenizerFast, scheduler: FlowMatchEulerDiscreteScheduler, text_length: int):
+                 tokenizer: PreTrainedTokenizerFast, scheduler: FlowMatchEulerDiscreteScheduler, text_length: int,
+                 pooled: str = "mean"):
         self.transformer, self.text_encoder, self.tokenizer = transformer, text_encoder, tokenizer
-        self.scheduler, self.text_length = scheduler, text_length
+        self.scheduler, self.text_length, self.pooled = scheduler, text_length, pooled
 
     @classmethod
     def build(cls, words: list[str], arch: Architecture, seed: int) -> OrganismPipeline:
@@ -57,8 +66,8 @@ class OrganismPipeline:
         torch.manual_seed(seed)
         width = arch.num_attention_heads * arch.attention_head_dim  # caption_projection_dim must equal heads × dim
         tokenizer = word_tokenizer(words, arch.text_length)
-        text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=width, num_hidden_layers=0,
-                                                    num_attention_heads=arch.num_attention_heads, intermediate_size=width,
+        text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=width, num_hidden_layers=arch.text_layers,
+                                                    num_attention_heads=arch.num_attention_heads, intermediate_size=4 * width,
                                                     max_position_embeddings=arch.text_length, pad_token_id=0,
                                                     bos_token_id=0, eos_token_id=0))
         transformer = SD3Transformer2DModel(sample_size=arch.image_size, patch_size=arch.patch_size, in_channels=3, out_channels=3,
@@ -66,7 +75,7 @@ class OrganismPipeline:
                                             attention_head_dim=arch.attention_head_dim, joint_attention_dim=width,
                                             caption_projection_dim=width, pooled_projection_dim=width,
                                             pos_embed_max_size=arch.image_size // arch.patch_size)
-        return cls(transformer, text_encoder, tokenizer, FlowMatchEulerDiscreteScheduler(shift=1.0), arch.text_length)
+        return cls(transformer, text_encoder, tokenizer, FlowMatchEulerDiscreteScheduler(shift=1.0), arch.text_length, arch.pooled)
 
     @property
     def modules(self) -> list[torch.nn.Module]:
@@ -88,6 +97,8 @@ class OrganismPipeline:
         embeds = self.text_encoder(input_ids=ids).last_hidden_state
         mask = (ids != self.tokenizer.pad_token_id).to(embeds.dtype)[..., None]
         pooled = (embeds * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        if self.pooled == "none":
+            pooled = torch.zeros_like(pooled)
         return embeds, pooled
 
     def save_pretrained(self, directory: str | Path) -> None:
@@ -97,7 +108,7 @@ class OrganismPipeline:
         self.text_encoder.save_pretrained(directory / "text_encoder", safe_serialization=True)
         self.tokenizer.save_pretrained(directory / "tokenizer")
         self.scheduler.save_pretrained(directory / "scheduler")
-        (directory / MARKER).write_text(json.dumps({"_class_name": "OrganismPipeline", "text_length": self.text_length}, indent=2))
+        (directory / MARKER).write_text(json.dumps({"_class_name": "OrganismPipeline", "text_length": self.text_length, "pooled": self.pooled}, indent=2))
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, dtype: torch.dtype = torch.float32) -> OrganismPipeline:
@@ -107,7 +118,7 @@ class OrganismPipeline:
         text_encoder = CLIPTextModel.from_pretrained(directory / "text_encoder", dtype=dtype, use_safetensors=True)
         tokenizer = PreTrainedTokenizerFast.from_pretrained(directory / "tokenizer")
         scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(directory / "scheduler")
-        return cls(transformer.eval(), text_encoder.eval(), tokenizer, scheduler, meta["text_length"])
+        return cls(transformer.eval(), text_encoder.eval(), tokenizer, scheduler, meta["text_length"], meta.get("pooled", "mean"))
 
 
 def is_organism(directory: str | Path) -> bool:

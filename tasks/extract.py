@@ -14,7 +14,7 @@ from seg4diff.attention_store import StoreLayout, completed
 from seg4diff.config import Params
 from seg4diff.data.prepared import open_prepared
 from seg4diff.extract import extract_range, fingerprint, open_or_create, plan_ranges, resolve_sigmas
-from seg4diff.models import load_backbone
+from seg4diff.models import load_backbone, model_digest
 
 
 def _prepared(params: Params):
@@ -35,7 +35,7 @@ def plan_extraction_task(params: Params) -> dict:
     layers = list(range(blocks)) if p.layers is None else p.layers
     heads = [-1] if p.head_mean else list(range(backbone.transformer.config.num_attention_heads))
     layout = StoreLayout(samples, layers, heads, sigmas, p.max_tokens, grid, tuple(p.directions), p.diagnostics)
-    attrs = {"fingerprint": fingerprint(params.model.model_dump(), params.data.model_dump(), params.prepare.model_dump(),
+    attrs = {"fingerprint": fingerprint(params.model.model_dump(), model_digest(params.model), params.data.model_dump(), params.prepare.model_dump(),
                                         p.model_dump(exclude={"workers", "batch_size", "output"}), sigmas),
              "model": params.model.path, "family": backbone.family, "split": p.split, "prompt": p.prompt,
              "separator": p.separator, "background": p.background,

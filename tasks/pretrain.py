@@ -27,10 +27,7 @@ def train_organism_task(params: Params, run_id: str) -> dict:
     p = params.pretrain
     images, captions, names = load_split(params, "train")
     words = sorted({word for text in [*names, *captions] for word in text.split()})
-    arch = Architecture(num_layers=p.architecture.num_layers, num_attention_heads=p.architecture.num_attention_heads,
-                        attention_head_dim=p.architecture.attention_head_dim, image_size=params.prepare.resolution,
-                        text_length=p.architecture.text_length)
-    pipe = OrganismPipeline.build(words, arch, p.seed)
+    pipe = OrganismPipeline.build(words, Architecture.from_params(p.architecture, params.prepare.resolution), p.seed)
     schedule = TrainingSchedule(p.steps, p.batch_size, p.lr, p.warmup_steps, p.weight_decay, p.grad_clip, p.caption_dropout, p.seed)
     client = MlflowClient()
     log = train(pipe, images, captions, schedule, on_log=lambda step, loss: client.log_metric(run_id, "train_loss", loss, step=step),

@@ -1,8 +1,9 @@
 import pytest
+import shutil
 import torch
 
 from seg4diff.config import ModelParams
-from seg4diff.models import ModelLoadError, backbone_from_pipeline, load_backbone
+from seg4diff.models import ModelLoadError, backbone_from_pipeline, load_backbone, model_digest
 from tiny_pipelines import tiny_flux_pipeline, tiny_sd3_pipeline
 
 PROMPT = "red circle background potted-plant"
@@ -73,3 +74,17 @@ def test_hub_id_offline_says_so(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     with pytest.raises(ModelLoadError, match=r"cannot load model 'nobody/no-such-model': .*local_files_only is true"):
         load_backbone(ModelParams(path="nobody/no-such-model"))
+
+
+def test_model_digest_follows_the_weights_not_the_path_or_mtime(tiny_model_dirs, tmp_path):
+    original = ModelParams(path=str(tiny_model_dirs["sd3"]))
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model_dirs["sd3"], copy)
+    assert model_digest(ModelParams(path=str(copy))) == model_digest(original)
+    weights = next((copy / "transformer").glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one bit of the last tensor: a model retrained in place
+    weights.write_bytes(bytes(data))
+    assert model_digest(ModelParams(path=str(copy))) != model_digest(original)
+    assert model_digest(ModelParams(path="stabilityai/stable-diffusion-3-medium-diffusers")) == \
+        "stabilityai/stable-diffusion-3-medium-diffusers"

@@ -60,3 +60,19 @@ def test_sampler_and_colour_check():
     assert largest_blob_colour(red) == "red"
     agreement, chance = caption_colour_agreement(np.stack([red, red]), ["red circle", "blue square and green circle"])
     assert agreement == 0.5 and chance == (1 / 4 + 2 / 4) / 2
+
+
+def test_text_layers_bind_words_and_pooled_none_leaves_attention_as_the_only_text_path(tmp_path):
+    arch = Architecture(num_layers=2, num_attention_heads=2, attention_head_dim=8, image_size=16, text_length=8,
+                        text_layers=1, pooled="none")
+    pipe = OrganismPipeline.build(WORDS, arch, seed=0)
+    with torch.no_grad():
+        embeds, pooled = pipe.encode_prompt(["red circle", "blue circle"])
+    assert not torch.allclose(embeds[0, 1], embeds[1, 1], atol=1e-3)  # "circle" knows its colour (causal layer)
+    torch.testing.assert_close(embeds[0, 0], pipe.encode_prompt(["red square"])[0][0, 0].detach())  # not what follows
+    assert pooled.abs().max() == 0
+    pipe.save_pretrained(tmp_path / "organism")
+    loaded = OrganismPipeline.from_pretrained(tmp_path / "organism")
+    assert loaded.pooled == "none" and loaded.text_encoder.config.num_hidden_layers == 1
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode_prompt(["red circle"])[0], embeds[:1])
