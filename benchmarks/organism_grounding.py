@@ -1,7 +1,7 @@
-"""Does grounding emerge in the shipped Shapes organism? Extracts image→text attention on the TEST split (--split val to compare recipes) for the
-shipped model and for the same architecture at random init, scores every block (head mean, the params' prompt and
-background settings), and reports the best block, the median block, the all-layers-mean reference, all-background,
-and the best block when a class is represented by its shape word alone.
+"""Does grounding emerge in the shipped Shapes organism? Extracts image→text attention on the TEST split (--split val
+to compare training recipes) for the shipped model and for the same architecture at random init, scores every block
+(head mean, the params' prompt and background settings), and reports the best block, the median block, the
+all-layers-mean reference, all-background, and the best block when a class is represented by its shape word alone.
 
     .venv/bin/python benchmarks/organism_grounding.py [--model DIR] [--split val]   # default: model.path, test
 """
