@@ -36,7 +36,7 @@ class NaiveCaptureProcessor:
         self.kept = {"image_to_text": probs[:, :, :n_image, n_image:].clone(), "text_to_image": probs[:, :, n_image:, :n_image].clone()}
         out = (probs @ v).transpose(1, 2).reshape(b, -1, attn.heads * q.shape[-1])
         hidden, text = out[:, :n_image], out[:, n_image:]
-        return attn.to_out[1](attn.to_out[0](hidden)), attn.to_add_out(text)
+        return attn.to_out[1](attn.to_out[0](hidden)), text if attn.context_pre_only else attn.to_add_out(text)
 
 
 def resident_kib(field: str) -> int:

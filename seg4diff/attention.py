@@ -36,14 +36,43 @@ def chunked_attention_with_lse(query, key, value, scale: float, chunk: int = QUE
     return torch.cat(outputs, dim=2), torch.cat(lses, dim=2)
 
 
+def _low_precision(query: torch.Tensor) -> bool:
+    head_dim = query.shape[-1]
+    return query.dtype in (torch.float16, torch.bfloat16) and head_dim % 8 == 0 and head_dim <= 256
+
+
+_CUDA_KERNEL: dict[tuple, str] = {}  # (device, dtype, head dim) → the first kernel that ran there
+
+
+def _cuda_attention_with_lse(query, key, value, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cuDNN's fused kernel (what stock SDPA picks on Hopper), else flash, else memory-efficient; each returns the lse."""
+    setting = (query.device, query.dtype, query.shape[-1])
+    candidates = ("cudnn", "flash", "efficient") if _low_precision(query) else ("efficient",)
+    for kernel in candidates[candidates.index(_CUDA_KERNEL.get(setting, candidates[0])):]:
+        try:
+            if kernel == "cudnn":
+                out, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(query, key, value, None, True, 0.0, False, False, scale=scale)[:2]
+            elif kernel == "flash":
+                out, lse = torch.ops.aten._scaled_dot_product_flash_attention(query, key, value, 0.0, False, False, scale=scale)[:2]
+            else:
+                out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(query, key, value, None, True, 0.0, False, scale=scale)[:2]
+        except RuntimeError:  # this build, card or shape lacks the kernel: try the next one
+            if kernel == candidates[-1]:
+                raise
+            continue
+        _CUDA_KERNEL[setting] = kernel
+        lse = lse.squeeze(-1) if lse.ndim == 4 else lse
+        return out, lse[..., : query.shape[2]]
+    raise AssertionError("unreachable")
+
+
 def attention_with_lse(query, key, value, scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns (output, logsumexp over all keys) for (batch, head, seq, dim) inputs, from the fused kernel when there is one."""
+    """Returns (output, logsumexp over all keys) for (batch, head, seq, dim) inputs, from a fused kernel when there is one."""
     scale = query.shape[-1] ** -0.5 if scale is None else scale
     if query.device.type == "cpu":
         return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(query, key, value, 0.0, False, scale=scale)
     if query.device.type == "cuda":
-        out, lse, _, _ = torch.ops.aten._scaled_dot_product_efficient_attention(query, key, value, None, True, 0.0, False, scale=scale)
-        return out, lse[..., : query.shape[2]]
+        return _cuda_attention_with_lse(query, key, value, scale)
     return chunked_attention_with_lse(query, key, value, scale)
 
 
@@ -64,7 +93,9 @@ class Recorder:
         """Returns the kept text rows of (batch, head, text, dim)."""
         if self.text_tokens is None:
             return text
-        index = self.text_tokens.to(text.device)
+        if self.text_tokens.device != text.device:  # moved once, not once per block (a host-to-device copy syncs)
+            self.text_tokens = self.text_tokens.to(text.device)
+        index = self.text_tokens
         if index.ndim == 1:
             return text[:, :, index]
         return torch.gather(text, 2, index[:, None, :, None].expand(-1, text.shape[1], -1, text.shape[-1]))
@@ -76,17 +107,18 @@ class Recorder:
         self.records.setdefault(name, {})[layer] = value
 
     def record(self, layer: int, query, key, value, lse, scale: float, text_slice: slice, image_slice: slice) -> None:
-        """Forms the kept image×text / text×image logits from q, k and the kernel's log-sum-exp over all keys."""
-        q_image, k_image = query[:, :, image_slice], key[:, :, image_slice]
-        q_text, k_text = self._keep(query[:, :, text_slice]), self._keep(key[:, :, text_slice])
-        lse_image, lse_text = lse[:, :, image_slice], self._keep(lse[:, :, text_slice, None])[..., 0]
+        """Forms the kept image×text / text×image logits from q, k and the kernel's log-sum-exp over all keys.
+
+        The logits are formed in fp32 from fp32 copies of the (small) kept slices, whatever the model's dtype: a bf16
+        product would round each score to 8 bits of mantissa before the softmax.
+        """
         for direction in self.directions:
             if direction == "image_to_text":
-                logits = torch.matmul(q_image, k_text.transpose(-1, -2)).float() * scale
-                row_lse = lse_image
+                q, k, row_lse = query[:, :, image_slice], self._keep(key[:, :, text_slice]), lse[:, :, image_slice]
             else:
-                logits = torch.matmul(q_text, k_image.transpose(-1, -2)).float() * scale
-                row_lse = lse_text
+                q, k = self._keep(query[:, :, text_slice]), key[:, :, image_slice]
+                row_lse = self._keep(lse[:, :, text_slice, None])[..., 0]
+            logits = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
             self._store(direction, layer, logits if self.output == "logits" else torch.exp(logits - row_lse.float()[..., None]))
         if self.diagnostics:
             self._diagnostics(layer, query, key, lse, scale, text_slice, image_slice)
@@ -99,9 +131,10 @@ class Recorder:
         with torch.no_grad():
             expected_key, _ = attention_with_lse(query, key, key, scale)
             entropy = lse.float() - scale * (query.float() * expected_key.float()).sum(-1)
+            query, key = query.float(), key.float()
             k_text, k_image = key[:, :, text_slice], key[:, :, image_slice]
-            to_text = torch.logsumexp(torch.matmul(query[:, :, image_slice], k_text.transpose(-1, -2)).float() * scale, -1)
-            to_image = torch.logsumexp(torch.matmul(query[:, :, text_slice], k_image.transpose(-1, -2)).float() * scale, -1)
+            to_text = torch.logsumexp(torch.matmul(query[:, :, image_slice], k_text.transpose(-1, -2)) * scale, -1)
+            to_image = torch.logsumexp(torch.matmul(query[:, :, text_slice], k_image.transpose(-1, -2)) * scale, -1)
             self._store("image_entropy", layer, entropy[:, :, image_slice])
             self._store("text_entropy", layer, self._keep(entropy[:, :, text_slice, None])[..., 0])
             self._store("image_to_text_mass", layer, torch.exp(to_text - lse[:, :, image_slice].float()))

@@ -1,12 +1,10 @@
 """Captured attention equals a naive softmax(QKᵀ/√d) built from each module's own projections; outputs unchanged."""
-import math
-
 import numpy as np
 import pytest
 import torch
-from diffusers.models.embeddings import apply_rotary_emb
 
 from seg4diff.attention import attention_with_lse, capture_attention, chunked_attention_with_lse, joint_attention_modules
+from seg4diff.attention_reference import naive_flux_attention, naive_sd3_attention
 from tiny_pipelines import tiny_flux_transformer, tiny_sd3_transformer
 
 TEXT = 7
@@ -33,33 +31,6 @@ def _flux_inputs(transformer, batch=2, seed=0):
             "pooled_projections": torch.randn(batch, c.pooled_projection_dim, generator=g),
             "timestep": torch.tensor([0.5, 0.25][:batch]), "img_ids": image_ids.reshape(-1, 3),
             "txt_ids": torch.zeros(TEXT, 3), "guidance": None, "return_dict": False}
-
-
-def _naive_sd3(attn, x, text):
-    """Full joint softmax from the module's own layers: [image, text] order."""
-    b, heads = x.shape[0], attn.heads
-    split = lambda t: t.view(b, -1, heads, t.shape[-1] // heads).transpose(1, 2)
-    q, k = split(attn.to_q(x)), split(attn.to_k(x))
-    tq, tk = split(attn.add_q_proj(text)), split(attn.add_k_proj(text))
-    if attn.norm_q is not None:
-        q, k = attn.norm_q(q), attn.norm_k(k)
-    if attn.norm_added_q is not None:
-        tq, tk = attn.norm_added_q(tq), attn.norm_added_k(tk)
-    q, k = torch.cat([q, tq], 2), torch.cat([k, tk], 2)
-    return torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1), x.shape[1]
-
-
-def _naive_flux(attn, x, text, rotary):
-    """Full joint softmax, [text, image] order; single-stream blocks get the joint sequence as x."""
-    q, k = attn.to_q(x).unflatten(-1, (-1, attn.head_dim)), attn.to_k(x).unflatten(-1, (-1, attn.head_dim))
-    q, k = attn.norm_q(q), attn.norm_k(k)
-    if text is not None:
-        tq = attn.norm_added_q(attn.add_q_proj(text).unflatten(-1, (-1, attn.head_dim)))
-        tk = attn.norm_added_k(attn.add_k_proj(text).unflatten(-1, (-1, attn.head_dim)))
-        q, k = torch.cat([tq, q], 1), torch.cat([tk, k], 1)
-    q, k = apply_rotary_emb(q, rotary, sequence_dim=1), apply_rotary_emb(k, rotary, sequence_dim=1)
-    q, k = q.transpose(1, 2), k.transpose(1, 2)
-    return torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(attn.head_dim), dim=-1)
 
 
 def _record_inputs(transformer):
@@ -116,11 +87,12 @@ def test_capture_equals_naive_softmax_and_leaves_outputs_unchanged(name):
         for layer, (kwargs, _) in stock_seen.items():
             if name == "flux":
                 text = kwargs.get("encoder_hidden_states")
-                probs = _naive_flux(modules[layer], kwargs["hidden_states"], text, kwargs["image_rotary_emb"])
+                probs = naive_flux_attention(modules[layer], kwargs["hidden_states"], text, kwargs["image_rotary_emb"])
                 full_image, full_text = probs[:, :, TEXT:, TEXT:], probs[:, :, :TEXT, :TEXT]
                 ref_i2t, ref_t2i = probs[:, :, TEXT:, :TEXT], probs[:, :, :TEXT, TEXT:]
             else:
-                probs, n = _naive_sd3(modules[layer], kwargs["hidden_states"], kwargs["encoder_hidden_states"])
+                probs = naive_sd3_attention(modules[layer], kwargs["hidden_states"], kwargs["encoder_hidden_states"])
+                n = kwargs["hidden_states"].shape[1]
                 full_image, full_text = probs[:, :, :n, :n], probs[:, :, n:, n:]
                 ref_i2t, ref_t2i = probs[:, :, :n, n:], probs[:, :, n:, :n]
             np.testing.assert_allclose(i2t.sel(layer=layer).values, ref_i2t.numpy(), atol=1e-5)
@@ -197,3 +169,25 @@ def test_kernel_and_chunked_fallback_agree():
     torch.testing.assert_close(out2, out, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(lse2, lse, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(lse, torch.logsumexp(q @ k.transpose(-1, -2) * 8 ** -0.5, -1), atol=1e-5, rtol=1e-5)
+
+
+def test_bf16_model_gives_fp32_exact_kept_logits():
+    """In bf16 the kept logits come from fp32 copies of q and k: captured = naive fp32 softmax of the same q, k."""
+    torch.manual_seed(0)
+    transformer = tiny_sd3_transformer().eval().to(torch.bfloat16)
+    inputs = {k: v.to(torch.bfloat16) if torch.is_tensor(v) and v.is_floating_point() else v
+              for k, v in _sd3_inputs(transformer).items()}
+    seen, handles = _record_inputs(transformer)
+    with torch.no_grad(), capture_attention(transformer, layers=[1], directions=("image_to_text",)) as cap:
+        transformer(**inputs)
+    for h in handles:
+        h.remove()
+    kwargs = seen[1][0]
+    with torch.no_grad():
+        probs = naive_sd3_attention(joint_attention_modules(transformer)[1], kwargs["hidden_states"], kwargs["encoder_hidden_states"])
+    n = kwargs["hidden_states"].shape[1]
+    captured = cap.tensor("image_to_text")[:, 0]
+    assert captured.dtype == torch.float32
+    error = (captured - probs[:, :, :n, n:]).abs().max().item()
+    # bf16 logits would be off by up to |logit|·2⁻⁹ before the exponential; ours differ only through the kernel's lse
+    assert error < 1e-5, error
