@@ -24,9 +24,9 @@ from tasks.finetune import magnet_config
 def test_numbers(params, lora: Path | None, expert: dict) -> dict:
     backbone = load_backbone(params.model, lora=lora)
     test = open_prepared(Path(params.prepare.output) / "test.zarr")
-    style = prompt_style(params.extract, "gt_classes")
+    style = prompt_style(params.prompt, "gt_classes")
     confusion = segmentation_confusion(backbone, test, expert["layer"], expert["timestep"], params.evaluate.seed, 16, style,
-                                       params.background_threshold)
+                                       params.prompt.threshold)
     return {"test_miou": summarize(confusion)["miou"],
             "test_flow_loss": heldout_flow_loss(backbone, test, params.evaluate.seed, test.sizes["sample"], style=style)}
 

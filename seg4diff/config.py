@@ -7,8 +7,10 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from seg4diff.errors import ConfigError
 
-class ParamsError(ValueError):
+
+class ParamsError(ConfigError):
     """params.yaml is missing, unreadable, or has a key of the wrong name, type or value."""
 
 
@@ -104,14 +106,14 @@ class ArchitectureParams(Group):
     num_attention_heads: int = Field(4, ge=1)
     attention_head_dim: int = Field(16, ge=4)
     text_length: int = Field(16, ge=4, description="word tokens in the joint sequence")
-    text_layers: int = Field(0, ge=0, description="causal transformer layers of the text encoder (0: token + position embeddings)")
-    pooled: Literal["mean", "none"] = Field("mean", description="pooled text vector for AdaLN: mean of the words, or none (zeros)")
+    text_layers: int = Field(1, ge=0, description="causal transformer layers of the text encoder (0: token + position embeddings)")
+    pooled: Literal["mean", "none"] = Field("none", description="pooled text vector for AdaLN: mean of the words, or none (zeros)")
 
 
 class PretrainParams(Group):
     output: str = Field("seg4diff/assets/organism", description="where the trained organism is saved")
     seed: int = 0
-    steps: int = Field(1500, ge=1)
+    steps: int = Field(2000, ge=1)
     batch_size: int = Field(48, ge=1)
     lr: float = Field(0.001, gt=0)
     warmup_steps: int = Field(100, ge=0)
@@ -125,23 +127,37 @@ class PretrainParams(Group):
     guidance: float = 4.0
 
 
+class PromptParams(Group):
+    """How prompts are built from class names: read by extract, score, finetune and evaluate alike."""
+
+    separator: str = Field(" and ", description="between class names in a prompt (Seg4Diff: a space; the organism reads "
+                           "'red circle and blue square', as in its captions)")
+    background: Literal["word", "threshold"] = Field(
+        "threshold", description="prompt 'background' as a word, or leave it out and predict it by background_threshold")
+    background_threshold: float = Field(0.2, ge=0, le=1, description=(
+        "with background 'threshold': a pixel is background when its best class map is below this fraction of the "
+        "image's highest class-map value (chosen on val for the organism)"))
+
+    @property
+    def threshold(self) -> float | None:
+        """background_threshold when prompts leave background out, else None (background is a prompted word)."""
+        return self.background_threshold if self.background == "threshold" else None
+
+
 class ExtractParams(Group):
     split: str = Field("val", description="prepared split whose attention is extracted (layer selection never sees test)")
     output: str = "data/attention.zarr"
     prompt: Literal["gt_classes", "vocabulary", "caption"] = "gt_classes"
-    separator: str = Field(" ", description="between class names in a prompt (Seg4Diff: a space)")
-    background: Literal["word", "threshold"] = Field(
-        "word", description="prompt 'background' as a word, or leave it out and predict it by score.background_threshold")
     num_inference_steps: int = Field(28, ge=1)
     timestep_steps: list[int] = Field([8], description="scheduler step indices of a num_inference_steps schedule")
-    sigmas: list[float] | None = Field(None, description="noise levels in (0, 1]; when set, used instead of timestep_steps")
+    sigmas: list[float] | None = Field([0.1, 0.3, 0.5, 0.7], description="noise levels in (0, 1]; when set, used instead of timestep_steps")
     layers: list[int] | None = Field(None, description="blocks to capture (None: all)")
     directions: list[Literal["image_to_text", "text_to_image"]] = ["image_to_text", "text_to_image"]
     head_mean: bool = False
     diagnostics: bool = Field(True, description="also store text-mass and entropy per query (cheap: no N×N matrix)")
     tokens: Literal["class", "all"] = Field("class", description="keep only class-name tokens, or every text token")
-    max_tokens: int = Field(16, ge=1, description="token slots per sample")
-    batch_size: int = Field(8, ge=1)
+    max_tokens: int = Field(8, ge=1, description="token slots per sample")
+    batch_size: int = Field(16, ge=1)
     workers: int = Field(1, ge=1, description="Prefect tasks extracting disjoint sample ranges in parallel")
     max_samples: int | None = Field(None, ge=1)
     seed: int = 0
@@ -156,9 +172,6 @@ class ExtractParams(Group):
 
 class ScoreParams(Group):
     timesteps: list[float] | None = Field(None, description="sigmas of the store to score (None: all stored)")
-    background_threshold: float = Field(0.3, ge=0, le=1, description=(
-        "with extract.background 'threshold': a pixel is background when its best class map is below this fraction "
-        "of the image's highest class-map value"))
     bootstrap_resamples: int = Field(1000, ge=10)
     seed: int = 0
     examples: int = Field(4, ge=0, description="samples shown in the example attention-map grid")
@@ -180,11 +193,13 @@ class FinetuneParams(Group):
     alpha: int = Field(16, ge=1)
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] = ["to_q", "to_k", "to_v", "to_out.0"]
-    lambda_flow: float = Field(1.0, ge=0)
+    lambda_flow: float = Field(3.0, ge=0, description="the paper: 1.0; on the organism 3.0 keeps the flow loss within 2%")
     lambda_focal: float = Field(0.1, ge=0)
     lambda_dice: float = Field(0.2, ge=0)
+    focal_alpha: float = Field(0.25, ge=0, le=1, description="focal loss class weight (the paper's)")
+    focal_gamma: float = Field(2.0, ge=0, description="focal loss focusing exponent (the paper's)")
     min_mask_fraction: float = Field(0.005, ge=0, description="caption mode: ground-truth masks smaller than this are dropped")
-    steps: int = Field(300, ge=1)
+    steps: int = Field(1500, ge=1)
     batch_size: int = Field(8, ge=1)
     grad_accumulation: int = Field(1, ge=1)
     lr: float = Field(0.0001, gt=0)
@@ -194,10 +209,10 @@ class FinetuneParams(Group):
     timestep_mean: float = 0.0
     timestep_std: float = Field(0.5, gt=0)
     timestep_shift: float = Field(1.0, gt=0, description="3.0 for SD3's schedule")
-    mask_max_sigma: float | None = Field(None, gt=0, le=1, description=(
+    mask_max_sigma: float | None = Field(0.5, gt=0, le=1, description=(
         "mask losses only on samples noised at σ ≤ this (null: all); attention cannot segment pure noise"))
-    checkpoint_every: int = Field(50, ge=1)
-    validate_every: int = Field(50, ge=1)
+    checkpoint_every: int = Field(100, ge=1)
+    validate_every: int = Field(100, ge=1)
     validation_samples: int = Field(100, ge=1)
     max_flow_increase: float | None = Field(0.02, ge=0, description=(
         "the best checkpoint is the highest val mIoU among those whose val flow loss is within this fraction of the "
@@ -238,17 +253,13 @@ class Params(Group):
     tracking: TrackingParams
     orchestration: OrchestrationParams = OrchestrationParams()
     prepare: PrepareParams
+    prompt: PromptParams = PromptParams()
     pretrain: PretrainParams = PretrainParams()
     extract: ExtractParams = ExtractParams()
     score: ScoreParams = ScoreParams()
     select: SelectParams = SelectParams()
     finetune: FinetuneParams = FinetuneParams()
     evaluate: EvaluateParams = EvaluateParams()
-
-    @property
-    def background_threshold(self) -> float | None:
-        """score.background_threshold when prompts leave background out (extract.background 'threshold'), else None."""
-        return self.score.background_threshold if self.extract.background == "threshold" else None
 
 
 def format_validation_error(error: ValidationError, source: str) -> str:

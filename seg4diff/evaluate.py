@@ -71,7 +71,7 @@ def unsupervised_clusters(backbone: Backbone, rows: xr.Dataset, indices: list[in
 
 
 def evaluate_segmentation(backbone: Backbone, test: xr.Dataset, layer: int, sigma: float, seed: int, batch_size: int,
-                          kl_threshold: float, style: PromptStyle = PromptStyle(), background_threshold: float | None = None,
+                          kl_threshold: float, style: PromptStyle, background_threshold: float | None,
                           limit: int | None = None, progress: bool = True) -> tuple[dict, dict]:
     """Returns ({protocol: summary}, {sample index: gt_classes prediction} for the gallery)."""
     names = [str(n) for n in test["class_name"].values]

@@ -13,7 +13,8 @@ import xarray as xr
 
 from seg4diff.attention import capture_attention
 from seg4diff.attention_store import ATTENTION, IMAGE_DIAGNOSTICS, TEXT_DIAGNOSTICS, SampleRecord, StoreLayout, completed, create_store, store_fingerprint, write_samples
-from seg4diff.config import ExtractParams
+from seg4diff.config import ExtractParams, PromptParams
+from seg4diff.errors import ConfigError, DataError
 from seg4diff.models import Backbone, PromptEncoding
 
 
@@ -31,21 +32,20 @@ def class_phrase(name: str) -> str:
 
 @dataclass(frozen=True)
 class PromptStyle:
-    """How prompts are built from class names."""
+    """How prompts are built from class names (built from the `prompt` params group by `prompt_style`)."""
 
-    mode: str = "gt_classes"  # gt_classes | vocabulary | caption
-    separator: str = " "  # Seg4Diff joins names with spaces; the Shapes organism reads "x and y" as in its captions
-    background: str = "word"  # "word": background is a prompted class; "threshold": left out, predicted by threshold
+    mode: str  # gt_classes | vocabulary | caption
+    separator: str
+    background: str  # "word": background is a prompted class; "threshold": left out, predicted by threshold
 
 
-def build_prompt(style: PromptStyle | str, present: np.ndarray, class_names: list[str], caption: str) -> tuple[str, list[ClassSpan]]:
+def build_prompt(style: PromptStyle, present: np.ndarray, class_names: list[str], caption: str) -> tuple[str, list[ClassSpan]]:
     """Returns (prompt, class spans) for one sample.
 
     gt_classes: the present classes' names joined by the separator (the oracle protocol); vocabulary: every class;
     caption: the caption, with each class phrase found in it as a whole-word match. With background "threshold",
     class 0 ("background") is never prompted.
     """
-    style = PromptStyle(style) if isinstance(style, str) else style
     mode = style.mode
     if mode == "caption":
         spans = []
@@ -83,7 +83,7 @@ def token_slots(encoding: PromptEncoding, index: int, spans: list[ClassSpan], ke
             class_of.setdefault(position, span.class_id)
     positions = sorted(class_of) if keep == "class" else list(range(len(tokens)))
     if len(positions) > slots:
-        raise ValueError(f"sample {name}: {len(positions)} tokens to keep but extract.max_tokens is {slots}; raise it")
+        raise ConfigError(f"sample {name}: {len(positions)} tokens to keep but extract.max_tokens is {slots}: raise extract.max_tokens")
     result = TokenSlots(np.full(slots, -1, np.int32), np.full(slots, -1, np.int16), np.full(slots, "", object), np.full(slots, "", object))
     for slot, position in enumerate(positions):
         result.position[slot] = position
@@ -93,8 +93,9 @@ def token_slots(encoding: PromptEncoding, index: int, spans: list[ClassSpan], ke
     return result
 
 
-def prompt_style(params: ExtractParams, mode: str | None = None) -> PromptStyle:
-    return PromptStyle(mode or params.prompt, params.separator, params.background)
+def prompt_style(prompt: PromptParams, mode: str) -> PromptStyle:
+    """Returns the style of prompts in `mode` (gt_classes | vocabulary | caption) built as the `prompt` group says."""
+    return PromptStyle(mode, prompt.separator, prompt.background)
 
 
 def resolve_sigmas(backbone: Backbone, params: ExtractParams, image_tokens: int) -> list[float]:
@@ -167,10 +168,9 @@ def open_or_create(path: Path, layout: StoreLayout, attrs: dict) -> bool:
 
 
 def _extract_and_write(backbone: Backbone, prepared: xr.Dataset, path: Path, indices: list[int], names: list[str],
-                       sigmas: list[float], layers: list[int], params: ExtractParams) -> None:
+                       sigmas: list[float], layers: list[int], params: ExtractParams, style: PromptStyle) -> None:
     """Computes one batch of samples and writes them (data first, complete flags last)."""
     rows = prepared.isel(sample=indices).load()
-    style = prompt_style(params)
     built = [build_prompt(style, rows["present"].values[k], names, str(rows["caption"].values[k])) for k in range(len(indices))]
     prompts = [prompt for prompt, _ in built]
     encoding = backbone.encode_prompts(prompts)
@@ -187,8 +187,8 @@ def _extract_and_write(backbone: Backbone, prepared: xr.Dataset, path: Path, ind
 
 
 def extract_range(backbone: Backbone, prepared: xr.Dataset, path: Path, start: int, stop: int, sigmas: list[float],
-                  layers: list[int], params: ExtractParams, progress=None) -> int:
-    """Extracts samples [start, stop) not yet complete, batch by batch; returns how many were computed."""
+                  layers: list[int], params: ExtractParams, style: PromptStyle, progress=None) -> int:
+    """Extracts samples [start, stop) not yet complete, batch by batch, prompting as `style` says; returns how many were computed."""
     done = completed(path)
     names = [str(n) for n in prepared["class_name"].values]
     computed = 0
@@ -196,10 +196,13 @@ def extract_range(backbone: Backbone, prepared: xr.Dataset, path: Path, start: i
         indices = [i for i in range(batch_start, min(batch_start + params.batch_size, stop)) if not done[i]]
         if not indices:
             continue
+        where = f"extract: split '{params.split}', samples {indices}"  # a failure must say where
         try:
-            _extract_and_write(backbone, prepared, path, indices, names, sigmas, layers, params)
-        except Exception as error:  # name the samples: a failure must say where
-            raise RuntimeError(f"extract: split '{params.split}', samples {indices}: {error}") from error
+            _extract_and_write(backbone, prepared, path, indices, names, sigmas, layers, params, style)
+        except (ConfigError, DataError) as error:  # kept as they are: retrying cannot fix them
+            raise type(error)(f"{where}: {error}") from None
+        except Exception as error:
+            raise RuntimeError(f"{where}: {error}") from error
         computed += len(indices)
         if progress is not None:
             progress.update(len(indices))

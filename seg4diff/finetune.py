@@ -6,7 +6,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,8 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 
 from seg4diff.attention import capture_attention
-from seg4diff.extract import PromptStyle, build_prompt, token_slots
+from seg4diff.config import FinetuneParams, PromptParams
+from seg4diff.extract import PromptStyle, build_prompt, prompt_style, token_slots
 from seg4diff.lora import LoraSpec, add_lora, save_lora, set_lora_state
 from seg4diff.losses import dice_loss, hungarian_match, sigmoid_focal_loss
 from seg4diff.metrics import summarize
@@ -30,55 +31,44 @@ IGNORE_INDEX = 255
 
 @dataclass(frozen=True)
 class MagnetConfig:
+    """Everything a MAGNET run depends on; built from the params groups by `from_params` (their fields are the defaults)."""
+
     expert_layer: int
     expert_sigma: float
-    mode: str = "gt_classes"  # or "caption"
-    rank: int = 16
-    alpha: int = 16
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
-    lambda_flow: float = 1.0
-    lambda_focal: float = 0.1
-    lambda_dice: float = 0.2
-    focal_alpha: float = 0.25
-    focal_gamma: float = 2.0
-    min_mask_fraction: float = 0.005
-    steps: int = 300
-    batch_size: int = 8
-    grad_accumulation: int = 1
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
-    warmup_steps: int = 20
-    grad_clip: float = 1.0
-    timestep_mean: float = 0.0
-    timestep_std: float = 0.5
-    timestep_shift: float = 1.0
-    mask_max_sigma: float | None = None  # mask losses only where σ ≤ this
-    checkpoint_every: int = 50
-    validate_every: int = 50
-    validation_samples: int = 100
-    max_flow_increase: float | None = 0.02  # a checkpoint may be "best" only within this of the base flow loss
-    seed: int = 0
-    prompt_separator: str = " "
-    prompt_background: str = "word"
-    background_threshold: float = 0.3
+    base_model: str  # digest of the base model's weights (seg4diff.models.model_digest): an adapter fits that model only
+    finetune: FinetuneParams
+    prompt: PromptParams
+
+    @classmethod
+    def from_params(cls, finetune: FinetuneParams, prompt: PromptParams, expert_layer: int, expert_sigma: float,
+                    base_model: str) -> MagnetConfig:
+        return cls(int(expert_layer), float(expert_sigma), base_model, finetune, prompt)
 
     @property
     def style(self) -> PromptStyle:
-        return PromptStyle("caption" if self.mode == "caption" else "gt_classes", self.prompt_separator, self.prompt_background)
+        return prompt_style(self.prompt, "caption" if self.finetune.mode == "caption" else "gt_classes")
+
+    @property
+    def threshold(self) -> float | None:
+        return self.prompt.threshold
+
+    def as_dict(self) -> dict:
+        return {"expert_layer": self.expert_layer, "expert_sigma": self.expert_sigma, "base_model": self.base_model,
+                "finetune": self.finetune.model_dump(exclude={"work_dir", "output"}), "prompt": self.prompt.model_dump()}
 
     @property
     def lora(self) -> LoraSpec:
-        return LoraSpec(self.rank, self.alpha, self.dropout, self.target_modules)
+        return LoraSpec(self.finetune.rank, self.finetune.alpha, self.finetune.dropout, tuple(self.finetune.target_modules))
 
     def save(self, transformer: torch.nn.Module, directory: Path) -> None:
-        save_lora(transformer, directory, self.lora, {"expert_layer": self.expert_layer, "expert_sigma": self.expert_sigma})
+        save_lora(transformer, directory, self.lora, {"expert_layer": self.expert_layer, "expert_sigma": self.expert_sigma,
+                                                      "base_model": self.base_model})
 
 
 def sample_sigmas(generator: torch.Generator, n: int, config: MagnetConfig) -> torch.Tensor:
     """Returns logit-normal noise levels on the shifted schedule σ = shift·u / (1 + (shift − 1)·u)."""
-    u = torch.sigmoid(config.timestep_mean + config.timestep_std * torch.randn(n, generator=generator))
-    return config.timestep_shift * u / (1 + (config.timestep_shift - 1) * u)
+    u = torch.sigmoid(config.finetune.timestep_mean + config.finetune.timestep_std * torch.randn(n, generator=generator))
+    return config.finetune.timestep_shift * u / (1 + (config.finetune.timestep_shift - 1) * u)
 
 
 def _class_logits(logits: torch.Tensor, slot_class: np.ndarray, classes: np.ndarray) -> torch.Tensor:
@@ -113,7 +103,7 @@ def magnet_loss(backbone: Backbone, rows: xr.Dataset, config: MagnetConfig, gene
     size = labels.shape[-2:]
     maps, targets, valid = [], [], []
     for k, slot in enumerate(slots):
-        if config.mask_max_sigma is not None and sigma[k].item() > config.mask_max_sigma:
+        if config.finetune.mask_max_sigma is not None and sigma[k].item() > config.finetune.mask_max_sigma:
             continue
         slot_class = slot.class_id[:used]
         slot_class = np.where(slot.position[:used] >= 0, slot_class, -1)
@@ -125,7 +115,7 @@ def magnet_loss(backbone: Backbone, rows: xr.Dataset, config: MagnetConfig, gene
             sample_targets = torch.stack([(labels[k] == c).float() for c in classes])
         else:  # every head × token map is a candidate, Hungarian-matched to the present classes' masks
             present = [c for c in np.flatnonzero(rows["present"].values[k])
-                       if (labels[k] == c).float().mean() >= config.min_mask_fraction]
+                       if (labels[k] == c).float().mean() >= config.finetune.min_mask_fraction]
             if not present:
                 continue
             candidates = up(sample_logits[:, slot.position[:used] >= 0].flatten(0, 1))
@@ -137,17 +127,17 @@ def magnet_loss(backbone: Backbone, rows: xr.Dataset, config: MagnetConfig, gene
         valid.append((labels[k] != IGNORE_INDEX).float().expand_as(sample_targets))
     if maps:
         maps, targets, valid = torch.cat(maps), torch.cat(targets), torch.cat(valid)
-        focal = sigmoid_focal_loss(maps.float(), targets, config.focal_alpha, config.focal_gamma, valid)
+        focal = sigmoid_focal_loss(maps.float(), targets, config.finetune.focal_alpha, config.finetune.focal_gamma, valid)
         dice = dice_loss(maps.float(), targets, valid)
     else:
         focal = dice = torch.zeros((), device=flow.device)
-    loss = config.lambda_flow * flow + config.lambda_focal * focal + config.lambda_dice * dice
+    loss = config.finetune.lambda_flow * flow + config.finetune.lambda_focal * focal + config.finetune.lambda_dice * dice
     return loss, {"flow": flow.item(), "focal": focal.item(), "dice": dice.item(), "loss": loss.item()}
 
 
 @torch.no_grad()
-def heldout_flow_loss(backbone: Backbone, prepared: xr.Dataset, seed: int, limit: int, batch_size: int = 16,
-                      style: PromptStyle = PromptStyle()) -> float:
+def heldout_flow_loss(backbone: Backbone, prepared: xr.Dataset, seed: int, limit: int, style: PromptStyle,
+                      batch_size: int = 16) -> float:
     """Returns the mean flow-matching MSE on held-out samples at fixed noise and fixed σ ∈ {0.1, …, 0.9} (gt-class prompts)."""
     names = [str(n) for n in prepared["class_name"].values]
     n = min(limit, prepared.sizes["sample"])
@@ -168,11 +158,10 @@ def heldout_flow_loss(backbone: Backbone, prepared: xr.Dataset, seed: int, limit
 
 def validate(backbone: Backbone, val: xr.Dataset, config: MagnetConfig) -> dict:
     """Returns expert-layer mIoU and held-out flow loss on the validation split."""
-    threshold = config.background_threshold if config.prompt_background == "threshold" else None
-    confusion = segmentation_confusion(backbone, val, config.expert_layer, config.expert_sigma, config.seed, 16, config.style,
-                                       threshold, limit=config.validation_samples)
+    confusion = segmentation_confusion(backbone, val, config.expert_layer, config.expert_sigma, config.finetune.seed, 16, config.style,
+                                       config.threshold, limit=config.finetune.validation_samples)
     return {"val_miou": summarize(confusion)["miou"],
-            "val_flow_loss": heldout_flow_loss(backbone, val, config.seed, config.validation_samples, style=config.style)}
+            "val_flow_loss": heldout_flow_loss(backbone, val, config.finetune.seed, config.finetune.validation_samples, style=config.style)}
 
 
 def _save_checkpoint(directory: Path, step: int, transformer, optimizer, scheduler, generator, config, history, best) -> None:
@@ -192,7 +181,7 @@ def _save_checkpoint(directory: Path, step: int, transformer, optimizer, schedul
 def _forget_other_runs(work_dir: Path, config: MagnetConfig) -> None:
     """Clears checkpoints written under another config, so that only a run of the same settings is resumed."""
     marker = work_dir / "config.json"
-    current = json.dumps(asdict(config), sort_keys=True)
+    current = json.dumps(config.as_dict(), sort_keys=True)
     if marker.exists() and marker.read_text() != current:
         shutil.rmtree(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -209,11 +198,11 @@ def train_magnet(backbone: Backbone, train: xr.Dataset, val: xr.Dataset, config:
     """Trains the adapter (resuming from work_dir's latest checkpoint); the best-on-validation adapter goes to work_dir/best."""
     work_dir = Path(work_dir)
     _forget_other_runs(work_dir, config)
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.finetune.seed)
     parameters = add_lora(backbone.transformer, config.lora)
-    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, config.warmup_steps, config.steps))
-    generator = torch.Generator().manual_seed(config.seed)
+    optimizer = torch.optim.AdamW(parameters, lr=config.finetune.lr, weight_decay=config.finetune.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, config.finetune.warmup_steps, config.finetune.steps))
+    generator = torch.Generator().manual_seed(config.finetune.seed)
     step, history, best = 0, [], {"val_miou": -1.0, "val_flow_loss": float("nan"), "step": 0}
     checkpoint = latest_checkpoint(work_dir)
     if checkpoint is not None:
@@ -234,35 +223,35 @@ def train_magnet(backbone: Backbone, train: xr.Dataset, val: xr.Dataset, config:
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if backbone.device.type == "cuda" else torch.autocast("cpu", enabled=False)
     n = train.sizes["sample"]
     started = time.perf_counter()
-    bar = tqdm(total=config.steps, initial=step, desc="finetune", unit="step", disable=not progress)
-    while step < config.steps:
+    bar = tqdm(total=config.finetune.steps, initial=step, desc="finetune", unit="step", disable=not progress)
+    while step < config.finetune.steps:
         backbone.transformer.train()
         parts = []
-        for _ in range(config.grad_accumulation):  # gradients of all micro-batches add up before one optimizer step
-            indices = torch.randint(n, (config.batch_size,), generator=generator).tolist()
+        for _ in range(config.finetune.grad_accumulation):  # gradients of all micro-batches add up before one optimizer step
+            indices = torch.randint(n, (config.finetune.batch_size,), generator=generator).tolist()
             with autocast:
                 loss, part = magnet_loss(backbone, train.isel(sample=indices).load(), config, generator)
-            (loss / config.grad_accumulation).backward()
+            (loss / config.finetune.grad_accumulation).backward()
             parts.append(part)
-        torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
+        torch.nn.utils.clip_grad_norm_(parameters, config.finetune.grad_clip)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         bar.update(1)
         metrics = {f"train_{k}": float(np.mean([p[k] for p in parts])) for k in parts[0]}
-        if step % config.validate_every == 0 or step == config.steps:
+        if step % config.finetune.validate_every == 0 or step == config.finetune.steps:
             backbone.transformer.eval()
             metrics |= validate(backbone, val, config)
             base_flow = history[0]["val_flow_loss"]
-            keeps_generation = config.max_flow_increase is None or metrics["val_flow_loss"] <= (1 + config.max_flow_increase) * base_flow
+            keeps_generation = config.finetune.max_flow_increase is None or metrics["val_flow_loss"] <= (1 + config.finetune.max_flow_increase) * base_flow
             if keeps_generation and metrics["val_miou"] > best["val_miou"]:
                 best = {"val_miou": metrics["val_miou"], "val_flow_loss": metrics["val_flow_loss"], "step": step}
                 config.save(backbone.transformer, work_dir / "best")
         history.append({"step": step, **metrics})
         if on_metrics:
             on_metrics(step, metrics)
-        if step % config.checkpoint_every == 0 or step == config.steps:
+        if step % config.finetune.checkpoint_every == 0 or step == config.finetune.steps:
             _save_checkpoint(work_dir, step, backbone.transformer, optimizer, scheduler, generator, config, history, best)
     bar.close()
     backbone.transformer.eval()

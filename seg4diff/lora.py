@@ -10,16 +10,20 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
+from seg4diff.errors import ConfigError
+
 ADAPTER = "magnet"
 WEIGHTS, CONFIG = "adapter_model.safetensors", "lora_config.json"
 
 
 @dataclass(frozen=True)
 class LoraSpec:
-    rank: int = 16
-    alpha: int = 16
-    dropout: float = 0.0
-    target_modules: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0")
+    """The adapter's shape (from the finetune params group)."""
+
+    rank: int
+    alpha: int
+    dropout: float
+    target_modules: tuple[str, ...]
 
 
 def add_lora(transformer: torch.nn.Module, spec: LoraSpec) -> list[torch.nn.Parameter]:
@@ -35,9 +39,13 @@ def lora_state(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def set_lora_state(transformer: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    result = set_peft_model_state_dict(transformer, state, adapter_name=ADAPTER)
+    try:
+        result = set_peft_model_state_dict(transformer, state, adapter_name=ADAPTER)
+    except RuntimeError as error:  # size mismatches: one line, not torch's dump of every tensor
+        first = str(error).split("\n")[1].strip() if "\n" in str(error) else str(error)
+        raise ConfigError(f"adapter {source} does not fit this transformer (trained for another base model?): {first}") from None
     if getattr(result, "unexpected_keys", None):
-        raise ValueError(f"adapter {source} does not fit this transformer: unexpected keys {result.unexpected_keys[:3]}")
+        raise ConfigError(f"adapter {source} does not fit this transformer: unexpected keys {result.unexpected_keys[:3]}")
 
 
 def save_lora(transformer: torch.nn.Module, directory: Path, spec: LoraSpec, extra: dict | None = None) -> None:
@@ -48,12 +56,20 @@ def save_lora(transformer: torch.nn.Module, directory: Path, spec: LoraSpec, ext
     (directory / CONFIG).write_text(json.dumps({**asdict(spec), **(extra or {})}, indent=2))
 
 
-def load_lora(transformer: torch.nn.Module, directory: str | Path) -> dict:
-    """Adds the adapter saved in `directory` to a base transformer (in place); returns its config."""
+def load_lora(transformer: torch.nn.Module, directory: str | Path, base_model: str | None = None) -> dict:
+    """Adds the adapter saved in `directory` to a base transformer (in place); returns its config.
+
+    `base_model`: the digest of the model being adapted (seg4diff.models.model_digest); an adapter that records
+    another base model is refused in one line, before any weight is touched.
+    """
     directory = Path(directory)
     if not (directory / WEIGHTS).is_file():
-        raise FileNotFoundError(f"no LoRA adapter at {directory} (expected {WEIGHTS}): run the finetune stage")
+        raise ConfigError(f"no LoRA adapter at {directory} (expected {WEIGHTS}): run the finetune stage")
     config = json.loads((directory / CONFIG).read_text())
+    trained_on = config.get("base_model")
+    if base_model is not None and trained_on is not None and trained_on != base_model:
+        raise ConfigError(f"adapter {directory} was trained on another base model (digest {trained_on}, this model.path "
+                          f"has {base_model}): set model.path to its base model or retrain it (dvc repro finetune)")
     add_lora(transformer, LoraSpec(config["rank"], config["alpha"], config["dropout"], tuple(config["target_modules"])))
     set_lora_state(transformer, load_file(directory / WEIGHTS), str(directory))
     transformer.eval()

@@ -16,13 +16,14 @@ import torch
 from diffusers import DiffusionPipeline, FluxPipeline, StableDiffusion3Pipeline
 
 from seg4diff.config import ModelParams
+from seg4diff.errors import ConfigError
 from seg4diff.organism import OrganismPipeline, is_organism
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 Family = Literal["sd3", "flux", "organism"]
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(ConfigError):
     """The configured model cannot be loaded; the message names the path or id and the param to change."""
 
 
@@ -220,5 +221,5 @@ def load_backbone(params: ModelParams, lora: str | Path | None = None) -> Backbo
     if lora is not None:
         from seg4diff.lora import load_lora
 
-        load_lora(backbone.transformer, lora)
+        load_lora(backbone.transformer, lora, base_model=model_digest(params))
     return backbone

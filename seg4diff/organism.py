@@ -37,14 +37,16 @@ def word_tokenizer(words: list[str], text_length: int) -> PreTrainedTokenizerFas
 
 @dataclass(frozen=True)
 class Architecture:
-    num_layers: int = 6
-    num_attention_heads: int = 4
-    attention_head_dim: int = 16
-    image_size: int = 32
-    patch_size: int = 2
-    text_length: int = 16
-    text_layers: int = 0
-    pooled: str = "mean"  # "none": AdaLN sees only the timestep, so the caption reaches the image through attention alone
+    """The organism's shape: pretrain.architecture (whose fields are the defaults) plus the working resolution."""
+
+    num_layers: int
+    num_attention_heads: int
+    attention_head_dim: int
+    image_size: int
+    text_length: int
+    text_layers: int
+    pooled: str  # "none": AdaLN sees only the timestep, so the caption reaches the image through attention alone
+    patch_size: int = 2  # not a setting: the organism's 32×32 pixels → 16×16 tokens
 
     @classmethod
     def from_params(cls, params: ArchitectureParams, image_size: int) -> Architecture:

@@ -30,7 +30,7 @@ def expert_maps(backbone: Backbone, rows: xr.Dataset, sample_indices: list[int],
 
 @torch.no_grad()
 def segment_batch(backbone: Backbone, rows: xr.Dataset, sample_indices: list[int], layer: int, sigma: float, seed: int,
-                  style: PromptStyle = PromptStyle(), background_threshold: float | None = None) -> np.ndarray:
+                  style: PromptStyle, background_threshold: float | None) -> np.ndarray:
     """Returns predictions (batch, label_y, label_x) for a loaded batch of prepared samples."""
     names = [str(n) for n in rows["class_name"].values]
     built = [build_prompt(style, rows["present"].values[k], names, str(rows["caption"].values[k])) for k in range(len(sample_indices))]
@@ -51,7 +51,7 @@ def segment_batch(backbone: Backbone, rows: xr.Dataset, sample_indices: list[int
 
 
 def segmentation_confusion(backbone: Backbone, prepared: xr.Dataset, layer: int, sigma: float, seed: int, batch_size: int,
-                           style: PromptStyle = PromptStyle(), background_threshold: float | None = None,
+                           style: PromptStyle, background_threshold: float | None,
                            limit: int | None = None) -> np.ndarray:
     """Returns the dataset-level confusion matrix of zero-shot segmentation over (the first `limit` of) a prepared split."""
     num_classes = prepared.sizes["class"]

@@ -39,9 +39,9 @@ def _evaluate_model(params: Params, variant: str) -> dict:
     expert = expert_of(params)
     backbone = load_backbone(params.model, lora=params.finetune.output if variant == "finetuned" else None)
     test = open_prepared(Path(params.prepare.output) / f"{p.split}.zarr")
-    style = prompt_style(params.extract, "gt_classes")
+    style = prompt_style(params.prompt, "gt_classes")
     results, gallery = evaluate_segmentation(backbone, test, expert["layer"], expert["timestep"], p.seed, p.batch_size,
-                                             p.kl_threshold, style, params.background_threshold, p.max_samples)
+                                             p.kl_threshold, style, params.prompt.threshold, p.max_samples)
     limit = min(test.sizes["sample"], p.max_samples or test.sizes["sample"])
     fidelity = {"heldout_flow_loss": heldout_flow_loss(backbone, test, p.seed, limit, style=style)}
     if p.generation_samples:

@@ -13,7 +13,7 @@ from seg4diff.attention import joint_attention_modules
 from seg4diff.attention_store import StoreLayout, completed
 from seg4diff.config import Params
 from seg4diff.data.prepared import open_prepared
-from seg4diff.extract import extract_range, fingerprint, open_or_create, plan_ranges, resolve_sigmas
+from seg4diff.extract import extract_range, fingerprint, prompt_style, open_or_create, plan_ranges, resolve_sigmas
 from seg4diff.models import load_backbone, model_digest
 
 
@@ -36,9 +36,9 @@ def plan_extraction_task(params: Params) -> dict:
     heads = [-1] if p.head_mean else list(range(backbone.transformer.config.num_attention_heads))
     layout = StoreLayout(samples, layers, heads, sigmas, p.max_tokens, grid, tuple(p.directions), p.diagnostics)
     attrs = {"fingerprint": fingerprint(params.model.model_dump(), model_digest(params.model), params.data.model_dump(), params.prepare.model_dump(),
-                                        p.model_dump(exclude={"workers", "batch_size", "output"}), sigmas),
+                                        p.model_dump(exclude={"workers", "batch_size", "output"}), params.prompt.model_dump(), sigmas),
              "model": params.model.path, "family": backbone.family, "split": p.split, "prompt": p.prompt,
-             "separator": p.separator, "background": p.background,
+             "separator": params.prompt.separator, "background": params.prompt.background,
              "class_names": [str(n) for n in prepared["class_name"].values], "has_background": bool(prepared.attrs["has_background"]),
              "resolution": resolution, "label_resolution": int(prepared.attrs["label_resolution"]), "seed": p.seed}
     created = open_or_create(Path(p.output), layout, attrs)
@@ -57,5 +57,5 @@ def extract_range_task(params: Params, start: int, stop: int, sigmas: list[float
     with dask.config.set(scheduler="synchronous"), tqdm(total=stop - start, desc=f"extract {start}-{stop}", unit="sample") as bar:
         bar.update(int(completed(Path(params.extract.output))[start:stop].sum()))
         computed = extract_range(backbone, _prepared(params), Path(params.extract.output), start, stop, sigmas, layers,
-                                 params.extract, progress=bar)
+                                 params.extract, prompt_style(params.prompt, params.extract.prompt), progress=bar)
     return {"computed": computed, "seconds": time.perf_counter() - began}

@@ -13,16 +13,11 @@ from prefect import task
 from seg4diff.config import Params
 from seg4diff.data.prepared import open_prepared
 from seg4diff.finetune import MagnetConfig, train_magnet
-from seg4diff.models import load_backbone
+from seg4diff.models import load_backbone, model_digest
 
 
 def magnet_config(params: Params, expert: dict) -> MagnetConfig:
-    p = params.finetune
-    fields = p.model_dump(exclude={"work_dir", "output"})
-    return MagnetConfig(expert_layer=expert["layer"], expert_sigma=expert["timestep"],
-                        prompt_separator=params.extract.separator, prompt_background=params.extract.background,
-                        background_threshold=params.score.background_threshold,
-                        **{**fields, "target_modules": tuple(p.target_modules)})
+    return MagnetConfig.from_params(params.finetune, params.prompt, expert["layer"], expert["timestep"], model_digest(params.model))
 
 
 @task(name="train-magnet")

@@ -37,7 +37,7 @@ def score_layers_task(params: Params) -> ScoreTables:
 
 def background_threshold(params: Params, store) -> float | None:
     """The score threshold when the store's prompts left background out, else None."""
-    return params.score.background_threshold if store.attrs.get("background") == "threshold" else None
+    return params.prompt.background_threshold if store.attrs.get("background") == "threshold" else None
 
 
 @task(name="write-scores")

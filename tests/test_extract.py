@@ -13,7 +13,8 @@ from seg4diff.attention import capture_attention
 from seg4diff.attention_store import StoreLayout, completed, open_attention
 from seg4diff.config import ExtractParams, ModelParams
 from seg4diff.data.prepared import open_prepared
-from seg4diff.extract import build_prompt, extract_range, open_or_create, plan_ranges, resolve_sigmas, sample_noise
+from seg4diff.extract import PromptStyle, build_prompt, extract_range, open_or_create, plan_ranges, resolve_sigmas, sample_noise
+from seg4diff.errors import ConfigError
 from seg4diff.models import load_backbone
 
 NAMES = ["background", "red circle", "blue square", "potted-plant"]
@@ -21,12 +22,12 @@ NAMES = ["background", "red circle", "blue square", "potted-plant"]
 
 def test_prompts_and_class_spans():
     present = np.array([True, False, True, True])
-    prompt, spans = build_prompt("gt_classes", present, NAMES, "")
+    prompt, spans = build_prompt(PromptStyle("gt_classes", " ", "word"), present, NAMES, "")
     assert prompt == "background blue square potted"
     assert [(s.class_id, prompt[s.start:s.end]) for s in spans] == [(0, "background"), (2, "blue square"), (3, "potted")]
-    prompt, spans = build_prompt("vocabulary", present, NAMES, "")
+    prompt, spans = build_prompt(PromptStyle("vocabulary", " ", "word"), present, NAMES, "")
     assert prompt == "background red circle blue square potted" and len(spans) == 4
-    prompt, spans = build_prompt("caption", present, NAMES, "a blue square and a red circle, not a red square")
+    prompt, spans = build_prompt(PromptStyle("caption", " ", "word"), present, NAMES, "a blue square and a red circle, not a red square")
     assert [(s.class_id, prompt[s.start:s.end]) for s in spans] == [(2, "blue square"), (1, "red circle")]
 
 
@@ -43,6 +44,7 @@ def prepared_val(tmp_path_factory):
 
 
 PARAMS = ExtractParams(sigmas=[0.5, 0.8], max_tokens=48, batch_size=2, seed=3)
+STYLE = PromptStyle("gt_classes", " ", "word")  # Seg4Diff's: names joined by spaces, background a word
 
 
 def _extract(model_dir, prepared_path, out, ranges, params=PARAMS):
@@ -52,7 +54,7 @@ def _extract(model_dir, prepared_path, out, ranges, params=PARAMS):
     layout = StoreLayout(6, [0, 1, 2], [0, 1], sigmas, params.max_tokens, (8, 8), tuple(params.directions), params.diagnostics)
     open_or_create(out, layout, {"fingerprint": "test"})
     for start, stop in ranges:
-        extract_range(backbone, prepared, out, start, stop, sigmas, [0, 1, 2], params)
+        extract_range(backbone, prepared, out, start, stop, sigmas, [0, 1, 2], params, STYLE)
     return backbone, prepared
 
 
@@ -100,8 +102,8 @@ def test_same_fingerprint_resumes_and_recomputes_nothing(tiny_model_dirs, prepar
     _extract(tiny_model_dirs["sd3"], prepared_val, out, [(0, 4)])
     assert completed(out).tolist() == [True] * 4 + [False] * 2
     backbone = load_backbone(ModelParams(path=str(tiny_model_dirs["sd3"]), text_length=24))
-    assert extract_range(backbone, open_prepared(prepared_val), out, 0, 6, [0.5, 0.8], [0, 1, 2], PARAMS) == 2
-    assert extract_range(backbone, open_prepared(prepared_val), out, 0, 6, [0.5, 0.8], [0, 1, 2], PARAMS) == 0
+    assert extract_range(backbone, open_prepared(prepared_val), out, 0, 6, [0.5, 0.8], [0, 1, 2], PARAMS, STYLE) == 2
+    assert extract_range(backbone, open_prepared(prepared_val), out, 0, 6, [0.5, 0.8], [0, 1, 2], PARAMS, STYLE) == 0
 
 
 KILL_SCRIPT = """
@@ -134,6 +136,6 @@ def test_kill_minus_9_then_resume_gives_the_uninterrupted_store(tiny_model_dirs,
 
 def test_a_failure_names_the_split_and_samples(tiny_model_dirs, prepared_val, tmp_path):
     tight = PARAMS.model_copy(update={"max_tokens": 3})
-    with pytest.raises(RuntimeError, match=r"extract: split 'val', samples \[0, 1\]: sample val/0: \d+ tokens to keep but extract.max_tokens is 3"):
+    with pytest.raises(ConfigError, match=r"^extract: split 'val', samples \[0, 1\]: sample val/0: \d+ tokens to keep but extract.max_tokens is 3: raise"):
         _extract(tiny_model_dirs["sd3"], prepared_val, tmp_path / "t.zarr", [(0, 6)], tight)
     assert not completed(tmp_path / "t.zarr").any()  # nothing marked done

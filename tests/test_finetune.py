@@ -1,16 +1,20 @@
 import pytest
 import torch
 
-from seg4diff.config import ModelParams
+from dataclasses import replace
+
+from seg4diff.config import FinetuneParams, ModelParams, PromptParams
+from seg4diff.errors import ConfigError
 from seg4diff.data.prepared import open_prepared
 from seg4diff.data.shapes import CLASS_NAMES
 from seg4diff.finetune import MagnetConfig, latest_checkpoint, magnet_loss, train_magnet
 from seg4diff.lora import lora_state
-from seg4diff.models import load_backbone
+from seg4diff.models import load_backbone, model_digest
 from seg4diff.organism import Architecture, OrganismPipeline
 from conftest import prepared_shapes
 
-ARCH = Architecture(num_layers=3, num_attention_heads=2, attention_head_dim=8, image_size=16, text_length=10)
+ARCH = Architecture(num_layers=3, num_attention_heads=2, attention_head_dim=8, image_size=16, text_length=10, text_layers=0,
+                    pooled="mean")
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +29,15 @@ def _backbone(root):
     return load_backbone(ModelParams(path=str(root / "organism")))
 
 
-CONFIG = MagnetConfig(expert_layer=1, expert_sigma=0.5, rank=4, alpha=4, steps=4, batch_size=2, lr=1e-2, warmup_steps=1,
-                      checkpoint_every=2, validate_every=100, validation_samples=4, seed=1)
+FINETUNE = FinetuneParams(rank=4, alpha=4, steps=4, batch_size=2, lr=1e-2, warmup_steps=1, checkpoint_every=2, validate_every=100,
+                          validation_samples=4, seed=1, lambda_flow=1.0, mask_max_sigma=None)
+PROMPT = PromptParams(separator=" ", background="word")
+
+
+def _config(root, **finetune) -> MagnetConfig:
+    """Expert block 1 at σ 0.5 of the organism under root, with FINETUNE's settings changed by `finetune`."""
+    digest = model_digest(ModelParams(path=str(root / "organism")))
+    return MagnetConfig.from_params(FINETUNE.model_copy(update=finetune), PROMPT, 1, 0.5, digest)
 
 
 def test_one_step_changes_only_lora_parameters(setup):
@@ -34,7 +45,7 @@ def test_one_step_changes_only_lora_parameters(setup):
     before = {k: v.clone() for k, v in backbone.transformer.state_dict().items()}
     text_before = {k: v.clone() for k, v in backbone.pipe.text_encoder.state_dict().items()}
     train_magnet(backbone, open_prepared(setup / "train.zarr"), open_prepared(setup / "val.zarr"),
-                 MagnetConfig(**{**CONFIG.__dict__, "steps": 1}), setup / "one", progress=False)
+                 _config(setup, steps=1), setup / "one", progress=False)
     after = backbone.transformer.state_dict()
     base = {k.replace(".base_layer", ""): v for k, v in after.items() if "lora_" not in k}
     assert base.keys() == before.keys() and all(torch.equal(before[k], base[k]) for k in before)  # frozen backbone
@@ -47,16 +58,16 @@ def test_mask_losses_come_from_the_expert_block_with_gradients(setup):
     backbone = _backbone(setup)
     from seg4diff.lora import add_lora
 
-    add_lora(backbone.transformer, CONFIG.lora)
+    add_lora(backbone.transformer, _config(setup).lora)
     rows = open_prepared(setup / "train.zarr").isel(sample=[0, 1]).load()
-    loss, parts = magnet_loss(backbone, rows, CONFIG, torch.Generator().manual_seed(0))
+    loss, parts = magnet_loss(backbone, rows, _config(setup), torch.Generator().manual_seed(0))
     loss.backward()
     grads = {n: p.grad for n, p in backbone.transformer.named_parameters() if p.grad is not None}
     assert parts["focal"] > 0 and 0 < parts["dice"] < 1 and parts["flow"] > 0
     assert loss.item() == pytest.approx(parts["flow"] + 0.1 * parts["focal"] + 0.2 * parts["dice"], rel=1e-5)
     # blocks after the expert receive gradient only through the flow loss; turning the flow loss off leaves them at zero
     backbone.transformer.zero_grad()
-    mask_only = MagnetConfig(**{**CONFIG.__dict__, "lambda_flow": 0.0})
+    mask_only = _config(setup, lambda_flow=0.0)
     magnet_loss(backbone, rows, mask_only, torch.Generator().manual_seed(0))[0].backward()
     late = [p.grad for n, p in backbone.transformer.named_parameters() if "transformer_blocks.2." in n and "lora_" in n]
     early = [p.grad for n, p in backbone.transformer.named_parameters() if "transformer_blocks.0." in n and "lora_B" in n]
@@ -69,7 +80,7 @@ def test_mask_max_sigma_keeps_mask_losses_to_less_noisy_samples(setup):
     """Same generator → same σ per sample: with a cap below every drawn σ no mask term remains, above all they all do."""
     backbone = _backbone(setup)
     rows = open_prepared(setup / "train.zarr").isel(sample=[0, 1]).load()
-    parts = {cap: magnet_loss(backbone, rows, MagnetConfig(**{**CONFIG.__dict__, "mask_max_sigma": cap}),
+    parts = {cap: magnet_loss(backbone, rows, _config(setup, mask_max_sigma=cap),
                               torch.Generator().manual_seed(0))[1] for cap in (None, 1e-6, 1.0)}
     assert parts[1e-6]["focal"] == parts[1e-6]["dice"] == 0 and parts[1e-6]["loss"] == pytest.approx(parts[None]["flow"])
     assert parts[1.0] == pytest.approx(parts[None]) and parts[None]["focal"] > 0
@@ -78,7 +89,7 @@ def test_mask_max_sigma_keeps_mask_losses_to_less_noisy_samples(setup):
 def test_resume_from_checkpoint_equals_an_uninterrupted_run(setup, tmp_path):
     train, val = open_prepared(setup / "train.zarr"), open_prepared(setup / "val.zarr")
     whole = _backbone(setup)
-    train_magnet(whole, train, val, CONFIG, tmp_path / "whole", progress=False)
+    train_magnet(whole, train, val, _config(setup), tmp_path / "whole", progress=False)
 
     class Stop(Exception):
         pass
@@ -89,10 +100,10 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(setup, tmp_path):
 
     interrupted = _backbone(setup)
     with pytest.raises(Stop):
-        train_magnet(interrupted, train, val, CONFIG, tmp_path / "resumed", on_metrics=stop_after_checkpoint, progress=False)
+        train_magnet(interrupted, train, val, _config(setup), tmp_path / "resumed", on_metrics=stop_after_checkpoint, progress=False)
     assert latest_checkpoint(tmp_path / "resumed").name == "checkpoint-000002"
     resumed = _backbone(setup)
-    result = train_magnet(resumed, train, val, CONFIG, tmp_path / "resumed", progress=False)
+    result = train_magnet(resumed, train, val, _config(setup), tmp_path / "resumed", progress=False)
     assert [h["step"] for h in result["history"]] == [0, 1, 2, 3, 4]  # step 0: the base model's validation
     a, b = lora_state(whole.transformer), lora_state(resumed.transformer)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -101,3 +112,13 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(setup, tmp_path):
     c = lora_state(loaded.transformer)
     assert c.keys() == a.keys()
     assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in c.items() if "lora_B" in k)
+
+
+def test_an_adapter_for_another_base_model_is_refused_in_one_line(setup, tmp_path):
+    backbone = _backbone(setup)
+    train_magnet(backbone, open_prepared(setup / "train.zarr"), open_prepared(setup / "val.zarr"),
+                 replace(_config(setup, steps=1), base_model="0123456789abcdef"), tmp_path / "other", progress=False)
+    with pytest.raises(ConfigError) as refused:
+        load_backbone(ModelParams(path=str(setup / "organism")), lora=tmp_path / "other" / "best")
+    message = str(refused.value)
+    assert "\n" not in message and "trained on another base model (digest 0123456789abcdef" in message

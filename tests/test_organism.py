@@ -7,7 +7,8 @@ from seg4diff.organism import Architecture, OrganismPipeline
 from seg4diff.pretrain import TrainingSchedule, caption_colour_agreement, flow_matching_loss, largest_blob_colour, sample, train
 
 WORDS = ["red", "blue", "circle", "square", "and"]
-ARCH = Architecture(num_layers=2, num_attention_heads=2, attention_head_dim=8, image_size=16, text_length=8)
+ARCH = Architecture(num_layers=2, num_attention_heads=2, attention_head_dim=8, image_size=16, text_length=8, text_layers=0,
+                    pooled="mean")
 
 
 def _data(n=32, seed=0):
