@@ -2,7 +2,6 @@
 (both matching protocols), generation fidelity — into metrics/evaluate.json, a table and a mask-overlay gallery."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import mlflow
@@ -10,11 +9,13 @@ import numpy as np
 from prefect import flow
 from prefect.artifacts import create_table_artifact
 
+from flows.cli import main
 from seg4diff.config import load_params
 from seg4diff.data.prepared import open_prepared
 from seg4diff.plots import image_grid, overlay
+from seg4diff.outputs import round_floats, write_json
 from seg4diff.tracking import stage_run
-from flows.runners import gpu_request, shard_runner
+from flows.runners import gpu_request
 from tasks.evaluate import evaluate_model_task
 
 PROTOCOLS = {
@@ -38,9 +39,9 @@ def comparison_rows(results: dict[str, dict]) -> list[dict]:
 
 
 @flow(name="evaluate")
-def evaluate(params_path: str = "params.yaml", overrides: dict | None = None) -> dict:
+def evaluate(params_path: str = "params.yaml", presets: list[str] | None = None, overrides: dict | None = None) -> dict:
     """Evaluates the base model and, when an adapter exists, the fine-tuned one; returns the metrics written."""
-    params = load_params(params_path, overrides)
+    params = load_params(params_path, overrides, presets or ())
     variants = ["base"] + (["finetuned"] if (Path(params.finetune.output) / "adapter_model.safetensors").exists() else [])
     with stage_run("evaluate", params, ("evaluate",)):
         with gpu_request(params):
@@ -68,16 +69,11 @@ def evaluate(params_path: str = "params.yaml", overrides: dict | None = None) ->
                 titles.append(variant)
         if panels:
             mlflow.log_figure(image_grid(np.stack(panels), titles, columns=2 + len(variants)), "gallery.png")
-    out = Path(params.evaluate.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(metrics, indent=2))
+    metrics = round_floats(metrics)  # as written
+    write_json(params.evaluate.output, metrics)
     return metrics
 
 
-def with_runner(params_path: str = "params.yaml", overrides: dict | None = None):
-    """The evaluate flow on the configured Dask cluster."""
-    return evaluate.with_options(task_runner=shard_runner(load_params(params_path, overrides)))
-
 
 if __name__ == "__main__":
-    with_runner()()
+    main("evaluate", evaluate)

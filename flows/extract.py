@@ -8,9 +8,11 @@ import mlflow
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
+from flows.cli import main
 from seg4diff.config import load_params
+from seg4diff.outputs import write_json
 from seg4diff.tracking import stage_run
-from flows.runners import gpu_request, shard_runner
+from flows.runners import gpu_request
 from tasks.extract import extract_range_task, plan_extraction_task
 
 METRICS = Path("metrics/extract.json")
@@ -21,9 +23,9 @@ def _size_bytes(path: Path) -> int:
 
 
 @flow(name="extract")
-def extract(params_path: str = "params.yaml", overrides: dict | None = None) -> dict:
+def extract(params_path: str = "params.yaml", presets: list[str] | None = None, overrides: dict | None = None) -> dict:
     """Fills the attention store (resuming an interrupted run); returns counts, throughput and size."""
-    params = load_params(params_path, overrides)
+    params = load_params(params_path, overrides, presets or ())
     with stage_run("extract", params, ("model", "extract")):
         plan = plan_extraction_task(params)
         with gpu_request(params):
@@ -38,15 +40,10 @@ def extract(params_path: str = "params.yaml", overrides: dict | None = None) -> 
         mlflow.log_params({"extract.sigmas_resolved": json.dumps(plan["sigmas"])})
         create_markdown_artifact(key="extract-summary", markdown="# Attention extraction\n\n| | |\n|---|---:|\n" + "\n".join(
             f"| {k} | {v:.4g} |" for k, v in summary.items()) + f"\n| sigmas | {plan['sigmas']} |")
-    METRICS.parent.mkdir(exist_ok=True)
-    METRICS.write_text(json.dumps({"samples": plan["samples"], "store_mb": round(summary["store_mb"], 2)}, indent=2))
+    write_json(METRICS, {"samples": plan["samples"], "store_mb": round(summary["store_mb"], 2)})
     return summary
 
 
-def with_runner(params_path: str = "params.yaml", overrides: dict | None = None):
-    """The extract flow on the configured Dask cluster."""
-    return extract.with_options(task_runner=shard_runner(load_params(params_path, overrides)))
-
 
 if __name__ == "__main__":
-    with_runner()()
+    main("extract", extract)

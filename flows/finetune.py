@@ -1,15 +1,16 @@
 """Stage `finetune`: MAGNET mask fine-tuning (LoRA) at the expert layer; the best adapter on validation is kept."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import mlflow
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
+from flows.cli import main
 from seg4diff.config import load_params
 from seg4diff.plots import loss_curve
+from seg4diff.outputs import write_json
 from seg4diff.tracking import stage_run
 from tasks.finetune import train_magnet_task
 
@@ -17,9 +18,9 @@ METRICS = Path("metrics/finetune.json")
 
 
 @flow(name="finetune")
-def finetune(params_path: str = "params.yaml", overrides: dict | None = None) -> dict:
+def finetune(params_path: str = "params.yaml", presets: list[str] | None = None, overrides: dict | None = None) -> dict:
     """Trains the adapter (resuming from the newest checkpoint); returns the best validation numbers."""
-    params = load_params(params_path, overrides)
+    params = load_params(params_path, overrides, presets or ())
     with stage_run("finetune", params, ("finetune",)) as run:
         summary = train_magnet_task(params, run.info.run_id)
         history = summary["history"]
@@ -32,10 +33,9 @@ def finetune(params_path: str = "params.yaml", overrides: dict | None = None) ->
             f"# MAGNET fine-tuning (block {summary['expert']['layer']}, σ={summary['expert']['timestep']:g})\n\n"
             "| step | val mIoU | val flow loss |\n|---:|---:|---:|\n"
             + "\n".join(f"| {h['step']} | {h['val_miou']:.4f} | {h['val_flow_loss']:.4f} |" for h in history if "val_miou" in h)))
-    METRICS.parent.mkdir(exist_ok=True)
-    METRICS.write_text(json.dumps({k: round(float(v), 5) for k, v in best.items()}, indent=2))
+    write_json(METRICS, {k: float(v) for k, v in best.items()})
     return best
 
 
 if __name__ == "__main__":
-    finetune()
+    main("finetune", finetune)

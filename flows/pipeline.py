@@ -2,7 +2,11 @@
 
 Skipping uses ONE mechanism, DVC's: a stage whose dvc.lock entry still matches its params, code and inputs is
 skipped (`dvc status`), and a stage that ran is recorded with `dvc commit`, so `dvc repro` and Prefect runs agree.
-Runs with `overrides` (params not in params.yaml) or `force` always run and leave dvc.lock alone.
+A skipped stage still gets its MLflow run, built from what dvc.yaml says it produced (metrics files, small outputs),
+tagged `reused`. Runs with presets or overrides (params not in params.yaml) or `force` always run every chosen
+stage and leave dvc.lock alone.
+
+    python -m flows.pipeline [--stages extract score] [--force] [--preset NAME] [--set KEY=VALUE]
 """
 from __future__ import annotations
 
@@ -10,22 +14,24 @@ import os
 from pathlib import Path
 
 import mlflow
+import yaml
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
+from flows.cli import main
 from flows.evaluate import evaluate
 from flows.extract import extract
 from flows.finetune import finetune
 from flows.prepare import prepare
 from flows.pretrain import pretrain
-from flows.runners import shard_runner
+from flows.runners import for_stage
 from flows.score import score
 from flows.select import select
 from seg4diff.config import load_params
-from seg4diff.tracking import configure, git_commit, params_hash
+from seg4diff.errors import ConfigError
+from seg4diff.tracking import configure, git_commit, log_reused_stage, params_hash
 
 STAGES = ("prepare", "pretrain", "extract", "score", "select", "finetune", "evaluate")
-SHARDED = {"extract", "evaluate"}
 FLOWS = {"prepare": prepare, "pretrain": pretrain, "extract": extract, "score": score, "select": select,
          "finetune": finetune, "evaluate": evaluate}
 
@@ -46,29 +52,32 @@ def dvc_record(root: Path, stage: str) -> None:
 
 
 @flow(name="seg4diff")
-def pipeline(params_path: str = "params.yaml", overrides: dict | None = None, stages: list[str] | None = None,
-             force: bool = False) -> dict:
+def pipeline(params_path: str = "params.yaml", presets: list[str] | None = None, overrides: dict | None = None,
+             stages: list[str] | None = None, force: bool = False) -> dict:
     """Runs the stages in order (all by default) in the directory of `params_path`; returns what each stage did."""
     root = Path(params_path).resolve().parent
     os.chdir(root)  # stage outputs are relative to the params file, as under `dvc repro`
-    params = load_params(Path(params_path).name, overrides)  # validated once, before any stage runs
-    chosen = list(STAGES) if stages is None else [s for s in STAGES if s in stages]
+    params = load_params(Path(params_path).name, overrides, presets or ())  # validated once, before any stage runs
     unknown = set(stages or []) - set(STAGES)
     if unknown:
-        raise ValueError(f"unknown stages {sorted(unknown)}; the stages are {STAGES}")
-    use_dvc = (root / "dvc.yaml").exists() and not overrides and not force
+        raise ConfigError(f"unknown stages {sorted(unknown)}; the stages are {', '.join(STAGES)}")
+    chosen = list(STAGES) if stages is None else [s for s in STAGES if s in stages]
+    use_dvc = (root / "dvc.yaml").exists() and not overrides and not presets and not force
+    specs = yaml.safe_load((root / "dvc.yaml").read_text())["stages"] if use_dvc else {}
     logger = get_run_logger()
     report = {}
     configure(params.tracking)
     with mlflow.start_run(run_name="pipeline", tags={"git_commit": git_commit(root), "params_hash": params_hash(params)}):
         for stage in chosen:
             if use_dvc and dvc_up_to_date(root, stage):
-                logger.info("stage %s is up to date (dvc status): skipped", stage)
-                report[stage] = "skipped (up to date)"
+                logger.info("stage %s is up to date (dvc status): skipped; its MLflow run shows the recorded outputs", stage)
+                log_reused_stage(stage, params, specs[stage])
+                report[stage] = "up to date (dvc.lock): reused"
                 continue
-            stage_flow = FLOWS[stage].with_options(task_runner=shard_runner(params)) if stage in SHARDED else FLOWS[stage]
             try:
-                stage_flow(params_path=Path(params_path).name, overrides=overrides)
+                for_stage(FLOWS[stage], params)(params_path=Path(params_path).name, presets=presets, overrides=overrides)
+            except ConfigError:
+                raise
             except Exception as error:
                 raise RuntimeError(f"stage '{stage}' failed: {error}") from error
             if use_dvc:
@@ -79,5 +88,11 @@ def pipeline(params_path: str = "params.yaml", overrides: dict | None = None, st
     return report
 
 
+def _pipeline_options(parser) -> None:
+    parser.add_argument("--stages", nargs="+", choices=STAGES, metavar="STAGE", help=f"only these stages ({', '.join(STAGES)})")
+    parser.add_argument("--force", action="store_true", help="run the chosen stages even when dvc.lock says they are up to date")
+
+
 if __name__ == "__main__":
-    pipeline()
+    report = main("pipeline", pipeline, _pipeline_options, lambda args: {"stages": args.stages, "force": args.force})
+    print("\n".join(f"{stage:<9} {what}" for stage, what in report.items()))

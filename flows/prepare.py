@@ -1,15 +1,16 @@
 """Stage `prepare`: dataset source → prepared zarr stores per split, a summary in MLflow and as a Prefect artifact."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import mlflow
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
+from flows.cli import main
 from seg4diff.config import load_params
 from seg4diff.data.prepare import build_source, summary_markdown
+from seg4diff.outputs import write_json
 from seg4diff.tracking import stage_run
 from tasks.prepare import generate_shapes_task, prepare_split_task
 
@@ -17,9 +18,9 @@ METRICS = Path("metrics/prepare.json")
 
 
 @flow(name="prepare")
-def prepare(params_path: str = "params.yaml", overrides: dict | None = None) -> dict:
+def prepare(params_path: str = "params.yaml", presets: list[str] | None = None, overrides: dict | None = None) -> dict:
     """Prepares every configured split; returns {split: summary dict}."""
-    params = load_params(params_path, overrides)
+    params = load_params(params_path, overrides, presets or ())
     with stage_run("prepare", params, ("data", "prepare")):
         if params.data.source == "shapes":
             generate_shapes_task(params)
@@ -33,10 +34,9 @@ def prepare(params_path: str = "params.yaml", overrides: dict | None = None) -> 
         mlflow.log_dict(report, "prepare_summary.json")
         create_markdown_artifact(key="prepare-summary", markdown=f"# Prepared dataset ({params.data.source})\n\n{markdown}",
                                  description="Samples kept and skipped per split; class frequencies")
-    METRICS.parent.mkdir(exist_ok=True)
-    METRICS.write_text(json.dumps({s: {"kept": r["kept"], "skipped": sum(r["skipped"].values())} for s, r in report.items()}, indent=2))
+    write_json(METRICS, {s: {"kept": r["kept"], "skipped": sum(r["skipped"].values())} for s, r in report.items()})
     return report
 
 
 if __name__ == "__main__":
-    prepare()
+    main("prepare", prepare)

@@ -1,15 +1,16 @@
 """Stage `pretrain`: train the Shapes organism (the embedded default model) and check that it reads its captions."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import mlflow
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
+from flows.cli import main
 from seg4diff.config import load_params
 from seg4diff.plots import image_grid, loss_curve
+from seg4diff.outputs import write_json
 from seg4diff.tracking import stage_run
 from tasks.pretrain import check_organism_task, train_organism_task
 
@@ -17,9 +18,9 @@ METRICS = Path("metrics/pretrain.json")
 
 
 @flow(name="pretrain")
-def pretrain(params_path: str = "params.yaml", overrides: dict | None = None) -> dict:
+def pretrain(params_path: str = "params.yaml", presets: list[str] | None = None, overrides: dict | None = None) -> dict:
     """Trains and saves the organism; returns its held-out checks."""
-    params = load_params(params_path, overrides)
+    params = load_params(params_path, overrides, presets or ())
     with stage_run("pretrain", params, ("pretrain",)) as run:
         log = train_organism_task(params, run.info.run_id)
         mlflow.log_figure(loss_curve(log["steps"], log["losses"], "organism flow-matching loss"), "loss_curve.png")
@@ -30,10 +31,9 @@ def pretrain(params_path: str = "params.yaml", overrides: dict | None = None) ->
         mlflow.log_metrics(checks)
         table = "\n".join(f"| {k} | {v:.4f} |" for k, v in checks.items())
         create_markdown_artifact(key="pretrain-checks", markdown=f"# Organism checks\n\n| check | value |\n|---|---:|\n{table}")
-    METRICS.parent.mkdir(exist_ok=True)
-    METRICS.write_text(json.dumps({k: round(v, 5) for k, v in checks.items()}, indent=2))
+    write_json(METRICS, checks)
     return checks
 
 
 if __name__ == "__main__":
-    pretrain()
+    main("pretrain", pretrain)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import dask
 from prefect_dask import DaskTaskRunner
@@ -9,12 +10,25 @@ from prefect_dask import DaskTaskRunner
 from seg4diff.config import Params
 
 
+SHARDED = ("extract", "evaluate")  # stages whose tasks run as shards on Dask workers
+
+
+def for_stage(stage_flow, params: Params):
+    """Returns the stage flow with its task runner: the shard runner for sharded stages, Prefect's default otherwise."""
+    return stage_flow.with_options(task_runner=shard_runner(params)) if stage_flow.name in SHARDED else stage_flow
+
+
 def shard_runner(params: Params) -> DaskTaskRunner:
     """Returns the task runner for extraction and evaluation shards.
 
     Workers declare GPU resources (`dask worker tcp://… --resources "GPU=1"`); the local cluster declares them too,
-    so a shard's request means "one shard per worker slot" on a CPU machine.
+    so a shard's request means "one shard per worker slot" on a CPU machine. Workers report to the Prefect API in
+    PREFECT_API_URL (flows.server.prefect_api exports it; remote workers must be started with it set).
     """
+    from flows.server import configured_api
+
+    if configured_api():  # local workers inherit the environment: the same API, never a server of their own
+        os.environ["PREFECT_API_URL"] = configured_api()
     o = params.orchestration
     if o.dask_address:
         return DaskTaskRunner(address=o.dask_address)

@@ -1,14 +1,15 @@
 """Stage `score`: zero-shot grounding mIoU for every (layer, timestep, head), with bootstrap intervals and figures."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import mlflow
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
+from flows.cli import main
 from seg4diff.config import load_params
+from seg4diff.outputs import write_json
 from seg4diff.tracking import stage_run
 from tasks.score import example_maps_task, score_layers_task, write_scores_task
 
@@ -16,9 +17,9 @@ METRICS = Path("metrics/score.json")
 
 
 @flow(name="score")
-def score(params_path: str = "params.yaml", overrides: dict | None = None) -> dict:
+def score(params_path: str = "params.yaml", presets: list[str] | None = None, overrides: dict | None = None) -> dict:
     """Scores every layer of the attention store; returns the headline numbers."""
-    params = load_params(params_path, overrides)
+    params = load_params(params_path, overrides, presets or ())
     with stage_run("score", params, ("score",)):
         tables = score_layers_task(params)
         written = write_scores_task(params, tables)
@@ -34,10 +35,9 @@ def score(params_path: str = "params.yaml", overrides: dict | None = None) -> di
         table = "\n".join(f"| {k} | {v:.4g} |" for k, v in headline.items())
         create_markdown_artifact(key="layer-scores", markdown=f"# Layer-wise grounding\n\n| | |\n|---|---:|\n{table}",
                                  description="Best block and reference rows; full table in results/layer_scores.csv")
-    METRICS.parent.mkdir(exist_ok=True)
-    METRICS.write_text(json.dumps({k: round(float(v), 4) for k, v in headline.items()}, indent=2))
+    write_json(METRICS, {k: float(v) for k, v in headline.items()})
     return headline
 
 
 if __name__ == "__main__":
-    score()
+    main("score", score)

@@ -1,22 +1,21 @@
 """Stage `select`: pick the expert layer (and timestep) from the layer scores by the rule in params."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import mlflow
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
+from flows.cli import main
 from seg4diff.config import load_params
+from seg4diff.outputs import round_floats, write_json
 from seg4diff.tracking import stage_run
 from tasks.select import select_expert_task
 
 
 @flow(name="select")
-def select(params_path: str = "params.yaml", overrides: dict | None = None) -> dict:
+def select(params_path: str = "params.yaml", presets: list[str] | None = None, overrides: dict | None = None) -> dict:
     """Writes results/expert.json; returns the choice."""
-    params = load_params(params_path, overrides)
+    params = load_params(params_path, overrides, presets or ())
     with stage_run("select", params, ("select",)):
         expert = select_expert_task(params)
         mlflow.log_metrics({"expert_layer": expert["layer"], "expert_sigma": expert["timestep"], "expert_miou": expert["miou"],
@@ -30,11 +29,10 @@ def select(params_path: str = "params.yaml", overrides: dict | None = None) -> d
             f"# Expert layer ({expert['rule']}{', forced' if expert['forced'] else ''}, {expert['direction']})\n\n"
             "| | block | σ | mIoU | 95% interval |\n|---|---:|---:|---:|---|\n" + "\n".join(lines)
             + f"\n\nIntervals overlap: {expert.get('intervals_overlap')}"))
-    out = Path(params.select.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(expert, indent=2))
+    expert = round_floats(expert)  # as written
+    write_json(params.select.output, expert)
     return expert
 
 
 if __name__ == "__main__":
-    select()
+    main("select", select)

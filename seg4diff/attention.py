@@ -87,7 +87,9 @@ class Recorder:
     detach: bool
     diagnostics: bool
     text_length: int | None = None  # set per forward (FLUX single-stream blocks see one joint sequence)
-    records: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)
+    grid: tuple[int, int] | None = None  # image tokens as (rows, columns), set per forward
+    calls: int = 0  # forward passes seen (denoising steps when a whole generation is captured)
+    records: dict[str, dict[int, list[torch.Tensor]]] = field(default_factory=dict)  # name → layer → one per call
 
     def _keep(self, text: torch.Tensor) -> torch.Tensor:
         """Returns the kept text rows of (batch, head, text, dim)."""
@@ -104,7 +106,7 @@ class Recorder:
         value = value.detach() if self.detach else value
         if self.head_mean:
             value = value.mean(dim=1, keepdim=True)
-        self.records.setdefault(name, {})[layer] = value
+        self.records.setdefault(name, {}).setdefault(layer, []).append(value)
 
     def record(self, layer: int, query, key, value, lse, scale: float, text_slice: slice, image_slice: slice) -> None:
         """Forms the kept image×text / text×image logits from q, k and the kernel's log-sum-exp over all keys.
@@ -236,23 +238,46 @@ def _processor_class(transformer: torch.nn.Module):
     raise TypeError(f"attention capture supports SD3Transformer2DModel and FluxTransformer2DModel, not {name}")
 
 
+def _unflatten(array: xr.DataArray, dim: str, grid: tuple[int, int]) -> xr.DataArray:
+    """Returns `array` with its `dim` axis (row-major image tokens) split into (y, x)."""
+    axis = array.dims.index(dim)
+    values = array.values.reshape(array.shape[:axis] + tuple(grid) + array.shape[axis + 1:])
+    coords = {name: coord for name, coord in array.coords.items() if dim not in coord.dims}
+    return xr.DataArray(values, dims=array.dims[:axis] + ("y", "x") + array.dims[axis + 1:], coords=coords, name=array.name)
+
+
 @dataclass
 class AttentionCapture:
-    """What a capture recorded: per direction a (batch, layer, head, query, key) tensor, as xarray or torch."""
+    """What a capture recorded: per direction a (batch, layer, head, query, key) tensor per forward pass.
+
+    One forward inside the capture gives exactly those dims; several (a whole denoising loop, `pipe(prompt)`) add a
+    leading `step` dim, one entry per call, in call order.
+    """
 
     layers: list[int]
     recorder: Recorder
 
-    def tensor(self, name: str) -> torch.Tensor:
-        """Returns the record `name` stacked over layers: (batch, layer, head, ...) — with gradients if not detached."""
+    @property
+    def steps(self) -> int:
+        """Forward passes recorded."""
+        return self.recorder.calls
+
+    def tensor(self, name: str, step: int | None = None) -> torch.Tensor:
+        """Returns the record `name` stacked over layers: (batch, layer, head, ...) for one forward (or `step`),
+        (step, batch, layer, head, ...) for several — with gradients if not detached."""
         if name not in self.recorder.records:
             raise KeyError(f"nothing recorded for '{name}': was the transformer called inside the capture, with it requested?")
         per_layer = self.recorder.records[name]
-        return torch.stack([per_layer[layer] for layer in self.layers], dim=1)
+        calls = len(per_layer[self.layers[0]])
+        if step is not None:
+            return torch.stack([per_layer[layer][step] for layer in self.layers], dim=1)
+        per_call = [torch.stack([per_layer[layer][call] for layer in self.layers], dim=1) for call in range(calls)]
+        return per_call[0] if calls == 1 else torch.stack(per_call)
 
     def _array(self, name: str, dims: tuple[str, ...]) -> xr.DataArray:
         values = self.tensor(name)
-        head = [-1] if self.recorder.head_mean else list(range(values.shape[2]))
+        dims = (("step",) if values.ndim > len(dims) else ()) + dims
+        head = [-1] if self.recorder.head_mean else list(range(values.shape[dims.index("head")]))
         return xr.DataArray(values.detach().float().cpu().numpy(), dims=dims, name=name,
                             coords={"layer": self.layers, "head": head})
 
@@ -264,9 +289,28 @@ class AttentionCapture:
     def text_to_image(self) -> xr.DataArray:
         return self._array("text_to_image", ("batch", "layer", "head", "text_token", "image_token"))
 
+    def maps(self, direction: Direction = "image_to_text") -> xr.DataArray:
+        """Returns the direction's attention with the image tokens laid out on the token grid as (y, x)."""
+        if self.recorder.grid is None:
+            raise ValueError("the image token grid is unknown: the transformer was not called with image latents")
+        return _unflatten(getattr(self, direction), "image_token", self.recorder.grid)
+
     def diagnostic(self, name: str) -> xr.DataArray:
         """image_entropy / image_to_text_mass (…, image_token) or text_entropy / text_to_image_mass (…, text_token)."""
         return self._array(name, ("batch", "layer", "head", "image_token" if name.startswith("image") else "text_token"))
+
+
+def _token_grid(transformer: torch.nn.Module, kwargs: dict, args: tuple) -> tuple[int, int] | None:
+    """Returns the image token grid of one forward call: SD3 from the latent's (H, W), FLUX from its image ids."""
+    hidden = kwargs.get("hidden_states", args[0] if args else None)
+    if hidden is not None and hidden.ndim == 4:
+        patch = transformer.config.patch_size
+        return hidden.shape[-2] // patch, hidden.shape[-1] // patch
+    ids = kwargs.get("img_ids")
+    if ids is not None:
+        ids = ids.reshape(-1, ids.shape[-1])
+        return int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1
+    return None
 
 
 @contextlib.contextmanager
@@ -278,6 +322,8 @@ def capture_attention(transformer: torch.nn.Module, layers: Sequence[int] | None
 
     `text_tokens`: positions in the text sequence to keep, (kept,) for the whole batch or (batch, kept) per sample.
     `output="logits"` keeps the pre-softmax scores (for losses); `detach=False` keeps their graph.
+    Every forward inside the capture is kept (a `step` dim when there are several): to wrap a whole generation at
+    full size, bound the memory with `layers`, `text_tokens` and `head_mean`.
     """
     processor_class = _processor_class(transformer)
     modules = joint_attention_modules(transformer)
@@ -291,12 +337,14 @@ def capture_attention(transformer: torch.nn.Module, layers: Sequence[int] | None
     index = None if text_tokens is None else torch.as_tensor(text_tokens, dtype=torch.long)
     recorder = Recorder(tuple(directions), index, head_mean, output, detach, diagnostics)
 
-    def note_text_length(module, args, kwargs):
+    def note_call(module, args, kwargs):
         text = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
         recorder.text_length = None if text is None else text.shape[1]
+        recorder.grid = _token_grid(module, kwargs, args)
+        recorder.calls += 1
 
     originals = {layer: modules[layer].processor for layer in layers}
-    hook = transformer.register_forward_pre_hook(note_text_length, with_kwargs=True)
+    hook = transformer.register_forward_pre_hook(note_call, with_kwargs=True)
     try:
         for layer in layers:  # one instance per layer: a shared instance would not know its layer
             modules[layer].set_processor(processor_class(layer, recorder))

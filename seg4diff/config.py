@@ -281,16 +281,67 @@ def parse_params(raw: dict, source: str = "params") -> Params:
         raise ParamsError(format_validation_error(error, source)) from None
 
 
-def load_params(path: str | Path = "params.yaml", overrides: dict | None = None) -> Params:
-    """Returns the validated Params of a YAML file, with `overrides` (nested dict) merged over it."""
-    path = Path(path)
-    if not path.is_file():
-        raise ParamsError(f"{path}: params file not found (run from the repository root or pass its path)")
+PRESETS = Path(__file__).parent / "presets"
+
+
+def preset_names() -> list[str]:
+    """Returns the names of the presets shipped in seg4diff/presets (each a YAML override file)."""
+    return sorted(p.stem for p in PRESETS.glob("*.yaml"))
+
+
+def _read_yaml(path: Path, what: str) -> dict:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise ParamsError(f"{path}: not valid YAML: {error}") from None
-    return parse_params(deep_merge(raw, overrides or {}), str(path))
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: {what} must be a mapping of params groups, got {type(raw).__name__}")
+    return raw
+
+
+def read_preset(name: str) -> dict:
+    """Returns the overrides of preset `name` (a shipped preset's name, or the path of a YAML file)."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else PRESETS / f"{name}.yaml"
+    if not path.is_file():
+        shipped = ", ".join(preset_names()) or "none shipped yet"
+        raise ParamsError(f"unknown preset '{name}': choose a shipped one ({shipped}) or give a YAML file's path")
+    return _read_yaml(path, "a preset")
+
+
+def load_params(path: str | Path = "params.yaml", overrides: dict | None = None, presets: list[str] | tuple[str, ...] = ()) -> Params:
+    """Returns the validated Params of a YAML file, with each preset merged over it in order, then `overrides`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found (run from the repository root or pass its path)")
+    raw = _read_yaml(path, "params")
+    sources = [str(path)]
+    for name in presets:
+        raw = deep_merge(raw, read_preset(name))
+        sources.append(f"preset {name}")
+    if overrides:
+        sources.append("overrides")
+    return parse_params(deep_merge(raw, overrides or {}), " + ".join(sources))
+
+
+def parse_assignments(assignments: list[str]) -> dict:
+    """Returns nested overrides from KEY=VALUE strings (dotted keys, values parsed as YAML: 0.5, [1, 2], null, text)."""
+    overrides: dict = {}
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
+            raise ParamsError(f"--set {assignment!r}: expected KEY=VALUE with a dotted key, e.g. extract.sigmas=[0.5]")
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError as error:
+            raise ParamsError(f"--set {assignment!r}: the value is not valid YAML: {error}") from None
+        *parents, leaf = key.strip().split(".")
+        node = overrides
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ParamsError(f"--set {assignment!r}: '{part}' was already given a value")
+        node[leaf] = parsed
+    return overrides
 
 
 def deep_merge(base: dict, override: dict) -> dict:

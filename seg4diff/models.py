@@ -149,23 +149,30 @@ class Backbone:
         shift = vae.config.shift_factor or 0.0
         return ((posterior.mean - shift) * vae.config.scaling_factor).to(self.dtype)
 
+    def prompt_tokens(self, prompts: list[str]) -> list[list[TextToken]]:
+        """Returns, per prompt, every text position of the joint sequence: its tokenizer and character span."""
+        pipe = self.pipe
+        if self.family == "organism":
+            return _token_spans(pipe.tokenizer, prompts, self.text_length, "word")
+        if self.family == "sd3":
+            clip = _token_spans(pipe.tokenizer, prompts, pipe.tokenizer_max_length, "clip")
+            t5 = _token_spans(pipe.tokenizer_3, prompts, self.text_length, "t5") if pipe.text_encoder_3 is not None else [
+                [TextToken("t5", "", 0, 0)] * self.text_length for _ in prompts]  # zeros stand in for T5 when absent
+            return [c + t for c, t in zip(clip, t5)]
+        return _token_spans(pipe.tokenizer_2, prompts, self.text_length, "t5")
+
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> PromptEncoding:
         """Returns the prompt embeddings and, for every text position, its tokenizer and character span."""
         pipe, device = self.pipe, self.device
         if self.family == "organism":
             embeds, pooled = pipe.encode_prompt(prompts)
-            tokens = _token_spans(pipe.tokenizer, prompts, self.text_length, "word")
         elif self.family == "sd3":
             embeds, _, pooled, _ = pipe.encode_prompt(prompts, prompts, prompts, device=device, do_classifier_free_guidance=False,
                                                        max_sequence_length=self.text_length)
-            clip = _token_spans(pipe.tokenizer, prompts, pipe.tokenizer_max_length, "clip")
-            t5 = _token_spans(pipe.tokenizer_3, prompts, self.text_length, "t5") if pipe.text_encoder_3 is not None else [
-                [TextToken("t5", "", 0, 0)] * self.text_length for _ in prompts]  # zeros stand in for T5 when absent
-            tokens = [c + t for c, t in zip(clip, t5)]
         else:
             embeds, pooled, _ = pipe.encode_prompt(prompts, prompts, device=device, max_sequence_length=self.text_length)
-            tokens = _token_spans(pipe.tokenizer_2, prompts, self.text_length, "t5")
+        tokens = self.prompt_tokens(prompts)
         if embeds.shape[1] != len(tokens[0]):
             raise RuntimeError(f"prompt embeddings have {embeds.shape[1]} positions but the tokenizers give {len(tokens[0])}")
         return PromptEncoding(embeds.to(self.dtype), pooled.to(self.dtype), tokens)

@@ -70,3 +70,39 @@ def stage_run(stage: str, params: Params, groups: tuple[str, ...]) -> Iterator[m
         for group in groups:
             mlflow.log_params(flatten(getattr(params, group), f"{group}."))
         yield run
+
+
+def _numbers(data, prefix: str = "") -> dict[str, float]:
+    """Returns the numeric leaves of a metrics JSON as {dotted.key: value}."""
+    if isinstance(data, dict):
+        return {k: v for key, value in data.items() for k, v in _numbers(value, f"{prefix}{key}.").items()}
+    if isinstance(data, (int, float)) and not isinstance(data, bool):
+        return {prefix.rstrip("."): float(data)}
+    return {}
+
+
+def _entries(items: list) -> list[str]:
+    """dvc.yaml lists entries as strings or one-key mappings (path: options)."""
+    return [next(iter(item)) if isinstance(item, dict) else item for item in items or []]
+
+
+REUSED_ARTIFACT_LIMIT = 10 * 2**20  # outputs larger than this stay in the DVC cache, not copied into MLflow
+
+
+def log_reused_stage(stage: str, params: Params, spec: dict) -> None:
+    """Logs an MLflow run for a stage that DVC found up to date, from what its dvc.yaml entry declares.
+
+    Params: the groups the stage declares; metrics: every number of its metrics files; artifacts: its outputs,
+    plots and metrics files up to REUSED_ARTIFACT_LIMIT each. Tagged `reused` with the dvc.lock it matched.
+    """
+    groups = sorted({entry.split(".")[0] for entry in _entries(spec.get("params"))})
+    with stage_run(stage, params, tuple(groups)):
+        mlflow.set_tags({"reused": "true", "reused_from": "dvc.lock (dvc status: up to date)"})
+        for path in _entries(spec.get("metrics")):
+            if Path(path).is_file():
+                mlflow.log_metrics(_numbers(json.loads(Path(path).read_text())))
+        for path in map(Path, _entries(spec.get("outs")) + _entries(spec.get("plots")) + _entries(spec.get("metrics"))):
+            if path.is_file() and path.stat().st_size <= REUSED_ARTIFACT_LIMIT:
+                mlflow.log_artifact(str(path))
+            elif path.is_dir() and sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) <= REUSED_ARTIFACT_LIMIT:
+                mlflow.log_artifacts(str(path), path.name)

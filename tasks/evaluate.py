@@ -8,7 +8,6 @@ import dask
 import numpy as np
 import torch
 from prefect import task
-from prefect.tasks import exponential_backoff
 
 from seg4diff.config import Params
 from seg4diff.data.prepared import open_prepared
@@ -18,6 +17,7 @@ from seg4diff.finetune import heldout_flow_loss
 from seg4diff.models import load_backbone
 from seg4diff.fidelity import clip_score, generate
 from seg4diff.pretrain import caption_colour_agreement
+from tasks.retry import RETRY_TRANSIENT
 
 
 def expert_of(params: Params) -> dict:
@@ -27,7 +27,7 @@ def expert_of(params: Params) -> dict:
     return json.loads(path.read_text())
 
 
-@task(name="evaluate-model", task_run_name="evaluate-{variant}", retries=2, retry_delay_seconds=exponential_backoff(backoff_factor=5))
+@task(name="evaluate-model", task_run_name="evaluate-{variant}", **RETRY_TRANSIENT)
 def evaluate_model_task(params: Params, variant: str) -> dict:
     """Returns segmentation results, fidelity numbers and gallery predictions for 'base' or 'finetuned'."""
     with dask.config.set(scheduler="synchronous"):  # reads stay in this (possibly Dask worker) process

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import dask
 from prefect import task
-from prefect.tasks import exponential_backoff
 from tqdm import tqdm
 
 from seg4diff.attention import joint_attention_modules
@@ -15,6 +14,7 @@ from seg4diff.config import Params
 from seg4diff.data.prepared import open_prepared
 from seg4diff.extract import extract_range, fingerprint, prompt_style, open_or_create, plan_ranges, resolve_sigmas
 from seg4diff.models import load_backbone, model_digest
+from tasks.retry import RETRY_TRANSIENT
 
 
 def _prepared(params: Params):
@@ -47,8 +47,7 @@ def plan_extraction_task(params: Params) -> dict:
             "samples": samples, "created": created, "already_complete": done}
 
 
-@task(name="extract-range", task_run_name="extract-{start}-{stop}", retries=2,
-      retry_delay_seconds=exponential_backoff(backoff_factor=5))  # transient failures (a lost worker, I/O); resumes
+@task(name="extract-range", task_run_name="extract-{start}-{stop}", **RETRY_TRANSIENT)  # a retry resumes
 def extract_range_task(params: Params, start: int, stop: int, sigmas: list[float], layers: list[int]) -> dict:
     """Extracts samples [start, stop) into the store, skipping complete ones; returns counts and seconds."""
     backbone = load_backbone(params.model)

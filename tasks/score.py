@@ -9,6 +9,7 @@ from prefect import task
 from seg4diff.attention_store import open_attention
 from seg4diff.config import Params
 from seg4diff.data.prepared import open_prepared
+from seg4diff.outputs import write_csv
 from seg4diff.masks import class_maps, predict, upsample
 from seg4diff.plots import attention_examples, heatmap, layer_curve
 from seg4diff.scoring import ScoreTables, miou_of, score_store, tidy_scores
@@ -45,12 +46,11 @@ def write_scores_task(params: Params, tables: ScoreTables) -> dict:
     """Writes results/layer_scores.csv (+ the DVC plot tables); returns figures and headline numbers."""
     scores = tidy_scores(tables, params.score.bootstrap_resamples, params.score.seed)
     out = Path(params.score.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    scores.to_csv(out, index=False)
+    write_csv(scores, out)
     miou = scores[(scores.metric == "miou") & (scores["head"] == "mean")]
-    miou.pivot_table(index="layer", columns="direction", values="value", aggfunc="max").reset_index().to_csv(
-        out.parent / "layer_curve.csv", index=False)
-    miou[miou.direction == "image_to_text"][["layer", "timestep", "value"]].to_csv(out.parent / "layer_timestep.csv", index=False)
+    write_csv(miou.pivot_table(index="layer", columns="direction", values="value", aggfunc="max").reset_index(),
+              out.parent / "layer_curve.csv")
+    write_csv(miou[miou.direction == "image_to_text"][["layer", "timestep", "value"]], out.parent / "layer_timestep.csv")
 
     figures = {"layer_curve.png": layer_curve(scores)}
     for d, direction in enumerate(tables.directions):

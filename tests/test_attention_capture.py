@@ -191,3 +191,48 @@ def test_bf16_model_gives_fp32_exact_kept_logits():
     error = (captured - probs[:, :, :n, n:]).abs().max().item()
     # bf16 logits would be off by up to |logit|·2⁻⁹ before the exponential; ours differ only through the kernel's lse
     assert error < 1e-5, error
+
+
+def test_a_capture_around_a_whole_generation_keeps_every_step():
+    """Wrapping pipe(prompt): one record per denoising step (CFG batch), (y, x) views, maps looked up by word."""
+    from seg4diff.trace import trace
+    from tiny_pipelines import tiny_sd3_pipeline
+
+    pipe = tiny_sd3_pipeline()
+    prompt = "a red cat on a mat"
+    with torch.no_grad(), trace(pipe) as tc:
+        pipe(prompt, num_inference_steps=3, height=32, width=32, guidance_scale=2.0, max_sequence_length=16, output_type="np")
+    i2t = tc.capture.image_to_text
+    assert tc.capture.steps == 3 and tc.prompts == [prompt]
+    assert i2t.dims == ("step", "batch", "layer", "head", "image_token", "text_token")
+    assert i2t.sizes["step"] == 3 and i2t.sizes["batch"] == 2 and i2t.sizes["text_token"] == 77 + 16  # CLIP + T5
+    assert not np.allclose(i2t.isel(step=0).values, i2t.isel(step=2).values)  # each step its own record
+    maps = tc.capture.maps()
+    side = int(np.sqrt(i2t.sizes["image_token"]))
+    assert maps.dims == ("step", "batch", "layer", "head", "y", "x", "text_token") and maps.sizes["y"] == side
+    np.testing.assert_array_equal(maps.values.reshape(i2t.shape), i2t.values)  # row-major image tokens
+    # the word's CLIP positions found independently: its token ids as a sub-sequence of the prompt's
+    ids = pipe.tokenizer(prompt).input_ids
+    word = pipe.tokenizer("cat", add_special_tokens=False).input_ids
+    start = next(k for k in range(len(ids)) if ids[k:k + len(word)] == word)
+    expected = maps.isel(batch=1, text_token=list(range(start, start + len(word)))).mean("text_token")
+    np.testing.assert_allclose(tc.word_maps("cat", encoder="clip").values, expected.values, rtol=1e-6)
+    assert tc.word_maps("cat").dims == ("step", "layer", "head", "y", "x")  # CLIP and T5 tokens of the word
+    with pytest.raises(KeyError, match="'dog' is not a word of the traced prompt"):
+        tc.word_maps("dog")
+    assert "encode_prompt" not in vars(pipe)  # the pipeline is left as it was
+
+
+def test_single_forward_keeps_its_dims_and_two_forwards_add_a_step():
+    torch.manual_seed(0)
+    transformer = tiny_sd3_transformer().eval()
+    inputs = _sd3_inputs(transformer)
+    with torch.no_grad(), capture_attention(transformer, layers=[0]) as one:
+        transformer(**inputs)
+    with torch.no_grad(), capture_attention(transformer, layers=[0]) as two:
+        transformer(**inputs)
+        transformer(**_sd3_inputs(transformer, seed=1))
+    assert one.image_to_text.dims == ("batch", "layer", "head", "image_token", "text_token") and one.steps == 1
+    assert two.image_to_text.dims[0] == "step" and two.steps == 2
+    np.testing.assert_array_equal(two.image_to_text.isel(step=0).values, one.image_to_text.values)
+    torch.testing.assert_close(two.tensor("image_to_text", step=1), two.tensor("image_to_text")[1])
