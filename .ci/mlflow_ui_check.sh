@@ -12,6 +12,7 @@ experiment=$(.venv/bin/python -c "import mlflow; mlflow.set_tracking_uri('sqlite
 url="http://127.0.0.1:$port/#/experiments/$experiment/runs"
 flags=(--headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking
        --disable-component-update --disable-sync "--user-data-dir=$(mktemp -d)" --virtual-time-budget=20000)
+command -v chromium >/dev/null || { echo "mlflow_ui_check: Debian's chromium is not installed (make ui-check installs it)"; exit 1; }
 chromium "${flags[@]}" --dump-dom "$url" > /tmp/mlflow-ui.html 2>/dev/null
 chromium "${flags[@]}" --window-size=1600,1000 --screenshot="$PWD/mlflow-ui.png" "$url" 2>/dev/null
 missing=0

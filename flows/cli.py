@@ -32,7 +32,7 @@ def run(name: str, flow: Callable, argv: list[str] | None = None, extra: Callabl
     from flows.runners import for_stage
     from flows.server import prefect_api
 
-    parser = parser_for(name, (flow.__doc__ or flow.fn.__doc__ or name).strip().splitlines()[0])
+    parser = parser_for(name, (sys.modules[flow.fn.__module__].__doc__ or name).strip().splitlines()[0])
     if extra:
         extra(parser)
     args = parser.parse_args(argv)

@@ -1,6 +1,7 @@
 """The typed model of `params.yaml`: one pydantic model per params group, validated once at the edge."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -263,14 +264,16 @@ class Params(Group):
 
 
 def format_validation_error(error: ValidationError, source: str) -> str:
-    """Returns one line per problem: the dotted key path, what is wrong, and what was given."""
-    lines = [f"{source}: {error.error_count()} invalid setting(s)"]
+    """Returns one line per problem (one line in all for one problem): the dotted key, what is wrong, what was given."""
+    problems = []
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "<top level>"
         given = f" (got {item['input']!r})" if item["type"] not in ("missing", "extra_forbidden") else ""
         message = "unknown key: not a setting of this group" if item["type"] == "extra_forbidden" else item["msg"]
-        lines.append(f"  {key}: {message}{given}")
-    return "\n".join(lines)
+        problems.append(f"{key}: {message}{given}")
+    if len(problems) == 1:
+        return f"{source}: {problems[0]}"
+    return "\n  ".join([f"{source}: {len(problems)} invalid settings", *problems])
 
 
 def parse_params(raw: dict, source: str = "params") -> Params:
@@ -323,6 +326,9 @@ def load_params(path: str | Path = "params.yaml", overrides: dict | None = None,
     return parse_params(deep_merge(raw, overrides or {}), " + ".join(sources))
 
 
+SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def parse_assignments(assignments: list[str]) -> dict:
     """Returns nested overrides from KEY=VALUE strings (dotted keys, values parsed as YAML: 0.5, [1, 2], null, text)."""
     overrides: dict = {}
@@ -331,9 +337,11 @@ def parse_assignments(assignments: list[str]) -> dict:
         if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
             raise ParamsError(f"--set {assignment!r}: expected KEY=VALUE with a dotted key, e.g. extract.sigmas=[0.5]")
         try:
-            parsed = yaml.safe_load(value) if value.strip() else ""
+            parsed = yaml.safe_load(value) if value.strip() else value
         except yaml.YAMLError as error:
             raise ParamsError(f"--set {assignment!r}: the value is not valid YAML: {error}") from None
+        if isinstance(parsed, str) and SCIENTIFIC.fullmatch(parsed.strip()):  # YAML 1.1 reads 3e-4 as text
+            parsed = float(parsed)
         *parents, leaf = key.strip().split(".")
         node = overrides
         for part in parents:

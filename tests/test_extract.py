@@ -115,6 +115,7 @@ _extract(Path({model!r}), Path({prepared!r}), Path({out!r}), [(0, 6)], PARAMS.mo
 """
 
 
+@pytest.mark.slow
 def test_kill_minus_9_then_resume_gives_the_uninterrupted_store(tiny_model_dirs, prepared_val, tmp_path):
     reference = tmp_path / "ref.zarr"
     _extract(tiny_model_dirs["sd3"], prepared_val, reference, [(0, 6)], PARAMS.model_copy(update={"batch_size": 1}))

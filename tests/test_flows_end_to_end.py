@@ -3,11 +3,13 @@ import json
 
 import mlflow
 import pandas as pd
+import pytest
 import yaml
 
 from conftest import base_params
 
 
+@pytest.mark.slow
 def test_prepare_pretrain_extract_score_select(prefect_harness, tmp_path, monkeypatch):
     from flows.evaluate import evaluate
     from flows.extract import extract

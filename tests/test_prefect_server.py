@@ -9,6 +9,7 @@ import sys
 import time
 import urllib.request
 
+import pytest
 import yaml
 
 from conftest import REPO, base_params
@@ -32,6 +33,7 @@ def _wait(predicate, seconds: float, what: str):
     raise TimeoutError(f"{what} not ready after {seconds} s")
 
 
+@pytest.mark.slow
 def test_pipeline_deployment_runs_against_a_real_server(tmp_path):
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
@@ -89,3 +91,27 @@ def test_pipeline_deployment_runs_against_a_real_server(tmp_path):
                     process.wait(timeout=20)
                 except subprocess.TimeoutExpired:
                     process.kill()
+
+
+@pytest.mark.slow
+def test_a_stage_runs_first_time_on_an_empty_prefect_home_with_both_cores_busy(tmp_path):
+    """The first start of a server migrates a new database; with two CPU burners that took Prefect's temporary server
+    past its start-up timeout. `python -m flows.<stage>` waits for its own server as long as the server is alive."""
+    burn = "import time\nend = time.time() + 300\nwhile time.time() < end:\n    pass"
+    burners = [subprocess.Popen([sys.executable, "-c", burn]) for _ in range(2)]  # bounded: each stops by itself
+    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
+    env |= {"PREFECT_HOME": str(tmp_path / "empty-prefect-home"), "TQDM_DISABLE": "1"}
+    try:
+        started = time.time()
+        result = subprocess.run([sys.executable, "-m", "flows.select", "--set", f"select.output={tmp_path / 'expert.json'}",
+                                 "--set", f"tracking.mlflow_db={tmp_path / 'mlflow.db'}"],
+                                cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+        seconds = time.time() - started
+    finally:
+        for burner in burners:
+            burner.kill()
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "empty-prefect-home" / "prefect.db").exists()  # its own server, on the empty home
+    expert = json.loads((tmp_path / "expert.json").read_text())
+    assert expert == json.loads((REPO / "results/expert.json").read_text())
+    print(f"select with an empty PREFECT_HOME and both cores busy: {seconds:.0f} s")
