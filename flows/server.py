@@ -38,6 +38,16 @@ def _healthy(api: str) -> bool:
         return False
 
 
+def _drain_to(api: str) -> None:
+    """Sends the logs and events still queued for the server before it stops (else: 'Error logging to API' at exit)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    if _healthy(api):
+        for worker in (APILogWorker, EventsWorker):
+            worker.drain_all(timeout=10)
+
+
 def configured_api() -> str | None:
     """Returns the Prefect API URL already configured (environment or Prefect profile), or None."""
     if os.environ.get("PREFECT_API_URL"):
@@ -77,6 +87,7 @@ def prefect_api(start_timeout_s: float = START_TIMEOUT_S) -> Iterator[str]:
         with temporary_settings(updates={PREFECT_API_URL: api}):
             yield api
     finally:
+        _drain_to(api)
         os.environ.pop("PREFECT_API_URL", None)
         server.terminate()
         try:

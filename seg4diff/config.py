@@ -25,7 +25,10 @@ class ModelParams(Group):
     local_files_only: bool = True
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     device: str = "cpu"
-    text_length: int | None = Field(None, ge=1, description="T5 tokens in the joint sequence (None: 256 SD3, 512 FLUX)")
+    text_length: int | None = Field(None, ge=1, description="T5 tokens in the joint sequence (None: 256 SD3, 512 FLUX; "
+                                    "77 zero rows for SD3 without T5)")
+    t5: bool = Field(True, description="SD3/SD3.5: load the T5 encoder; false runs without it as the authors do "
+                     "(text_encoder_3=None: 77 CLIP + 77 zero rows, 4096 + 154 tokens at 1024²)")
 
 
 class ShapesParams(Group):
@@ -68,8 +71,12 @@ class MaskFolderParams(Group):
     splits: dict[str, MaskFolderSplit]
     class_names: list[str]
     reduce_zero_label: bool = False
-    image_suffix: str = ".jpg"
-    label_suffix: str = ".png"
+    image_suffix: str = Field(".jpg", description="what follows the sample id in an image's file name (Cityscapes: _leftImg8bit.png)")
+    label_suffix: str = Field(".png", description="what follows the sample id in its label's file name")
+    fallback_label_suffix: str | None = Field(None, description=(
+        "a second label file tried when the first is absent (Cityscapes as distributed: _gtFine_labelIds.png)"))
+    fallback_label_map: dict[int, int] | None = Field(None, description=(
+        "ids of the fallback labels → class ids; unlisted ids are ignored (Cityscapes: labelIds → the 19 train ids)"))
 
 
 class DataParams(Group):
@@ -139,6 +146,10 @@ class PromptParams(Group):
         "with background 'threshold': a pixel is background when its best class map is below this fraction of the "
         "image's highest class-map value (chosen on val for the organism)"))
 
+    columns: Literal["all", "clip", "t5"] = Field("all", description=(
+        "whose token columns make a class map: every encoder's, or only CLIP's (the authors' SD3/SD3.5 setup) or T5's; "
+        "the unsupervised protocol reads the same columns"))
+
     @property
     def threshold(self) -> float | None:
         """background_threshold when prompts leave background out, else None (background is a prompted word)."""
@@ -150,8 +161,10 @@ class ExtractParams(Group):
     output: str = "data/attention.zarr"
     prompt: Literal["gt_classes", "vocabulary", "caption"] = "gt_classes"
     num_inference_steps: int = Field(28, ge=1)
-    timestep_steps: list[int] = Field([8], description="scheduler step indices of a num_inference_steps schedule")
-    sigmas: list[float] | None = Field([0.1, 0.3, 0.5, 0.7], description="noise levels in (0, 1]; when set, used instead of timestep_steps")
+    steps_from_end: list[int] = Field([8], description=(
+        "denoising steps of a num_inference_steps schedule counted FROM THE END, as the authors' timesteps[-8] "
+        "(SD3, 28 steps, shift 3: σ = 0.5151)"))
+    sigmas: list[float] | None = Field([0.1, 0.3, 0.5, 0.7], description="noise levels in (0, 1]; when set, used instead of steps_from_end")
     layers: list[int] | None = Field(None, description="blocks to capture (None: all)")
     directions: list[Literal["image_to_text", "text_to_image"]] = ["image_to_text", "text_to_image"]
     head_mean: bool = False

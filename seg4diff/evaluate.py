@@ -7,7 +7,7 @@ import torch
 import xarray as xr
 from tqdm import tqdm
 
-from seg4diff.extract import ClassSpan, PromptStyle, build_prompt, token_slots
+from seg4diff.extract import ClassSpan, PromptStyle, build_prompt, column_positions, token_slots
 from seg4diff.masks import class_maps, predict
 from seg4diff.metrics import confusion_matrix, summarize
 from seg4diff.models import Backbone
@@ -17,7 +17,7 @@ from seg4diff.unsupervised import match_dataset, match_per_image, merge_token_ma
 
 def vocabulary_prompts(backbone: Backbone, class_names: list[str], style: PromptStyle) -> list[tuple[str, list[ClassSpan]]]:
     """Returns the whole vocabulary as few prompts as fit every tokenizer (no class cut between two prompts)."""
-    style = PromptStyle("gt_classes", style.separator, style.background)  # each prompt names its chunk of classes
+    style = PromptStyle("gt_classes", style.separator, style.background, style.columns)  # each prompt names its chunk of classes
     skip = {0} if style.background == "threshold" and class_names[0] == "background" else set()
     prompts, current = [], []
     for class_id in (c for c in range(len(class_names)) if c not in skip):
@@ -48,12 +48,12 @@ def _ends_inside(encoding, span: ClassSpan) -> bool:
 
 @torch.no_grad()
 def vocabulary_predictions(backbone: Backbone, rows: xr.Dataset, indices: list[int], layer: int, sigma: float, seed: int,
-                           prompts: list[tuple[str, list[ClassSpan]]], background_threshold: float | None = None) -> np.ndarray:
+                           prompts: list[tuple[str, list[ClassSpan]]], background_threshold: float | None, columns: str) -> np.ndarray:
     """Returns predictions over the whole vocabulary: one forward per prompt (same noise), class maps merged, argmax."""
     merged, ids = [], []
     for prompt, spans in prompts:
         encoding = backbone.encode_prompts([prompt] * len(indices))
-        slot = token_slots(encoding, 0, spans, "class", len(encoding.tokens[0]), prompt)
+        slot = token_slots(encoding, 0, spans, "class", len(encoding.tokens[0]), prompt, columns)
         used = int((slot.position >= 0).sum())
         maps = expert_maps(backbone, rows, indices, layer, sigma, seed, encoding, slot.position[:used].tolist())
         classes = np.array([s.class_id for s in spans])
@@ -64,9 +64,10 @@ def vocabulary_predictions(backbone: Backbone, rows: xr.Dataset, indices: list[i
 
 @torch.no_grad()
 def unsupervised_clusters(backbone: Backbone, rows: xr.Dataset, indices: list[int], layer: int, sigma: float, seed: int,
-                          kl_threshold: float) -> list[np.ndarray]:
-    """Returns one cluster map per image from the empty prompt's attention over every text position."""
-    maps = expert_maps(backbone, rows, indices, layer, sigma, seed, backbone.encode_prompts([""] * len(indices)))
+                          kl_threshold: float, columns: str) -> list[np.ndarray]:
+    """Returns one cluster map per image from the empty prompt's attention over every text position of `columns`."""
+    encoding = backbone.encode_prompts([""] * len(indices))
+    maps = expert_maps(backbone, rows, indices, layer, sigma, seed, encoding, column_positions(encoding, 0, columns))
     return [merge_token_maps(m, kl_threshold, rows.sizes["label_y"]) for m in maps]
 
 
@@ -86,12 +87,12 @@ def evaluate_segmentation(backbone: Backbone, test: xr.Dataset, layer: int, sigm
         target = rows["label"].values
         oracle = segment_batch(backbone, rows, indices, layer, sigma, seed, style, background_threshold)
         confusion["gt_classes"] += confusion_matrix(oracle, target, num_classes)
-        vocabulary = vocabulary_predictions(backbone, rows, indices, layer, sigma, seed, prompts, background_threshold)
+        vocabulary = vocabulary_predictions(backbone, rows, indices, layer, sigma, seed, prompts, background_threshold, style.columns)
         confusion["vocabulary"] += confusion_matrix(vocabulary, target, num_classes)
-        clusters += unsupervised_clusters(backbone, rows, indices, layer, sigma, seed, kl_threshold)
+        clusters += unsupervised_clusters(backbone, rows, indices, layer, sigma, seed, kl_threshold, style.columns)
         labels += list(target)
         gallery |= dict(zip(indices, oracle))
-    text_length = len(backbone.encode_prompts([""]).tokens[0])
+    text_length = len(column_positions(backbone.encode_prompts([""]), 0, style.columns))
     results = {name: summarize(c) for name, c in confusion.items()}
     results["unsupervised_dataset_matching"] = match_dataset(clusters, labels, text_length, num_classes)
     results["unsupervised_per_image_matching"] = match_per_image(clusters, labels, num_classes)

@@ -37,6 +37,7 @@ class PromptStyle:
     mode: str  # gt_classes | vocabulary | caption
     separator: str
     background: str  # "word": background is a prompted class; "threshold": left out, predicted by threshold
+    columns: str  # "all", or one encoder ("clip", "t5") whose token columns make the class maps
 
 
 def build_prompt(style: PromptStyle, present: np.ndarray, class_names: list[str], caption: str) -> tuple[str, list[ClassSpan]]:
@@ -74,14 +75,25 @@ class TokenSlots:
     text: np.ndarray
 
 
-def token_slots(encoding: PromptEncoding, index: int, spans: list[ClassSpan], keep: str, slots: int, name: str) -> TokenSlots:
-    """Returns the text positions kept for one prompt (class tokens, or all) with their class ids, padded to `slots`."""
+def column_positions(encoding: PromptEncoding, index: int, columns: str) -> list[int]:
+    """Returns the text positions of prompt `index` in the chosen encoder's columns ("all": every position)."""
+    return [pos for pos, token in enumerate(encoding.tokens[index]) if columns == "all" or token.encoder == columns]
+
+
+def token_slots(encoding: PromptEncoding, index: int, spans: list[ClassSpan], keep: str, slots: int, name: str,
+                columns: str) -> TokenSlots:
+    """Returns the text positions kept for one prompt (class tokens, or all) in the chosen encoder's columns, with
+    their class ids, padded to `slots`."""
     tokens = encoding.tokens[index]
+    encoder = None if columns == "all" else columns
+    if encoder is not None and not any(token.encoder == encoder for token in tokens):
+        found = sorted({token.encoder for token in tokens})
+        raise ConfigError(f"prompt.columns is '{columns}' but this model's text positions come from {found}: choose one of them or 'all'")
     class_of = {}
     for span in spans:
-        for position in encoding.positions(index, span.start, span.end):
+        for position in encoding.positions(index, span.start, span.end, encoder):
             class_of.setdefault(position, span.class_id)
-    positions = sorted(class_of) if keep == "class" else list(range(len(tokens)))
+    positions = sorted(class_of) if keep == "class" else column_positions(encoding, index, columns)
     if len(positions) > slots:
         raise ConfigError(f"sample {name}: {len(positions)} tokens to keep but extract.max_tokens is {slots}: raise extract.max_tokens")
     result = TokenSlots(np.full(slots, -1, np.int32), np.full(slots, -1, np.int16), np.full(slots, "", object), np.full(slots, "", object))
@@ -95,18 +107,19 @@ def token_slots(encoding: PromptEncoding, index: int, spans: list[ClassSpan], ke
 
 def prompt_style(prompt: PromptParams, mode: str) -> PromptStyle:
     """Returns the style of prompts in `mode` (gt_classes | vocabulary | caption) built as the `prompt` group says."""
-    return PromptStyle(mode, prompt.separator, prompt.background)
+    return PromptStyle(mode, prompt.separator, prompt.background, prompt.columns)
 
 
 def resolve_sigmas(backbone: Backbone, params: ExtractParams, image_tokens: int) -> list[float]:
-    """Returns the noise levels to extract at: params.sigmas, or the scheduler's sigmas at params.timestep_steps."""
+    """Returns the noise levels to extract at: params.sigmas, or the scheduler's sigma `k` steps from the end of a
+    num_inference_steps schedule for each k of params.steps_from_end (the authors' `timesteps[-k]`)."""
     if params.sigmas is not None:
         return [float(s) for s in params.sigmas]
     schedule = backbone.sigmas(params.num_inference_steps, image_tokens)
-    bad = [step for step in params.timestep_steps if not 0 <= step < len(schedule)]
+    bad = [k for k in params.steps_from_end if not 1 <= k <= len(schedule)]
     if bad:
-        raise ValueError(f"extract.timestep_steps {bad} outside a {params.num_inference_steps}-step schedule")
-    return [round(float(schedule[step]), 6) for step in params.timestep_steps]
+        raise ConfigError(f"extract.steps_from_end {bad} outside a {params.num_inference_steps}-step schedule (1…{len(schedule)})")
+    return [round(float(schedule[len(schedule) - k]), 6) for k in params.steps_from_end]
 
 
 def sample_noise(shape: tuple[int, ...], seed: int, sample_index: int) -> torch.Tensor:
@@ -174,7 +187,7 @@ def _extract_and_write(backbone: Backbone, prepared: xr.Dataset, path: Path, ind
     built = [build_prompt(style, rows["present"].values[k], names, str(rows["caption"].values[k])) for k in range(len(indices))]
     prompts = [prompt for prompt, _ in built]
     encoding = backbone.encode_prompts(prompts)
-    slots = [token_slots(encoding, k, spans, params.tokens, params.max_tokens, f"{params.split}/{indices[k]}")
+    slots = [token_slots(encoding, k, spans, params.tokens, params.max_tokens, f"{params.split}/{indices[k]}", style.columns)
              for k, (_, spans) in enumerate(built)]
     attention = extract_batch(backbone, rows["image"].values, encoding, slots, indices, sigmas, params, layers)
     for run_start, run_stop in _runs(indices):  # consecutive runs map to one region write each

@@ -87,7 +87,7 @@ def magnet_loss(backbone: Backbone, rows: xr.Dataset, config: MagnetConfig, gene
         x0 = backbone.encode_images(images)
     width = len(encoding.tokens[0])
     keep = "class" if mode == "gt_classes" else "all"
-    slots = [token_slots(encoding, k, spans, keep, width, str(k)) for k, (_, spans) in enumerate(built)]
+    slots = [token_slots(encoding, k, spans, keep, width, str(k), config.style.columns) for k, (_, spans) in enumerate(built)]
     used = max(int((s.position >= 0).sum()) for s in slots)
     positions = torch.from_numpy(np.stack([s.position[:used] for s in slots]).astype(np.int64)).clamp_min(0)
     noise = torch.randn(x0.shape, generator=generator).to(x0)

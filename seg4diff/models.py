@@ -84,9 +84,10 @@ def load_pipeline(params: ModelParams) -> DiffusionPipeline | OrganismPipeline:
                              "diffusers pipeline directory or a hub id")
     if is_organism(location):
         return OrganismPipeline.from_pretrained(location, DTYPES[params.dtype]).to(params.device)
+    without_t5 = {} if params.t5 else {"text_encoder_3": None, "tokenizer_3": None}
     try:
         pipe = DiffusionPipeline.from_pretrained(location, dtype=DTYPES[params.dtype], use_safetensors=True,
-                                                 local_files_only=params.local_files_only, trust_remote_code=False)
+                                                 local_files_only=params.local_files_only, trust_remote_code=False, **without_t5)
     except (OSError, ValueError, EnvironmentError) as error:
         hint = ("it is not in the local Hugging Face cache and model.local_files_only is true (offline)"
                 if params.local_files_only else "it could not be fetched or read")
@@ -224,7 +225,13 @@ def backbone_from_pipeline(pipe: DiffusionPipeline, text_length: int | None = No
 
 def load_backbone(params: ModelParams, lora: str | Path | None = None) -> Backbone:
     """Returns the Backbone configured by the `model` params group, with a saved LoRA adapter applied if given."""
-    backbone = backbone_from_pipeline(load_pipeline(params), params.text_length)
+    pipe = load_pipeline(params)
+    text_length = params.text_length
+    if not params.t5:
+        if not isinstance(pipe, StableDiffusion3Pipeline):
+            raise ModelLoadError(f"model.t5 is false but {params.path} is a {type(pipe).__name__}: only SD3/SD3.5 run without T5")
+        text_length = text_length or pipe.tokenizer_max_length  # the authors' 77 zero rows
+    backbone = backbone_from_pipeline(pipe, text_length)
     if lora is not None:
         from seg4diff.lora import load_lora
 

@@ -36,7 +36,8 @@ def segment_batch(backbone: Backbone, rows: xr.Dataset, sample_indices: list[int
     built = [build_prompt(style, rows["present"].values[k], names, str(rows["caption"].values[k])) for k in range(len(sample_indices))]
     encoding = backbone.encode_prompts([prompt for prompt, _ in built])
     width = max(len(encoding.tokens[0]), 1)
-    slots = [token_slots(encoding, k, spans, "class", width, str(i)) for k, ((_, spans), i) in enumerate(zip(built, sample_indices))]
+    slots = [token_slots(encoding, k, spans, "class", width, str(i), style.columns)
+             for k, ((_, spans), i) in enumerate(zip(built, sample_indices))]
     used = max(int((s.position >= 0).sum()) for s in slots) or 1
     positions = torch.from_numpy(np.stack([s.position[:used] for s in slots]).astype(np.int64))
     maps = expert_maps(backbone, rows, sample_indices, layer, sigma, seed, encoding, positions.clamp_min(0))

@@ -27,13 +27,13 @@ def test_split(tmp_path_factory):
 def test_vocabulary_split_over_prompts_covers_every_class_once(test_split):
     short = load_backbone(ModelParams(path=str(test_split / "organism8")))
     names = ["background", *CLASS_NAMES]
-    prompts = vocabulary_prompts(short, names, PromptStyle("gt_classes", " and ", "word"))
+    prompts = vocabulary_prompts(short, names, PromptStyle("gt_classes", " and ", "word", "all"))
     assert len(prompts) > 1
     covered = [s.class_id for _, spans in prompts for s in spans]
     assert sorted(covered) == list(range(13))
     for prompt, _ in prompts:
         assert len(prompt.split()) <= 8  # every prompt fits the 8-token text encoder
-    without_background = vocabulary_prompts(short, names, PromptStyle("gt_classes", " and ", "threshold"))
+    without_background = vocabulary_prompts(short, names, PromptStyle("gt_classes", " and ", "threshold", "all"))
     assert sorted(s.class_id for _, spans in without_background for s in spans) == list(range(1, 13))
 
 
@@ -41,10 +41,10 @@ def test_one_prompt_when_it_fits_gives_the_single_prompt_result(test_split):
     long = load_backbone(ModelParams(path=str(test_split / "organism40")))
     rows = open_prepared(test_split / "test.zarr").load()
     names = [str(n) for n in rows.class_name.values]
-    style = PromptStyle("vocabulary", " and ", "word")
+    style = PromptStyle("vocabulary", " and ", "word", "all")
     prompts = vocabulary_prompts(long, names, style)
     assert len(prompts) == 1
-    merged = vocabulary_predictions(long, rows, [0, 1, 2, 3], 1, 0.5, 0, prompts)
+    merged = vocabulary_predictions(long, rows, [0, 1, 2, 3], 1, 0.5, 0, prompts, None, "all")
     direct = segment_batch(long, rows, [0, 1, 2, 3], 1, 0.5, 0, style, None)
     np.testing.assert_array_equal(merged, direct)
 
@@ -52,7 +52,7 @@ def test_one_prompt_when_it_fits_gives_the_single_prompt_result(test_split):
 def test_evaluation_reports_every_protocol(test_split):
     backbone = load_backbone(ModelParams(path=str(test_split / "organism8")))
     results, gallery = evaluate_segmentation(backbone, open_prepared(test_split / "test.zarr"), 1, 0.5, 0, 2, 0.1,
-                                             PromptStyle("gt_classes", " and ", "threshold"), 0.3, progress=False)
+                                             PromptStyle("gt_classes", " and ", "threshold", "all"), 0.3, progress=False)
     assert set(results) == {"gt_classes", "vocabulary", "unsupervised_dataset_matching", "unsupervised_per_image_matching"}
     for result in results.values():
         assert 0 <= result["miou"] <= 1 and 0 <= result["pacc"] <= 1

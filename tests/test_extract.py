@@ -22,12 +22,12 @@ NAMES = ["background", "red circle", "blue square", "potted-plant"]
 
 def test_prompts_and_class_spans():
     present = np.array([True, False, True, True])
-    prompt, spans = build_prompt(PromptStyle("gt_classes", " ", "word"), present, NAMES, "")
+    prompt, spans = build_prompt(PromptStyle("gt_classes", " ", "word", "all"), present, NAMES, "")
     assert prompt == "background blue square potted"
     assert [(s.class_id, prompt[s.start:s.end]) for s in spans] == [(0, "background"), (2, "blue square"), (3, "potted")]
-    prompt, spans = build_prompt(PromptStyle("vocabulary", " ", "word"), present, NAMES, "")
+    prompt, spans = build_prompt(PromptStyle("vocabulary", " ", "word", "all"), present, NAMES, "")
     assert prompt == "background red circle blue square potted" and len(spans) == 4
-    prompt, spans = build_prompt(PromptStyle("caption", " ", "word"), present, NAMES, "a blue square and a red circle, not a red square")
+    prompt, spans = build_prompt(PromptStyle("caption", " ", "word", "all"), present, NAMES, "a blue square and a red circle, not a red square")
     assert [(s.class_id, prompt[s.start:s.end]) for s in spans] == [(2, "blue square"), (1, "red circle")]
 
 
@@ -44,7 +44,7 @@ def prepared_val(tmp_path_factory):
 
 
 PARAMS = ExtractParams(sigmas=[0.5, 0.8], max_tokens=48, batch_size=2, seed=3)
-STYLE = PromptStyle("gt_classes", " ", "word")  # Seg4Diff's: names joined by spaces, background a word
+STYLE = PromptStyle("gt_classes", " ", "word", "all")  # Seg4Diff's: names joined by spaces, background a word
 
 
 def _extract(model_dir, prepared_path, out, ranges, params=PARAMS):

@@ -1,8 +1,11 @@
-import pytest
 import shutil
+
+import numpy as np
+import pytest
 import torch
 
 from seg4diff.config import ModelParams
+from seg4diff.errors import ConfigError
 from seg4diff.models import ModelLoadError, backbone_from_pipeline, load_backbone, model_digest
 from tiny_pipelines import tiny_flux_pipeline, tiny_sd3_pipeline
 
@@ -88,3 +91,50 @@ def test_model_digest_follows_the_weights_not_the_path_or_mtime(tiny_model_dirs,
     assert model_digest(ModelParams(path=str(copy))) != model_digest(original)
     assert model_digest(ModelParams(path="stabilityai/stable-diffusion-3-medium-diffusers")) == \
         "stabilityai/stable-diffusion-3-medium-diffusers"
+
+
+def test_steps_are_counted_from_the_end_as_the_authors_do(tiny_model_dirs):
+    """The authors noise at timesteps[-8] of a 28-step schedule: σ 0.5151 for SD3 (shift 3), not index 8 (σ 0.877)."""
+    from seg4diff.config import ExtractParams
+    from seg4diff.extract import resolve_sigmas
+
+    sd3 = load_backbone(ModelParams(path=str(tiny_model_dirs["sd3"])))
+    params = ExtractParams(sigmas=None, steps_from_end=[8], num_inference_steps=28)
+    assert resolve_sigmas(sd3, params, 4096) == [pytest.approx(0.5151, abs=1e-4)]
+    assert sd3.sigmas(28, 4096)[8] == pytest.approx(0.8774, abs=1e-4)  # what counting from the start gave
+    # FLUX: dynamic shift mu for the image token count, σ = e^mu / (e^mu + 1/t − 1) on t = linspace(1, 1/28, 28)
+    flux = load_backbone(ModelParams(path=str(tiny_model_dirs["flux"])))
+    for tokens in (1024, 4096):
+        mu = 0.5 + (1.15 - 0.5) * (tokens - 256) / (4096 - 256)
+        t = 1 - 20 * (1 - 1 / 28) / 27
+        expected = np.exp(mu) / (np.exp(mu) + 1 / t - 1)
+        assert resolve_sigmas(flux, params, tokens) == [pytest.approx(expected, abs=1e-5)]
+    with pytest.raises(ConfigError, match=r"extract.steps_from_end \[0\] outside a 28-step schedule"):
+        resolve_sigmas(sd3, ExtractParams(sigmas=None, steps_from_end=[0]), 4096)
+
+
+def test_sd3_without_t5_as_the_authors_and_clip_columns(tiny_model_dirs):
+    """text_encoder_3=None: 77 CLIP + 77 zero rows in the joint sequence; with prompt.columns clip a class's map reads
+    only its CLIP token columns."""
+    from seg4diff.extract import PromptStyle, build_prompt, token_slots
+
+    backbone = load_backbone(ModelParams(path=str(tiny_model_dirs["sd3"]), t5=False))
+    assert backbone.pipe.text_encoder_3 is None
+    encoding = backbone.encode_prompts([PROMPT])
+    assert encoding.prompt_embeds.shape[1] == 77 + 77
+    assert encoding.prompt_embeds[0, 77:].abs().sum() == 0  # the zero rows
+    inputs = backbone.transformer_inputs(backbone.encode_images(torch.zeros(1, 3, 32, 32)), 0.5, encoding)
+    assert inputs["encoder_hidden_states"].shape[1] == 154
+    present = np.array([True, True])
+    prompt, spans = build_prompt(PromptStyle("gt_classes", " ", "word", "clip"), present, ["red circle", "background"], "")
+    encoding = backbone.encode_prompts([prompt])
+    slots = token_slots(encoding, 0, spans, "class", 16, "s", "clip")
+    kept = slots.position[slots.position >= 0]
+    assert len(kept) and (kept < 77).all() and set(slots.encoder[: len(kept)]) == {"clip"}
+    with_t5 = load_backbone(ModelParams(path=str(tiny_model_dirs["sd3"]), text_length=16))
+    both = token_slots(with_t5.encode_prompts([prompt]), 0, spans, "class", 16, "s", "all")
+    assert set(both.encoder[both.position >= 0]) == {"clip", "t5"}
+    with pytest.raises(ConfigError, match=r"prompt.columns is 'clip' but this model's text positions come from \['t5'\]"):
+        token_slots(load_backbone(ModelParams(path=str(tiny_model_dirs["flux"]))).encode_prompts([prompt]), 0, spans, "class", 16, "s", "clip")
+    with pytest.raises(ModelLoadError, match="model.t5 is false but .* is a FluxPipeline"):
+        load_backbone(ModelParams(path=str(tiny_model_dirs["flux"]), t5=False))

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from seg4diff.config import MaskFolderParams
 from seg4diff.data.images import read_label, read_rgb, resolve_inside
 from seg4diff.data.sample import IGNORE_INDEX, RawSample, SampleError
 
@@ -18,17 +19,23 @@ def reduce_zero_label(label: np.ndarray) -> np.ndarray:
 
 
 class MaskFolderSource:
-    """Per split an image folder and a label folder matched by file stem; ids from an ids file or the image folder."""
+    """Per split an image folder and a label folder, sample `id` ↔ `<id><image_suffix>` and `<id><label_suffix>`.
 
-    def __init__(self, root: Path, splits: dict[str, tuple[str, str, str | None]], class_names: list[str],
-                 reduce_zero_label: bool = False, image_suffix: str = ".jpg", label_suffix: str = ".png"):
+    Ids come from an ids file or from walking the image folder (sub-folders too: Cityscapes keeps one per city, and
+    the id is then `city/name`). A fallback label file with its own id map covers labels shipped in another id space.
+    """
+
+    def __init__(self, root: Path, splits: dict[str, tuple[str, str, str | None]], params: MaskFolderParams):
         self.root = Path(root)
         self._splits = splits
-        self.class_names = list(class_names)
-        self.has_background = bool(class_names) and class_names[0] == "background"
-        self.reduce_zero_label = reduce_zero_label
-        self.image_suffix = image_suffix
-        self.label_suffix = label_suffix
+        self.class_names = list(params.class_names)
+        self.has_background = bool(self.class_names) and self.class_names[0] == "background"
+        self.params = params
+        self._fallback_lut = None
+        if params.fallback_label_map is not None:
+            self._fallback_lut = np.full(256, IGNORE_INDEX, np.uint8)
+            for source_id, class_id in params.fallback_label_map.items():
+                self._fallback_lut[source_id] = class_id
 
     def _split(self, split: str) -> tuple[Path, Path, str | None]:
         if split not in self._splits:
@@ -45,16 +52,25 @@ class MaskFolderSource:
             return [line.strip() for line in path.read_text().splitlines() if line.strip()]
         if not images.is_dir():
             raise FileNotFoundError(f"image folder {images} of split '{split}' does not exist")
-        return sorted(path.stem for path in images.glob(f"*{self.image_suffix}"))
+        suffix = self.params.image_suffix
+        return sorted(path.relative_to(images).as_posix()[: -len(suffix)] for path in images.rglob(f"*{suffix}"))
+
+    def _label(self, labels: Path, sample_id: str) -> np.ndarray:
+        """Reads the label file, or the fallback one (mapped to class ids) when only that exists."""
+        fallback = self.params.fallback_label_suffix
+        primary = labels / (sample_id + self.params.label_suffix)
+        if fallback is None or primary.is_file() or not (labels / (sample_id + fallback)).is_file():
+            label = read_label(resolve_inside(labels, sample_id + self.params.label_suffix))
+            return reduce_zero_label(label) if self.params.reduce_zero_label else label
+        label = read_label(resolve_inside(labels, sample_id + fallback))
+        return label if self._fallback_lut is None else self._fallback_lut[label]
 
     def load(self, split: str, sample_id: str) -> RawSample:
         images, labels, _ = self._split(split)
-        image = read_rgb(resolve_inside(images, sample_id + self.image_suffix))
-        label = read_label(resolve_inside(labels, sample_id + self.label_suffix))
+        image = read_rgb(resolve_inside(images, sample_id + self.params.image_suffix))
+        label = self._label(labels, sample_id)
         if label.shape != image.shape[:2]:
             raise SampleError("size_mismatch", f"label of {sample_id} is {label.shape[::-1]}, image is {image.shape[1::-1]}")
-        if self.reduce_zero_label:
-            label = reduce_zero_label(label)
         unknown = np.setdiff1d(np.unique(label), [*range(len(self.class_names)), IGNORE_INDEX])
         if unknown.size:
             raise SampleError("unknown_class_id", f"label of {sample_id} holds ids {unknown.tolist()}; only 0..{len(self.class_names) - 1} and {IGNORE_INDEX} are known")

@@ -23,8 +23,7 @@ def build_source(data: DataParams, splits: list[str]) -> DatasetSource:
     if data.source == "coco":
         return CocoSource(root, {s: (c.annotations, c.images) for s, c in data.coco.splits.items()}, data.coco.background)
     folder = data.mask_folder
-    return MaskFolderSource(root, {s: (c.images, c.labels, c.ids_file) for s, c in folder.splits.items()},
-                            folder.class_names, folder.reduce_zero_label, folder.image_suffix, folder.label_suffix)
+    return MaskFolderSource(root, {s: (c.images, c.labels, c.ids_file) for s, c in folder.splits.items()}, folder)
 
 
 @dataclass

@@ -1,0 +1,140 @@
+"""Dataset presets read each benchmark as distributed: small replicas with the real folder nesting and file naming,
+prepared with nothing skipped. Backbone presets hold the paper's protocol."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO
+from seg4diff.config import load_params, preset_names
+from seg4diff.data.prepare import build_source, prepare_split
+from seg4diff.data.prepared import open_prepared
+
+RNG = np.random.default_rng(0)
+H, W = 24, 32  # not square, as real photos
+
+
+def _image(path: Path, suffix: str = ".jpg") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(RNG.integers(0, 255, (H, W, 3), dtype=np.uint8)).save(path.with_name(path.name + suffix) if suffix else path)
+
+
+def _label(path: Path, ids: list[int], palette: bool = False) -> np.ndarray:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    label = np.array(ids, np.uint8)[RNG.integers(0, len(ids), (H, W))]
+    image = Image.fromarray(label, mode="L")
+    (image.convert("P") if palette else image).save(path)
+    return label
+
+
+def voc(root: Path) -> Path:
+    base = root / "VOCdevkit/VOC2012"
+    for name in ("2007_000032", "2007_000039"):
+        _image(base / "JPEGImages" / name)
+        _label(base / "SegmentationClass" / f"{name}.png", [0, 1, 15, 255], palette=True)
+    (base / "ImageSets/Segmentation").mkdir(parents=True)
+    (base / "ImageSets/Segmentation/val.txt").write_text("2007_000032\n2007_000039\n")
+    return base
+
+
+def pascal_context(root: Path) -> Path:
+    base = root / "VOCdevkit/VOC2010"
+    for name in ("2008_000002", "2008_000008"):
+        _image(base / "JPEGImages" / name)
+        _label(base / "SegmentationClassContext" / f"{name}.png", [0, 1, 33, 59])
+    (base / "ImageSets/SegmentationContext").mkdir(parents=True)
+    (base / "ImageSets/SegmentationContext/val.txt").write_text("2008_000002\n2008_000008\n")
+    return base
+
+
+def ade(root: Path) -> Path:
+    base = root / "ADEChallengeData2016"
+    for name in ("ADE_val_00000001", "ADE_val_00000002"):
+        _image(base / "images/validation" / name)
+        _label(base / "annotations/validation" / f"{name}.png", [0, 1, 77, 150])
+    return base
+
+
+def cityscapes(root: Path) -> tuple[Path, dict[str, np.ndarray]]:
+    """Frankfurt with labelIds only (as downloaded); Lindau with labelTrainIds too (after cityscapesscripts)."""
+    base, labels = root / "cityscapes", {}
+    for city, name in (("frankfurt", "frankfurt_000000_000294"), ("lindau", "lindau_000000_000019")):
+        _image(base / "leftImg8bit/val" / city / f"{name}_leftImg8bit.png", suffix="")
+        labels[name] = _label(base / "gtFine/val" / city / f"{name}_gtFine_labelIds.png", [1, 7, 26, 33, 34])
+        (base / "gtFine/val" / city / f"{name}_gtFine_color.png").write_bytes(b"not read")
+    train_ids = {7: 0, 26: 13, 33: 18}
+    lindau = labels["lindau_000000_000019"]
+    mapped = np.vectorize(lambda i: train_ids.get(int(i), 255))(lindau).astype(np.uint8)
+    Image.fromarray(mapped, mode="L").save(base / "gtFine/val/lindau/lindau_000000_000019_gtFine_labelTrainIds.png")
+    return base, labels
+
+
+def coco(root: Path) -> Path:
+    base = root / "coco"
+    _image(base / "val2017" / "000000000139", suffix=".jpg")
+    annotations = {"images": [{"id": 139, "file_name": "000000000139.jpg", "height": H, "width": W}],
+                   "categories": [{"id": 1, "name": "person"}, {"id": 62, "name": "chair"}],
+                   "annotations": [{"id": 1, "image_id": 139, "category_id": 62, "iscrowd": 0, "area": 80.0,
+                                    "segmentation": [[2, 2, 12, 2, 12, 10, 2, 10]], "bbox": [2, 2, 10, 8]}]}
+    (base / "annotations").mkdir(parents=True)
+    (base / "annotations/instances_val2017.json").write_text(json.dumps(annotations))
+    return base
+
+
+LAYOUTS = {"voc21": (voc, 21), "voc20": (voc, 20), "pc60": (pascal_context, 60), "pc59": (pascal_context, 59),
+           "ade150": (ade, 150), "cityscapes": (lambda root: cityscapes(root)[0], 19), "coco-object": (coco, 3)}  # the replica's JSON holds 2 of the 80 categories, + background
+
+
+@pytest.mark.parametrize("preset", LAYOUTS)
+def test_dataset_preset_prepares_the_distributed_layout_with_nothing_skipped(preset, tmp_path):
+    build, classes = LAYOUTS[preset]
+    root = build(tmp_path / "raw")
+    params = load_params(REPO / "params.yaml", {"data": {"root": str(root)}, "prepare": {"resolution": 32, "label_resolution": 32}},
+                         [preset])
+    source = build_source(params.data, params.prepare.splits)
+    assert len(source.class_names) == classes
+    summary = prepare_split(source, "val", tmp_path / "val.zarr", params.prepare, progress=False)
+    assert summary.total >= 1 and summary.kept == summary.total and not summary.skipped, summary.skipped_examples
+    labels = open_prepared(tmp_path / "val.zarr")["label"].values
+    assert set(np.unique(labels)) <= set(range(classes)) | {255} and (labels != 255).any()
+
+
+def test_cityscapes_label_ids_map_to_the_19_train_ids(tmp_path):
+    root, raw = cityscapes(tmp_path / "raw")
+    params = load_params(REPO / "params.yaml", {"data": {"root": str(root)}}, ["cityscapes"])
+    source = build_source(params.data, ["val"])
+    assert source.sample_ids("val") == ["frankfurt/frankfurt_000000_000294", "lindau/lindau_000000_000019"]
+    for sample_id, name in zip(source.sample_ids("val"), raw):
+        label = source.load("val", sample_id).label
+        expected = np.select([raw[name] == 7, raw[name] == 26, raw[name] == 33], [0, 13, 18], 255)
+        np.testing.assert_array_equal(label, expected)  # labelIds mapped; labelTrainIds read as they are
+
+
+def test_backbone_presets_hold_the_papers_protocol():
+    sd3 = load_params(REPO / "params.yaml", presets=["sd3-medium", "voc20"])
+    assert sd3.model.path == "stabilityai/stable-diffusion-3-medium-diffusers" and not sd3.model.t5
+    assert (sd3.prompt.columns, sd3.prompt.separator, sd3.prompt.background) == ("clip", " ", "word")
+    assert sd3.extract.sigmas is None and sd3.extract.steps_from_end == [8] and sd3.select.force_layer == 9
+    assert sd3.data.mask_folder.reduce_zero_label and sd3.model.dtype == "bfloat16"
+    flux = load_params(REPO / "params.yaml", presets=["flux-dev"])
+    assert flux.prompt.columns == "t5" and flux.model.t5
+    assert {"sd3-medium", "sd35-medium", "sd35-large", "flux-dev", "flux-schnell", "voc20", "voc21", "pc59", "pc60",
+            "coco-object", "ade150", "cityscapes"} <= set(preset_names())
+
+
+@pytest.mark.slow
+def test_prepare_flow_with_a_preset_from_the_command_line(tmp_path):
+    root, _ = cityscapes(tmp_path / "raw")
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "TQDM_DISABLE": "1"}
+    env.pop("PREFECT_API_URL", None)
+    result = subprocess.run([sys.executable, "-m", "flows.prepare", "--params", str(REPO / "params.yaml"), "--preset", "cityscapes", "--set", f"data.root={root}",
+                             "--set", f"prepare.output={tmp_path / 'prepared'}", "--set", f"tracking.mlflow_db={tmp_path / 'mlflow.db'}"],
+                            cwd=tmp_path, env={**env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    prepared = open_prepared(tmp_path / "prepared/val.zarr")
+    assert prepared.sizes["sample"] == 2 and prepared.sizes["class"] == 19
