@@ -54,6 +54,8 @@ class ShapesParams(Group):
 class CocoSplit(Group):
     annotations: str
     images: str
+    captions: str | None = Field(None, description="a COCO captions file (captions_val2017.json) joined by image id: "
+                                 "each image's first caption (by annotation id)")
 
 
 class CocoParams(Group):
@@ -65,6 +67,7 @@ class MaskFolderSplit(Group):
     images: str
     labels: str
     ids_file: str | None = Field(None, description="text file of sample ids, one a line (default: every image)")
+    captions: str | None = Field(None, description="JSON file mapping sample ids to captions")
 
 
 class MaskFolderParams(Group):

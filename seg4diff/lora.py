@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,11 +27,24 @@ class LoraSpec:
     target_modules: tuple[str, ...]
 
 
+def image_stream_targets(target_modules: tuple[str, ...]) -> str:
+    """Returns peft's target regex: the named projections of the joint attention's IMAGE stream of every block.
+
+    Matched: `transformer_blocks.<i>.attn.<name>` — SD3's and SD3.5's joint blocks, FLUX's double-stream blocks
+    (their text stream is add_q/k/v_proj and to_add_out, never matched). Not matched: SD3.5's image-only `attn2`
+    (not part of the joint attention MAGNET supervises) and FLUX's single-stream blocks (one projection for text and
+    image tokens together: no image stream to adapt alone).
+    """
+    names = "|".join(re.escape(name) for name in target_modules)
+    return rf"transformer_blocks\.\d+\.attn\.({names})"
+
+
 def add_lora(transformer: torch.nn.Module, spec: LoraSpec) -> list[torch.nn.Parameter]:
-    """Freezes the transformer and adds the adapter; returns the adapter's (trainable) parameters."""
+    """Freezes the transformer and adds the adapter on the image stream; returns the adapter's (trainable) parameters."""
     transformer.requires_grad_(False)
     transformer.add_adapter(LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
-                                       target_modules=list(spec.target_modules), init_lora_weights=True), adapter_name=ADAPTER)
+                                       target_modules=image_stream_targets(spec.target_modules), init_lora_weights=True),
+                            adapter_name=ADAPTER)
     return [p for name, p in transformer.named_parameters() if "lora_" in name and p.requires_grad]
 
 

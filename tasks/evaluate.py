@@ -10,7 +10,7 @@ import torch
 from prefect import task
 
 from seg4diff.config import Params
-from seg4diff.data.prepared import open_prepared
+from seg4diff.data.prepared import open_prepared, require_captions
 from seg4diff.evaluate import evaluate_segmentation
 from seg4diff.extract import prompt_style
 from seg4diff.finetune import heldout_flow_loss
@@ -45,6 +45,7 @@ def _evaluate_model(params: Params, variant: str) -> dict:
     limit = min(test.sizes["sample"], p.max_samples or test.sizes["sample"])
     fidelity = {"heldout_flow_loss": heldout_flow_loss(backbone, test, p.seed, limit, style=style)}
     if p.generation_samples:
+        require_captions(test, p.split, "evaluate.generation_samples > 0 (generation fidelity)")
         captions = [str(c) for c in test["caption"].values[: p.generation_samples]]
         images = generate(backbone, captions, p.generation_steps, p.guidance, p.seed, test.sizes["y"])
         if backbone.family == "organism":  # Shapes captions name colours: check the largest blob's

@@ -11,7 +11,7 @@ from tqdm import tqdm
 from seg4diff.attention import joint_attention_modules
 from seg4diff.attention_store import StoreLayout, completed
 from seg4diff.config import Params
-from seg4diff.data.prepared import open_prepared
+from seg4diff.data.prepared import open_prepared, require_captions
 from seg4diff.extract import extract_range, fingerprint, prompt_style, open_or_create, plan_ranges, resolve_sigmas
 from seg4diff.models import load_backbone, model_digest
 from tasks.retry import RETRY_TRANSIENT
@@ -26,6 +26,8 @@ def plan_extraction_task(params: Params) -> dict:
     """Creates the store (or keeps one with the same fingerprint, to resume it); returns the work plan."""
     p = params.extract
     prepared = _prepared(params)
+    if p.prompt == "caption":
+        require_captions(prepared, p.split, "extract.prompt 'caption'")
     samples = min(prepared.sizes["sample"], p.max_samples or prepared.sizes["sample"])
     backbone = load_backbone(params.model)
     resolution = prepared.sizes["y"]

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from prefect import task
 
 from seg4diff.config import Params
-from seg4diff.data.prepared import open_prepared
+from seg4diff.data.prepared import open_prepared, require_captions
 from seg4diff.finetune import MagnetConfig, train_magnet
 from seg4diff.models import load_backbone, model_digest
 
@@ -35,7 +35,10 @@ def train_magnet_task(params: Params, run_id: str) -> dict:
         now = int(time.time() * 1000)
         client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
-    summary = train_magnet(load_backbone(params.model), open_prepared(prepared / "train.zarr"), open_prepared(prepared / "val.zarr"),
+    train = open_prepared(prepared / "train.zarr")
+    if params.finetune.mode == "caption":
+        require_captions(train, "train", "finetune.mode 'caption'")
+    summary = train_magnet(load_backbone(params.model), train, open_prepared(prepared / "val.zarr"),
                            config, Path(params.finetune.work_dir), on_metrics=log)
     output = Path(params.finetune.output)
     shutil.rmtree(output, ignore_errors=True)

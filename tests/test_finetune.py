@@ -122,3 +122,18 @@ def test_an_adapter_for_another_base_model_is_refused_in_one_line(setup, tmp_pat
         load_backbone(ModelParams(path=str(setup / "organism")), lora=tmp_path / "other" / "best")
     message = str(refused.value)
     assert "\n" not in message and "trained on another base model (digest 0123456789abcdef" in message
+
+
+@pytest.mark.parametrize("family", ["sd3", "sd35", "flux"])
+def test_lora_adapts_the_image_stream_of_the_joint_attention_only(family):
+    """SD3: every joint block's to_q/k/v/out; SD3.5: not the image-only attn2; FLUX: double-stream blocks only."""
+    from seg4diff.lora import LoraSpec, add_lora
+    from tiny_pipelines import tiny_flux_transformer, tiny_sd3_transformer
+
+    transformer = tiny_flux_transformer() if family == "flux" else tiny_sd3_transformer(sd35=family == "sd35")
+    add_lora(transformer, LoraSpec(2, 2, 0.0, ("to_q", "to_k", "to_v", "to_out.0")))
+    adapted = sorted({name.rsplit(".lora_", 1)[0] for name, _ in transformer.named_parameters() if ".lora_A" in name})
+    blocks = len(transformer.transformer_blocks)
+    assert len(adapted) == 4 * blocks
+    assert all(name.startswith("transformer_blocks.") and ".attn." in name for name in adapted)
+    assert not any("attn2" in name or "single_transformer_blocks" in name or "add_" in name for name in adapted)

@@ -13,7 +13,8 @@ from PIL import Image
 from conftest import REPO
 from seg4diff.config import load_params, preset_names
 from seg4diff.data.prepare import build_source, prepare_split
-from seg4diff.data.prepared import open_prepared
+from seg4diff.data.prepared import open_prepared, require_captions
+from seg4diff.errors import DataError
 
 RNG = np.random.default_rng(0)
 H, W = 24, 32  # not square, as real photos
@@ -83,6 +84,9 @@ def coco(root: Path) -> Path:
                                     "segmentation": [[2, 2, 12, 2, 12, 10, 2, 10]], "bbox": [2, 2, 10, 8]}]}
     (base / "annotations").mkdir(parents=True)
     (base / "annotations/instances_val2017.json").write_text(json.dumps(annotations))
+    captions = {"annotations": [{"id": 5, "image_id": 139, "caption": "A living room with a chair. "},
+                                {"id": 2, "image_id": 139, "caption": " A person sits on a chair."}]}
+    (base / "annotations/captions_val2017.json").write_text(json.dumps(captions))
     return base
 
 
@@ -138,3 +142,22 @@ def test_prepare_flow_with_a_preset_from_the_command_line(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     prepared = open_prepared(tmp_path / "prepared/val.zarr")
     assert prepared.sizes["sample"] == 2 and prepared.sizes["class"] == 19
+
+
+def test_captions_joined_by_image_id_and_a_stage_needing_none_found_stops(tmp_path):
+    coco_params = load_params(REPO / "params.yaml", {"data": {"root": str(coco(tmp_path / "raw"))}}, ["coco-object"])
+    prepare_split(build_source(coco_params.data, ["val"]), "val", tmp_path / "coco.zarr", coco_params.prepare, progress=False)
+    prepared = open_prepared(tmp_path / "coco.zarr")
+    assert str(prepared.caption.values[0]) == "A person sits on a chair."  # the first caption by annotation id
+    require_captions(prepared, "val", "evaluate.generation_samples > 0")
+
+    root = voc(tmp_path / "voc")
+    (root / "captions.json").write_text(json.dumps({"2007_000039": "a cat on a sofa"}))
+    with_file = {"data": {"root": str(root), "mask_folder": {"splits": {"val": {
+        "images": "JPEGImages", "labels": "SegmentationClass", "ids_file": "ImageSets/Segmentation/val.txt", "captions": "captions.json"}}}}}
+    params = load_params(REPO / "params.yaml", with_file, ["voc21"])
+    assert build_source(params.data, ["val"]).load("val", "2007_000039").caption == "a cat on a sofa"
+    params = load_params(REPO / "params.yaml", {"data": {"root": str(root)}}, ["voc21"])
+    prepare_split(build_source(params.data, ["val"]), "val", tmp_path / "voc.zarr", params.prepare, progress=False)
+    with pytest.raises(DataError, match=r"^split 'val' has no captions but finetune.mode 'caption' needs them: .*data.mask_folder.splits.val.captions"):
+        require_captions(open_prepared(tmp_path / "voc.zarr"), "val", "finetune.mode 'caption'")

@@ -59,11 +59,13 @@ def semantic_label(coco: COCO, image_info: dict, class_of_category: dict[int, in
 class CocoSource:
     """COCO-format splits; categories remapped to contiguous ids (background 0 when `background`)."""
 
-    def __init__(self, root: Path, splits: dict[str, tuple[str, str]], background: bool):
+    def __init__(self, root: Path, splits: dict[str, tuple[str, str]], background: bool, captions: dict[str, str | None] | None = None):
         self.root = Path(root)
         self.background = background
         self.has_background = background
         self._splits = {name: (self.root / ann, self.root / images) for name, (ann, images) in splits.items()}
+        self._caption_files = {name: self.root / path for name, path in (captions or {}).items() if path}
+        self._captions: dict[str, dict[int, str]] = {}
         self._coco: dict[str, COCO] = {}
         categories = None
         for name in self._splits:
@@ -89,6 +91,20 @@ class CocoSource:
     def sample_ids(self, split: str) -> list[str]:
         return [str(image_id) for image_id in sorted(self._index(split).imgs)]
 
+    def _caption(self, split: str, info: dict) -> str:
+        """The image's caption: from the split's captions file (first by annotation id), else the image record's."""
+        if split not in self._caption_files:
+            return info.get("caption", "")
+        if split not in self._captions:
+            path = self._caption_files[split]
+            if not path.is_file():
+                raise FileNotFoundError(f"captions file {path} of split '{split}' does not exist (data.coco.splits.{split}.captions)")
+            first: dict[int, str] = {}
+            for ann in sorted(json.loads(path.read_text())["annotations"], key=lambda a: a["id"]):
+                first.setdefault(ann["image_id"], ann["caption"].strip())
+            self._captions[split] = first
+        return self._captions[split].get(info["id"], "")
+
     def load(self, split: str, sample_id: str) -> RawSample:
         coco = self._index(split)
         info = coco.imgs[int(sample_id)]
@@ -96,4 +112,4 @@ class CocoSource:
         if image.shape[:2] != (info["height"], info["width"]):
             raise SampleError("size_mismatch", f"{info['file_name']} is {image.shape[1]}x{image.shape[0]} but the JSON says {info['width']}x{info['height']}")
         label, notes = semantic_label(coco, info, self.class_of_category, self.background)
-        return RawSample(source_id=f"{split}/{info['file_name']}", image=image, label=label, caption=info.get("caption", ""), notes=notes)
+        return RawSample(source_id=f"{split}/{info['file_name']}", image=image, label=label, caption=self._caption(split, info), notes=notes)

@@ -1,6 +1,7 @@
 """Semantic-mask folders (VOC, ADE20K, Pascal-Context, Cityscapes layouts): images + single-channel PNG labels."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ class MaskFolderSource:
         self.class_names = list(params.class_names)
         self.has_background = bool(self.class_names) and self.class_names[0] == "background"
         self.params = params
+        self._caption_cache: dict[str, dict[str, str]] = {}
         self._fallback_lut = None
         if params.fallback_label_map is not None:
             self._fallback_lut = np.full(256, IGNORE_INDEX, np.uint8)
@@ -40,7 +42,7 @@ class MaskFolderSource:
     def _split(self, split: str) -> tuple[Path, Path, str | None]:
         if split not in self._splits:
             raise KeyError(f"split '{split}' is not configured; known splits: {sorted(self._splits)}")
-        images, labels, ids_file = self._splits[split]
+        images, labels, ids_file = self._splits[split][:3]
         return self.root / images, self.root / labels, ids_file
 
     def sample_ids(self, split: str) -> list[str]:
@@ -74,4 +76,16 @@ class MaskFolderSource:
         unknown = np.setdiff1d(np.unique(label), [*range(len(self.class_names)), IGNORE_INDEX])
         if unknown.size:
             raise SampleError("unknown_class_id", f"label of {sample_id} holds ids {unknown.tolist()}; only 0..{len(self.class_names) - 1} and {IGNORE_INDEX} are known")
-        return RawSample(source_id=f"{split}/{sample_id}", image=image, label=label)
+        return RawSample(source_id=f"{split}/{sample_id}", image=image, label=label, caption=self._captions(split).get(sample_id, ""))
+
+    def _captions(self, split: str) -> dict[str, str]:
+        """The split's captions file (JSON: sample id → caption), read once; empty when none is configured."""
+        if split not in self._caption_cache:
+            path = self._splits[split][3] if len(self._splits[split]) > 3 else None
+            if path is None:
+                self._caption_cache[split] = {}
+            elif not (self.root / path).is_file():
+                raise FileNotFoundError(f"captions file {self.root / path} of split '{split}' does not exist")
+            else:
+                self._caption_cache[split] = {str(k): str(v) for k, v in json.loads((self.root / path).read_text()).items()}
+        return self._caption_cache[split]

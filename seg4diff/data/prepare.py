@@ -21,9 +21,10 @@ def build_source(data: DataParams, splits: list[str]) -> DatasetSource:
     if data.source == "shapes":
         return CocoSource(root, {s: (f"annotations/{s}.json", f"images/{s}") for s in splits}, background=True)
     if data.source == "coco":
-        return CocoSource(root, {s: (c.annotations, c.images) for s, c in data.coco.splits.items()}, data.coco.background)
+        return CocoSource(root, {s: (c.annotations, c.images) for s, c in data.coco.splits.items()}, data.coco.background,
+                          {s: c.captions for s, c in data.coco.splits.items()})
     folder = data.mask_folder
-    return MaskFolderSource(root, {s: (c.images, c.labels, c.ids_file) for s, c in folder.splits.items()}, folder)
+    return MaskFolderSource(root, {s: (c.images, c.labels, c.ids_file, c.captions) for s, c in folder.splits.items()}, folder)
 
 
 @dataclass

@@ -17,6 +17,7 @@ import xarray as xr
 from PIL import Image
 
 from seg4diff.data.sample import IGNORE_INDEX, RawSample
+from seg4diff.errors import DataError
 
 SCHEMA_VERSION = 1
 BATCH = 64
@@ -119,3 +120,10 @@ def open_prepared(path: Path) -> xr.Dataset:
 def class_names(dataset: xr.Dataset) -> list[str]:
     """Returns the class names of a prepared store in id order."""
     return [str(name) for name in dataset["class_name"].values]
+
+
+def require_captions(dataset: xr.Dataset, split: str, needed_by: str) -> None:
+    """Raises DataError, in one line, when a prepared split has no caption at all but `needed_by` (a setting) reads them."""
+    if not any(str(caption).strip() for caption in dataset["caption"].values):
+        raise DataError(f"split '{split}' has no captions but {needed_by} needs them: give the source a captions file "
+                        f"(data.coco.splits.{split}.captions or data.mask_folder.splits.{split}.captions) or change {needed_by}")
