@@ -161,3 +161,25 @@ def test_captions_joined_by_image_id_and_a_stage_needing_none_found_stops(tmp_pa
     prepare_split(build_source(params.data, ["val"]), "val", tmp_path / "voc.zarr", params.prepare, progress=False)
     with pytest.raises(DataError, match=r"^split 'val' has no captions but finetune.mode 'caption' needs them: .*data.mask_folder.splits.val.captions"):
         require_captions(open_prepared(tmp_path / "voc.zarr"), "val", "finetune.mode 'caption'")
+
+
+def test_extract_with_the_sd3_medium_preset_on_a_tiny_sd3(tiny_model_dirs, tmp_path):
+    """The preset's protocol end to end on a tiny SD3 pipeline (CPU, fp32): σ 0.5151, no T5, CLIP columns only."""
+    from conftest import prepared_shapes
+    from seg4diff.attention_store import open_attention
+    from tasks.extract import extract_range_task, plan_extraction_task
+
+    prepared_shapes(tmp_path / "prepared", ["val"], 32, 32, seed=4, num_val=3)
+    overrides = {"model": {"path": str(tiny_model_dirs["sd3"]), "dtype": "float32", "device": "cpu"},
+                 "prepare": {"output": str(tmp_path / "prepared"), "resolution": 32, "label_resolution": 32},
+                 "extract": {"output": str(tmp_path / "attention.zarr"), "batch_size": 2, "diagnostics": False}}
+    params = load_params(REPO / "params.yaml", overrides, ["sd3-medium"])
+    plan = plan_extraction_task.fn(params)
+    assert plan["sigmas"] == [pytest.approx(0.5151, abs=1e-4)]
+    for start, stop in plan["ranges"]:
+        extract_range_task.fn(params, start, stop, plan["sigmas"], plan["layers"])
+    store = open_attention(tmp_path / "attention.zarr")
+    kept = store.token_position.values >= 0
+    assert kept.any() and set(store.token_encoder.values[kept]) == {"clip"} and (store.token_position.values[kept] < 77).all()
+    prompt = str(store.prompt.values[0])
+    assert "background" in prompt.split(" ") and " and " not in prompt  # names joined by spaces, background a word
