@@ -374,3 +374,29 @@ def deep_merge(base: dict, override: dict) -> dict:
     for key, value in override.items():
         merged[key] = deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
     return merged
+
+
+def merged_yaml(path: str | Path = "params.yaml", overrides: dict | None = None, presets: list[str] | tuple[str, ...] = ()) -> str:
+    """Returns params.yaml with the presets and overrides merged in (validated), as YAML: a params file DVC can track."""
+    raw = _read_yaml(Path(path), "params")
+    for name in presets:
+        raw = deep_merge(raw, read_preset(name))
+    raw = deep_merge(raw, overrides or {})
+    load_params(path, overrides, presets)  # the same validation as every stage's
+    return yaml.safe_dump(raw, sort_keys=False, allow_unicode=True)
+
+
+if __name__ == "__main__":
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m seg4diff.config",
+                                     description="Prints params.yaml with presets and --set overrides merged in (for DVC).")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--preset", action="append", default=[])
+    parser.add_argument("--set", action="append", default=[], dest="assignments")
+    args = parser.parse_args()
+    try:
+        sys.stdout.write(merged_yaml(args.params, parse_assignments(args.assignments), args.preset))
+    except ConfigError as error:
+        sys.exit(f"{parser.prog}: {error}")

@@ -54,3 +54,13 @@ def test_help_lists_the_shared_options():
         assert result.returncode == 0
         assert all(option in result.stdout for option in ("--params FILE", "--preset NAME", "--set KEY=VALUE"))
     assert "--stages" in _cli("flows.pipeline", "--help").stdout
+
+
+def test_presets_merge_into_a_params_file_for_dvc(tmp_path):
+    from seg4diff.config import merged_yaml
+
+    text = merged_yaml(REPO / "params.yaml", {"data": {"root": "/data/VOC2012"}}, ["sd3-medium", "voc20"])
+    (tmp_path / "params.yaml").write_text(text)
+    merged = load_params(tmp_path / "params.yaml")
+    assert merged == load_params(REPO / "params.yaml", {"data": {"root": "/data/VOC2012"}}, ["sd3-medium", "voc20"])
+    assert merged.model.path == "stabilityai/stable-diffusion-3-medium-diffusers" and merged.data.source == "mask_folder"
