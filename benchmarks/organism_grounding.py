@@ -41,7 +41,7 @@ def grounding(params, model_dir: str, name: str, split: str) -> dict:
     result = {}
     for label, tokens in (("class phrase", store), ("shape word only", _shape_words_only(store))):
         tables = score_store(tokens, data["label"], data.sizes["class"], params.prompt.threshold, progress=False)
-        grid_miou = miou_of(tables.per_sample[:, 0].sum(axis=0))  # (layer, sigma)
+        grid_miou = miou_of(tables.per_sample[:, 0].sum(axis=0, dtype=np.int64))  # (layer, sigma)
         best_l, best_t = np.unravel_index(np.nanargmax(grid_miou), grid_miou.shape)
         result[label] = {"best_block": layers[best_l], "sigma": sigmas[best_t], "best_miou": float(grid_miou[best_l, best_t]),
                          "median_block_miou": float(np.median(grid_miou[:, best_t])),

@@ -1,7 +1,9 @@
 """Layer-wise grounding scores from the attention store: zero-shot mIoU per (layer, timestep, head), with intervals.
 
-Streams over samples (one sample's attention in memory at a time, float32 accumulation) and keeps per-sample
-confusion matrices so that a seeded bootstrap over samples gives a 95% interval for every layer's mIoU.
+Streams over samples (one sample's attention in memory at a time, float32 accumulation) and keeps, per sample, only
+O(classes) statistics per (layer, timestep): each class's true positives, label area and prediction area. They add
+up over samples, so the dataset mIoU and a seeded bootstrap over samples (a 95% interval for every layer) come from
+them exactly as from confusion matrices, at 3·C numbers where a confusion matrix holds C².
 """
 from __future__ import annotations
 
@@ -14,14 +16,15 @@ from tqdm import tqdm
 
 from seg4diff.attention_store import ATTENTION
 from seg4diff.masks import class_maps, predict
-from seg4diff.metrics import confusion_matrix
+from seg4diff.metrics import class_statistics
 
 
-def miou_of(confusion: np.ndarray) -> np.ndarray:
-    """Returns the mIoU of every (…, C, C) confusion matrix at once (classes with an empty union excluded)."""
-    confusion = confusion.astype(np.float64)
-    tp = np.diagonal(confusion, axis1=-2, axis2=-1)
-    union = confusion.sum(-1) + confusion.sum(-2) - tp
+def miou_of(stats: np.ndarray) -> np.ndarray:
+    """Returns the mIoU of every (…, 3, C) class-statistics array at once (metrics.class_statistics; classes with an
+    empty union excluded)."""
+    stats = stats.astype(np.float64)
+    tp, labelled, predicted = stats[..., 0, :], stats[..., 1, :], stats[..., 2, :]
+    union = labelled + predicted - tp
     with np.errstate(invalid="ignore", divide="ignore"):
         iou = np.where(union > 0, tp / union, np.nan)
         return np.nanmean(np.where(np.isnan(iou).all(-1, keepdims=True), 0, iou), axis=-1)
@@ -29,9 +32,9 @@ def miou_of(confusion: np.ndarray) -> np.ndarray:
 
 @dataclass
 class ScoreTables:
-    per_sample: np.ndarray  # (sample, direction, layer, timestep, C, C) head-mean confusion per sample
-    per_head: np.ndarray  # (direction, layer, head, timestep, C, C) summed over samples
-    layer_mean: np.ndarray  # (direction, timestep, C, C): maps averaged over all layers (a reference)
+    per_sample: np.ndarray  # (sample, direction, layer, timestep, 3, C) head-mean class statistics per sample (int32)
+    per_head: np.ndarray  # (direction, layer, head, timestep, 3, C) summed over samples
+    layer_mean: np.ndarray  # (direction, timestep, 3, C): maps averaged over all layers (a reference)
     diagnostics: dict[str, np.ndarray]  # name → (layer, timestep) means
     directions: list[str]
     layers: list[int]
@@ -47,16 +50,15 @@ def _sample_predictions(maps: np.ndarray, token_class: np.ndarray, size: int, ba
 
 def score_store(store: xr.Dataset, labels: xr.DataArray, num_classes: int, background_threshold: float | None = None,
                 progress: bool = True) -> ScoreTables:
-    """Returns confusion tables for every sample, direction, layer, timestep and head of a complete attention store.
+    """Returns class statistics for every sample, direction, layer, timestep and head of a complete attention store.
 
     `background_threshold`: for stores whose prompts left background out (see masks.predict)."""
     directions = [d for d in ATTENTION if d in store]
     layers, heads, sigmas = store["layer"].values.tolist(), store["head"].values.tolist(), store["timestep"].values.tolist()
     n, size = store.sizes["sample"], labels.sizes["label_y"]
-    shape = (len(layers), len(sigmas), num_classes, num_classes)
-    per_sample = np.zeros((n, len(directions), *shape), np.int64)
-    per_head = np.zeros((len(directions), len(layers), len(heads), len(sigmas), num_classes, num_classes), np.int64)
-    layer_mean = np.zeros((len(directions), len(sigmas), num_classes, num_classes), np.int64)
+    per_sample = np.zeros((n, len(directions), len(layers), len(sigmas), 3, num_classes), np.int32)  # pixel counts < 2³¹
+    per_head = np.zeros((len(directions), len(layers), len(heads), len(sigmas), 3, num_classes), np.int64)
+    layer_mean = np.zeros((len(directions), len(sigmas), 3, num_classes), np.int64)
     sums = {name: np.zeros((len(layers), len(sigmas))) for name in ("image_to_text_mass", "image_entropy", "text_entropy") if name in store}
     for s in tqdm(range(n), desc="score", unit="sample", disable=not progress):
         sample = store.isel(sample=s).load()
@@ -66,16 +68,12 @@ def score_store(store: xr.Dataset, labels: xr.DataArray, num_classes: int, backg
             maps = sample[direction].values.astype(np.float32)  # (layer, head, timestep, token, y, x)
             head_mean = maps.mean(axis=1)
             predictions = _sample_predictions(head_mean, token_class, size, background_threshold)  # (layer, timestep, H, W)
-            for l in range(len(layers)):
-                for t in range(len(sigmas)):
-                    per_sample[s, d, l, t] = confusion_matrix(predictions[l, t], target, num_classes)
+            per_sample[s, d] = class_statistics(predictions, target, num_classes)
             if len(heads) > 1:
                 by_head = _sample_predictions(maps, token_class, size, background_threshold)  # (layer, head, timestep, H, W)
-                for index in np.ndindex(by_head.shape[:3]):
-                    per_head[(d, *index)] += confusion_matrix(by_head[index], target, num_classes)
+                per_head[d] += class_statistics(by_head, target, num_classes)
             averaged = _sample_predictions(head_mean.mean(axis=0), token_class, size, background_threshold)  # (timestep, H, W)
-            for t in range(len(sigmas)):
-                layer_mean[d, t] += confusion_matrix(averaged[t], target, num_classes)
+            layer_mean[d] += class_statistics(averaged, target, num_classes)
         valid = token_class >= 0
         for name in sums:
             values = sample[name].values.astype(np.float32).mean(axis=1)  # head mean → (layer, timestep, …)
@@ -104,7 +102,7 @@ def bootstrap_miou(per_sample: np.ndarray, resamples: int, seed: int, chunk: int
 def tidy_scores(tables: ScoreTables, resamples: int, seed: int) -> pd.DataFrame:
     """Returns the tidy table: layer, timestep, head ("mean" or an index), direction, metric, value, ci_low, ci_high."""
     rows = []
-    total = tables.per_sample.sum(axis=0)  # (direction, layer, timestep, C, C)
+    total = tables.per_sample.sum(axis=0, dtype=np.int64)  # (direction, layer, timestep, 3, C)
     low, high = bootstrap_miou(tables.per_sample, resamples, seed)
     miou = miou_of(total)
     for d, direction in enumerate(tables.directions):

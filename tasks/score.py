@@ -1,4 +1,4 @@
-"""Tasks of the score stage: stream the attention store into confusion tables, then tidy scores and figures."""
+"""Tasks of the score stage: stream the attention store into per-class statistics, then tidy scores and figures."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -54,7 +54,7 @@ def write_scores_task(params: Params, tables: ScoreTables) -> dict:
 
     figures = {"layer_curve.png": layer_curve(scores)}
     for d, direction in enumerate(tables.directions):
-        grid = miou_of(tables.per_sample[:, d].sum(axis=0))  # (layer, timestep)
+        grid = miou_of(tables.per_sample[:, d].sum(axis=0, dtype=np.int64))  # (layer, timestep)
         figures[f"layer_timestep_{direction}.png"] = heatmap(grid, tables.layers, tables.sigmas, f"mIoU, {direction}", "block", "σ")
         if len(tables.heads) > 1:
             best_t = int(np.nanargmax(np.nanmax(grid, axis=0)))
@@ -64,7 +64,7 @@ def write_scores_task(params: Params, tables: ScoreTables) -> dict:
     reference = miou_of(tables.layer_mean)  # (direction, timestep)
     headline = {}
     for d, direction in enumerate(tables.directions):
-        grid = miou_of(tables.per_sample[:, d].sum(axis=0))
+        grid = miou_of(tables.per_sample[:, d].sum(axis=0, dtype=np.int64))
         l, t = np.unravel_index(np.nanargmax(grid), grid.shape)
         headline |= {f"{direction}.best_layer": tables.layers[l], f"{direction}.best_sigma": tables.sigmas[t],
                      f"{direction}.best_miou": float(grid[l, t]), f"{direction}.median_layer_miou": float(np.median(grid[:, t])),

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from seg4diff.masks import class_maps, predict, upsample
-from seg4diff.metrics import confusion_matrix, summarize
+from seg4diff.metrics import class_statistics, confusion_matrix, summarize
 from seg4diff.scoring import bootstrap_miou, miou_of
 from seg4diff.selection import select_expert
 
@@ -41,10 +41,26 @@ def test_full_resolution_beats_latent_resolution_on_a_thin_structure():
     assert full_miou > latent_miou + 0.05
 
 
+def test_class_statistics_equal_the_confusion_matrix_and_add_up():
+    """Per class [TP, label area, prediction area] read off a hand-checked confusion matrix, for many predictions at once."""
+    rng = np.random.default_rng(2)
+    target = rng.integers(0, 4, (6, 5))
+    target[0, :2] = 255
+    predictions = rng.integers(0, 4, (3, 2, 6, 5))
+    stats = class_statistics(predictions, target, 4)
+    assert stats.shape == (3, 2, 3, 4)
+    for index in np.ndindex(3, 2):
+        confusion = confusion_matrix(predictions[index], target, 4)
+        np.testing.assert_array_equal(stats[index], [np.diag(confusion), confusion.sum(1), confusion.sum(0)])
+        assert miou_of(stats[index]) == pytest.approx(summarize(confusion)["miou"])
+
+
 def test_vectorised_miou_and_bootstrap_interval():
     rng = np.random.default_rng(1)
-    per_sample = np.stack([confusion_matrix(rng.integers(0, 3, 50), rng.integers(0, 3, 50), 3) for _ in range(30)])
-    assert miou_of(per_sample.sum(0)) == pytest.approx(summarize(per_sample.sum(0))["miou"])
+    pairs = [(rng.integers(0, 3, 50), rng.integers(0, 3, 50)) for _ in range(30)]
+    per_sample = np.stack([class_statistics(p, t, 3) for p, t in pairs])
+    dataset = sum(confusion_matrix(p, t, 3) for p, t in pairs)
+    assert miou_of(per_sample.sum(0)) == pytest.approx(summarize(dataset)["miou"])
     low, high = bootstrap_miou(per_sample, resamples=200, seed=0)
     assert low < miou_of(per_sample.sum(0)) < high
     again = bootstrap_miou(per_sample, resamples=200, seed=0)
