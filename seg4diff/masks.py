@@ -22,6 +22,10 @@ def class_maps(token_maps: np.ndarray, token_class: np.ndarray, class_ids: np.nd
 
 def upsample(maps: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     """Returns (…, class, H, W) maps bilinearly resized (align_corners=False) to the label resolution."""
+    return _upsample(maps, size).numpy()
+
+
+def _upsample(maps: np.ndarray, size: int | tuple[int, int]) -> torch.Tensor:
     size = (size, size) if isinstance(size, int) else size
     tensor = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))
     lead = tensor.shape[:-3]
@@ -30,7 +34,7 @@ def upsample(maps: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     resized = F.interpolate(torch.where(finite, flat, torch.zeros(())), size=size, mode="bilinear", align_corners=False)
     missing = ~finite.all(dim=-1).all(dim=-1)  # classes without tokens stay −inf
     resized[missing] = -torch.inf
-    return resized.reshape(*lead, *resized.shape[-3:]).numpy()
+    return resized.reshape(*lead, *resized.shape[-3:])
 
 
 def predict(maps: np.ndarray, class_ids: np.ndarray, size: int | tuple[int, int], background_threshold: float | None = None,
@@ -40,10 +44,9 @@ def predict(maps: np.ndarray, class_ids: np.ndarray, size: int | tuple[int, int]
     With `background_threshold` (when background is not a prompted word), pixels whose best map value falls below
     that fraction of the image's highest value become `background_id`.
     """
-    upsampled = upsample(maps, size)
-    prediction = np.asarray(class_ids)[upsampled.argmax(axis=-3)]
+    best, index = _upsample(maps, size).max(dim=-3)  # torch: argmax over a middle axis is slow in numpy
+    prediction = np.asarray(class_ids)[index.numpy()]
     if background_threshold is not None:
-        best = upsampled.max(axis=-3)
-        peak = best.max(axis=(-2, -1), keepdims=True)
-        prediction = np.where(best < background_threshold * peak, background_id, prediction)
+        peak = best.amax(dim=(-2, -1), keepdim=True)
+        prediction = np.where((best < background_threshold * peak).numpy(), background_id, prediction)
     return prediction

@@ -48,6 +48,12 @@ def _sample_predictions(maps: np.ndarray, token_class: np.ndarray, size: int, ba
     return predict(class_maps(maps, token_class, prompted), prompted, size, background_threshold)
 
 
+def _predictable(token_class: np.ndarray, background_threshold: float | None) -> np.ndarray:
+    """The class ids a sample's predictions can hold: its prompted classes, and background (0) by threshold."""
+    prompted = np.unique(token_class[token_class >= 0])
+    return np.union1d(prompted, [0]) if background_threshold is not None else prompted
+
+
 def score_store(store: xr.Dataset, labels: xr.DataArray, num_classes: int, background_threshold: float | None = None,
                 progress: bool = True) -> ScoreTables:
     """Returns class statistics for every sample, direction, layer, timestep and head of a complete attention store.
@@ -64,16 +70,17 @@ def score_store(store: xr.Dataset, labels: xr.DataArray, num_classes: int, backg
         sample = store.isel(sample=s).load()
         token_class = sample.token_class.values
         target = labels.isel(sample=s).values
+        classes = _predictable(token_class, background_threshold)
         for d, direction in enumerate(directions):
             maps = sample[direction].values.astype(np.float32)  # (layer, head, timestep, token, y, x)
             head_mean = maps.mean(axis=1)
             predictions = _sample_predictions(head_mean, token_class, size, background_threshold)  # (layer, timestep, H, W)
-            per_sample[s, d] = class_statistics(predictions, target, num_classes)
+            per_sample[s, d] = class_statistics(predictions, target, num_classes, predicted_classes=classes)
             if len(heads) > 1:
                 by_head = _sample_predictions(maps, token_class, size, background_threshold)  # (layer, head, timestep, H, W)
-                per_head[d] += class_statistics(by_head, target, num_classes)
+                per_head[d] += class_statistics(by_head, target, num_classes, predicted_classes=classes)
             averaged = _sample_predictions(head_mean.mean(axis=0), token_class, size, background_threshold)  # (timestep, H, W)
-            layer_mean[d] += class_statistics(averaged, target, num_classes)
+            layer_mean[d] += class_statistics(averaged, target, num_classes, predicted_classes=classes)
         valid = token_class >= 0
         for name in sums:
             values = sample[name].values.astype(np.float32).mean(axis=1)  # head mean → (layer, timestep, …)
