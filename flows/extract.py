@@ -38,8 +38,10 @@ def extract(params_path: str = "params.yaml", presets: list[str] | None = None, 
                    "store_mb": _size_bytes(Path(params.extract.output)) / 2**20}
         mlflow.log_metrics(summary)
         mlflow.log_params({"extract.sigmas_resolved": json.dumps(plan["sigmas"])})
+        mlflow.log_metrics({f"storage_{k}": v for k, v in plan["storage"].items()})
         create_markdown_artifact(key="extract-summary", markdown="# Attention extraction\n\n| | |\n|---|---:|\n" + "\n".join(
-            f"| {k} | {v:.4g} |" for k, v in summary.items()) + f"\n| sigmas | {plan['sigmas']} |")
+            f"| {k} | {v:.4g} |" for k, v in summary.items()) + f"\n| sigmas | {plan['sigmas']} |"
+            + "".join(f"\n| planned {k} | {v:.4g} |" for k, v in plan["storage"].items()))
     write_json(METRICS, {"samples": plan["samples"], "store_mb": round(summary["store_mb"], 2)})
     return summary
 

@@ -51,6 +51,19 @@ class StoreLayout:
     def sample_shape(self) -> tuple[int, ...]:
         return (1, len(self.layers), len(self.heads), len(self.sigmas), self.tokens, *self.grid)
 
+    def sample_bytes(self, tokens: float | None = None) -> float:
+        """Returns the float16 bytes one sample writes with `tokens` kept text tokens (None: every slot full).
+
+        Empty token slots are zeros, which zstd stores in next to nothing: with the real token count this is what
+        a sample costs on disk (before compression of the maps themselves), with None an upper bound.
+        """
+        tokens = self.tokens if tokens is None else tokens
+        planes = len(self.layers) * len(self.heads) * len(self.sigmas)
+        pixels = self.grid[0] * self.grid[1]
+        attention = len(self.directions) * planes * tokens * pixels
+        diagnostics = (len(IMAGE_DIAGNOSTICS) * planes * pixels + len(TEXT_DIAGNOSTICS) * planes * tokens) if self.diagnostics else 0
+        return 2.0 * (attention + diagnostics)
+
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:

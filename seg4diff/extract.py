@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import json
 import re
 from dataclasses import dataclass
@@ -229,3 +230,31 @@ def _runs(indices: list[int]) -> list[tuple[int, int]]:
             runs.append((first, previous + 1))
             first = current
     return runs
+
+
+def kept_token_counts(backbone: Backbone, prepared: xr.Dataset, samples: int, params: ExtractParams, style: PromptStyle) -> np.ndarray:
+    """Returns how many text tokens each of the first `samples` samples keeps, from tokenization alone (no forward);
+    raises ConfigError, naming the sample, when one needs more than extract.max_tokens."""
+    names = [str(n) for n in prepared["class_name"].values]
+    present, captions = prepared["present"].values[:samples], prepared["caption"].values[:samples]
+    built = [build_prompt(style, present[k], names, str(captions[k])) for k in range(samples)]
+    tokens = PromptEncoding(None, None, backbone.prompt_tokens([prompt for prompt, _ in built]))  # no embeddings needed
+    return np.array([int((token_slots(tokens, k, spans, params.tokens, params.max_tokens, f"{params.split}/{k}", style.columns)
+                          .position >= 0).sum()) for k, (_, spans) in enumerate(built)])
+
+
+def storage_plan(layout: StoreLayout, token_counts: np.ndarray, output: Path) -> dict:
+    """Returns the bytes the store will take (kept tokens as counted; every slot full as the upper bound) and the free
+    disk where it goes; raises ConfigError in one line when it cannot fit."""
+    expected = float(sum(layout.sample_bytes(count) for count in token_counts))
+    upper = layout.sample_bytes() * layout.samples
+    target = Path(output).resolve()
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    plan = {"expected_gb": expected / 1e9, "upper_bound_gb": upper / 1e9, "free_gb": free / 1e9, "samples": layout.samples,
+            "mean_tokens": float(np.mean(token_counts)) if len(token_counts) else 0.0}
+    if expected > 0.95 * free:
+        raise ConfigError(f"extraction would write about {expected / 1e9:.1f} GB to {output} but {free / 1e9:.1f} GB are free: "
+                          "keep less (extract.head_mean: true, extract.layers, extract.directions: [image_to_text], "
+                          "extract.diagnostics: false, extract.max_samples) or free disk")
+    return plan

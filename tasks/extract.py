@@ -12,7 +12,7 @@ from seg4diff.attention import joint_attention_modules
 from seg4diff.attention_store import StoreLayout, completed
 from seg4diff.config import Params
 from seg4diff.data.prepared import open_prepared, require_captions
-from seg4diff.extract import extract_range, fingerprint, prompt_style, open_or_create, plan_ranges, resolve_sigmas
+from seg4diff.extract import extract_range, fingerprint, kept_token_counts, prompt_style, storage_plan, open_or_create, plan_ranges, resolve_sigmas
 from seg4diff.models import load_backbone, model_digest
 from tasks.retry import RETRY_TRANSIENT
 
@@ -21,7 +21,7 @@ def _prepared(params: Params):
     return open_prepared(Path(params.prepare.output) / f"{params.extract.split}.zarr")
 
 
-@task(name="plan-extraction")
+@task(name="plan-extraction", log_prints=True)
 def plan_extraction_task(params: Params) -> dict:
     """Creates the store (or keeps one with the same fingerprint, to resume it); returns the work plan."""
     p = params.extract
@@ -37,6 +37,10 @@ def plan_extraction_task(params: Params) -> dict:
     layers = list(range(blocks)) if p.layers is None else p.layers
     heads = [-1] if p.head_mean else list(range(backbone.transformer.config.num_attention_heads))
     layout = StoreLayout(samples, layers, heads, sigmas, p.max_tokens, grid, tuple(p.directions), p.diagnostics)
+    counts = kept_token_counts(backbone, prepared, samples, p, prompt_style(params.prompt, p.prompt))
+    storage = storage_plan(layout, counts, Path(p.output))  # before anything is written: refuses what cannot fit
+    print(f"storage plan: {samples} samples × {storage['mean_tokens']:.1f} kept tokens → about {storage['expected_gb']:.2f} GB "
+          f"(every slot full: {storage['upper_bound_gb']:.2f} GB); {storage['free_gb']:.1f} GB free at {p.output}")
     attrs = {"fingerprint": fingerprint(params.model.model_dump(), model_digest(params.model), params.data.model_dump(), params.prepare.model_dump(),
                                         p.model_dump(exclude={"workers", "batch_size", "output"}), params.prompt.model_dump(), sigmas),
              "model": params.model.path, "family": backbone.family, "split": p.split, "prompt": p.prompt,
@@ -46,7 +50,7 @@ def plan_extraction_task(params: Params) -> dict:
     created = open_or_create(Path(p.output), layout, attrs)
     done = int(completed(Path(p.output))[:samples].sum())
     return {"ranges": plan_ranges(samples, p.batch_size, p.workers), "sigmas": sigmas, "layers": layers,
-            "samples": samples, "created": created, "already_complete": done}
+            "samples": samples, "created": created, "already_complete": done, "storage": storage}
 
 
 @task(name="extract-range", task_run_name="extract-{start}-{stop}", **RETRY_TRANSIENT)  # a retry resumes

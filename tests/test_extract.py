@@ -140,3 +140,25 @@ def test_a_failure_names_the_split_and_samples(tiny_model_dirs, prepared_val, tm
     with pytest.raises(ConfigError, match=r"^extract: split 'val', samples \[0, 1\]: sample val/0: \d+ tokens to keep but extract.max_tokens is 3: raise"):
         _extract(tiny_model_dirs["sd3"], prepared_val, tmp_path / "t.zarr", [(0, 6)], tight)
     assert not completed(tmp_path / "t.zarr").any()  # nothing marked done
+
+
+def test_storage_plan_counts_bytes_before_writing_and_refuses_what_cannot_fit(tiny_model_dirs, prepared_val, tmp_path, monkeypatch):
+    from collections import namedtuple
+
+    from seg4diff.extract import kept_token_counts, storage_plan
+
+    layout = StoreLayout(6, [0, 1, 2], [0, 1], [0.5, 0.8], 48, (8, 8), ("image_to_text", "text_to_image"), True)
+    # per sample: 2 directions × (3 layers × 2 heads × 2 σ) planes × tokens × 64 pixels + diagnostics, float16
+    assert layout.sample_bytes(5) == 2 * (2 * 12 * 5 * 64 + 2 * 12 * 64 + 2 * 12 * 5)
+    backbone = load_backbone(ModelParams(path=str(tiny_model_dirs["sd3"]), text_length=24))
+    counts = kept_token_counts(backbone, open_prepared(prepared_val), 6, PARAMS, STYLE)
+    _extract(tiny_model_dirs["sd3"], prepared_val, tmp_path / "a.zarr", [(0, 6)])
+    store = open_attention(tmp_path / "a.zarr")
+    np.testing.assert_array_equal(counts, (store.token_position.values >= 0).sum(-1))  # what extraction then keeps
+    plan = storage_plan(layout, counts, tmp_path / "new.zarr")
+    assert plan["expected_gb"] * 1e9 == pytest.approx(sum(layout.sample_bytes(c) for c in counts))
+    assert plan["expected_gb"] < plan["upper_bound_gb"] and plan["free_gb"] > 0
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr("shutil.disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))
+    with pytest.raises(ConfigError, match=r"^extraction would write about .* GB to .* but 0.0 GB are free: keep less \(extract.head_mean"):
+        storage_plan(layout, counts, tmp_path / "new.zarr")
