@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
 import json
 import re
 from dataclasses import dataclass
@@ -181,45 +182,68 @@ def open_or_create(path: Path, layout: StoreLayout, attrs: dict) -> bool:
     return True
 
 
-def _extract_and_write(backbone: Backbone, prepared: xr.Dataset, path: Path, indices: list[int], names: list[str],
-                       sigmas: list[float], layers: list[int], params: ExtractParams, style: PromptStyle) -> None:
-    """Computes one batch of samples and writes them (data first, complete flags last)."""
-    rows = prepared.isel(sample=indices).load()
+def _compute(backbone: Backbone, rows: xr.Dataset, indices: list[int], names: list[str], sigmas: list[float],
+             layers: list[int], params: ExtractParams, style: PromptStyle) -> list[SampleRecord]:
+    """Returns the records of one loaded batch: prompts, token slots, and attention at every sigma."""
     built = [build_prompt(style, rows["present"].values[k], names, str(rows["caption"].values[k])) for k in range(len(indices))]
     prompts = [prompt for prompt, _ in built]
     encoding = backbone.encode_prompts(prompts)
     slots = [token_slots(encoding, k, spans, params.tokens, params.max_tokens, f"{params.split}/{indices[k]}", style.columns)
              for k, (_, spans) in enumerate(built)]
     attention = extract_batch(backbone, rows["image"].values, encoding, slots, indices, sigmas, params, layers)
+    records = []
     for run_start, run_stop in _runs(indices):  # consecutive runs map to one region write each
         part = slice(indices.index(run_start), indices.index(run_stop - 1) + 1)
-        write_samples(path, SampleRecord(
+        records.append(SampleRecord(
             start=run_start, attention={d: a[part] for d, a in attention.items()},
             token_position=np.stack([s.position for s in slots[part]]), token_class=np.stack([s.class_id for s in slots[part]]),
             token_encoder=np.stack([s.encoder for s in slots[part]]), token_text=np.stack([s.text for s in slots[part]]),
             prompt=np.array(prompts[part], dtype=object)))
+    return records
+
+
+def _write(path: Path, records: list[SampleRecord]) -> None:
+    for record in records:
+        write_samples(path, record)  # data first, complete flags last
 
 
 def extract_range(backbone: Backbone, prepared: xr.Dataset, path: Path, start: int, stop: int, sigmas: list[float],
                   layers: list[int], params: ExtractParams, style: PromptStyle, progress=None) -> int:
-    """Extracts samples [start, stop) not yet complete, batch by batch, prompting as `style` says; returns how many were computed."""
+    """Extracts samples [start, stop) not yet complete, batch by batch, prompting as `style` says; returns how many were computed.
+
+    Three stages overlap: the next batch is read from the prepared store and the previous one written to the
+    attention store (compression included) on their own threads while the transformer runs. One write is in flight
+    at a time, in batch order, each marking its samples complete only after their data, so the store is the same
+    bit for bit and an interrupted run still resumes where it stopped.
+    """
     done = completed(path)
     names = [str(n) for n in prepared["class_name"].values]
+    batches = [indices for batch_start in range(start, stop, params.batch_size)
+               if (indices := [i for i in range(batch_start, min(batch_start + params.batch_size, stop)) if not done[i]])]
     computed = 0
-    for batch_start in range(start, stop, params.batch_size):
-        indices = [i for i in range(batch_start, min(batch_start + params.batch_size, stop)) if not done[i]]
-        if not indices:
-            continue
-        where = f"extract: split '{params.split}', samples {indices}"  # a failure must say where
-        try:
-            _extract_and_write(backbone, prepared, path, indices, names, sigmas, layers, params, style)
-        except (ConfigError, DataError) as error:  # kept as they are: retrying cannot fix them
-            raise type(error)(f"{where}: {error}") from None
-        except Exception as error:
-            raise RuntimeError(f"{where}: {error}") from error
-        computed += len(indices)
-        if progress is not None:
-            progress.update(len(indices))
+    with ThreadPoolExecutor(1, thread_name_prefix="extract-read") as reader, ThreadPoolExecutor(1, thread_name_prefix="extract-write") as writer:
+        load = lambda indices: prepared.isel(sample=indices).load()  # noqa: E731
+        next_rows = reader.submit(load, batches[0]) if batches else None
+        writing: Future | None = None
+        for number, indices in enumerate(batches):
+            where = f"extract: split '{params.split}', samples {indices}"  # a failure must say where
+            try:
+                rows = next_rows.result()
+                if number + 1 < len(batches):
+                    next_rows = reader.submit(load, batches[number + 1])
+                records = _compute(backbone, rows, indices, names, sigmas, layers, params, style)
+                if writing is not None:
+                    writing.result()  # the previous batch is on disk before the next one is queued
+                writing = writer.submit(_write, path, records)
+            except (ConfigError, DataError) as error:  # kept as they are: retrying cannot fix them
+                raise type(error)(f"{where}: {error}") from None
+            except Exception as error:
+                raise RuntimeError(f"{where}: {error}") from error
+            computed += len(indices)
+            if progress is not None:
+                progress.update(len(indices))
+        if writing is not None:
+            writing.result()
     return computed
 
 
