@@ -1,0 +1,75 @@
+"""Benchmark: extraction shards on 2 single-threaded Dask workers against 1, the same shards.
+
+    .venv/bin/python benchmarks/dask_scaling.py [--samples 192]
+
+The shipped organism extracts a temporary Shapes split (32², every block and head, both directions, 4 σ, diagnostics:
+the demo's settings) split into two batch-aligned ranges (`seg4diff.extract.plan_ranges`), each a task on a local
+Dask cluster of single-threaded worker processes (torch limited to one thread each, as a GPU worker owns one GPU).
+Clock: from submitting the shards to both stores' completion, cluster start-up excluded. Prints `speedup=`
+(1 worker / 2 workers) and checks that both runs wrote identical stores.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from dask.distributed import Client, LocalCluster
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from conftest import prepared_shapes  # noqa: E402
+from seg4diff.attention_store import StoreLayout, open_attention  # noqa: E402
+from seg4diff.config import ExtractParams, ModelParams, PromptParams  # noqa: E402
+from seg4diff.extract import extract_range, open_or_create, plan_ranges, prompt_style  # noqa: E402
+
+SIGMAS = [0.1, 0.3, 0.5, 0.7]
+PROMPT = PromptParams()  # the organism's prompts (" and ", background by threshold)
+
+
+def shard(prepared_path: str, out: str, start: int, stop: int, params: ExtractParams) -> int:
+    """One extraction range in a worker process, with torch on one thread."""
+    import torch
+
+    from seg4diff.data.prepared import open_prepared
+    from seg4diff.models import load_backbone
+
+    torch.set_num_threads(1)
+    backbone = load_backbone(ModelParams(path=str(Path(__file__).resolve().parents[1] / "seg4diff/assets/organism")))
+    with torch.no_grad():
+        return extract_range(backbone, open_prepared(Path(prepared_path)), Path(out), start, stop, SIGMAS, list(range(6)),
+                             params, prompt_style(PROMPT, "gt_classes"))
+
+
+def run(workers: int, prepared: Path, out: Path, samples: int, params: ExtractParams) -> float:
+    layout = StoreLayout(samples, list(range(6)), list(range(4)), SIGMAS, params.max_tokens, (16, 16), tuple(params.directions),
+                         params.diagnostics)
+    open_or_create(out, layout, {"fingerprint": f"benchmark-{workers}"})
+    ranges = plan_ranges(samples, params.batch_size, 2)
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, Client(cluster) as client:
+        client.run(lambda: __import__("torch").set_num_threads(1))
+        started = time.perf_counter()
+        futures = [client.submit(shard, str(prepared), str(out), start, stop, params, pure=False) for start, stop in ranges]
+        computed = sum(client.gather(futures))
+        seconds = time.perf_counter() - started
+    assert computed == samples, computed
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=192)
+    args = parser.parse_args()
+    params = ExtractParams(sigmas=SIGMAS, batch_size=16, max_tokens=8, seed=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = prepared_shapes(Path(tmp), ["val"], 32, 64, seed=0, num_val=args.samples) / "val.zarr"
+        one = run(1, prepared, Path(tmp) / "one.zarr", args.samples, params)
+        two = run(2, prepared, Path(tmp) / "two.zarr", args.samples, params)
+        identical = open_attention(Path(tmp) / "one.zarr").load().identical(open_attention(Path(tmp) / "two.zarr").load())
+    print(f"{args.samples} samples in 2 shards: 1 worker {one:.1f} s, 2 workers {two:.1f} s, stores identical: {identical}")
+    print(f"speedup={one / two:.2f}  (goal >= 1.8)")
+
+
+if __name__ == "__main__":
+    main()
