@@ -85,3 +85,26 @@ def test_selection_rule_runner_up_and_forcing():
     assert (forced["layer"], forced["timestep"], forced["forced"]) == (3, 0.5, True)
     with pytest.raises(ValueError, match="force_layer 9 is not a scored layer"):
         select_expert(_scores(), "best_miou", "image_to_text", force_layer=9)
+
+
+def test_scoring_memory_does_not_grow_with_the_samples():
+    """At ADE-150 × SD3-medium's layers and heads, traced peak memory of the streaming pass grows only by the O(classes)
+    statistics kept per sample (3 × 150 int32 per layer), never by the store or a confusion matrix per sample."""
+    import sys
+    import tracemalloc
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from scale import synthetic
+    from seg4diff.scoring import score_store
+
+    peaks = {}
+    for samples in (4, 16):
+        store, labels = synthetic(samples, 150, 24, 24)
+        tracemalloc.start()
+        tables = score_store(store, labels, 150, progress=False)
+        peaks[samples] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert tables.per_sample.shape == (samples, 1, 24, 1, 3, 150) and tables.per_head.shape == (1, 24, 24, 1, 3, 150)
+    per_sample_stats = 24 * 3 * 150 * 4
+    assert peaks[16] - peaks[4] < 12 * per_sample_stats + 2 * 2**20, peaks  # 12 more samples: their statistics, and noise
