@@ -33,24 +33,24 @@ def _label(path: Path, ids: list[int], palette: bool = False) -> np.ndarray:
     return label
 
 
-def voc(root: Path) -> Path:
-    base = root / "VOCdevkit/VOC2012"
-    for name in ("2007_000032", "2007_000039"):
+def _listed_layout(base: Path, labels_folder: str, ids_file: str, names: list[str], ids: list[int], palette: bool = False) -> Path:
+    """JPEGImages/<id>.jpg, <labels_folder>/<id>.png and an ids file: the VOC and Pascal-Context layout."""
+    for name in names:
         _image(base / "JPEGImages" / name)
-        _label(base / "SegmentationClass" / f"{name}.png", [0, 1, 15, 255], palette=True)
-    (base / "ImageSets/Segmentation").mkdir(parents=True)
-    (base / "ImageSets/Segmentation/val.txt").write_text("2007_000032\n2007_000039\n")
+        _label(base / labels_folder / f"{name}.png", ids, palette)
+    (base / ids_file).parent.mkdir(parents=True)
+    (base / ids_file).write_text("".join(f"{name}\n" for name in names))
     return base
+
+
+def voc(root: Path) -> Path:
+    return _listed_layout(root / "VOCdevkit/VOC2012", "SegmentationClass", "ImageSets/Segmentation/val.txt",
+                          ["2007_000032", "2007_000039"], [0, 1, 15, 255], palette=True)
 
 
 def pascal_context(root: Path) -> Path:
-    base = root / "VOCdevkit/VOC2010"
-    for name in ("2008_000002", "2008_000008"):
-        _image(base / "JPEGImages" / name)
-        _label(base / "SegmentationClassContext" / f"{name}.png", [0, 1, 33, 59])
-    (base / "ImageSets/SegmentationContext").mkdir(parents=True)
-    (base / "ImageSets/SegmentationContext/val.txt").write_text("2008_000002\n2008_000008\n")
-    return base
+    return _listed_layout(root / "VOCdevkit/VOC2010", "SegmentationClassContext", "ImageSets/SegmentationContext/val.txt",
+                          ["2008_000002", "2008_000008"], [0, 1, 33, 59])
 
 
 def ade(root: Path) -> Path:
