@@ -15,7 +15,7 @@ import numpy as np
 
 from seg4diff.attention_store import StoreLayout, open_attention
 from seg4diff.config import load_params
-from seg4diff.data.prepared import open_prepared
+from seg4diff.data.prepared import label_sizes, open_prepared
 from seg4diff.data.shapes import SHAPES
 from seg4diff.extract import extract_range, fingerprint, open_or_create, resolve_sigmas
 from seg4diff.metrics import confusion_matrix, summarize
@@ -40,7 +40,8 @@ def grounding(params, model_dir: str, name: str, split: str) -> dict:
     store = open_attention(path)
     result = {}
     for label, tokens in (("class phrase", store), ("shape word only", _shape_words_only(store))):
-        tables = score_store(tokens, data["label"], data.sizes["class"], params.prompt.threshold, progress=False)
+        tables = score_store(tokens, data["label"], data.sizes["class"], params.prompt.threshold, progress=False,
+                             sizes=label_sizes(data))
         grid_miou = miou_of(tables.per_sample[:, 0].sum(axis=0, dtype=np.int64))  # (layer, sigma)
         best_l, best_t = np.unravel_index(np.nanargmax(grid_miou), grid_miou.shape)
         result[label] = {"best_block": layers[best_l], "sigma": sigmas[best_t], "best_miou": float(grid_miou[best_l, best_t]),

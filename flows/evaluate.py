@@ -11,7 +11,7 @@ from prefect.artifacts import create_table_artifact
 
 from flows.cli import main
 from seg4diff.config import load_params
-from seg4diff.data.prepared import open_prepared
+from seg4diff.data.prepared import native_label, open_prepared
 from seg4diff.plots import image_grid, overlay
 from seg4diff.outputs import round_floats, write_json
 from seg4diff.tracking import stage_run
@@ -61,11 +61,12 @@ def evaluate(params_path: str = "params.yaml", presets: list[str] | None = None,
         num_classes = test.sizes["class"]
         panels, titles = [], []
         for index in results["base"]["gallery"]:
-            image, label = test.image.values[index], test.label.values[index]
+            image, label = test.image.values[index], native_label(test, index)
+            height, width = label.shape
             panels += [overlay(image, np.zeros_like(label), num_classes, alpha=0.0), overlay(image, label, num_classes)]
             titles += [str(test.caption.values[index]) or "image", "ground truth"]
             for variant in variants:
-                panels.append(overlay(image, results[variant]["gallery"][index], num_classes))
+                panels.append(overlay(image, results[variant]["gallery"][index][:height, :width], num_classes))
                 titles.append(variant)
         if panels:
             mlflow.log_figure(image_grid(np.stack(panels), titles, columns=2 + len(variants)), "gallery.png")

@@ -78,6 +78,8 @@ class MaskFolderParams(Group):
     label_suffix: str = Field(".png", description="what follows the sample id in its label's file name")
     fallback_label_suffix: str | None = Field(None, description=(
         "a second label file tried when the first is absent (Cityscapes as distributed: _gtFine_labelIds.png)"))
+    label_map: dict[int, int] | None = Field(None, description=(
+        "ids of the label files (after reduce_zero_label) → class ids; unlisted ids are ignored (COCO-Stuff: 171 → 27)"))
     fallback_label_map: dict[int, int] | None = Field(None, description=(
         "ids of the fallback labels → class ids; unlisted ids are ignored (Cityscapes: labelIds → the 19 train ids)"))
 
@@ -98,18 +100,37 @@ class DataParams(Group):
 
 class PrepareParams(Group):
     splits: list[str] = ["train", "val", "test"]
-    resolution: int = Field(32, description="working resolution of images (square), a multiple of 16")
-    label_resolution: int = Field(64, description="resolution at which label maps are kept and evaluated")
+    resolution: int | list[int] = Field(
+        32, description="working resolution of images: N (square, as the authors) or [height, width] (e.g. Cityscapes' "
+                        "2:1 as [512, 1024]); multiples of 16")
+    label_resolution: int | Literal["native"] = Field(
+        "native", description="native: label maps kept at each image's own size, masks upsampled to it and every metric "
+                              "computed there; N: resized to N×N (nearest)")
     max_samples: int | None = Field(None, ge=1, description="cap per split (None: all)")
     on_error: Literal["skip", "fail"] = "skip"
     output: str = "data/prepared"
 
     @field_validator("resolution")
     @classmethod
-    def _multiple_of_16(cls, value: int) -> int:
-        if value <= 0 or value % 16:
-            raise ValueError(f"must be a positive multiple of 16, got {value}")
+    def _multiple_of_16(cls, value: int | list[int]) -> int | list[int]:
+        if isinstance(value, list) and len(value) != 2:
+            raise ValueError(f"must be one size or [height, width], got {value}")
+        for side in (value,) if isinstance(value, int) else value:
+            if side <= 0 or side % 16:
+                raise ValueError(f"must be a positive multiple of 16, got {side}")
         return value
+
+    @field_validator("label_resolution")
+    @classmethod
+    def _positive(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value <= 0:
+            raise ValueError(f"must be 'native' or a positive size, got {value}")
+        return value
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The working (height, width)."""
+        return (self.resolution, self.resolution) if isinstance(self.resolution, int) else (self.resolution[0], self.resolution[1])
 
 
 class ArchitectureParams(Group):
@@ -204,6 +225,12 @@ class SelectParams(Group):
     output: str = "results/expert.json"
 
 
+class ExploreParams(Group):
+    samples: int = Field(12, ge=1, description="samples embedded in the page (its size grows with them)")
+    display_size: int = Field(128, ge=8, description="longest side at which labels and predictions are drawn")
+    output: str = "results/explorer.html"
+
+
 class FinetuneParams(Group):
     mode: Literal["gt_classes", "caption"] = "gt_classes"
     rank: int = Field(16, ge=1)
@@ -275,6 +302,7 @@ class Params(Group):
     extract: ExtractParams = ExtractParams()
     score: ScoreParams = ScoreParams()
     select: SelectParams = SelectParams()
+    explore: ExploreParams = ExploreParams()
     finetune: FinetuneParams = FinetuneParams()
     evaluate: EvaluateParams = EvaluateParams()
 

@@ -1,5 +1,5 @@
 """Evaluation on the test split: open-vocabulary (two prompt protocols) and unsupervised segmentation at the expert
-layer, at full label resolution, plus generation fidelity — for the base model and the fine-tuned one."""
+layer, at each image's label size (native by default), plus generation fidelity — for the base model and the fine-tuned one."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,6 +7,7 @@ import torch
 import xarray as xr
 from tqdm import tqdm
 
+from seg4diff.data.prepared import label_sizes, native_label, pad_label
 from seg4diff.extract import ClassSpan, PromptStyle, build_prompt, column_positions, token_slots
 from seg4diff.masks import class_maps, predict
 from seg4diff.metrics import confusion_matrix, summarize
@@ -59,7 +60,9 @@ def vocabulary_predictions(backbone: Backbone, rows: xr.Dataset, indices: list[i
         classes = np.array([s.class_id for s in spans])
         merged.append(class_maps(maps, slot.class_id[:used], classes))
         ids.append(classes)
-    return predict(np.concatenate(merged, axis=1), np.concatenate(ids), rows.sizes["label_y"], background_threshold)
+    maps, classes = np.concatenate(merged, axis=1), np.concatenate(ids)
+    return np.stack([pad_label(predict(maps[k], classes, size, background_threshold), rows["label"].shape[1:])
+                     for k, size in enumerate(label_sizes(rows))])
 
 
 @torch.no_grad()
@@ -68,7 +71,7 @@ def unsupervised_clusters(backbone: Backbone, rows: xr.Dataset, indices: list[in
     """Returns one cluster map per image from the empty prompt's attention over every text position of `columns`."""
     encoding = backbone.encode_prompts([""] * len(indices))
     maps = expert_maps(backbone, rows, indices, layer, sigma, seed, encoding, column_positions(encoding, 0, columns))
-    return [merge_token_maps(m, kl_threshold, rows.sizes["label_y"]) for m in maps]
+    return [merge_token_maps(m, kl_threshold, size) for m, size in zip(maps, label_sizes(rows))]
 
 
 def evaluate_segmentation(backbone: Backbone, test: xr.Dataset, layer: int, sigma: float, seed: int, batch_size: int,
@@ -90,7 +93,7 @@ def evaluate_segmentation(backbone: Backbone, test: xr.Dataset, layer: int, sigm
         vocabulary = vocabulary_predictions(backbone, rows, indices, layer, sigma, seed, prompts, background_threshold, style.columns)
         confusion["vocabulary"] += confusion_matrix(vocabulary, target, num_classes)
         clusters += unsupervised_clusters(backbone, rows, indices, layer, sigma, seed, kl_threshold, style.columns)
-        labels += list(target)
+        labels += [native_label(rows, k) for k in range(len(indices))]
         gallery |= dict(zip(indices, oracle))
     text_length = len(column_positions(backbone.encode_prompts([""]), 0, style.columns))
     results = {name: summarize(c) for name, c in confusion.items()}

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from seg4diff.attention import capture_attention
 from seg4diff.config import FinetuneParams, PromptParams
+from seg4diff.data.prepared import native_label
 from seg4diff.extract import PromptStyle, build_prompt, prompt_style, token_slots
 from seg4diff.lora import LoraSpec, add_lora, save_lora, set_lora_state
 from seg4diff.losses import dice_loss, hungarian_match, sigmoid_focal_loss
@@ -99,8 +100,7 @@ def magnet_loss(backbone: Backbone, rows: xr.Dataset, config: MagnetConfig, gene
     flow = F.mse_loss(prediction.float(), (noise - x0).float())
     logits = cap.tensor("image_to_text")[:, 0]  # (batch, head, image_token, slot)
     grid = backbone.token_grid(*images.shape[2:])
-    labels = torch.from_numpy(rows["label"].values.astype(np.int64))
-    size = labels.shape[-2:]
+    labels = [torch.from_numpy(native_label(rows, k).astype(np.int64)) for k in range(len(slots))]
     maps, targets, valid = [], [], []
     for k, slot in enumerate(slots):
         if config.finetune.mask_max_sigma is not None and sigma[k].item() > config.finetune.mask_max_sigma:
@@ -108,6 +108,7 @@ def magnet_loss(backbone: Backbone, rows: xr.Dataset, config: MagnetConfig, gene
         slot_class = slot.class_id[:used]
         slot_class = np.where(slot.position[:used] >= 0, slot_class, -1)
         sample_logits = logits[k].transpose(-1, -2).reshape(logits.shape[1], used, *grid)  # (head, slot, y, x)
+        size = labels[k].shape  # the sample's own label size
         up = lambda x: F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]  # noqa: E731
         if mode == "gt_classes":
             classes = np.unique(slot_class[slot_class >= 0])
@@ -125,8 +126,10 @@ def magnet_loss(backbone: Backbone, rows: xr.Dataset, config: MagnetConfig, gene
         maps.append(sample_maps)
         targets.append(sample_targets)
         valid.append((labels[k] != IGNORE_INDEX).float().expand_as(sample_targets))
-    if maps:
-        maps, targets, valid = torch.cat(maps), torch.cat(targets), torch.cat(valid)
+    if maps:  # native label sizes differ: pad to the largest, padding invalid (no loss there)
+        height, width = max(m.shape[-2] for m in maps), max(m.shape[-1] for m in maps)
+        pad = lambda x: F.pad(x, (0, width - x.shape[-1], 0, height - x.shape[-2]))  # noqa: E731
+        maps, targets, valid = (torch.cat([pad(x) for x in group]) for group in (maps, targets, valid))
         focal = sigmoid_focal_loss(maps.float(), targets, config.finetune.focal_alpha, config.finetune.focal_gamma, valid)
         dice = dice_loss(maps.float(), targets, valid)
     else:

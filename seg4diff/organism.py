@@ -49,8 +49,9 @@ class Architecture:
     patch_size: int = 2  # not a setting: the organism's 32×32 pixels → 16×16 tokens
 
     @classmethod
-    def from_params(cls, params: ArchitectureParams, image_size: int) -> Architecture:
-        return cls(image_size=image_size, **params.model_dump())
+    def from_params(cls, params: ArchitectureParams, resolution: int | list[int]) -> Architecture:
+        """`resolution`: prepare.resolution; the position table covers its longer side (SD3 crops it for the other)."""
+        return cls(image_size=resolution if isinstance(resolution, int) else max(resolution), **params.model_dump())
 
 
 class OrganismPipeline:

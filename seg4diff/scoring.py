@@ -42,7 +42,7 @@ class ScoreTables:
     sigmas: list[float]
 
 
-def _sample_predictions(maps: np.ndarray, token_class: np.ndarray, size: int, background_threshold: float | None) -> np.ndarray:
+def _sample_predictions(maps: np.ndarray, token_class: np.ndarray, size: tuple[int, int], background_threshold: float | None) -> np.ndarray:
     """(…, token, y, x) → (…, H, W) predictions over the classes the prompt named."""
     prompted = np.unique(token_class[token_class >= 0])
     return predict(class_maps(maps, token_class, prompted), prompted, size, background_threshold)
@@ -55,13 +55,15 @@ def _predictable(token_class: np.ndarray, background_threshold: float | None) ->
 
 
 def score_store(store: xr.Dataset, labels: xr.DataArray, num_classes: int, background_threshold: float | None = None,
-                progress: bool = True) -> ScoreTables:
+                progress: bool = True, sizes: list[tuple[int, int]] | None = None) -> ScoreTables:
     """Returns class statistics for every sample, direction, layer, timestep and head of a complete attention store.
 
-    `background_threshold`: for stores whose prompts left background out (see masks.predict)."""
+    `background_threshold`: for stores whose prompts left background out (see masks.predict). `sizes`: each sample's
+    valid label (height, width) inside the padded `labels` (prepared.label_sizes; None: the whole label)."""
     directions = [d for d in ATTENTION if d in store]
     layers, heads, sigmas = store["layer"].values.tolist(), store["head"].values.tolist(), store["timestep"].values.tolist()
-    n, size = store.sizes["sample"], labels.sizes["label_y"]
+    n = store.sizes["sample"]
+    sizes = sizes or [(labels.sizes["label_y"], labels.sizes["label_x"])] * n
     per_sample = np.zeros((n, len(directions), len(layers), len(sigmas), 3, num_classes), np.int32)  # pixel counts < 2³¹
     per_head = np.zeros((len(directions), len(layers), len(heads), len(sigmas), 3, num_classes), np.int64)
     layer_mean = np.zeros((len(directions), len(sigmas), 3, num_classes), np.int64)
@@ -69,7 +71,8 @@ def score_store(store: xr.Dataset, labels: xr.DataArray, num_classes: int, backg
     for s in tqdm(range(n), desc="score", unit="sample", disable=not progress):
         sample = store.isel(sample=s).load()
         token_class = sample.token_class.values
-        target = labels.isel(sample=s).values
+        size = sizes[s]
+        target = labels.isel(sample=s).values[: size[0], : size[1]]
         classes = _predictable(token_class, background_threshold)
         for d, direction in enumerate(directions):
             maps = sample[direction].values.astype(np.float32)  # (layer, head, timestep, token, y, x)

@@ -6,6 +6,7 @@ import torch
 import xarray as xr
 
 from seg4diff.attention import capture_attention
+from seg4diff.data.prepared import label_sizes, pad_label
 from seg4diff.extract import PromptStyle, build_prompt, sample_noise, token_slots
 from seg4diff.masks import class_maps, predict
 from seg4diff.metrics import confusion_matrix
@@ -31,7 +32,8 @@ def expert_maps(backbone: Backbone, rows: xr.Dataset, sample_indices: list[int],
 @torch.no_grad()
 def segment_batch(backbone: Backbone, rows: xr.Dataset, sample_indices: list[int], layer: int, sigma: float, seed: int,
                   style: PromptStyle, background_threshold: float | None) -> np.ndarray:
-    """Returns predictions (batch, label_y, label_x) for a loaded batch of prepared samples."""
+    """Returns predictions (batch, label_y, label_x) for a loaded batch of prepared samples: each at its own label
+    size, padded with the ignore index to the store's label shape."""
     names = [str(n) for n in rows["class_name"].values]
     built = [build_prompt(style, rows["present"].values[k], names, str(rows["caption"].values[k])) for k in range(len(sample_indices))]
     encoding = backbone.encode_prompts([prompt for prompt, _ in built])
@@ -41,13 +43,13 @@ def segment_batch(backbone: Backbone, rows: xr.Dataset, sample_indices: list[int
     used = max(int((s.position >= 0).sum()) for s in slots) or 1
     positions = torch.from_numpy(np.stack([s.position[:used] for s in slots]).astype(np.int64))
     maps = expert_maps(backbone, rows, sample_indices, layer, sigma, seed, encoding, positions.clamp_min(0))
-    size = rows.sizes["label_y"]
     predictions = []
-    for k, slot in enumerate(slots):
+    for k, (slot, size) in enumerate(zip(slots, label_sizes(rows))):
         token_class = slot.class_id[:used].copy()
         token_class[slot.position[:used] < 0] = -1
         prompted = np.unique(token_class[token_class >= 0])
-        predictions.append(predict(class_maps(maps[k], token_class, prompted), prompted, size, background_threshold))
+        prediction = predict(class_maps(maps[k], token_class, prompted), prompted, size, background_threshold)
+        predictions.append(pad_label(prediction, rows["label"].shape[1:]))
     return np.stack(predictions)
 
 

@@ -13,8 +13,8 @@ from seg4diff.masks import upsample
 from seg4diff.metrics import confusion_matrix, summarize
 
 
-def merge_token_maps(maps: np.ndarray, kl_threshold: float, size: int, eps: float = 1e-8) -> np.ndarray:
-    """Returns a (size, size) cluster map for one image's (token, y, x) attention; values are leader token indices."""
+def merge_token_maps(maps: np.ndarray, kl_threshold: float, size: int | tuple[int, int], eps: float = 1e-8) -> np.ndarray:
+    """Returns a cluster map of `size` (height, width) for one image's (token, y, x) attention; values are leader token indices."""
     maps = maps.astype(np.float64)
     low, high = maps.min(axis=0, keepdims=True), maps.max(axis=0, keepdims=True)
     normalised = (maps - low) / (high - low + eps)

@@ -30,8 +30,8 @@ def plan_extraction_task(params: Params) -> dict:
         require_captions(prepared, p.split, "extract.prompt 'caption'")
     samples = min(prepared.sizes["sample"], p.max_samples or prepared.sizes["sample"])
     backbone = load_backbone(params.model)
-    resolution = prepared.sizes["y"]
-    grid = backbone.token_grid(resolution, resolution)
+    resolution = [prepared.sizes["y"], prepared.sizes["x"]]
+    grid = backbone.token_grid(*resolution)
     sigmas = resolve_sigmas(backbone, p, grid[0] * grid[1])
     blocks = len(joint_attention_modules(backbone.transformer))
     layers = list(range(blocks)) if p.layers is None else p.layers
@@ -46,7 +46,7 @@ def plan_extraction_task(params: Params) -> dict:
              "model": params.model.path, "family": backbone.family, "split": p.split, "prompt": p.prompt,
              "separator": params.prompt.separator, "background": params.prompt.background,
              "class_names": [str(n) for n in prepared["class_name"].values], "has_background": bool(prepared.attrs["has_background"]),
-             "resolution": resolution, "label_resolution": int(prepared.attrs["label_resolution"]), "seed": p.seed}
+             "resolution": resolution, "label_resolution": prepared.attrs["label_resolution"], "seed": p.seed}
     created = open_or_create(Path(p.output), layout, attrs)
     done = int(completed(Path(p.output))[:samples].sum())
     return {"ranges": plan_ranges(samples, p.batch_size, p.workers), "sigmas": sigmas, "layers": layers,

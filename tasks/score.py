@@ -8,7 +8,7 @@ from prefect import task
 
 from seg4diff.attention_store import open_attention
 from seg4diff.config import Params
-from seg4diff.data.prepared import open_prepared
+from seg4diff.data.prepared import label_sizes, native_label, open_prepared
 from seg4diff.outputs import write_csv
 from seg4diff.masks import class_maps, predict, upsample
 from seg4diff.plots import attention_examples, heatmap, layer_curve
@@ -33,7 +33,8 @@ def load_inputs(params: Params):
 @task(name="score-layers")
 def score_layers_task(params: Params) -> ScoreTables:
     store, prepared = load_inputs(params)
-    return score_store(store, prepared["label"], prepared.sizes["class"], background_threshold(params, store))
+    return score_store(store, prepared["label"], prepared.sizes["class"], background_threshold(params, store),
+                       sizes=label_sizes(prepared))
 
 
 def background_threshold(params: Params, store) -> float | None:
@@ -77,7 +78,6 @@ def example_maps_task(params: Params, layer: int, sigma: float):
     """Returns the figure of example image→text maps at (layer, sigma) next to image, ground truth and prediction."""
     store, prepared = load_inputs(params)
     names = [str(n) for n in prepared.class_name.values]
-    size = prepared.sizes["label_y"]
     count = min(params.score.examples, store.sizes["sample"])
     images, labels, predictions, maps, titles = [], [], [], [], []
     for s in range(count):
@@ -86,7 +86,8 @@ def example_maps_task(params: Params, layer: int, sigma: float):
         prompted = np.unique(token_class[token_class >= 0])
         per_class = class_maps(sample.image_to_text.values.astype(np.float32).mean(axis=0), token_class, prompted)
         images.append(prepared.image.values[s])
-        labels.append(prepared.label.values[s])
+        labels.append(native_label(prepared, s))
+        size = labels[-1].shape
         predictions.append(predict(per_class, prompted, size, background_threshold(params, store)))
         maps.append(list(upsample(per_class, size)))
         titles.append([names[c] for c in prompted])

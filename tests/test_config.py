@@ -20,10 +20,10 @@ def test_unknown_key_names_its_dotted_path(tmp_path):
 
 def test_wrong_type_names_key_expectation_and_value(tmp_path):
     raw = base_params(tmp_path)
-    raw["prepare"]["resolution"] = "32"
+    raw["prepare"]["max_samples"] = "32"
     with pytest.raises(ParamsError) as error:
         parse_params(raw)
-    assert "prepare.resolution: Input should be a valid integer" in str(error.value)
+    assert "prepare.max_samples: Input should be a valid integer" in str(error.value)
     assert "(got '32')" in str(error.value)
 
 
@@ -31,6 +31,18 @@ def test_resolution_must_be_multiple_of_16(tmp_path):
     raw = base_params(tmp_path)
     raw["prepare"]["resolution"] = 40
     with pytest.raises(ParamsError, match=r"prepare\.resolution: .*multiple of 16, got 40"):
+        parse_params(raw)
+
+
+def test_resolution_is_a_size_or_height_and_width_and_labels_native_or_a_size(tmp_path):
+    raw = base_params(tmp_path)
+    raw["prepare"] |= {"resolution": [512, 1024], "label_resolution": "native"}
+    assert parse_params(raw).prepare.size == (512, 1024)
+    raw["prepare"]["resolution"] = [512, 1000]
+    with pytest.raises(ParamsError, match=r"prepare\.resolution: .*multiple of 16, got 1000"):
+        parse_params(raw)
+    raw["prepare"] |= {"resolution": 32, "label_resolution": "full"}
+    with pytest.raises(ParamsError, match=r"prepare\.label_resolution"):
         parse_params(raw)
 
 

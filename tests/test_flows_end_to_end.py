@@ -12,6 +12,7 @@ from conftest import base_params
 @pytest.mark.slow
 def test_prepare_pretrain_extract_score_select(prefect_harness, tmp_path, monkeypatch):
     from flows.evaluate import evaluate
+    from flows.explore import explore
     from flows.extract import extract
     from flows.runners import for_stage
     from seg4diff.config import load_params
@@ -32,6 +33,7 @@ def test_prepare_pretrain_extract_score_select(prefect_harness, tmp_path, monkey
                       "batch_size": 2, "workers": 2}
     raw["score"] = {"bootstrap_resamples": 50, "examples": 2, "output": str(tmp_path / "results/layer_scores.csv")}
     raw["select"] = {"output": str(tmp_path / "results/expert.json")}
+    raw["explore"] = {"samples": 3, "output": str(tmp_path / "results/explorer.html")}
     raw["finetune"] = {"steps": 4, "batch_size": 2, "rank": 4, "alpha": 4, "checkpoint_every": 2, "validate_every": 2,
                        "validation_samples": 4, "work_dir": str(tmp_path / "ft"), "output": str(tmp_path / "lora")}
     raw["evaluate"] = {"batch_size": 4, "gallery": 2, "generation_samples": 2, "output": str(tmp_path / "metrics/evaluate.json")}
@@ -62,6 +64,10 @@ def test_prepare_pretrain_extract_score_select(prefect_harness, tmp_path, monkey
     assert (expert["layer"], expert["timestep"]) == (best.layer, best.timestep)
     assert abs(headline["image_to_text.best_miou"] - best.value) < 1e-6  # the CSV holds 6 significant digits
 
+    page = explore()
+    assert page["samples"] == 3 and page["blocks"] == 3 and page["heads"] == 3 and page["sigmas"] == 2
+    assert f'"expert":{{"layer":{expert["layer"]},' in (tmp_path / "results/explorer.html").read_text()
+
     best = finetune()
     assert 0 <= best["val_miou"] <= 1 and (tmp_path / "lora/adapter_model.safetensors").exists()
     metrics = for_stage(evaluate, load_params())()
@@ -74,7 +80,8 @@ def test_prepare_pretrain_extract_score_select(prefect_harness, tmp_path, monkey
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = {r.info.run_name: r for r in mlflow.search_runs(experiment_names=["seg4diff"], output_format="list")}
-    assert set(runs) == {"prepare", "pretrain", "extract", "score", "select", "finetune", "evaluate"}
+    assert set(runs) == {"prepare", "pretrain", "extract", "score", "select", "explore", "finetune", "evaluate"}
+    assert "explorer.html" in {a.path for a in mlflow.MlflowClient().list_artifacts(runs["explore"].info.run_id)}
     assert "gallery.png" in {a.path for a in mlflow.MlflowClient().list_artifacts(runs["evaluate"].info.run_id)}
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(runs["score"].info.run_id)}
     assert {"layer_curve.png", "example_maps.png", "layer_timestep_image_to_text.png", "layer_head_image_to_text.png"} <= artifacts

@@ -13,7 +13,7 @@ from PIL import Image
 from conftest import REPO
 from seg4diff.config import load_params, preset_names
 from seg4diff.data.prepare import build_source, prepare_split
-from seg4diff.data.prepared import open_prepared, require_captions
+from seg4diff.data.prepared import label_sizes, open_prepared, require_captions
 from seg4diff.errors import DataError
 
 RNG = np.random.default_rng(0)
@@ -90,22 +90,33 @@ def coco(root: Path) -> Path:
     return base
 
 
+def coco_stuff(root: Path) -> Path:
+    """COCO's val2017/ images and stuffthingmaps_trainval2017/val2017/ label PNGs (COCO-Stuff id − 1, 255 unlabelled)."""
+    base = root / "cocostuff"
+    for name in ("000000000139", "000000000285"):
+        _image(base / "val2017" / name)
+        _label(base / "stuffthingmaps_trainval2017/val2017" / f"{name}.png", [0, 2, 61, 118, 156, 181, 255])
+    return base
+
+
 LAYOUTS = {"voc21": (voc, 21), "voc20": (voc, 20), "pc60": (pascal_context, 60), "pc59": (pascal_context, 59),
-           "ade150": (ade, 150), "cityscapes": (lambda root: cityscapes(root)[0], 19), "coco-object": (coco, 3)}  # the replica's JSON holds 2 of the 80 categories, + background
+           "ade150": (ade, 150), "cityscapes": (lambda root: cityscapes(root)[0], 19), "coco-object": (coco, 3),
+           "coco-stuff27": (coco_stuff, 27)}  # the replica's JSON holds 2 of the 80 categories, + background
 
 
 @pytest.mark.parametrize("preset", LAYOUTS)
 def test_dataset_preset_prepares_the_distributed_layout_with_nothing_skipped(preset, tmp_path):
     build, classes = LAYOUTS[preset]
     root = build(tmp_path / "raw")
-    params = load_params(REPO / "params.yaml", {"data": {"root": str(root)}, "prepare": {"resolution": 32, "label_resolution": 32}},
-                         [preset])
+    params = load_params(REPO / "params.yaml", {"data": {"root": str(root)}, "prepare": {"resolution": 32}}, [preset])
     source = build_source(params.data, params.prepare.splits)
     assert len(source.class_names) == classes
     summary = prepare_split(source, "val", tmp_path / "val.zarr", params.prepare, progress=False)
     assert summary.total >= 1 and summary.kept == summary.total and not summary.skipped, summary.skipped_examples
-    labels = open_prepared(tmp_path / "val.zarr")["label"].values
+    prepared = open_prepared(tmp_path / "val.zarr")
+    labels = prepared["label"].values
     assert set(np.unique(labels)) <= set(range(classes)) | {255} and (labels != 255).any()
+    assert labels.shape[1:] == (H, W) and set(label_sizes(prepared)) == {(H, W)}  # native label size kept
 
 
 def test_cityscapes_label_ids_map_to_the_19_train_ids(tmp_path):
@@ -119,6 +130,19 @@ def test_cityscapes_label_ids_map_to_the_19_train_ids(tmp_path):
         np.testing.assert_array_equal(label, expected)  # labelIds mapped; labelTrainIds read as they are
 
 
+def test_coco_stuff_fine_ids_group_into_the_27_parent_categories(tmp_path):
+    root = coco_stuff(tmp_path / "raw")
+    params = load_params(REPO / "params.yaml", {"data": {"root": str(root)}}, ["coco-stuff27"])
+    source = build_source(params.data, ["val"])
+    raw = np.asarray(Image.open(root / "stuffthingmaps_trainval2017/val2017/000000000139.png"))
+    label = source.load("val", "000000000139").label
+    names = source.class_names
+    expected = {0: "person", 2: "vehicle", 61: "furniture-things", 118: "plant", 156: "sky", 181: "solid", 255: None}
+    for fine, coarse in expected.items():  # 0 person, 2 car, 61 chair, 118 moss, 156 sky-other, 181 wood
+        assert set(label[raw == fine]) == {255 if coarse is None else names.index(coarse)}
+    assert len(set(params.data.mask_folder.label_map.values())) == 27 and len(params.data.mask_folder.label_map) == 171
+
+
 def test_backbone_presets_hold_the_papers_protocol():
     sd3 = load_params(REPO / "params.yaml", presets=["sd3-medium", "voc20"])
     assert sd3.model.path == "stabilityai/stable-diffusion-3-medium-diffusers" and not sd3.model.t5
@@ -128,7 +152,7 @@ def test_backbone_presets_hold_the_papers_protocol():
     flux = load_params(REPO / "params.yaml", presets=["flux-dev"])
     assert flux.prompt.columns == "t5" and flux.model.t5
     assert {"sd3-medium", "sd35-medium", "sd35-large", "flux-dev", "flux-schnell", "voc20", "voc21", "pc59", "pc60",
-            "coco-object", "ade150", "cityscapes"} <= set(preset_names())
+            "coco-object", "coco-stuff27", "ade150", "cityscapes"} <= set(preset_names())
 
 
 @pytest.mark.slow

@@ -105,6 +105,10 @@ class CocoSource:
             self._captions[split] = first
         return self._captions[split].get(info["id"], "")
 
+    def label_shape(self, split: str, sample_id: str) -> tuple[int, int] | None:
+        info = self._index(split).imgs.get(int(sample_id))
+        return None if info is None else (int(info["height"]), int(info["width"]))
+
     def load(self, split: str, sample_id: str) -> RawSample:
         coco = self._index(split)
         info = coco.imgs[int(sample_id)]

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from seg4diff.config import MaskFolderParams
 from seg4diff.data.images import read_label, read_rgb, resolve_inside
@@ -17,6 +18,16 @@ def reduce_zero_label(label: np.ndarray) -> np.ndarray:
     reduced[label == 0] = IGNORE_INDEX
     reduced[label == IGNORE_INDEX] = IGNORE_INDEX
     return reduced.astype(np.uint8)
+
+
+def _lookup(mapping: dict[int, int] | None) -> np.ndarray | None:
+    """A 256-entry table: listed ids → class ids, every other id → ignore."""
+    if mapping is None:
+        return None
+    table = np.full(256, IGNORE_INDEX, np.uint8)
+    for source_id, class_id in mapping.items():
+        table[source_id] = class_id
+    return table
 
 
 class MaskFolderSource:
@@ -33,11 +44,7 @@ class MaskFolderSource:
         self.has_background = bool(self.class_names) and self.class_names[0] == "background"
         self.params = params
         self._caption_cache: dict[str, dict[str, str]] = {}
-        self._fallback_lut = None
-        if params.fallback_label_map is not None:
-            self._fallback_lut = np.full(256, IGNORE_INDEX, np.uint8)
-            for source_id, class_id in params.fallback_label_map.items():
-                self._fallback_lut[source_id] = class_id
+        self._lut, self._fallback_lut = _lookup(params.label_map), _lookup(params.fallback_label_map)
 
     def _split(self, split: str) -> tuple[Path, Path, str | None]:
         if split not in self._splits:
@@ -57,15 +64,29 @@ class MaskFolderSource:
         suffix = self.params.image_suffix
         return sorted(path.relative_to(images).as_posix()[: -len(suffix)] for path in images.rglob(f"*{suffix}"))
 
-    def _label(self, labels: Path, sample_id: str) -> np.ndarray:
-        """Reads the label file, or the fallback one (mapped to class ids) when only that exists."""
+    def _label_path(self, labels: Path, sample_id: str) -> tuple[Path, bool]:
+        """The label file and whether it is the fallback (another id space), used only when the primary is missing."""
         fallback = self.params.fallback_label_suffix
         primary = labels / (sample_id + self.params.label_suffix)
         if fallback is None or primary.is_file() or not (labels / (sample_id + fallback)).is_file():
-            label = read_label(resolve_inside(labels, sample_id + self.params.label_suffix))
-            return reduce_zero_label(label) if self.params.reduce_zero_label else label
-        label = read_label(resolve_inside(labels, sample_id + fallback))
-        return label if self._fallback_lut is None else self._fallback_lut[label]
+            return resolve_inside(labels, sample_id + self.params.label_suffix), False
+        return resolve_inside(labels, sample_id + fallback), True
+
+    def label_shape(self, split: str, sample_id: str) -> tuple[int, int] | None:
+        try:
+            with Image.open(self._label_path(self._split(split)[1], sample_id)[0]) as image:
+                return image.size[::-1]
+        except (OSError, SampleError):
+            return None
+
+    def _label(self, labels: Path, sample_id: str) -> np.ndarray:
+        """Reads the label file, or the fallback one (mapped to class ids) when only that exists."""
+        path, is_fallback = self._label_path(labels, sample_id)
+        label = read_label(path)
+        if is_fallback:
+            return label if self._fallback_lut is None else self._fallback_lut[label]
+        label = reduce_zero_label(label) if self.params.reduce_zero_label else label
+        return label if self._lut is None else self._lut[label]
 
     def load(self, split: str, sample_id: str) -> RawSample:
         images, labels, _ = self._split(split)

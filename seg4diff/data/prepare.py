@@ -46,17 +46,27 @@ class SplitSummary:
                 "class_images": {n: int(c) for n, c in zip(class_names, self.class_images)}}
 
 
+def largest_label(source: DatasetSource, split: str, ids: list[str]) -> tuple[int, int]:
+    """Returns the (height, width) that holds every sample's native label, from headers (no image is decoded)."""
+    shapes = [shape for shape in (source.label_shape(split, i) for i in ids) if shape is not None]
+    if not shapes:
+        return (1, 1)
+    return max(h for h, _ in shapes), max(w for _, w in shapes)
+
+
 def prepare_split(source: DatasetSource, split: str, output: Path, params: PrepareParams, progress: bool = True) -> SplitSummary:
     """Writes `output` (a prepared zarr store) for one split and returns what was kept, skipped and noted."""
     ids = source.sample_ids(split)[: params.max_samples]
     num_classes = len(source.class_names)
     summary = SplitSummary(split, total=len(ids), class_pixels=np.zeros(num_classes, np.int64), class_images=np.zeros(num_classes, np.int64))
-    writer = PreparedWriter(output, source.class_names, source.has_background, params.resolution, params.label_resolution,
+    writer = PreparedWriter(output, source.class_names, source.has_background, params.size, params.label_resolution,
+                            largest_label(source, split, ids) if params.label_resolution == "native" else (0, 0),
                             attrs={"split": split})
     batch = []
     for sample_id in tqdm(ids, desc=f"prepare {split}", unit="img", disable=not progress):
         try:
             sample = source.load(split, sample_id)
+            writer.check(sample)
         except SampleError as error:
             if params.on_error == "fail":
                 raise SampleError(error.reason, f"split '{split}', sample '{sample_id}': {error.detail} (set prepare.on_error: skip to skip it)") from None

@@ -1,92 +1,123 @@
 """The prepared store: one zarr (format 3) per split, written through xarray. The schema lives here only.
 
 Variables: image (sample, y, x, channel) uint8 at the working resolution; label (sample, label_y, label_x) uint8
-at the label resolution (255 = ignore); present (sample, class) bool; caption and source_id (sample) strings;
-class_name (class). A store is written to `<name>.tmp` and renamed when complete, so an interrupted run
-never leaves a store that looks finished.
+(255 = ignore) — at each image's native size when prepare.label_resolution is `native`, padded with 255 to the split's
+largest — with label_height/label_width (sample) its valid size; native_height/native_width (sample) the source
+image's size; present (sample, class) bool; caption and source_id (sample) strings; class_name (class). A store is
+written to `<name>.tmp` and renamed when complete, so an interrupted run never leaves a store that looks finished.
 """
 from __future__ import annotations
 
 import shutil
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
 from PIL import Image
 
-from seg4diff.data.sample import IGNORE_INDEX, RawSample
+from seg4diff.data.sample import IGNORE_INDEX, RawSample, SampleError
 from seg4diff.errors import DataError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BATCH = 64
+LABEL_CHUNK_BYTES = 1 << 22
 
 
-def resize_image(image: np.ndarray, size: int) -> np.ndarray:
-    """Returns the RGB image resized to size×size (bicubic when shrinking keeps edges honest; aspect not kept)."""
-    if image.shape[:2] == (size, size):
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Returns the RGB image resized to (height, width) (bicubic when shrinking keeps edges honest)."""
+    if image.shape[:2] == tuple(size):
         return image
-    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC))
+    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BICUBIC))
 
 
-def resize_label(label: np.ndarray, size: int) -> np.ndarray:
-    """Returns the label map resized to size×size by nearest neighbour (ids are never blended)."""
-    if label.shape == (size, size):
+def resize_label(label: np.ndarray, size: int | str) -> np.ndarray:
+    """Returns the label map at `native` size unchanged, else resized to size×size by nearest neighbour."""
+    if size == "native" or label.shape == (size, size):
         return label
     return np.asarray(Image.fromarray(label).resize((size, size), Image.Resampling.NEAREST))
 
 
-@dataclass
-class PreparedBatch:
-    samples: list[RawSample]
-    resolution: int
-    label_resolution: int
-    num_classes: int
+def pad_label(label: np.ndarray, shape: tuple[int, int], fill: int = IGNORE_INDEX) -> np.ndarray:
+    """Returns (…, H, W) `label` padded at the bottom and right to `shape` with `fill` (ignored by every metric)."""
+    height, width = label.shape[-2:]
+    if (height, width) == tuple(shape):
+        return label
+    if height > shape[0] or width > shape[1]:
+        raise ValueError(f"label of {height}x{width} does not fit the store's {shape[0]}x{shape[1]}")
+    out = np.full((*label.shape[:-2], *shape), fill, dtype=label.dtype)
+    out[..., :height, :width] = label
+    return out
 
-    def to_dataset(self) -> xr.Dataset:
-        labels = np.stack([resize_label(s.label, self.label_resolution) for s in self.samples])
-        present = np.zeros((len(self.samples), self.num_classes), dtype=bool)
+
+def label_sizes(rows: xr.Dataset) -> list[tuple[int, int]]:
+    """Returns each sample's valid label (height, width): the size its masks are upsampled to and scored at."""
+    return list(zip(rows["label_height"].values.tolist(), rows["label_width"].values.tolist()))
+
+
+def native_label(rows: xr.Dataset, k: int) -> np.ndarray:
+    """Returns sample k's label map without the store's padding."""
+    height, width = int(rows["label_height"].values[k]), int(rows["label_width"].values[k])
+    return rows["label"].values[k, :height, :width]
+
+
+class PreparedWriter:
+    """Streams batches of samples into `<path>.tmp`; `commit()` renames it to `path`.
+
+    `label_shape`: the padded (label_y, label_x) of the store, known before the first write (the split's largest label).
+    """
+
+    def __init__(self, path: Path, class_names: list[str], has_background: bool, resolution: tuple[int, int],
+                 label_resolution: int | str, label_shape: tuple[int, int], attrs: dict):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.class_names = class_names
+        self.resolution = tuple(resolution)
+        self.label_resolution = label_resolution
+        self.label_shape = (label_resolution, label_resolution) if label_resolution != "native" else tuple(label_shape)
+        self.attrs = {"schema_version": SCHEMA_VERSION, "ignore_index": IGNORE_INDEX, "has_background": has_background,
+                      "resolution": list(self.resolution), "label_resolution": label_resolution, **attrs}
+        self.count = 0
+
+    def check(self, sample: RawSample) -> None:
+        """Raises SampleError when the sample's label does not fit the store (its source announced a smaller size)."""
+        height, width = sample.label.shape
+        if self.label_resolution == "native" and (height > self.label_shape[0] or width > self.label_shape[1]):
+            raise SampleError("label_size_changed", f"label is {width}x{height}, larger than its source announced "
+                                                    f"({self.label_shape[1]}x{self.label_shape[0]} at most)")
+
+    def to_dataset(self, samples: list[RawSample]) -> xr.Dataset:
+        labels = [resize_label(s.label, self.label_resolution) for s in samples]
+        present = np.zeros((len(samples), len(self.class_names)), dtype=bool)
         for row, label in enumerate(labels):
             ids = np.unique(label)
             present[row, ids[ids != IGNORE_INDEX]] = True
         return xr.Dataset(
             {
-                "image": (("sample", "y", "x", "channel"), np.stack([resize_image(s.image, self.resolution) for s in self.samples])),
-                "label": (("sample", "label_y", "label_x"), labels),
+                "image": (("sample", "y", "x", "channel"), np.stack([resize_image(s.image, self.resolution) for s in samples])),
+                "label": (("sample", "label_y", "label_x"), np.stack([pad_label(label, self.label_shape) for label in labels])),
+                "label_height": ("sample", np.array([label.shape[0] for label in labels], np.int32)),
+                "label_width": ("sample", np.array([label.shape[1] for label in labels], np.int32)),
+                "native_height": ("sample", np.array([s.image.shape[0] for s in samples], np.int32)),
+                "native_width": ("sample", np.array([s.image.shape[1] for s in samples], np.int32)),
                 "present": (("sample", "class"), present),
-                "caption": ("sample", np.array([s.caption for s in self.samples], dtype=object)),
-                "source_id": ("sample", np.array([s.source_id for s in self.samples], dtype=object)),
+                "caption": ("sample", np.array([s.caption for s in samples], dtype=object)),
+                "source_id": ("sample", np.array([s.source_id for s in samples], dtype=object)),
             }
         )
-
-
-class PreparedWriter:
-    """Streams batches of samples into `<path>.tmp`; `commit()` renames it to `path`."""
-
-    def __init__(self, path: Path, class_names: list[str], has_background: bool, resolution: int, label_resolution: int, attrs: dict):
-        self.path = Path(path)
-        self.tmp = self.path.with_name(self.path.name + ".tmp")
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.class_names = class_names
-        self.resolution = resolution
-        self.label_resolution = label_resolution
-        self.attrs = {"schema_version": SCHEMA_VERSION, "ignore_index": IGNORE_INDEX, "has_background": has_background,
-                      "resolution": resolution, "label_resolution": label_resolution, **attrs}
-        self.count = 0
 
     def write(self, samples: list[RawSample]) -> None:
         if not samples:
             return
-        batch = PreparedBatch(samples, self.resolution, self.label_resolution, len(self.class_names)).to_dataset()
-        batch = batch.assign_coords(sample=np.arange(self.count, self.count + len(samples)))
-        encoding = None
+        batch = self.to_dataset(samples).assign_coords(sample=np.arange(self.count, self.count + len(samples)))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # zarr's note that string dtypes are not yet in the v3 spec
             if self.count == 0:
                 batch = batch.assign(class_name=("class", np.array(self.class_names, dtype=object)))
-                encoding = {"image": {"chunks": (BATCH, self.resolution, self.resolution, 3)},
-                            "label": {"chunks": (BATCH, self.label_resolution, self.label_resolution)}}
+                label_rows = max(1, min(BATCH, LABEL_CHUNK_BYTES // (self.label_shape[0] * self.label_shape[1])))
+                encoding = {"image": {"chunks": (BATCH, *self.resolution, 3)},
+                            "label": {"chunks": (label_rows, *self.label_shape)}}
                 batch.to_zarr(self.tmp, mode="w", zarr_format=3, consolidated=False, encoding=encoding)
             else:
                 batch.to_zarr(self.tmp, append_dim="sample", zarr_format=3, consolidated=False)

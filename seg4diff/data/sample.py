@@ -35,6 +35,10 @@ class DatasetSource(Protocol):
 
     def sample_ids(self, split: str) -> list[str]: ...
 
+    def label_shape(self, split: str, sample_id: str) -> tuple[int, int] | None:
+        """Returns the sample's native label (height, width) without decoding it; None when it cannot be read."""
+        ...
+
     def load(self, split: str, sample_id: str) -> RawSample:
         """Returns the sample or raises SampleError."""
         ...
