@@ -143,6 +143,37 @@ class Recorder:
             self._store("text_to_image_mass", layer, self._keep(torch.exp(to_image - lse[:, :, text_slice].float())[..., None])[..., 0])
 
 
+def sd3_joint_qkv(attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None, layer: int):
+    """Returns (query, key, value) of SD3's joint attention, (batch, head, image + text, dim), as JointAttnProcessor2_0."""
+    batch_size = hidden_states.shape[0]
+    query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+    head_dim = key.shape[-1] // attn.heads
+    query, key, value = (t.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2) for t in (query, key, value))
+    if attn.norm_q is not None:
+        query = attn.norm_q(query)
+    if attn.norm_k is not None:
+        key = attn.norm_k(key)
+    if encoder_hidden_states is None:
+        raise ValueError(f"block {layer}: joint attention needs encoder_hidden_states (text tokens)")
+    text_q, text_k, text_v = (p(encoder_hidden_states).view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+                              for p in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj))
+    if attn.norm_added_q is not None:
+        text_q = attn.norm_added_q(text_q)
+    if attn.norm_added_k is not None:
+        text_k = attn.norm_added_k(text_k)
+    return torch.cat([query, text_q], dim=2), torch.cat([key, text_k], dim=2), torch.cat([value, text_v], dim=2)
+
+
+def sd3_joint_output(attn, out: torch.Tensor, n_image: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (image, text) hidden states from the joint attention output (batch, head, image + text, dim)."""
+    batch_size, heads, _, head_dim = out.shape
+    out = out.transpose(1, 2).reshape(batch_size, -1, heads * head_dim).to(dtype)
+    hidden_states, encoder_hidden_states = out[:, :n_image], out[:, n_image:]
+    if not attn.context_pre_only:
+        encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
+    return attn.to_out[1](attn.to_out[0](hidden_states)), encoder_hidden_states
+
+
 class SD3CaptureProcessor:
     """diffusers' JointAttnProcessor2_0 (SD3, SD3.5) with the attention taken from `attention_with_lse`."""
 
@@ -150,36 +181,12 @@ class SD3CaptureProcessor:
         self.layer, self.recorder = layer, recorder
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
-        residual = hidden_states
-        batch_size = hidden_states.shape[0]
-        query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
-        head_dim = key.shape[-1] // attn.heads
-        query, key, value = (t.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2) for t in (query, key, value))
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-        if attn.norm_k is not None:
-            key = attn.norm_k(key)
-        if encoder_hidden_states is None:
-            raise ValueError(f"block {self.layer}: joint attention needs encoder_hidden_states (text tokens)")
-        text_q, text_k, text_v = (p(encoder_hidden_states).view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-                                  for p in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj))
-        if attn.norm_added_q is not None:
-            text_q = attn.norm_added_q(text_q)
-        if attn.norm_added_k is not None:
-            text_k = attn.norm_added_k(text_k)
-        query, key, value = torch.cat([query, text_q], dim=2), torch.cat([key, text_k], dim=2), torch.cat([value, text_v], dim=2)
-
-        scale = 1 / math.sqrt(head_dim)
+        query, key, value = sd3_joint_qkv(attn, hidden_states, encoder_hidden_states, self.layer)
+        scale = 1 / math.sqrt(query.shape[-1])
         out, lse = attention_with_lse(query, key, value, scale)
-        n_image = residual.shape[1]
+        n_image = hidden_states.shape[1]
         self.recorder.record(self.layer, query, key, value, lse, scale, slice(n_image, None), slice(0, n_image))
-
-        out = out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
-        hidden_states, encoder_hidden_states = out[:, :n_image], out[:, n_image:]
-        if not attn.context_pre_only:
-            encoder_hidden_states = attn.to_add_out(encoder_hidden_states)
-        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
-        return hidden_states, encoder_hidden_states
+        return sd3_joint_output(attn, out, n_image, query.dtype)
 
 
 class FluxCaptureProcessor:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import zlib
 from importlib import resources
 
 import matplotlib.pyplot as plt
@@ -25,7 +26,8 @@ from seg4diff.plots import palette
 
 
 def _b64(array: np.ndarray) -> str:
-    return base64.b64encode(np.ascontiguousarray(array, dtype=np.uint8).tobytes()).decode("ascii")
+    """uint8 bytes, deflated (zlib; the browser's DecompressionStream inflates them), in base64."""
+    return base64.b64encode(zlib.compress(np.ascontiguousarray(array, dtype=np.uint8).tobytes(), 9)).decode("ascii")
 
 
 def _png(image: np.ndarray) -> str:

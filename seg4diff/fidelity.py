@@ -21,9 +21,14 @@ def generate(backbone: Backbone, captions: list[str], steps: int, guidance: floa
                          generator=generator, output_type="np").images
 
 
-@torch.no_grad()
 def clip_score(images: np.ndarray, captions: list[str], model_dir: str | Path) -> float:
     """Returns the mean CLIPScore, max(100·cos(image, caption), 0), with a CLIP model saved in `model_dir`."""
+    return float(clip_scores(images, captions, model_dir).mean())
+
+
+@torch.no_grad()
+def clip_scores(images: np.ndarray, captions: list[str], model_dir: str | Path) -> np.ndarray:
+    """Returns each image's CLIPScore against its caption, max(100·cos, 0), with the CLIP model in `model_dir`."""
     from transformers import CLIPModel, CLIPProcessor
 
     model_dir = Path(model_dir)
@@ -35,4 +40,4 @@ def clip_score(images: np.ndarray, captions: list[str], model_dir: str | Path) -
     inputs = processor(text=captions, images=pixels, return_tensors="pt", padding=True, truncation=True)
     out = model(**inputs)
     cosine = (F.normalize(out.image_embeds, dim=-1) * F.normalize(out.text_embeds, dim=-1)).sum(-1)
-    return float((100 * cosine).clamp_min(0).mean())
+    return (100 * cosine).clamp_min(0).cpu().numpy()

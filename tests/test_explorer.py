@@ -69,7 +69,8 @@ def test_the_page_shows_what_scoring_counts_on_a_store_with_a_known_answer(page)
     first = data["samples"][0]
     assert first["size"] == [64, 64]
     import base64
-    prediction = np.frombuffer(base64.b64decode(first["pred"]), np.uint8).reshape(3, 3, 2, 64, 64)
+    import zlib
+    prediction = np.frombuffer(zlib.decompress(base64.b64decode(first["pred"])), np.uint8).reshape(3, 3, 2, 64, 64)
     np.testing.assert_array_equal(prediction[2, 0, 0], native_label(prepared, 0))  # block 2, head mean, σ 0.3 = the label
     assert data["grounding"]["miou"][2][0] == pytest.approx(0.8) and data["expert"] == {"layer": 2, "timestep": 0.3}
     html = path.read_text()
@@ -90,6 +91,7 @@ def browser():
 def test_the_page_in_headless_chromium_follows_its_controls_without_errors(page, browser, tmp_path):
     _, path, _ = page
     browser.open(path.as_uri())
+    browser.wait_for("document.body.dataset.ready === '1'")  # the embedded arrays inflated
     attention = "document.getElementById('attention').toDataURL()"
     select = "(id, value) => { const s = document.getElementById(id); s.value = value; s.dispatchEvent(new Event('change')); }"
     assert browser.evaluate("document.getElementById('block').value") == "2"  # opens on the expert

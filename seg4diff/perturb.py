@@ -1,0 +1,116 @@
+"""Causal interventions on one block's image-query → text-key attention, during any forward (a whole generation too).
+
+    with perturb_attention(transformer, layer=2, kind="blur", blur_sigma=1.0):
+        images = generate(...)
+
+The block's attention is computed as usual (fused kernel); only the image×text part P (image queries × text keys,
+softmax over ALL joint keys) is replaced by P' and the output corrected by (P' − P)·V_text — the N×N matrix never
+exists. Every perturbation keeps each image query's total mass on the text (so the image→image part is untouched):
+
+- `blur`: each text key's map over the image queries is Gaussian-blurred (σ in tokens), as the paper does;
+- `mean`: each map replaced by its spatial mean (the limit of an infinitely wide blur: where, not how much);
+- `shuffle`: the text keys permuted (seeded): each query keeps its attention pattern but on the wrong words.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from seg4diff.attention import _token_grid, attention_with_lse, joint_attention_modules, sd3_joint_output, sd3_joint_qkv
+
+Kind = Literal["blur", "mean", "shuffle"]
+KINDS: tuple[Kind, ...] = ("blur", "mean", "shuffle")
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Returns (…, y, x) maps blurred by a separable Gaussian of `sigma` pixels (reflect padding, mass kept per map
+    up to the borders)."""
+    radius = max(1, math.ceil(3 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32, device=maps.device)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).to(maps.dtype)
+    lead, (height, width) = maps.shape[:-2], maps.shape[-2:]
+    x = maps.reshape(-1, 1, height, width)
+    pad_y, pad_x = min(radius, height - 1), min(radius, width - 1)
+    x = F.pad(x, (pad_x, pad_x, pad_y, pad_y), mode="reflect" if min(height, width) > 1 else "replicate")
+    x = F.conv2d(x, kernel[radius - pad_x: radius + pad_x + 1].view(1, 1, 1, -1))
+    x = F.conv2d(x, kernel[radius - pad_y: radius + pad_y + 1].view(1, 1, -1, 1))
+    return x.reshape(*lead, height, width)
+
+
+def perturb(probabilities: torch.Tensor, grid: tuple[int, int], kind: Kind, blur_sigma: float = 1.0,
+            permutation: torch.Tensor | None = None) -> torch.Tensor:
+    """Returns P' for P = (batch, head, image query, text key) image→text attention; each row's text mass kept."""
+    if kind == "shuffle":
+        if permutation is None:
+            raise ValueError("shuffle needs a permutation of the text keys")
+        return probabilities[..., permutation]
+    batch, heads, queries, keys = probabilities.shape
+    maps = probabilities.transpose(-1, -2).reshape(batch, heads, keys, *grid)  # (…, text key, y, x)
+    if kind == "blur":
+        changed = gaussian_blur(maps, blur_sigma)
+    elif kind == "mean":
+        changed = maps.mean(dim=(-2, -1), keepdim=True).expand_as(maps)
+    else:
+        raise ValueError(f"unknown perturbation '{kind}'; choose from {KINDS}")
+    changed = changed.reshape(batch, heads, keys, queries).transpose(-1, -2)
+    mass, new_mass = probabilities.sum(-1, keepdim=True), changed.sum(-1, keepdim=True)
+    return changed * (mass / new_mass.clamp_min(torch.finfo(changed.dtype).tiny))
+
+
+class SD3PerturbProcessor:
+    """JointAttnProcessor2_0 whose image→text attention is replaced by a perturbed copy; `strength` sums
+    mean |P' − P| per image query (L1 over the text keys) over calls, to compare perturbations' sizes."""
+
+    def __init__(self, layer: int, kind: Kind, blur_sigma: float, permutation: torch.Tensor | None):
+        self.layer, self.kind, self.blur_sigma, self.permutation = layer, kind, blur_sigma, permutation
+        self.grid: tuple[int, int] | None = None
+        self.strength, self.calls = 0.0, 0
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
+        query, key, value = sd3_joint_qkv(attn, hidden_states, encoder_hidden_states, self.layer)
+        scale = 1 / math.sqrt(query.shape[-1])
+        out, lse = attention_with_lse(query, key, value, scale)
+        n_image = hidden_states.shape[1]
+        logits = torch.matmul(query[:, :, :n_image].float(), key[:, :, n_image:].float().transpose(-1, -2)) * scale
+        probabilities = torch.exp(logits - lse[:, :, :n_image, None].float())
+        permutation = None if self.permutation is None else self.permutation.to(probabilities.device)
+        changed = perturb(probabilities, self.grid, self.kind, self.blur_sigma, permutation)
+        delta = changed - probabilities
+        self.strength += float(delta.abs().sum(-1).mean())
+        self.calls += 1
+        correction = torch.matmul(delta, value[:, :, n_image:].float()).to(out.dtype)
+        out = torch.cat([out[:, :, :n_image] + correction, out[:, :, n_image:]], dim=2)
+        return sd3_joint_output(attn, out, n_image, query.dtype)
+
+
+@contextlib.contextmanager
+def perturb_attention(transformer: torch.nn.Module, layer: int, kind: Kind, blur_sigma: float = 1.0,
+                      seed: int = 0) -> Iterator[SD3PerturbProcessor]:
+    """Perturbs block `layer`'s image→text attention for every forward inside the context; restores it on exit."""
+    if type(transformer).__name__ != "SD3Transformer2DModel":
+        raise TypeError(f"attention perturbation supports SD3/SD3.5 transformers (SD3Transformer2DModel), not {type(transformer).__name__}")
+    modules = joint_attention_modules(transformer)
+    if not 0 <= layer < len(modules):
+        raise IndexError(f"block {layer} out of range: the transformer has {len(modules)} joint-attention blocks")
+    processor = SD3PerturbProcessor(layer, kind, blur_sigma, None)  # the permutation: at the first call (text length)
+
+    def note_call(module, args, kwargs):
+        processor.grid = _token_grid(module, kwargs, args)
+        if kind == "shuffle" and processor.permutation is None:
+            text = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
+            processor.permutation = torch.randperm(text.shape[1], generator=torch.Generator().manual_seed(seed))
+
+    original = modules[layer].processor
+    hook = transformer.register_forward_pre_hook(note_call, with_kwargs=True)
+    try:
+        modules[layer].set_processor(processor)
+        yield processor
+    finally:
+        hook.remove()
+        modules[layer].set_processor(original)
