@@ -1,4 +1,5 @@
-"""The `seg4diff` pipeline flow: prepare → pretrain → extract → score → select → explore → finetune → evaluate.
+"""The `seg4diff` pipeline flow: prepare → pretrain → extract → score → select → causal → explore → finetune →
+evaluate.
 
 Skipping uses ONE mechanism, DVC's: a stage whose dvc.lock entry still matches its params, code and inputs is
 skipped (`dvc status`), and a stage that ran is recorded with `dvc commit`, so `dvc repro` and Prefect runs agree.
@@ -19,6 +20,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from flows.cli import main
+from flows.causal import causal
 from flows.evaluate import evaluate
 from flows.explore import explore
 from flows.extract import extract
@@ -32,9 +34,9 @@ from seg4diff.config import load_params
 from seg4diff.errors import ConfigError
 from seg4diff.tracking import configure, git_commit, log_reused_stage, params_hash
 
-STAGES = ("prepare", "pretrain", "extract", "score", "select", "explore", "finetune", "evaluate")
+STAGES = ("prepare", "pretrain", "extract", "score", "select", "causal", "explore", "finetune", "evaluate")
 FLOWS = {"prepare": prepare, "pretrain": pretrain, "extract": extract, "score": score, "select": select,
-         "explore": explore, "finetune": finetune, "evaluate": evaluate}
+         "causal": causal, "explore": explore, "finetune": finetune, "evaluate": evaluate}
 
 
 def dvc_up_to_date(root: Path, stage: str) -> bool:

@@ -28,7 +28,10 @@ def select(params_path: str = "params.yaml", presets: list[str] | None = None, o
         create_markdown_artifact(key="expert-layer", markdown=(
             f"# Expert layer ({expert['rule']}{', forced' if expert['forced'] else ''}, {expert['direction']})\n\n"
             "| | block | σ | mIoU | 95% interval |\n|---|---:|---:|---:|---|\n" + "\n".join(lines)
-            + f"\n\nIntervals overlap: {expert.get('intervals_overlap')}"))
+            + f"\n\nIntervals overlap: {expert.get('intervals_overlap')}"
+            + (f"; expert − runner-up on the same images: {expert['vs_runner_up']['delta_miou']:+.3f} "
+               f"[{expert['vs_runner_up']['ci'][0]:+.3f}, {expert['vs_runner_up']['ci'][1]:+.3f}] (paired bootstrap)"
+               if "vs_runner_up" in expert else "")))
     expert = round_floats(expert)  # as written
     write_json(params.select.output, expert)
     return expert

@@ -225,6 +225,23 @@ class SelectParams(Group):
     output: str = "results/expert.json"
 
 
+class CausalParams(Group):
+    split: str = Field("val", description="captions generated from and images the flow loss is measured on")
+    blocks: list[int] | None = Field(None, description="blocks perturbed one at a time (None: every block)")
+    perturbations: list[Literal["blur", "mean", "shuffle"]] = Field(
+        ["blur", "mean", "shuffle"], min_length=1,
+        description="blur: the paper's Gaussian blur of each word's map; mean: its spatial mean; shuffle: words permuted")
+    blur_sigma: float = Field(2.0, gt=0, description="Gaussian σ of the blur, in image tokens")
+    captions: int = Field(48, ge=2, description="captions generated, each with and without the perturbation (same noise)")
+    generation_steps: int = Field(20, ge=1)
+    guidance: float = 4.0
+    flow_samples: int = Field(64, ge=2, description="held-out images for the flow-loss increase at fixed noise")
+    flow_sigmas: list[float] = [0.3, 0.5, 0.7]
+    bootstrap_resamples: int = Field(1000, ge=100)
+    seed: int = 0
+    output: str = "results/causal.csv"
+
+
 class ExploreParams(Group):
     samples: int = Field(12, ge=1, description="samples embedded in the page (its size grows with them)")
     display_size: int = Field(128, ge=8, description="longest side at which labels and predictions are drawn")
@@ -270,7 +287,11 @@ class EvaluateParams(Group):
     split: str = "test"
     batch_size: int = Field(16, ge=1)
     max_samples: int | None = Field(None, ge=1)
-    kl_threshold: float = Field(0.1, gt=0, description="unsupervised: merge token maps whose symmetric KL is below this")
+    kl_thresholds: list[float] = Field([0.01, 0.02, 0.035, 0.05, 0.1, 0.2], min_length=1, description=(
+        "unsupervised: candidate thresholds of the anchor grouping (symmetric KL), the best chosen on val_split"))
+    val_split: str = Field("val", description="split the unsupervised threshold is chosen on (never the evaluated one)")
+    val_samples: int = Field(100, ge=1, description="samples of val_split used to choose it")
+    bootstrap_resamples: int = Field(1000, ge=100, description="paired bootstrap over test images for every interval")
     seed: int = 0
     gallery: int = Field(6, ge=0, description="samples in the overlay gallery")
     generation_samples: int = Field(32, ge=0, description="test captions generated for the fidelity checks")
@@ -302,6 +323,7 @@ class Params(Group):
     extract: ExtractParams = ExtractParams()
     score: ScoreParams = ScoreParams()
     select: SelectParams = SelectParams()
+    causal: CausalParams = CausalParams()
     explore: ExploreParams = ExploreParams()
     finetune: FinetuneParams = FinetuneParams()
     evaluate: EvaluateParams = EvaluateParams()

@@ -1,5 +1,5 @@
 """Evaluation on the test split: open-vocabulary (two prompt protocols) and unsupervised segmentation at the expert
-layer, at each image's label size (native by default), plus generation fidelity — for the base model and the fine-tuned one."""
+layer, with per-image class statistics for paired intervals, at each image's label size (native by default), plus generation fidelity — for the base model and the fine-tuned one."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,10 +10,10 @@ from tqdm import tqdm
 from seg4diff.data.prepared import label_sizes, native_label, pad_label
 from seg4diff.extract import ClassSpan, PromptStyle, build_prompt, column_positions, token_slots
 from seg4diff.masks import class_maps, predict
-from seg4diff.metrics import confusion_matrix, summarize
+from seg4diff.metrics import class_statistics
 from seg4diff.models import Backbone
 from seg4diff.segment import expert_maps, segment_batch
-from seg4diff.unsupervised import match_dataset, match_per_image, merge_token_maps
+from seg4diff.unsupervised import match_per_image, merge_token_maps
 
 
 def vocabulary_prompts(backbone: Backbone, class_names: list[str], style: PromptStyle) -> list[tuple[str, list[ClassSpan]]]:
@@ -50,54 +50,99 @@ def _ends_inside(encoding, span: ClassSpan) -> bool:
 @torch.no_grad()
 def vocabulary_predictions(backbone: Backbone, rows: xr.Dataset, indices: list[int], layer: int, sigma: float, seed: int,
                            prompts: list[tuple[str, list[ClassSpan]]], background_threshold: float | None, columns: str) -> np.ndarray:
-    """Returns predictions over the whole vocabulary: one forward per prompt (same noise), class maps merged, argmax."""
+    """Returns predictions over the whole vocabulary with ONE normalisation across the prompts it is split over.
+
+    One forward per prompt (same noise); each class's map is the mean of its tokens' head-mean image→text logits; at
+    every pixel a softmax over all classes of all prompts gives comparable class probabilities (probabilities from
+    separate prompts are not: each was normalised over its own prompt's keys); then masks.predict (argmax, and the
+    background threshold on those probabilities).
+    """
     merged, ids = [], []
     for prompt, spans in prompts:
         encoding = backbone.encode_prompts([prompt] * len(indices))
         slot = token_slots(encoding, 0, spans, "class", len(encoding.tokens[0]), prompt, columns)
         used = int((slot.position >= 0).sum())
-        maps = expert_maps(backbone, rows, indices, layer, sigma, seed, encoding, slot.position[:used].tolist())
+        logits = expert_maps(backbone, rows, indices, layer, sigma, seed, encoding, slot.position[:used].tolist(), output="logits")
         classes = np.array([s.class_id for s in spans])
-        merged.append(class_maps(maps, slot.class_id[:used], classes))
+        merged.append(class_maps(logits, slot.class_id[:used], classes))
         ids.append(classes)
-    maps, classes = np.concatenate(merged, axis=1), np.concatenate(ids)
-    return np.stack([pad_label(predict(maps[k], classes, size, background_threshold), rows["label"].shape[1:])
+    logits, classes = np.concatenate(merged, axis=1), np.concatenate(ids)
+    probabilities = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+    return np.stack([pad_label(predict(probabilities[k], classes, size, background_threshold), rows["label"].shape[1:])
                      for k, size in enumerate(label_sizes(rows))])
 
 
 @torch.no_grad()
-def unsupervised_clusters(backbone: Backbone, rows: xr.Dataset, indices: list[int], layer: int, sigma: float, seed: int,
-                          kl_threshold: float, columns: str) -> list[np.ndarray]:
-    """Returns one cluster map per image from the empty prompt's attention over every text position of `columns`."""
+def empty_prompt_maps(backbone: Backbone, rows: xr.Dataset, indices: list[int], layer: int, sigma: float, seed: int,
+                      columns: str) -> np.ndarray:
+    """Returns the empty prompt's image→text maps (batch, token, y, x) over every text position of `columns`."""
     encoding = backbone.encode_prompts([""] * len(indices))
-    maps = expert_maps(backbone, rows, indices, layer, sigma, seed, encoding, column_positions(encoding, 0, columns))
-    return [merge_token_maps(m, kl_threshold, size) for m, size in zip(maps, label_sizes(rows))]
+    return expert_maps(backbone, rows, indices, layer, sigma, seed, encoding, column_positions(encoding, 0, columns))
+
+
+def image_statistics(predictions: np.ndarray, targets: np.ndarray, num_classes: int) -> np.ndarray:
+    """(image, 3, C) per-image class statistics (metrics.class_statistics) of padded predictions and labels."""
+    return np.stack([class_statistics(p, t, num_classes) for p, t in zip(predictions, targets)])
+
+
+def choose_kl_threshold(backbone: Backbone, val: xr.Dataset, layer: int, sigma: float, seed: int, batch_size: int,
+                        thresholds: list[float], columns: str, limit: int | None = None) -> tuple[float, dict[float, float]]:
+    """Returns the grouping threshold with the best per-image-matched mIoU on (the first `limit` of) `val`, and each
+    threshold's mIoU: the test split never chooses it."""
+    num_classes = val.sizes["class"]
+    n = min(val.sizes["sample"], limit or val.sizes["sample"])
+    maps, sizes, labels = [], [], []
+    for start in range(0, n, batch_size):
+        indices = list(range(start, min(start + batch_size, n)))
+        rows = val.isel(sample=indices).load()
+        maps += list(empty_prompt_maps(backbone, rows, indices, layer, sigma, seed, columns))
+        sizes += label_sizes(rows)
+        labels += [native_label(rows, k) for k in range(len(indices))]
+    curve = {t: match_per_image([merge_token_maps(m, t, s) for m, s in zip(maps, sizes)], labels, num_classes)["miou"]
+             for t in thresholds}
+    return max(curve, key=curve.get), curve
 
 
 def evaluate_segmentation(backbone: Backbone, test: xr.Dataset, layer: int, sigma: float, seed: int, batch_size: int,
                           kl_threshold: float, style: PromptStyle, background_threshold: float | None,
                           limit: int | None = None, progress: bool = True) -> tuple[dict, dict]:
-    """Returns ({protocol: summary}, {sample index: gt_classes prediction} for the gallery)."""
+    """Returns ({protocol: summary with per-image `stats` (image, 3, C)}, {sample index: gt_classes prediction})."""
     names = [str(n) for n in test["class_name"].values]
     num_classes = len(names)
     n = min(test.sizes["sample"], limit or test.sizes["sample"])
     prompts = vocabulary_prompts(backbone, names, style)
-    confusion = {"gt_classes": np.zeros((num_classes, num_classes), np.int64), "vocabulary": np.zeros((num_classes, num_classes), np.int64)}
+    stats = {"gt_classes": [], "vocabulary": []}
     clusters, labels, gallery = [], [], {}
     for start in tqdm(range(0, n, batch_size), desc="evaluate", unit="batch", disable=not progress):
         indices = list(range(start, min(start + batch_size, n)))
         rows = test.isel(sample=indices).load()
         target = rows["label"].values
         oracle = segment_batch(backbone, rows, indices, layer, sigma, seed, style, background_threshold)
-        confusion["gt_classes"] += confusion_matrix(oracle, target, num_classes)
+        stats["gt_classes"].append(image_statistics(oracle, target, num_classes))
         vocabulary = vocabulary_predictions(backbone, rows, indices, layer, sigma, seed, prompts, background_threshold, style.columns)
-        confusion["vocabulary"] += confusion_matrix(vocabulary, target, num_classes)
-        clusters += unsupervised_clusters(backbone, rows, indices, layer, sigma, seed, kl_threshold, style.columns)
+        stats["vocabulary"].append(image_statistics(vocabulary, target, num_classes))
+        maps = empty_prompt_maps(backbone, rows, indices, layer, sigma, seed, style.columns)
+        clusters += [merge_token_maps(m, kl_threshold, size) for m, size in zip(maps, label_sizes(rows))]
         labels += [native_label(rows, k) for k in range(len(indices))]
         gallery |= dict(zip(indices, oracle))
-    text_length = len(column_positions(backbone.encode_prompts([""]), 0, style.columns))
-    results = {name: summarize(c) for name, c in confusion.items()}
-    results["unsupervised_dataset_matching"] = match_dataset(clusters, labels, text_length, num_classes)
-    results["unsupervised_per_image_matching"] = match_per_image(clusters, labels, num_classes)
-    results["vocabulary"]["prompts"] = len(prompts)
+    results = {}
+    for protocol, parts in stats.items():
+        per_image = np.concatenate(parts)
+        results[protocol] = summarize_statistics(per_image) | {"stats": per_image}
+    predicted = results["vocabulary"]["stats"][:, 2].sum(0)
+    results["vocabulary"] |= {"prompts": len(prompts), "predicted_pixels": {name: int(c) for name, c in zip(names, predicted)},
+                              "never_predicted": [name for name, c in zip(names, predicted) if c == 0]}
+    results["unsupervised_per_image_matching"] = match_per_image(clusters, labels, num_classes) | {"kl_threshold": kl_threshold}
     return results, gallery
+
+
+def summarize_statistics(stats: np.ndarray) -> dict:
+    """miou, macc, pacc and per-class iou / acc from summed (image, 3, C) class statistics (metrics.summarize's rules)."""
+    tp, labelled, predicted = stats.sum(0).astype(np.float64)
+    union = labelled + predicted - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, tp / union, np.nan)
+        acc = np.where(labelled > 0, tp / labelled, np.nan)
+    mean = lambda v: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")  # noqa: E731
+    return {"miou": mean(iou), "macc": mean(acc), "pacc": float(tp.sum() / labelled.sum()) if labelled.sum() else float("nan"),
+            "iou": iou, "acc": acc}

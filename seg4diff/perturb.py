@@ -30,7 +30,7 @@ KINDS: tuple[Kind, ...] = ("blur", "mean", "shuffle")
 def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     """Returns (…, y, x) maps blurred by a separable Gaussian of `sigma` pixels (reflect padding, mass kept per map
     up to the borders)."""
-    radius = max(1, math.ceil(3 * sigma))
+    radius = max(1, int(3 * sigma + 0.5))  # scipy.ndimage.gaussian_filter's truncation at 3σ
     offsets = torch.arange(-radius, radius + 1, dtype=torch.float32, device=maps.device)
     kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
     kernel = (kernel / kernel.sum()).to(maps.dtype)

@@ -94,3 +94,31 @@ def attention_examples(images, labels, predictions, maps, map_titles, num_classe
     figure.suptitle(title, fontsize=9)
     figure.tight_layout()
     return figure
+
+
+def causal_figure(table, grounding, expert_block: int) -> plt.Figure:
+    """Returns, per block: the grounding mIoU (left), then for each perturbation the paired change of each image metric
+    and the flow-loss increase with their 95% intervals (the expert block marked)."""
+    metrics = [m for m in table.metric.unique() if m != "perturbation_l1"]
+    figure, axes = plt.subplots(1, 1 + len(metrics), figsize=(3.2 * (1 + len(metrics)), 3.2), squeeze=False)
+    axes = axes[0]
+    axes[0].plot(grounding.layer, grounding.value, marker="o", color="black")
+    if "ci_low" in grounding:
+        axes[0].fill_between(grounding.layer, grounding.ci_low, grounding.ci_high, alpha=0.2, color="grey")
+    axes[0].set(title="grounding mIoU (expert σ)", xlabel="block")
+    for axis, metric in zip(axes[1:], metrics):
+        rows = table[table.metric == metric]
+        kinds = list(rows.perturbation.unique())
+        for k, (kind, group) in enumerate(rows.groupby("perturbation", sort=False)):
+            x = group.block + (k - (len(kinds) - 1) / 2) * 0.18
+            axis.errorbar(x, group.delta, yerr=[group.delta - group.ci_low, group.ci_high - group.delta], fmt="o", ms=4,
+                          capsize=2, label=kind)
+        axis.axhline(0, color="grey", lw=0.8)
+        axis.set(title=("Δ " if metric != "flow_loss_increase" else "") + metric.replace("_", " "), xlabel="block")
+    for axis in axes:
+        axis.axvline(expert_block, color="red", ls=":", lw=1)
+        axis.grid(alpha=0.3)
+    axes[-1].legend(fontsize=7)
+    figure.suptitle("perturbing one block's image→text attention during generation (red: expert block)", fontsize=9)
+    figure.tight_layout()
+    return figure

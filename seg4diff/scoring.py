@@ -8,6 +8,7 @@ them exactly as from confusion matrices, at 3·C numbers where a confusion matri
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -93,6 +94,12 @@ def score_store(store: xr.Dataset, labels: xr.DataArray, num_classes: int, backg
                 sums[name] += values.reshape(*values.shape[:2], -1).mean(axis=-1)
     return ScoreTables(per_sample, per_head, layer_mean, {k: v / max(n, 1) for k, v in sums.items()},
                        directions, layers, heads, sigmas)
+
+
+def stats_path(scores_csv: str | Path) -> Path:
+    """Where the score stage keeps per-sample head-mean class statistics of every (direction, block, σ), next to its
+    CSV: what paired comparisons (expert vs runner-up) resample."""
+    return Path(scores_csv).with_name("layer_stats.npz")
 
 
 def bootstrap_miou(per_sample: np.ndarray, resamples: int, seed: int, chunk: int = 50) -> tuple[np.ndarray, np.ndarray]:

@@ -1,7 +1,10 @@
 """Expert-layer selection from the tidy layer scores: a rule from params, the runner-up, and whether they overlap."""
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
+
+from seg4diff.statistics import paired_miou_difference
 
 
 def select_expert(scores: pd.DataFrame, rule: str, direction: str, force_layer: int | None = None,
@@ -31,3 +34,15 @@ def select_expert(scores: pd.DataFrame, rule: str, direction: str, force_layer: 
         result["runner_up"] = describe(runner_up)
         result["intervals_overlap"] = bool(runner_up.ci_high >= expert.ci_low and expert.ci_high >= runner_up.ci_low)
     return result
+
+
+def paired_vs_runner_up(expert: dict, stats: dict, resamples: int, seed: int) -> dict:
+    """Expert − runner-up mIoU on the same resampled images (a 95% paired interval), from the score stage's per-sample
+    statistics `stats` (per_sample (sample, direction, layer, timestep, 3, C), directions, layers, sigmas)."""
+    def pick(choice: dict) -> np.ndarray:
+        d = list(stats["directions"]).index(expert["direction"])
+        l = list(stats["layers"]).index(choice["layer"])
+        t = int(np.argmin(np.abs(np.asarray(stats["sigmas"]) - choice["timestep"])))
+        return stats["per_sample"][:, d, l, t]
+    d = paired_miou_difference(pick(expert["runner_up"]), pick(expert), resamples, seed)
+    return {"delta_miou": d["delta"], "ci": [d["ci_low"], d["ci_high"]], "n": d["n"]}

@@ -46,6 +46,14 @@ def paired_miou_difference(stats_a: np.ndarray, stats_b: np.ndarray, resamples: 
             "ci_high": float(np.quantile(delta, 0.975)), "n": int(n)}
 
 
+def miou_interval(stats: np.ndarray, resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """Returns the 95% bootstrap interval of the dataset mIoU from per-image class statistics (image, 3, C)."""
+    stats = np.asarray(stats, np.float64)
+    n = stats.shape[0]
+    draws = miou_of((_draws(n, resamples, seed) @ stats.reshape(n, -1)).reshape(-1, *stats.shape[1:]))
+    return float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))
+
+
 def mean_interval(values: np.ndarray, resamples: int = 1000, seed: int = 0) -> tuple[float, float, float]:
     """Returns (mean, 2.5%, 97.5%) of the bootstrap distribution of the mean of `values` (NaNs left out)."""
     values = np.asarray(values, np.float64)

@@ -8,7 +8,6 @@ from seg4diff.config import load_params
 from seg4diff.tracking import tracking_uri
 
 ROWS = (("gt_classes", "open vocabulary, GT-class prompts"), ("vocabulary", "open vocabulary, whole vocabulary"),
-        ("unsupervised_dataset_matching", "unsupervised, dataset matching"),
         ("unsupervised_per_image_matching", "unsupervised, per-image matching"))
 
 
@@ -26,15 +25,33 @@ def main() -> None:
         print(f"expert layer: block {expert['layer']} at σ={expert['timestep']:g}, mIoU {expert['miou']:.3f} "
               f"(95% CI {expert['ci_low']:.3f}–{expert['ci_high']:.3f}; rule {expert['rule']}"
               f"{', forced' if expert['forced'] else ''}); runner-up block {runner.get('layer')} {runner.get('miou', float('nan')):.3f}")
+    causal = _read("metrics/causal.json")
+    if causal and expert:
+        print(f"\ncausal test (perturbing one block's image→text attention during generation; {params.causal.split} captions):")
+        for key, v in causal.items():
+            if v.get("expert_ci"):
+                print(f"  {key:<34} expert Δ {v['expert_delta']:+.3f} [{v['expert_ci'][0]:+.3f}, {v['expert_ci'][1]:+.3f}], "
+                      f"rank {v['expert_rank']} of {v['blocks']} (most harmful: block {v['most_harmful_block']}, {v['most_harmful_delta']:+.3f})")
     evaluation = _read(params.evaluate.output)
     if evaluation:
         variants = [v for v in ("base", "finetuned") if v in evaluation]
-        print(f"\n| {params.evaluate.split} split (mIoU %) | " + " | ".join(variants) + " |")
-        print("|---|" + "---:|" * len(variants))
+        print(f"\n| {params.evaluate.split} split, mIoU % [95% CI] | " + " | ".join(variants)
+              + (" | fine-tuned − base [95% CI, paired] |" if "finetuned_vs_base" in evaluation else " |"))
+        print("|---|" + "---:|" * (len(variants) + ("finetuned_vs_base" in evaluation)))
         for key, label in ROWS:
-            print(f"| {label} | " + " | ".join(f"{100 * evaluation[v][key]['miou']:.1f}" for v in variants) + " |")
+            cells = [f"{100 * evaluation[v][key]['miou']:.1f} [{100 * evaluation[v][key]['miou_ci'][0]:.1f}–{100 * evaluation[v][key]['miou_ci'][1]:.1f}]"
+                     for v in variants]
+            if "finetuned_vs_base" in evaluation:
+                d = evaluation["finetuned_vs_base"][key]
+                cells.append(f"{100 * d['delta_miou']:+.2f} [{100 * d['ci'][0]:+.2f}, {100 * d['ci'][1]:+.2f}]")
+            print(f"| {label} | " + " | ".join(cells) + " |")
         for metric in evaluation["base"]["fidelity"]:
             print(f"| {metric} | " + " | ".join(f"{evaluation[v]['fidelity'][metric]:.4f}" for v in variants) + " |")
+        never = evaluation["base"]["vocabulary"].get("never_predicted")
+        if never:
+            print(f"vocabulary protocol: {len(never)} classes never predicted by the base model ({', '.join(never)})")
+    if Path(params.explore.output).exists():
+        print(f"\nexplorer: open {Path(params.explore.output).resolve()} in a browser (self-contained, works offline)")
     print("\nmetrics:  dvc metrics show        plots: dvc plots show  (then open dvc_plots/index.html)")
     print(f"MLflow:   mlflow ui --backend-store-uri {tracking_uri(params.tracking)} --host 127.0.0.1 --port 5000")
     print(f"stores:   {params.prepare.output}/<split>.zarr, {params.extract.output}; adapter: {params.finetune.output}")

@@ -72,10 +72,10 @@ def stage_run(stage: str, params: Params, groups: tuple[str, ...]) -> Iterator[m
         yield run
 
 
-def _numbers(data, prefix: str = "") -> dict[str, float]:
+def numeric_leaves(data, prefix: str = "") -> dict[str, float]:
     """Returns the numeric leaves of a metrics JSON as {dotted.key: value}."""
     if isinstance(data, dict):
-        return {k: v for key, value in data.items() for k, v in _numbers(value, f"{prefix}{key}.").items()}
+        return {k: v for key, value in data.items() for k, v in numeric_leaves(value, f"{prefix}{key}.").items()}
     if isinstance(data, (int, float)) and not isinstance(data, bool):
         return {prefix.rstrip("."): float(data)}
     return {}
@@ -100,7 +100,7 @@ def log_reused_stage(stage: str, params: Params, spec: dict) -> None:
         mlflow.set_tags({"reused": "true", "reused_from": "dvc.lock (dvc status: up to date)"})
         for path in _entries(spec.get("metrics")):
             if Path(path).is_file():
-                mlflow.log_metrics(_numbers(json.loads(Path(path).read_text())))
+                mlflow.log_metrics(numeric_leaves(json.loads(Path(path).read_text())))
         for path in map(Path, _entries(spec.get("outs")) + _entries(spec.get("plots")) + _entries(spec.get("metrics"))):
             if path.is_file() and path.stat().st_size <= REUSED_ARTIFACT_LIMIT:
                 mlflow.log_artifact(str(path))

@@ -1,8 +1,10 @@
-"""Unsupervised segmentation from empty-prompt attention, and Hungarian matching to ground truth both ways.
+"""Unsupervised segmentation from empty-prompt attention, as the authors do it, and DiffSeg's per-image matching.
 
-Maps: per-pixel min–max over tokens, a spatial softmax per token map, greedy merging of maps whose symmetric KL
-is below a threshold, argmax. A cluster is named by its first token position, so cluster ids mean the same thing
-in every image and can be matched once over the whole dataset (STEGO) or per image (DiffSeg).
+Maps: per-pixel min–max over the tokens, then a spatial softmax per token map. Grouping (the authors' anchor rule):
+take the first ungrouped map as an anchor, put every ungrouped map whose symmetric KL to the ANCHOR is below the
+threshold in its group, repeat; each group's map is the mean of its softmax-normalised maps; argmax over groups.
+Cluster ids mean nothing across images, so the only valid protocol without a shared codebook is per-image Hungarian
+matching of clusters to the image's own classes (DiffSeg, DiffCut), summed into one dataset confusion matrix.
 """
 from __future__ import annotations
 
@@ -13,27 +15,38 @@ from seg4diff.masks import upsample
 from seg4diff.metrics import confusion_matrix, summarize
 
 
-def merge_token_maps(maps: np.ndarray, kl_threshold: float, size: int | tuple[int, int], eps: float = 1e-8) -> np.ndarray:
-    """Returns a cluster map of `size` (height, width) for one image's (token, y, x) attention; values are leader token indices."""
+def softmax_maps(maps: np.ndarray) -> np.ndarray:
+    """Returns (token, y·x) distributions: per-pixel min–max over tokens, then a softmax over each token's pixels."""
     maps = maps.astype(np.float64)
     low, high = maps.min(axis=0, keepdims=True), maps.max(axis=0, keepdims=True)
-    normalised = (maps - low) / (high - low + eps)
-    flat = normalised.reshape(len(maps), -1)
+    flat = ((maps - low) / (high - low + 1e-8)).reshape(len(maps), -1)
     distributions = np.exp(flat - flat.max(axis=1, keepdims=True))
-    distributions /= distributions.sum(axis=1, keepdims=True)
-    leaders, members = [], []
-    for token, p in enumerate(distributions):
-        for group, leader in enumerate(leaders):
-            q = distributions[members[group]].mean(axis=0)
-            symmetric_kl = 0.5 * (np.sum(p * np.log((p + eps) / (q + eps))) + np.sum(q * np.log((q + eps) / (p + eps))))
-            if symmetric_kl < kl_threshold:
-                members[group].append(token)
-                break
-        else:
-            leaders.append(token)
-            members.append([token])
-    group_maps = np.stack([normalised[m].mean(axis=0) for m in members]).astype(np.float32)
-    return np.asarray(leaders)[upsample(group_maps, size).argmax(axis=0)]
+    return distributions / distributions.sum(axis=1, keepdims=True)
+
+
+def symmetric_kl(p: np.ndarray, q: np.ndarray, eps: float = 1e-8) -> np.ndarray:
+    """Returns ½(KL(p‖q) + KL(q‖p)) of one distribution p (n,) against each row of q (m, n)."""
+    p = p[None]
+    return 0.5 * (np.sum(p * np.log((p + eps) / (q + eps)), -1) + np.sum(q * np.log((q + eps) / (p + eps)), -1))
+
+
+def anchor_groups(distributions: np.ndarray, kl_threshold: float) -> list[list[int]]:
+    """Returns the groups of the authors' anchor rule: every ungrouped map within the threshold of the anchor joins it."""
+    ungrouped, groups = list(range(len(distributions))), []
+    while ungrouped:
+        distances = symmetric_kl(distributions[ungrouped[0]], distributions[ungrouped])
+        members = [token for token, d in zip(ungrouped, distances) if d < kl_threshold or token == ungrouped[0]]
+        groups.append(members)
+        ungrouped = [token for token in ungrouped if token not in members]
+    return groups
+
+
+def merge_token_maps(maps: np.ndarray, kl_threshold: float, size: int | tuple[int, int]) -> np.ndarray:
+    """Returns a cluster map of `size` (height, width) for one image's (token, y, x) attention; values are group indices."""
+    distributions = softmax_maps(maps)
+    groups = anchor_groups(distributions, kl_threshold)
+    group_maps = np.stack([distributions[g].mean(axis=0) for g in groups]).reshape(len(groups), *maps.shape[-2:])
+    return upsample(group_maps.astype(np.float32), size).argmax(axis=0)
 
 
 def _matched_summary(confusion: np.ndarray, num_classes: int) -> dict:
@@ -43,29 +56,29 @@ def _matched_summary(confusion: np.ndarray, num_classes: int) -> dict:
     return {"miou": float(np.nanmean(iou)), "macc": float(np.nanmean(acc)), "pacc": result["pacc"], "iou": iou}
 
 
-def match_dataset(clusters: list[np.ndarray], labels: list[np.ndarray], num_clusters: int, num_classes: int) -> dict:
-    """STEGO's protocol: one Hungarian matching of clusters to classes over the dataset-level overlap matrix."""
-    overlap = np.zeros((num_clusters, num_classes), np.int64)
-    for cluster, label in zip(clusters, labels):
-        valid = label != 255
-        overlap += np.bincount(cluster[valid] * num_classes + label[valid], minlength=num_clusters * num_classes).reshape(num_clusters, num_classes)
+def image_confusion(cluster: np.ndarray, label: np.ndarray, num_classes: int) -> np.ndarray:
+    """Returns the (C+1)×(C+1) confusion of one image after Hungarian-matching its clusters to its classes; the last
+    column counts pixels of clusters left unmatched (more clusters than classes)."""
+    ids = np.unique(cluster)
+    local = np.searchsorted(ids, cluster)
+    valid = label != 255
+    overlap = np.bincount(local[valid] * num_classes + label[valid], minlength=len(ids) * num_classes).reshape(len(ids), num_classes)
     rows, cols = linear_sum_assignment(-overlap)
-    mapping = np.full(num_clusters, num_classes)  # unmatched clusters → "none"
+    mapping = np.full(len(ids), num_classes)
     mapping[rows] = cols
-    confusion = sum(confusion_matrix(mapping[c], l, num_classes + 1) for c, l in zip(clusters, labels))
-    return _matched_summary(confusion, num_classes)
+    return confusion_matrix(mapping[local], label, num_classes + 1)
+
+
+def confusion_statistics(confusion: np.ndarray, num_classes: int) -> np.ndarray:
+    """(3, C) true positives, label area, prediction area of the real classes (metrics.class_statistics' layout)."""
+    return np.stack([np.diag(confusion)[:num_classes], confusion[:num_classes].sum(1), confusion[:, :num_classes].sum(0)])
 
 
 def match_per_image(clusters: list[np.ndarray], labels: list[np.ndarray], num_classes: int) -> dict:
-    """DiffSeg's protocol: each image's clusters matched to its own classes, then one dataset-level confusion matrix."""
-    confusion = np.zeros((num_classes + 1, num_classes + 1), np.int64)
-    for cluster, label in zip(clusters, labels):
-        ids = np.unique(cluster)
-        local = np.searchsorted(ids, cluster)
-        valid = label != 255
-        overlap = np.bincount(local[valid] * num_classes + label[valid], minlength=len(ids) * num_classes).reshape(len(ids), num_classes)
-        rows, cols = linear_sum_assignment(-overlap)
-        mapping = np.full(len(ids), num_classes)
-        mapping[rows] = cols
-        confusion += confusion_matrix(mapping[local], label, num_classes + 1)
-    return _matched_summary(confusion, num_classes)
+    """DiffSeg's protocol: each image's clusters matched to its own classes, then one dataset-level confusion matrix.
+    Also returns `stats`, (image, 3, C) per-image class statistics for paired intervals, and the clusters per image."""
+    confusions = [image_confusion(c, l, num_classes) for c, l in zip(clusters, labels)]
+    result = _matched_summary(sum(confusions), num_classes)
+    result["stats"] = np.stack([confusion_statistics(c, num_classes) for c in confusions])
+    result["clusters_per_image"] = float(np.mean([len(np.unique(c)) for c in clusters]))
+    return result

@@ -11,9 +11,10 @@ from prefect import task
 
 from seg4diff.config import Params
 from seg4diff.data.prepared import open_prepared, require_captions
-from seg4diff.evaluate import evaluate_segmentation
+from seg4diff.errors import ConfigError
+from seg4diff.evaluate import choose_kl_threshold, evaluate_segmentation
 from seg4diff.extract import prompt_style
-from seg4diff.finetune import heldout_flow_loss
+from seg4diff.finetune import flow_losses
 from seg4diff.models import load_backbone
 from seg4diff.fidelity import clip_score, generate
 from seg4diff.pretrain import caption_colour_agreement
@@ -40,10 +41,17 @@ def _evaluate_model(params: Params, variant: str) -> dict:
     backbone = load_backbone(params.model, lora=params.finetune.output if variant == "finetuned" else None)
     test = open_prepared(Path(params.prepare.output) / f"{p.split}.zarr")
     style = prompt_style(params.prompt, "gt_classes")
+    if p.val_split == p.split:
+        raise ConfigError(f"evaluate.val_split '{p.val_split}' is the evaluated split: the unsupervised threshold must be chosen on another")
+    val = open_prepared(Path(params.prepare.output) / f"{p.val_split}.zarr")
+    kl_threshold, kl_curve = choose_kl_threshold(backbone, val, expert["layer"], expert["timestep"], p.seed, p.batch_size,
+                                                 p.kl_thresholds, style.columns, p.val_samples)
     results, gallery = evaluate_segmentation(backbone, test, expert["layer"], expert["timestep"], p.seed, p.batch_size,
-                                             p.kl_threshold, style, params.prompt.threshold, p.max_samples)
+                                             kl_threshold, style, params.prompt.threshold, p.max_samples)
+    results["unsupervised_per_image_matching"]["val_miou_by_threshold"] = {str(t): m for t, m in kl_curve.items()}
     limit = min(test.sizes["sample"], p.max_samples or test.sizes["sample"])
-    fidelity = {"heldout_flow_loss": heldout_flow_loss(backbone, test, p.seed, limit, style=style)}
+    flow = flow_losses(backbone, test, p.seed, limit, style)
+    fidelity = {"heldout_flow_loss": float(flow.mean())}
     if p.generation_samples:
         require_captions(test, p.split, "evaluate.generation_samples > 0 (generation fidelity)")
         captions = [str(c) for c in test["caption"].values[: p.generation_samples]]
@@ -54,5 +62,5 @@ def _evaluate_model(params: Params, variant: str) -> dict:
         if p.clip_model:
             fidelity["clip_score"] = clip_score(images, captions, p.clip_model)
     shown = sorted(gallery)[: p.gallery]
-    return {"variant": variant, "expert": expert, "segmentation": results, "fidelity": fidelity,
+    return {"variant": variant, "expert": expert, "segmentation": results, "fidelity": fidelity, "per_sample_flow_loss": flow,
             "gallery": {i: gallery[i].astype(np.uint8) for i in shown}, "torch_threads": torch.get_num_threads()}

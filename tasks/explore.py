@@ -12,6 +12,23 @@ from seg4diff.explorer import explorer_data, render_html
 from tasks.score import background_threshold, load_inputs
 
 
+CAUSAL_METRICS = ("object_recall", "clip_score", "flow_loss_increase")  # the first present is drawn
+
+
+def causal_curve(params: Params) -> pd.DataFrame | None:
+    """The causal stage's per-block effect of its first perturbation on the first of CAUSAL_METRICS, when it ran."""
+    path = Path(params.causal.output)
+    if not path.exists():
+        return None
+    table = pd.read_csv(path)
+    table = table[table.perturbation == params.causal.perturbations[0]]
+    metric = next((m for m in CAUSAL_METRICS if m in set(table.metric)), None)
+    if metric is None:
+        return None
+    rows = table[table.metric == metric]
+    return pd.DataFrame({"layer": rows.block, "metric": f"{params.causal.perturbations[0]}: Δ {metric}", "value": rows.delta})
+
+
 @task(name="build-explorer")
 def build_explorer_task(params: Params) -> dict:
     """Writes explore.output; returns its size and what it holds."""
@@ -19,7 +36,7 @@ def build_explorer_task(params: Params) -> dict:
     scores = pd.read_csv(params.score.output)
     expert = json.loads(Path(params.select.output).read_text())
     data = explorer_data(store, prepared, scores, expert, params.explore.samples, background_threshold(params, store),
-                         params.explore.display_size)
+                         params.explore.display_size, causal_curve(params))
     html = render_html(data, f"seg4diff attention explorer — {store.attrs.get('model', '')}, {store.attrs.get('split', '')} split")
     output = Path(params.explore.output)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ from seg4diff.data.prepared import label_sizes, native_label, open_prepared
 from seg4diff.outputs import write_csv
 from seg4diff.masks import class_maps, predict, upsample
 from seg4diff.plots import attention_examples, heatmap, layer_curve
-from seg4diff.scoring import ScoreTables, miou_of, score_store, tidy_scores
+from seg4diff.scoring import ScoreTables, miou_of, score_store, stats_path, tidy_scores
 
 
 def load_inputs(params: Params):
@@ -48,6 +48,8 @@ def write_scores_task(params: Params, tables: ScoreTables) -> dict:
     scores = tidy_scores(tables, params.score.bootstrap_resamples, params.score.seed)
     out = Path(params.score.output)
     write_csv(scores, out)
+    np.savez_compressed(stats_path(params.score.output), per_sample=tables.per_sample, directions=np.array(tables.directions),
+                        layers=np.array(tables.layers), sigmas=np.array(tables.sigmas))
     miou = scores[(scores.metric == "miou") & (scores["head"] == "mean")]
     write_csv(miou.pivot_table(index="layer", columns="direction", values="value", aggfunc="max").reset_index(),
               out.parent / "layer_curve.csv")

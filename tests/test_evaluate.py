@@ -37,23 +37,50 @@ def test_vocabulary_split_over_prompts_covers_every_class_once(test_split):
     assert sorted(s.class_id for _, spans in without_background for s in spans) == list(range(1, 13))
 
 
-def test_one_prompt_when_it_fits_gives_the_single_prompt_result(test_split):
-    long = load_backbone(ModelParams(path=str(test_split / "organism40")))
-    rows = open_prepared(test_split / "test.zarr").load()
+def test_vocabulary_classes_of_every_prompt_share_one_normalisation(test_split):
+    """Several prompts: one softmax over ALL classes of each class's mean head-mean logit, upsampled, argmax —
+    computed here from the capture's logits directly."""
+    import torch
+    import torch.nn.functional as F
+    from seg4diff.attention import capture_attention
+    from seg4diff.extract import sample_noise, token_slots
+
+    short = load_backbone(ModelParams(path=str(test_split / "organism8")))
+    rows = open_prepared(test_split / "test.zarr").isel(sample=[0, 1]).load()
     names = [str(n) for n in rows.class_name.values]
-    style = PromptStyle("vocabulary", " and ", "word", "all")
-    prompts = vocabulary_prompts(long, names, style)
-    assert len(prompts) == 1
-    merged = vocabulary_predictions(long, rows, [0, 1, 2, 3], 1, 0.5, 0, prompts, None, "all")
-    direct = segment_batch(long, rows, [0, 1, 2, 3], 1, 0.5, 0, style, None)
-    np.testing.assert_array_equal(merged, direct)
+    style = PromptStyle("gt_classes", " and ", "word", "all")
+    prompts = vocabulary_prompts(short, names, style)
+    assert len(prompts) > 1
+    predictions = vocabulary_predictions(short, rows, [0, 1], 1, 0.5, 0, prompts, None, "all")
+    images = torch.from_numpy(rows.image.values[:2]).permute(0, 3, 1, 2).float() / 255
+    latents = short.encode_images(images)
+    noisy = 0.5 * torch.stack([sample_noise(latents.shape[1:], 0, i) for i in (0, 1)]) + 0.5 * latents
+    per_class = {}
+    for prompt, spans in prompts:
+        encoding = short.encode_prompts([prompt] * 2)
+        slot = token_slots(encoding, 0, spans, "class", len(encoding.tokens[0]), prompt, "all")
+        with torch.no_grad(), capture_attention(short.transformer, [1], ("image_to_text",), output="logits") as cap:
+            short.transformer(**short.transformer_inputs(noisy, 0.5, encoding))
+        logits = cap.tensor("image_to_text")[:, 0].mean(1)  # (batch, image token, text position), head mean
+        for span in spans:
+            positions = [int(p) for p, c in zip(slot.position, slot.class_id) if c == span.class_id and p >= 0]
+            per_class[span.class_id] = logits[..., positions].mean(-1).reshape(2, 8, 8)
+    classes = sorted(per_class)
+    probabilities = torch.softmax(torch.stack([per_class[c] for c in classes], 1), dim=1)  # over all prompts' classes
+    expected = np.array(classes)[F.interpolate(probabilities, size=(32, 32), mode="bilinear", align_corners=False).argmax(1).numpy()]
+    np.testing.assert_array_equal(predictions, expected)
 
 
 def test_evaluation_reports_every_protocol(test_split):
     backbone = load_backbone(ModelParams(path=str(test_split / "organism8")))
     results, gallery = evaluate_segmentation(backbone, open_prepared(test_split / "test.zarr"), 1, 0.5, 0, 2, 0.1,
                                              PromptStyle("gt_classes", " and ", "threshold", "all"), 0.3, progress=False)
-    assert set(results) == {"gt_classes", "vocabulary", "unsupervised_dataset_matching", "unsupervised_per_image_matching"}
+    assert set(results) == {"gt_classes", "vocabulary", "unsupervised_per_image_matching"}
     for result in results.values():
-        assert 0 <= result["miou"] <= 1 and 0 <= result["pacc"] <= 1
+        assert 0 <= result["miou"] <= 1 and 0 <= result["pacc"] <= 1 and result["stats"].shape == (4, 3, 13)
+    for protocol in ("gt_classes", "vocabulary"):  # per-image statistics add up to the dataset confusion's numbers
+        tp, labelled, predicted = results[protocol]["stats"].sum(0)
+        assert results[protocol]["pacc"] == pytest.approx(tp.sum() / labelled.sum())
+    assert sum(results["vocabulary"]["predicted_pixels"].values()) == 4 * 32 * 32
+    assert set(results["vocabulary"]["never_predicted"]) == {n for n, c in results["vocabulary"]["predicted_pixels"].items() if c == 0}
     assert results["vocabulary"]["prompts"] > 1 and sorted(gallery) == [0, 1, 2, 3] and gallery[0].shape == (32, 32)

@@ -11,6 +11,7 @@ from conftest import base_params
 
 @pytest.mark.slow
 def test_prepare_pretrain_extract_score_select(prefect_harness, tmp_path, monkeypatch):
+    from flows.causal import causal
     from flows.evaluate import evaluate
     from flows.explore import explore
     from flows.extract import extract
@@ -33,6 +34,8 @@ def test_prepare_pretrain_extract_score_select(prefect_harness, tmp_path, monkey
                       "batch_size": 2, "workers": 2}
     raw["score"] = {"bootstrap_resamples": 50, "examples": 2, "output": str(tmp_path / "results/layer_scores.csv")}
     raw["select"] = {"output": str(tmp_path / "results/expert.json")}
+    raw["causal"] = {"blocks": [0, 2], "perturbations": ["blur", "shuffle"], "captions": 4, "generation_steps": 2,
+                     "flow_samples": 4, "bootstrap_resamples": 100, "output": str(tmp_path / "results/causal.csv")}
     raw["explore"] = {"samples": 3, "output": str(tmp_path / "results/explorer.html")}
     raw["finetune"] = {"steps": 4, "batch_size": 2, "rank": 4, "alpha": 4, "checkpoint_every": 2, "validate_every": 2,
                        "validation_samples": 4, "work_dir": str(tmp_path / "ft"), "output": str(tmp_path / "lora")}
@@ -64,23 +67,37 @@ def test_prepare_pretrain_extract_score_select(prefect_harness, tmp_path, monkey
     assert (expert["layer"], expert["timestep"]) == (best.layer, best.timestep)
     assert abs(headline["image_to_text.best_miou"] - best.value) < 1e-6  # the CSV holds 6 significant digits
 
+    summary = causal()
+    table = pd.read_csv(tmp_path / "results/causal.csv")
+    assert set(table.block) == {0, 2} and set(table.perturbation) == {"blur", "shuffle"}
+    assert {"caption_colour_agreement", "object_recall", "flow_loss_increase", "perturbation_l1"} == set(table.metric)
+    scored = table[table.metric != "perturbation_l1"]
+    assert (scored.ci_low <= scored.delta + 1e-9).all() and (scored.delta <= scored.ci_high + 1e-9).all()
+    assert (table[table.metric == "perturbation_l1"].value > 0).all()
+    assert summary["shuffle.flow_loss_increase"]["blocks"] == 2 and (tmp_path / "metrics/causal.json").exists()
     page = explore()
     assert page["samples"] == 3 and page["blocks"] == 3 and page["heads"] == 3 and page["sigmas"] == 2
-    assert f'"expert":{{"layer":{expert["layer"]},' in (tmp_path / "results/explorer.html").read_text()
+    html = (tmp_path / "results/explorer.html").read_text()
+    assert f'"expert":{{"layer":{expert["layer"]},' in html and '"causal":[{"layer":0,"metric":' + json.dumps("blur: Δ object_recall") in html
 
     best = finetune()
     assert 0 <= best["val_miou"] <= 1 and (tmp_path / "lora/adapter_model.safetensors").exists()
     metrics = for_stage(evaluate, load_params())()
-    assert set(metrics) >= {"base", "finetuned", "expert", "sigma"}
+    assert set(metrics) == {"base", "finetuned", "expert", "sigma", "finetuned_vs_base"}
     for variant in ("base", "finetuned"):
-        assert set(metrics[variant]) == {"gt_classes", "vocabulary", "unsupervised_dataset_matching",
-                                         "unsupervised_per_image_matching", "fidelity"}
+        assert set(metrics[variant]) == {"gt_classes", "vocabulary", "unsupervised_per_image_matching", "fidelity"}
+        low, high = metrics[variant]["gt_classes"]["miou_ci"]
+        assert low <= metrics[variant]["gt_classes"]["miou"] <= high
         assert 0 <= metrics[variant]["gt_classes"]["miou"] <= 1 and metrics[variant]["fidelity"]["heldout_flow_loss"] > 0
+    for protocol, d in metrics["finetuned_vs_base"].items():
+        assert d["ci"][0] <= d.get("delta_miou", d.get("delta")) <= d["ci"][1], protocol
+    assert metrics["base"]["unsupervised_per_image_matching"]["kl_threshold"] in (0.01, 0.02, 0.035, 0.05, 0.1, 0.2)
+    assert "vs_runner_up" in expert and expert["vs_runner_up"]["n"] == 4
     assert json.loads((tmp_path / "metrics/evaluate.json").read_text()) == metrics
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = {r.info.run_name: r for r in mlflow.search_runs(experiment_names=["seg4diff"], output_format="list")}
-    assert set(runs) == {"prepare", "pretrain", "extract", "score", "select", "explore", "finetune", "evaluate"}
+    assert set(runs) == {"prepare", "pretrain", "extract", "score", "select", "causal", "explore", "finetune", "evaluate"}
     assert "explorer.html" in {a.path for a in mlflow.MlflowClient().list_artifacts(runs["explore"].info.run_id)}
     assert "gallery.png" in {a.path for a in mlflow.MlflowClient().list_artifacts(runs["evaluate"].info.run_id)}
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(runs["score"].info.run_id)}
