@@ -1,56 +1,99 @@
-"""Ablation: does MAGNET's gain come from the mask losses? Trains the adapter twice from params.yaml's finetune
-group — as configured, and with λ_focal = λ_dice = 0 (LoRA + flow loss only) — then reports, on the TEST split at the
-expert block, zero-shot mIoU (GT-class prompts) and the held-out flow-matching loss of base, MAGNET and ablation.
+"""MAGNET over several fine-tuning seeds, and whether its gain comes from the mask losses. For each seed, trains the
+adapter from params.yaml's finetune group (`magnet`) and, with --variants flow_only, with λ_focal = λ_dice = 0 (LoRA +
+flow loss only); then on the TEST split at the expert block (chosen on val by the pipeline): zero-shot mIoU with
+GT-class prompts, the held-out flow-matching loss and (organism) the caption colour agreement of generated images —
+each adapter minus the base model paired over the same test images / captions, with 95% bootstrap intervals; over
+seeds the mean ± sd of the gain, and the interval of the seed-mean gain (images resampled, seeds fixed).
 
-    .venv/bin/python benchmarks/magnet_ablation.py      # after `dvc repro select`; work dirs under /tmp
+    .venv/bin/python benchmarks/magnet_ablation.py --seeds 0 1 2 [--variants magnet flow_only] [--reuse-seed0 models/lora]
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import time
 from pathlib import Path
 
+import numpy as np
+
 from seg4diff.config import load_params
 from seg4diff.data.prepared import open_prepared
+from seg4diff.evaluate import image_statistics
 from seg4diff.extract import prompt_style
-from seg4diff.finetune import heldout_flow_loss, train_magnet
-from seg4diff.metrics import summarize
+from seg4diff.fidelity import generate
+from seg4diff.finetune import flow_losses, train_magnet
 from seg4diff.models import load_backbone
-from seg4diff.segment import segmentation_confusion
+from seg4diff.pretrain import largest_blob_colour
+from seg4diff.data.shapes import COLOURS
+from seg4diff.scoring import miou_of
+from seg4diff.segment import segment_batch
+from seg4diff.statistics import resample_weights, paired_mean_difference, paired_miou_difference
 from tasks.finetune import magnet_config
 
 
-def test_numbers(params, lora: Path | None, expert: dict) -> dict:
+def measure(params, lora: Path | None, expert: dict) -> dict:
+    """Per test image class statistics and flow loss, per caption colour agreement."""
     backbone = load_backbone(params.model, lora=lora)
     test = open_prepared(Path(params.prepare.output) / "test.zarr")
     style = prompt_style(params.prompt, "gt_classes")
-    confusion = segmentation_confusion(backbone, test, expert["layer"], expert["timestep"], params.evaluate.seed, 16, style,
-                                       params.prompt.threshold)
-    return {"test_miou": summarize(confusion)["miou"],
-            "test_flow_loss": heldout_flow_loss(backbone, test, params.evaluate.seed, test.sizes["sample"], style=style)}
+    stats = []
+    for start in range(0, test.sizes["sample"], 16):
+        indices = list(range(start, min(start + 16, test.sizes["sample"])))
+        rows = test.isel(sample=indices).load()
+        predictions = segment_batch(backbone, rows, indices, expert["layer"], expert["timestep"], params.evaluate.seed, style,
+                                    params.prompt.threshold)
+        stats.append(image_statistics(predictions, rows["label"].values, test.sizes["class"]))
+    captions = [str(c) for c in test.caption.values[:64]]
+    images = generate(backbone, captions, params.evaluate.generation_steps, params.evaluate.guidance, params.evaluate.seed, test.sizes["y"])
+    colour = np.array([float(largest_blob_colour(i) in {w for w in c.split() if w in COLOURS}) for i, c in zip(images, captions)])
+    return {"stats": np.concatenate(stats), "flow": flow_losses(backbone, test, params.evaluate.seed, test.sizes["sample"], style),
+            "colour": colour}
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--variants", nargs="+", default=["magnet"], choices=["magnet", "flow_only"])
+    parser.add_argument("--reuse-seed0", default=None, help="an adapter already trained with these params and seed 0 (models/lora)")
+    args = parser.parse_args()
     params = load_params()
     expert = json.loads(Path(params.select.output).read_text())
     prepared = Path(params.prepare.output)
-    rows = {"base": test_numbers(params, None, expert)}
-    for name, update in (("magnet", {}), ("flow_only", {"lambda_focal": 0.0, "lambda_dice": 0.0})):
-        config = dataclasses.replace(magnet_config(params, expert), **update)
-        work = Path(f"/tmp/seg4diff-ablation-{name}")
-        started = time.perf_counter()
-        summary = train_magnet(load_backbone(params.model), open_prepared(prepared / "train.zarr"),
-                               open_prepared(prepared / "val.zarr"), config, work, progress=False)
-        rows[name] = {**test_numbers(params, work / "best", expert), "best_step": summary["best"]["step"],
-                      "train_seconds": round(time.perf_counter() - started)}
-    base = rows["base"]
-    print(f"block {expert['layer']}, σ={expert['timestep']:g}, test split")
-    print(f"{'model':<10}{'test mIoU':>10}{'Δ points':>10}{'flow loss':>11}{'Δ flow %':>10}{'best step':>10}")
-    for name, row in rows.items():
-        print(f"{name:<10}{row['test_miou']:>10.4f}{100 * (row['test_miou'] - base['test_miou']):>10.2f}"
-              f"{row['test_flow_loss']:>11.5f}{100 * (row['test_flow_loss'] / base['test_flow_loss'] - 1):>10.2f}"
-              f"{row.get('best_step', '-'):>10}")
+    base = measure(params, None, expert)
+    updates = {"magnet": {}, "flow_only": {"lambda_focal": 0.0, "lambda_dice": 0.0}}
+    report = {"expert": expert["layer"], "sigma": expert["timestep"], "base_test_miou": float(miou_of(base["stats"].sum(0))), "runs": {}}
+    for variant in args.variants:
+        gains, runs = [], {}
+        for seed in args.seeds:
+            config = magnet_config(params, expert)
+            config = dataclasses.replace(config, finetune=config.finetune.model_copy(update={**updates[variant], "seed": seed}))
+            started = time.perf_counter()
+            if seed == 0 and variant == "magnet" and args.reuse_seed0:
+                adapter, trained = Path(args.reuse_seed0), "reused"
+            else:
+                work = Path(f"/tmp/seg4diff-magnet-{variant}-{seed}")
+                train_magnet(load_backbone(params.model), open_prepared(prepared / "train.zarr"), open_prepared(prepared / "val.zarr"),
+                             config, work, progress=False)
+                adapter, trained = work / "best", round(time.perf_counter() - started)
+            tuned = measure(params, adapter, expert)
+            miou = paired_miou_difference(base["stats"], tuned["stats"])
+            flow = paired_mean_difference(np.zeros(len(base["flow"])), (tuned["flow"] - base["flow"]) / base["flow"])
+            colour = paired_mean_difference(base["colour"], tuned["colour"])
+            runs[seed] = {"test_miou": miou["b"], "gain_points": 100 * miou["delta"], "gain_ci": [100 * miou["ci_low"], 100 * miou["ci_high"]],
+                          "flow_loss_change_%": 100 * flow["delta"], "flow_ci": [100 * flow["ci_low"], 100 * flow["ci_high"]],
+                          "colour_agreement": colour["b"], "colour_change": colour["delta"], "colour_ci": [colour["ci_low"], colour["ci_high"]],
+                          "train_seconds": trained}
+            gains.append(tuned["stats"])
+            print(json.dumps({variant: {seed: runs[seed]}}), flush=True)
+        weights = resample_weights(len(base["stats"]), 1000, 0)  # the same resampled images for every seed
+        flat = lambda s: (weights @ s.reshape(len(s), -1)).reshape(-1, *s.shape[1:])  # noqa: E731
+        base_draws = miou_of(flat(base["stats"]))
+        mean_gain = np.mean([miou_of(flat(s)) - base_draws for s in gains], axis=0)
+        points = [r["gain_points"] for r in runs.values()]
+        report["runs"][variant] = {"per_seed": runs, "gain_mean_points": float(np.mean(points)), "gain_sd_points": float(np.std(points, ddof=1)) if len(points) > 1 else None,
+                                   "seed_mean_gain_ci_points": [100 * float(np.quantile(mean_gain, 0.025)), 100 * float(np.quantile(mean_gain, 0.975))]}
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -122,6 +122,8 @@ class Recorder:
                 row_lse = self._keep(lse[:, :, text_slice, None])[..., 0]
             logits = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
             self._store(direction, layer, logits if self.output == "logits" else torch.exp(logits - row_lse.float()[..., None]))
+            if self.output == "logits" and direction == "image_to_text":  # the softmax denominators, to renormalise jointly
+                self._store("image_lse", layer, row_lse.float())
         if self.diagnostics:
             self._diagnostics(layer, query, key, lse, scale, text_slice, image_slice)
 
@@ -328,7 +330,8 @@ def capture_attention(transformer: torch.nn.Module, layers: Sequence[int] | None
     """Installs capture processors on `layers` (None: every block) and restores the originals on exit, even on error.
 
     `text_tokens`: positions in the text sequence to keep, (kept,) for the whole batch or (batch, kept) per sample.
-    `output="logits"` keeps the pre-softmax scores (for losses); `detach=False` keeps their graph.
+    `output="logits"` keeps the pre-softmax scores (for losses) and, as `image_lse`, each image query's log-sum-exp
+    over all joint keys (logit − image_lse is the log-probability); `detach=False` keeps their graph.
     Every forward inside the capture is kept (a `step` dim when there are several): to wrap a whole generation at
     full size, bound the memory with `layers`, `text_tokens` and `head_mean`.
     """

@@ -7,8 +7,9 @@ import torch
 import xarray as xr
 from tqdm import tqdm
 
+from seg4diff.attention import capture_attention
 from seg4diff.data.prepared import label_sizes, native_label, pad_label
-from seg4diff.extract import ClassSpan, PromptStyle, build_prompt, column_positions, token_slots
+from seg4diff.extract import ClassSpan, PromptStyle, build_prompt, column_positions, sample_noise, token_slots
 from seg4diff.masks import class_maps, predict
 from seg4diff.metrics import class_statistics
 from seg4diff.models import Backbone
@@ -48,27 +49,44 @@ def _ends_inside(encoding, span: ClassSpan) -> bool:
 
 
 @torch.no_grad()
+def prompt_logits(backbone: Backbone, rows: xr.Dataset, indices: list[int], layer: int, sigma: float, seed: int,
+                  encoding, positions: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Returns one block's image→text logits (batch, head, token, y, x) and each image query's log-sum-exp over all
+    joint keys (batch, head, y, x), with the seeded noise of `segment.expert_maps`."""
+    images = torch.from_numpy(rows["image"].values).permute(0, 3, 1, 2).float() / 255
+    latents = backbone.encode_images(images)
+    noise = torch.stack([sample_noise(latents.shape[1:], seed, i) for i in indices]).to(latents)
+    with capture_attention(backbone.transformer, [layer], ("image_to_text",), positions, output="logits") as cap:
+        backbone.transformer(**backbone.transformer_inputs(sigma * noise + (1 - sigma) * latents, sigma, encoding))
+    grid = backbone.token_grid(*images.shape[2:])
+    logits = cap.tensor("image_to_text")[:, 0].transpose(-1, -2)  # (batch, head, token, image_token)
+    lse = cap.tensor("image_lse")[:, 0]  # (batch, head, image_token)
+    return (logits.reshape(*logits.shape[:3], *grid).cpu().numpy(), lse.reshape(*lse.shape[:2], *grid).cpu().numpy())
+
+
 def vocabulary_predictions(backbone: Backbone, rows: xr.Dataset, indices: list[int], layer: int, sigma: float, seed: int,
                            prompts: list[tuple[str, list[ClassSpan]]], background_threshold: float | None, columns: str) -> np.ndarray:
     """Returns predictions over the whole vocabulary with ONE normalisation across the prompts it is split over.
 
-    One forward per prompt (same noise); each class's map is the mean of its tokens' head-mean image→text logits; at
-    every pixel a softmax over all classes of all prompts gives comparable class probabilities (probabilities from
-    separate prompts are not: each was normalised over its own prompt's keys); then masks.predict (argmax, and the
-    background threshold on those probabilities).
+    One forward per prompt (same noise). Every token's probability is renormalised with a single softmax over the
+    keys of ALL the prompts' forwards: p = exp(logit − logsumexp over prompts of each forward's log-sum-exp), per head
+    and pixel (separately normalised probabilities of different prompts are not comparable). Class maps are then the
+    head-mean, token-mean probabilities as in `segment_batch`: with one prompt this is exactly its probabilities.
     """
-    merged, ids = [], []
+    logits, lses, token_classes, ids = [], [], [], []
     for prompt, spans in prompts:
         encoding = backbone.encode_prompts([prompt] * len(indices))
         slot = token_slots(encoding, 0, spans, "class", len(encoding.tokens[0]), prompt, columns)
         used = int((slot.position >= 0).sum())
-        logits = expert_maps(backbone, rows, indices, layer, sigma, seed, encoding, slot.position[:used].tolist(), output="logits")
-        classes = np.array([s.class_id for s in spans])
-        merged.append(class_maps(logits, slot.class_id[:used], classes))
-        ids.append(classes)
-    logits, classes = np.concatenate(merged, axis=1), np.concatenate(ids)
-    probabilities = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
-    return np.stack([pad_label(predict(probabilities[k], classes, size, background_threshold), rows["label"].shape[1:])
+        prompt_logit, lse = prompt_logits(backbone, rows, indices, layer, sigma, seed, encoding, slot.position[:used].tolist())
+        logits.append(prompt_logit)
+        lses.append(lse)
+        token_classes.append(slot.class_id[:used])
+        ids.append(np.array([s.class_id for s in spans]))
+    joint_lse = np.logaddexp.reduce(np.stack(lses), axis=0)[:, :, None]  # (batch, head, 1, y, x)
+    maps = [class_maps(np.exp(l - joint_lse).mean(axis=1), t, c) for l, t, c in zip(logits, token_classes, ids)]
+    maps, classes = np.concatenate(maps, axis=1), np.concatenate(ids)
+    return np.stack([pad_label(predict(maps[k], classes, size, background_threshold), rows["label"].shape[1:])
                      for k, size in enumerate(label_sizes(rows))])
 
 

@@ -15,17 +15,15 @@ from seg4diff.models import Backbone, PromptEncoding
 
 @torch.no_grad()
 def expert_maps(backbone: Backbone, rows: xr.Dataset, sample_indices: list[int], layer: int, sigma: float, seed: int,
-                encoding: PromptEncoding, positions: torch.Tensor | list[int] | None = None,
-                output: str = "probabilities") -> np.ndarray:
+                encoding: PromptEncoding, positions: torch.Tensor | list[int] | None = None) -> np.ndarray:
     """Returns head-mean image→text maps (batch, token, y, x) of one block for a loaded batch, with seeded noise at σ.
 
     `positions`: the text positions to keep, (token,) or (batch, token); None keeps every text position.
-    `output`: softmax probabilities over all joint keys, or the pre-softmax logits.
     """
     images = torch.from_numpy(rows["image"].values).permute(0, 3, 1, 2).float() / 255
     latents = backbone.encode_images(images)
     noise = torch.stack([sample_noise(latents.shape[1:], seed, i) for i in sample_indices]).to(latents)
-    with capture_attention(backbone.transformer, [layer], ("image_to_text",), positions, head_mean=True, output=output) as cap:
+    with capture_attention(backbone.transformer, [layer], ("image_to_text",), positions, head_mean=True) as cap:
         backbone.transformer(**backbone.transformer_inputs(sigma * noise + (1 - sigma) * latents, sigma, encoding))
     maps = cap.tensor("image_to_text")[:, 0, 0].transpose(-1, -2)  # (batch, token, image_token)
     return maps.reshape(*maps.shape[:2], *backbone.token_grid(*images.shape[2:])).float().cpu().numpy()

@@ -10,7 +10,7 @@ import numpy as np
 from seg4diff.scoring import miou_of
 
 
-def _draws(n: int, resamples: int, seed: int) -> np.ndarray:
+def resample_weights(n: int, resamples: int, seed: int) -> np.ndarray:
     """(resamples, n) multinomial counts: how often each unit appears in each draw."""
     return np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=resamples).astype(np.float64)
 
@@ -22,7 +22,7 @@ def paired_mean_difference(a: np.ndarray, b: np.ndarray, resamples: int = 1000, 
     delta = b[keep] - a[keep]
     if delta.size == 0:
         return {"a": float("nan"), "b": float("nan"), "delta": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": 0}
-    weights = _draws(delta.size, resamples, seed)
+    weights = resample_weights(delta.size, resamples, seed)
     means = weights @ delta / delta.size
     return {"a": float(a[keep].mean()), "b": float(b[keep].mean()), "delta": float(delta.mean()),
             "ci_low": float(np.quantile(means, 0.025)), "ci_high": float(np.quantile(means, 0.975)), "n": int(delta.size)}
@@ -35,7 +35,7 @@ def paired_miou_difference(stats_a: np.ndarray, stats_b: np.ndarray, resamples: 
     if stats_a.shape != stats_b.shape:
         raise ValueError(f"paired statistics differ in shape: {stats_a.shape} vs {stats_b.shape}")
     n = stats_a.shape[0]
-    weights = _draws(n, resamples, seed)
+    weights = resample_weights(n, resamples, seed)
     flat_a, flat_b = stats_a.reshape(n, -1), stats_b.reshape(n, -1)
     shape = stats_a.shape[1:]
     draws_a = miou_of((weights @ flat_a).reshape(-1, *shape))
@@ -50,7 +50,7 @@ def miou_interval(stats: np.ndarray, resamples: int = 1000, seed: int = 0) -> tu
     """Returns the 95% bootstrap interval of the dataset mIoU from per-image class statistics (image, 3, C)."""
     stats = np.asarray(stats, np.float64)
     n = stats.shape[0]
-    draws = miou_of((_draws(n, resamples, seed) @ stats.reshape(n, -1)).reshape(-1, *stats.shape[1:]))
+    draws = miou_of((resample_weights(n, resamples, seed) @ stats.reshape(n, -1)).reshape(-1, *stats.shape[1:]))
     return float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))
 
 
@@ -60,5 +60,5 @@ def mean_interval(values: np.ndarray, resamples: int = 1000, seed: int = 0) -> t
     values = values[np.isfinite(values)]
     if values.size == 0:
         return float("nan"), float("nan"), float("nan")
-    means = _draws(values.size, resamples, seed) @ values / values.size
+    means = resample_weights(values.size, resamples, seed) @ values / values.size
     return float(values.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))

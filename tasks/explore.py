@@ -16,17 +16,19 @@ CAUSAL_METRICS = ("object_recall", "clip_score", "flow_loss_increase")  # the fi
 
 
 def causal_curve(params: Params) -> pd.DataFrame | None:
-    """The causal stage's per-block effect of its first perturbation on the first of CAUSAL_METRICS, when it ran."""
+    """The causal stage's per-block effect on the first of CAUSAL_METRICS it measured, for the perturbation whose
+    largest effect is largest (the clearest contrast between blocks), when the stage ran."""
     path = Path(params.causal.output)
     if not path.exists():
         return None
     table = pd.read_csv(path)
-    table = table[table.perturbation == params.causal.perturbations[0]]
     metric = next((m for m in CAUSAL_METRICS if m in set(table.metric)), None)
     if metric is None:
         return None
     rows = table[table.metric == metric]
-    return pd.DataFrame({"layer": rows.block, "metric": f"{params.causal.perturbations[0]}: Δ {metric}", "value": rows.delta})
+    kind = rows.groupby("perturbation").delta.apply(lambda d: d.abs().max()).idxmax()
+    rows = rows[rows.perturbation == kind]
+    return pd.DataFrame({"layer": rows.block, "metric": f"{kind}: Δ {metric}", "value": rows.delta})
 
 
 @task(name="build-explorer")

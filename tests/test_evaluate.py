@@ -38,8 +38,8 @@ def test_vocabulary_split_over_prompts_covers_every_class_once(test_split):
 
 
 def test_vocabulary_classes_of_every_prompt_share_one_normalisation(test_split):
-    """Several prompts: one softmax over ALL classes of each class's mean head-mean logit, upsampled, argmax —
-    computed here from the capture's logits directly."""
+    """Several prompts: every token's probability renormalised over the keys of ALL the prompts' forwards, per head and
+    pixel — the denominators recovered here from captured probabilities and logits (log-sum-exp = logit − log p)."""
     import torch
     import torch.nn.functional as F
     from seg4diff.attention import capture_attention
@@ -52,23 +52,43 @@ def test_vocabulary_classes_of_every_prompt_share_one_normalisation(test_split):
     prompts = vocabulary_prompts(short, names, style)
     assert len(prompts) > 1
     predictions = vocabulary_predictions(short, rows, [0, 1], 1, 0.5, 0, prompts, None, "all")
-    images = torch.from_numpy(rows.image.values[:2]).permute(0, 3, 1, 2).float() / 255
+    images = torch.from_numpy(rows.image.values).permute(0, 3, 1, 2).float() / 255
     latents = short.encode_images(images)
     noisy = 0.5 * torch.stack([sample_noise(latents.shape[1:], 0, i) for i in (0, 1)]) + 0.5 * latents
-    per_class = {}
+    forwards = []
     for prompt, spans in prompts:
         encoding = short.encode_prompts([prompt] * 2)
         slot = token_slots(encoding, 0, spans, "class", len(encoding.tokens[0]), prompt, "all")
-        with torch.no_grad(), capture_attention(short.transformer, [1], ("image_to_text",), output="logits") as cap:
-            short.transformer(**short.transformer_inputs(noisy, 0.5, encoding))
-        logits = cap.tensor("image_to_text")[:, 0].mean(1)  # (batch, image token, text position), head mean
+        captured = {}
+        for output in ("logits", "probabilities"):
+            with torch.no_grad(), capture_attention(short.transformer, [1], ("image_to_text",), output=output) as cap:
+                short.transformer(**short.transformer_inputs(noisy, 0.5, encoding))
+            captured[output] = cap.tensor("image_to_text")[:, 0].double()  # (batch, head, image token, text position)
+        lse = (captured["logits"] - captured["probabilities"].log())[..., 0]  # the same for every key of a row
+        forwards.append((slot, spans, captured["logits"], lse))
+    joint = torch.logsumexp(torch.stack([lse for *_, lse in forwards]), 0)
+    per_class = {}
+    for slot, spans, logits, _ in forwards:
+        probabilities = torch.exp(logits - joint[..., None]).mean(1)  # head mean
         for span in spans:
             positions = [int(p) for p, c in zip(slot.position, slot.class_id) if c == span.class_id and p >= 0]
-            per_class[span.class_id] = logits[..., positions].mean(-1).reshape(2, 8, 8)
+            per_class[span.class_id] = probabilities[..., positions].mean(-1).reshape(2, 8, 8)
     classes = sorted(per_class)
-    probabilities = torch.softmax(torch.stack([per_class[c] for c in classes], 1), dim=1)  # over all prompts' classes
-    expected = np.array(classes)[F.interpolate(probabilities, size=(32, 32), mode="bilinear", align_corners=False).argmax(1).numpy()]
-    np.testing.assert_array_equal(predictions, expected)
+    stacked = torch.stack([per_class[c] for c in classes], 1).float()
+    expected = np.array(classes)[F.interpolate(stacked, size=(32, 32), mode="bilinear", align_corners=False).argmax(1).numpy()]
+    assert (predictions == expected).mean() > 0.999  # float32 vs float64 rounding may flip an exact tie
+
+
+def test_one_prompt_when_it_fits_gives_the_single_prompt_result(test_split):
+    long = load_backbone(ModelParams(path=str(test_split / "organism40")))
+    rows = open_prepared(test_split / "test.zarr").load()
+    names = [str(n) for n in rows.class_name.values]
+    style = PromptStyle("vocabulary", " and ", "word", "all")
+    prompts = vocabulary_prompts(long, names, style)
+    assert len(prompts) == 1
+    merged = vocabulary_predictions(long, rows, [0, 1, 2, 3], 1, 0.5, 0, prompts, None, "all")
+    direct = segment_batch(long, rows, [0, 1, 2, 3], 1, 0.5, 0, style, None)
+    assert (merged == direct).mean() > 0.999  # the same probabilities, head-averaged in another order
 
 
 def test_evaluation_reports_every_protocol(test_split):
