@@ -20,7 +20,7 @@ from seg4diff.attention_store import StoreLayout, open_attention
 from seg4diff.config import load_params
 from seg4diff.data.prepared import label_sizes, native_label, open_prepared
 from seg4diff.data.shapes import COLOURS, SHAPES
-from seg4diff.extract import extract_range, fingerprint, open_or_create, resolve_sigmas
+from seg4diff.extract import extract_range, fingerprint, open_or_create, prompt_style, resolve_sigmas
 from seg4diff.metrics import class_statistics
 from seg4diff.models import load_backbone, model_digest
 from seg4diff.organism import Architecture, OrganismPipeline
@@ -35,9 +35,10 @@ def _store(params, backbone, data, name: str, split: str):
     layers = list(range(len(backbone.transformer.transformer_blocks)))
     path = Path(f"/tmp/seg4diff-grounding-{name}-{split}.zarr")
     layout = StoreLayout(data.sizes["sample"], layers, [-1], sigmas, p.max_tokens, grid, ("image_to_text",))
-    attrs = {"fingerprint": fingerprint(params.model.model_dump(), model_digest(params.model), p.model_dump(), sigmas), "split": split}
+    attrs = {"fingerprint": fingerprint(params.model.model_dump(), model_digest(params.model), p.model_dump(), params.prompt.model_dump(),
+                                        sigmas), "split": split}
     open_or_create(path, layout, attrs)
-    extract_range(backbone, data, path, 0, data.sizes["sample"], sigmas, layers, p)
+    extract_range(backbone, data, path, 0, data.sizes["sample"], sigmas, layers, p, prompt_style(params.prompt, p.prompt))
     return open_attention(path), layers, sigmas
 
 
