@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from prefect import task
+from prefect import get_run_logger, task
 
 from seg4diff.config import Params
 from seg4diff.scoring import stats_path
@@ -19,7 +19,11 @@ def select_expert_task(params: Params) -> dict:
         raise FileNotFoundError(f"{scores_path} does not exist: run the score stage first (dvc repro score)")
     p = params.select
     expert = select_expert(pd.read_csv(scores_path), p.rule, p.direction, p.force_layer, p.force_timestep)
-    if "runner_up" in expert:
-        with np.load(stats_path(params.score.output)) as stats:
-            expert["vs_runner_up"] = paired_vs_runner_up(expert, dict(stats), params.score.bootstrap_resamples, params.score.seed)
+    stats = stats_path(params.score.output)
+    if "runner_up" in expert and stats.exists():
+        with np.load(stats) as arrays:
+            expert["vs_runner_up"] = paired_vs_runner_up(expert, dict(arrays), params.score.bootstrap_resamples, params.score.seed)
+    elif "runner_up" in expert:  # a clone without the DVC cache: scores in git, per-sample statistics not
+        get_run_logger().warning("%s is missing (the score stage writes it): no paired expert − runner-up interval; "
+                                 "run `dvc repro score` or `python -m flows.score` to get it", stats)
     return expert
