@@ -25,6 +25,10 @@ def main() -> None:
         print(f"expert layer: block {expert['layer']} at σ={expert['timestep']:g}, mIoU {expert['miou']:.3f} "
               f"(95% CI {expert['ci_low']:.3f}–{expert['ci_high']:.3f}; rule {expert['rule']}"
               f"{', forced' if expert['forced'] else ''}); runner-up block {runner.get('layer')} {runner.get('miou', float('nan')):.3f}")
+        paired = expert.get("vs_runner_up")
+        if paired:
+            print(f"              expert − runner-up on the same val images: {paired['delta_miou']:+.3f} "
+                  f"[{paired['ci'][0]:+.3f}, {paired['ci'][1]:+.3f}] (paired bootstrap)")
     causal = _read("metrics/causal.json")
     if causal and expert:
         print(f"\ncausal test (perturbing one block's image→text attention during generation; {params.causal.split} captions):")
