@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from seg4diff.causal import generation_scores
 from seg4diff.config import load_params
 from seg4diff.data.prepared import open_prepared
 from seg4diff.evaluate import image_statistics
@@ -24,8 +25,6 @@ from seg4diff.extract import prompt_style
 from seg4diff.fidelity import generate
 from seg4diff.finetune import flow_losses, train_magnet
 from seg4diff.models import load_backbone
-from seg4diff.pretrain import largest_blob_colour
-from seg4diff.data.shapes import COLOURS
 from seg4diff.scoring import miou_of
 from seg4diff.segment import segment_batch
 from seg4diff.statistics import resample_weights, paired_mean_difference, paired_miou_difference
@@ -46,7 +45,7 @@ def measure(params, lora: Path | None, expert: dict) -> dict:
         stats.append(image_statistics(predictions, rows["label"].values, test.sizes["class"]))
     captions = [str(c) for c in test.caption.values[:64]]
     images = generate(backbone, captions, params.evaluate.generation_steps, params.evaluate.guidance, params.evaluate.seed, test.sizes["y"])
-    colour = np.array([float(largest_blob_colour(i) in {w for w in c.split() if w in COLOURS}) for i, c in zip(images, captions)])
+    colour = generation_scores(images, captions, None, organism=True)["caption_colour_agreement"]
     return {"stats": np.concatenate(stats), "flow": flow_losses(backbone, test, params.evaluate.seed, test.sizes["sample"], style),
             "colour": colour}
 
