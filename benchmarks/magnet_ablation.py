@@ -2,7 +2,7 @@
 adapter from params.yaml's finetune group (`magnet`) and, with --variants flow_only, with λ_focal = λ_dice = 0 (LoRA +
 flow loss only); then on the TEST split at the expert block (chosen on val by the pipeline): zero-shot mIoU with
 GT-class prompts, the held-out flow-matching loss and (organism) the caption colour agreement of generated images —
-each adapter minus the base model paired over the same test images / captions, with 95% bootstrap intervals; over
+each model read by its predictor chosen on val (evaluate.predictors) — each adapter minus the base model paired over the same test images / captions, with 95% bootstrap intervals; over
 seeds the mean ± sd of the gain, and the interval of the seed-mean gain (images resampled, seeds fixed).
 
     .venv/bin/python benchmarks/magnet_ablation.py --seeds 0 1 2 [--variants magnet flow_only] [--reuse-seed0 models/lora]
@@ -26,28 +26,31 @@ from seg4diff.fidelity import generate
 from seg4diff.finetune import flow_losses, train_magnet
 from seg4diff.models import load_backbone
 from seg4diff.scoring import miou_of
-from seg4diff.segment import segment_batch
+from seg4diff.segment import choose_predictor, segment_batch
 from seg4diff.statistics import resample_weights, paired_mean_difference, paired_miou_difference
 from tasks.finetune import magnet_config
 
 
 def measure(params, lora: Path | None, expert: dict) -> dict:
-    """Per test image class statistics and flow loss, per caption colour agreement."""
+    """Per test image class statistics (with the predictor chosen on val) and flow loss, per caption colour agreement."""
     backbone = load_backbone(params.model, lora=lora)
     test = open_prepared(Path(params.prepare.output) / "test.zarr")
     style = prompt_style(params.prompt, "gt_classes")
+    predictor, by_predictor = choose_predictor(backbone, open_prepared(Path(params.prepare.output) / f"{params.evaluate.val_split}.zarr"),
+                                               expert["layer"], expert["timestep"], params.evaluate.seed, 16, style,
+                                               params.prompt.threshold, params.evaluate.predictors, params.evaluate.val_samples)
     stats = []
     for start in range(0, test.sizes["sample"], 16):
         indices = list(range(start, min(start + 16, test.sizes["sample"])))
         rows = test.isel(sample=indices).load()
         predictions = segment_batch(backbone, rows, indices, expert["layer"], expert["timestep"], params.evaluate.seed, style,
-                                    params.prompt.threshold)
+                                    params.prompt.threshold, predictor)
         stats.append(image_statistics(predictions, rows["label"].values, test.sizes["class"]))
     captions = [str(c) for c in test.caption.values[:64]]
     images = generate(backbone, captions, params.evaluate.generation_steps, params.evaluate.guidance, params.evaluate.seed, test.sizes["y"])
     colour = generation_scores(images, captions, None, organism=True)["caption_colour_agreement"]
     return {"stats": np.concatenate(stats), "flow": flow_losses(backbone, test, params.evaluate.seed, test.sizes["sample"], style),
-            "colour": colour}
+            "colour": colour, "predictor": predictor, "val_miou_by_predictor": by_predictor}
 
 
 def main() -> None:
@@ -61,7 +64,8 @@ def main() -> None:
     prepared = Path(params.prepare.output)
     base = measure(params, None, expert)
     updates = {"magnet": {}, "flow_only": {"lambda_focal": 0.0, "lambda_dice": 0.0}}
-    report = {"expert": expert["layer"], "sigma": expert["timestep"], "base_test_miou": float(miou_of(base["stats"].sum(0))), "runs": {}}
+    report = {"expert": expert["layer"], "sigma": expert["timestep"], "base_test_miou": float(miou_of(base["stats"].sum(0))),
+              "base_predictor": base["predictor"], "base_val_miou_by_predictor": base["val_miou_by_predictor"], "runs": {}}
     for variant in args.variants:
         gains, runs = [], {}
         for seed in args.seeds:
@@ -82,7 +86,7 @@ def main() -> None:
             runs[seed] = {"test_miou": miou["b"], "gain_points": 100 * miou["delta"], "gain_ci": [100 * miou["ci_low"], 100 * miou["ci_high"]],
                           "flow_loss_change_%": 100 * flow["delta"], "flow_ci": [100 * flow["ci_low"], 100 * flow["ci_high"]],
                           "colour_agreement": colour["b"], "colour_change": colour["delta"], "colour_ci": [colour["ci_low"], colour["ci_high"]],
-                          "train_seconds": trained}
+                          "predictor": tuned["predictor"], "val_miou_by_predictor": tuned["val_miou_by_predictor"], "train_seconds": trained}
             gains.append(tuned["stats"])
             print(json.dumps({variant: {seed: runs[seed]}}), flush=True)
         weights = resample_weights(len(base["stats"]), 1000, 0)  # the same resampled images for every seed

@@ -3,7 +3,9 @@ init: extract image→text attention (head mean) on val AND test, choose the bes
 with a 95% bootstrap interval (the test-best cell is printed too, marked as an oracle), the median block, the
 all-layers-mean reference and the shape-word-only variant; beside them, on the same test images, two baselines given the
 same ground-truth-class prompts — all background, and a colour-only rule (a saturated pixel → the prompted class of
-the nearest palette colour) — with paired intervals of the organism's difference to each.
+the nearest palette colour) — and a ceiling: perfect maps at the token grid (each prompted class's ground-truth area
+fraction per image token) read exactly as the attention is (bilinear upsampling, argmax, background below
+prompt.background_threshold × the peak); with paired intervals of the organism's difference to each.
 
     .venv/bin/python benchmarks/organism_grounding.py [--model DIR]   # default: model.path of params.yaml
 """
@@ -14,6 +16,8 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from seg4diff.attention_store import StoreLayout, open_attention
@@ -21,6 +25,7 @@ from seg4diff.config import load_params
 from seg4diff.data.prepared import label_sizes, native_label, open_prepared
 from seg4diff.data.shapes import COLOURS, SHAPES
 from seg4diff.extract import extract_range, fingerprint, open_or_create, prompt_style, resolve_sigmas
+from seg4diff.masks import predict
 from seg4diff.metrics import class_statistics
 from seg4diff.models import load_backbone, model_digest
 from seg4diff.organism import Architecture, OrganismPipeline
@@ -78,10 +83,12 @@ def _difference(baseline: np.ndarray, model: np.ndarray) -> dict:
 
 
 def baseline_stats(params) -> dict[str, np.ndarray]:
-    """Per test image class statistics of all-background and of the colour-only rule given the GT-class prompts."""
+    """Per test image class statistics of all-background, the colour-only rule and the token-grid ceiling, given the
+    GT-class prompts."""
     data = open_prepared(Path(params.prepare.output) / "test.zarr").load()
     names, palette = [str(n) for n in data.class_name.values], np.array(list(COLOURS.values()), float) / 255
-    stats = {"all background": [], "colour only": []}
+    grid = load_backbone(params.model).token_grid(data.sizes["y"], data.sizes["x"])
+    stats = {"all background": [], "colour only": [], "token-grid ceiling": []}
     for k in range(data.sizes["sample"]):
         label = native_label(data, k)
         image = data.image.values[k] / 255
@@ -93,6 +100,10 @@ def baseline_stats(params) -> dict[str, np.ndarray]:
         rule = np.asarray(Image.fromarray(rule.astype(np.uint8)).resize(label.shape[::-1], Image.Resampling.NEAREST))
         stats["all background"].append(class_statistics(np.zeros_like(label), label, len(names)))
         stats["colour only"].append(class_statistics(rule, label, len(names)))
+        fractions = F.interpolate(torch.from_numpy(np.stack([label == c for c in prompted]).astype(np.float32))[None], size=grid,
+                                  mode="area")[0].numpy()
+        ceiling = predict(fractions, np.array(prompted), label.shape, params.prompt.threshold)
+        stats["token-grid ceiling"].append(class_statistics(ceiling, label, len(names)))
     return {name: np.stack(values) for name, values in stats.items()}
 
 

@@ -42,7 +42,8 @@ def main() -> None:
     baselines = baseline_stats(params)
     report = {}
     for seed in args.seeds:
-        directory = Path(f"/tmp/seg4diff-organism-seed{seed}")
+        shipped = seed == params.pretrain.seed  # the pretrain stage's own model: same recipe, already trained
+        directory = Path(params.pretrain.output if shipped else f"/tmp/seg4diff-organism-seed{seed}")
         seconds = train_seed(params, seed, directory)
         result = grounding(params, str(directory), f"seed{seed}", baselines)["class phrase"]
         report[seed] = {"train_seconds": round(seconds), **result}

@@ -24,7 +24,8 @@ PROTOCOLS = {
     "vocabulary": "open vocabulary, whole vocabulary, one normalisation",
     "unsupervised_per_image_matching": "unsupervised, Hungarian per image (DiffSeg)",
 }
-EXTRA = {"vocabulary": ("prompts", "never_predicted", "predicted_pixels"),
+EXTRA = {"gt_classes": ("predictor", "val_miou_by_predictor"),
+         "vocabulary": ("prompts", "never_predicted", "predicted_pixels"),
          "unsupervised_per_image_matching": ("kl_threshold", "clusters_per_image", "val_miou_by_threshold")}
 
 
@@ -59,6 +60,8 @@ def comparison_rows(metrics: dict, variants: list[str]) -> list[dict]:
             rows.append({"protocol": label, "metric": metric, **{v: round(100 * metrics[v][protocol][metric], 2) for v in variants}})
         rows.append({"protocol": label, "metric": "miou 95% CI",
                      **{v: "–".join(f"{100 * x:.1f}" for x in metrics[v][protocol]["miou_ci"]) for v in variants}})
+        if "predictor" in metrics[variants[0]][protocol]:
+            rows.append({"protocol": label, "metric": "predictor (chosen on val)", **{v: metrics[v][protocol]["predictor"] for v in variants}})
     for metric in metrics[variants[0]]["fidelity"]:
         rows.append({"protocol": "generation fidelity", "metric": metric, **{v: round(metrics[v]["fidelity"][metric], 4) for v in variants}})
     return rows

@@ -287,10 +287,13 @@ class EvaluateParams(Group):
     split: str = "test"
     batch_size: int = Field(16, ge=1)
     max_samples: int | None = Field(None, ge=1)
-    kl_thresholds: list[float] = Field([0.01, 0.02, 0.035, 0.05, 0.1, 0.2], min_length=1, description=(
+    kl_thresholds: list[float] = Field([0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.1, 0.2], min_length=1, description=(
         "unsupervised: candidate thresholds of the anchor grouping (symmetric KL), the best chosen on val_split"))
-    val_split: str = Field("val", description="split the unsupervised threshold is chosen on (never the evaluated one)")
-    val_samples: int = Field(100, ge=1, description="samples of val_split used to choose it")
+    predictors: list[Literal["probability", "logit"]] = Field(["probability", "logit"], min_length=1, description=(
+        "GT-class protocol: how the expert block's maps become a prediction, the best chosen on val_split for each model "
+        "(probability: head-mean softmax, as the paper; logit: head-mean logits, sigmoid > ½, what MAGNET's losses train)"))
+    val_split: str = Field("val", description="split the unsupervised threshold and the predictor are chosen on (never the evaluated one)")
+    val_samples: int = Field(100, ge=1, description="samples of val_split used to choose them")
     bootstrap_resamples: int = Field(1000, ge=100, description="paired bootstrap over test images for every interval")
     seed: int = 0
     gallery: int = Field(6, ge=0, description="samples in the overlay gallery")

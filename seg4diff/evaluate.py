@@ -13,7 +13,7 @@ from seg4diff.extract import ClassSpan, PromptStyle, build_prompt, column_positi
 from seg4diff.masks import class_maps, predict
 from seg4diff.metrics import class_statistics
 from seg4diff.models import Backbone
-from seg4diff.segment import expert_maps, segment_batch
+from seg4diff.segment import Predictor, expert_maps, segment_batch
 from seg4diff.unsupervised import match_per_image, merge_token_maps
 
 
@@ -123,8 +123,9 @@ def choose_kl_threshold(backbone: Backbone, val: xr.Dataset, layer: int, sigma: 
 
 def evaluate_segmentation(backbone: Backbone, test: xr.Dataset, layer: int, sigma: float, seed: int, batch_size: int,
                           kl_threshold: float, style: PromptStyle, background_threshold: float | None,
-                          limit: int | None = None, progress: bool = True) -> tuple[dict, dict]:
-    """Returns ({protocol: summary with per-image `stats` (image, 3, C)}, {sample index: gt_classes prediction})."""
+                          limit: int | None = None, progress: bool = True, predictor: Predictor = "probability") -> tuple[dict, dict]:
+    """Returns ({protocol: summary with per-image `stats` (image, 3, C)}, {sample index: gt_classes prediction});
+    `predictor` reads the GT-class protocol's maps (segment.Predictor)."""
     names = [str(n) for n in test["class_name"].values]
     num_classes = len(names)
     n = min(test.sizes["sample"], limit or test.sizes["sample"])
@@ -135,7 +136,7 @@ def evaluate_segmentation(backbone: Backbone, test: xr.Dataset, layer: int, sigm
         indices = list(range(start, min(start + batch_size, n)))
         rows = test.isel(sample=indices).load()
         target = rows["label"].values
-        oracle = segment_batch(backbone, rows, indices, layer, sigma, seed, style, background_threshold)
+        oracle = segment_batch(backbone, rows, indices, layer, sigma, seed, style, background_threshold, predictor)
         stats["gt_classes"].append(image_statistics(oracle, target, num_classes))
         vocabulary = vocabulary_predictions(backbone, rows, indices, layer, sigma, seed, prompts, background_threshold, style.columns)
         stats["vocabulary"].append(image_statistics(vocabulary, target, num_classes))

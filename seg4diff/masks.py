@@ -38,15 +38,18 @@ def _upsample(maps: np.ndarray, size: int | tuple[int, int]) -> torch.Tensor:
 
 
 def predict(maps: np.ndarray, class_ids: np.ndarray, size: int | tuple[int, int], background_threshold: float | None = None,
-            background_id: int = 0) -> np.ndarray:
+            background_id: int = 0, background_logit: float | None = None) -> np.ndarray:
     """Returns (…, H, W) class ids: argmax over the upsampled class maps.
 
     With `background_threshold` (when background is not a prompted word), pixels whose best map value falls below
-    that fraction of the image's highest value become `background_id`.
+    that fraction of the image's highest value become `background_id`; with `background_logit`, pixels whose best
+    map value (a logit) falls below that value.
     """
     best, index = _upsample(maps, size).max(dim=-3)  # torch: argmax over a middle axis is slow in numpy
     prediction = np.asarray(class_ids)[index.numpy()]
     if background_threshold is not None:
         peak = best.amax(dim=(-2, -1), keepdim=True)
         prediction = np.where((best < background_threshold * peak).numpy(), background_id, prediction)
+    if background_logit is not None:
+        prediction = np.where((best < background_logit).numpy(), background_id, prediction)
     return prediction

@@ -16,6 +16,7 @@ from seg4diff.evaluate import choose_kl_threshold, evaluate_segmentation
 from seg4diff.extract import prompt_style
 from seg4diff.finetune import flow_losses
 from seg4diff.models import load_backbone
+from seg4diff.segment import choose_predictor
 from seg4diff.fidelity import clip_score, generate
 from seg4diff.pretrain import caption_colour_agreement
 from tasks.retry import RETRY_TRANSIENT
@@ -46,8 +47,11 @@ def _evaluate_model(params: Params, variant: str) -> dict:
     val = open_prepared(Path(params.prepare.output) / f"{p.val_split}.zarr")
     kl_threshold, kl_curve = choose_kl_threshold(backbone, val, expert["layer"], expert["timestep"], p.seed, p.batch_size,
                                                  p.kl_thresholds, style.columns, p.val_samples)
+    predictor, predictor_curve = choose_predictor(backbone, val, expert["layer"], expert["timestep"], p.seed, p.batch_size, style,
+                                                  params.prompt.threshold, p.predictors, p.val_samples)
     results, gallery = evaluate_segmentation(backbone, test, expert["layer"], expert["timestep"], p.seed, p.batch_size,
-                                             kl_threshold, style, params.prompt.threshold, p.max_samples)
+                                             kl_threshold, style, params.prompt.threshold, p.max_samples, predictor=predictor)
+    results["gt_classes"] |= {"predictor": predictor, "val_miou_by_predictor": predictor_curve}
     results["unsupervised_per_image_matching"]["val_miou_by_threshold"] = {str(t): m for t, m in kl_curve.items()}
     limit = min(test.sizes["sample"], p.max_samples or test.sizes["sample"])
     flow = flow_losses(backbone, test, p.seed, limit, style)

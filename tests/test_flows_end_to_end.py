@@ -93,7 +93,12 @@ def test_prepare_pretrain_extract_score_select(prefect_harness, tmp_path, monkey
         assert 0 <= metrics[variant]["gt_classes"]["miou"] <= 1 and metrics[variant]["fidelity"]["heldout_flow_loss"] > 0
     for protocol, d in metrics["finetuned_vs_base"].items():
         assert d["ci"][0] <= d.get("delta_miou", d.get("delta")) <= d["ci"][1], protocol
-    assert metrics["base"]["unsupervised_per_image_matching"]["kl_threshold"] in (0.01, 0.02, 0.035, 0.05, 0.1, 0.2)
+    chosen = metrics["base"]["unsupervised_per_image_matching"]
+    assert chosen["val_miou_by_threshold"][str(chosen["kl_threshold"])] == max(chosen["val_miou_by_threshold"].values())
+    for variant in ("base", "finetuned"):  # the GT-class predictor is the one with the best val mIoU, for each model
+        oracle = metrics[variant]["gt_classes"]
+        assert set(oracle["val_miou_by_predictor"]) == {"probability", "logit"}
+        assert oracle["val_miou_by_predictor"][oracle["predictor"]] == max(oracle["val_miou_by_predictor"].values())
     assert "vs_runner_up" in expert and expert["vs_runner_up"]["n"] == 4
     assert json.loads((tmp_path / "metrics/evaluate.json").read_text()) == metrics
 

@@ -12,11 +12,12 @@ from conftest import REPO
 from seg4diff.config import load_params
 from seg4diff.data.prepare import build_source, prepare_split
 from seg4diff.data.prepared import label_sizes, native_label, open_prepared
-from seg4diff.extract import PromptStyle, build_prompt, token_slots
+from seg4diff.attention import capture_attention
+from seg4diff.extract import PromptStyle, build_prompt, sample_noise, token_slots
 from seg4diff.masks import class_maps
-from seg4diff.metrics import confusion_matrix
+from seg4diff.metrics import confusion_matrix, summarize
 from seg4diff.models import load_backbone
-from seg4diff.segment import expert_maps, segment_batch
+from seg4diff.segment import choose_predictor, expert_maps, segment_batch, segmentation_confusion
 
 SIZES = {"ADE_val_00000001": (24, 40), "ADE_val_00000002": (37, 21), "ADE_val_00000003": (30, 30)}  # (height, width)
 
@@ -120,3 +121,50 @@ def test_mask_losses_and_every_evaluation_protocol_run_on_mixed_native_sizes(tin
     for protocol in ("gt_classes", "vocabulary", "unsupervised_per_image_matching"):
         assert 0 <= results[protocol]["miou"] <= 1
     assert [gallery[k].shape for k in range(3)] == [(37, 40)] * 3
+
+
+def test_logit_predictor_reads_head_mean_logits_at_sigmoid_half_and_is_chosen_on_val(tiny_model_dirs, tmp_path):
+    _, prepared = _prepare(tmp_path, [32, 48])
+    backbone = load_backbone(load_params(REPO / "params.yaml", {"model": {"path": str(tiny_model_dirs["sd3"]),
+                                                                          "dtype": "float32", "device": "cpu"}}).model)
+    rows, indices = prepared.load(), [0, 1, 2]
+    style = PromptStyle("gt_classes", " ", "word", "all")
+    names = [str(n) for n in rows.class_name.values]
+    built = [build_prompt(style, rows.present.values[k], names, "") for k in indices]
+    encoding = backbone.encode_prompts([p for p, _ in built])
+    slots = [token_slots(encoding, k, spans, "class", len(encoding.tokens[0]), str(k), "all") for k, (_, spans) in enumerate(built)]
+    used = max(int((s.position >= 0).sum()) for s in slots)
+    positions = torch.from_numpy(np.stack([s.position[:used] for s in slots]).astype(np.int64)).clamp_min(0)
+    logits = expert_maps(backbone, rows, indices, 1, 0.5, 0, encoding, positions, predictor="logit")
+    probabilities = expert_maps(backbone, rows, indices, 1, 0.5, 0, encoding, positions)
+
+    # per head, from one capture: probability = exp(logit − log-sum-exp over all keys); the predictors average heads
+    images = torch.from_numpy(rows.image.values).permute(0, 3, 1, 2).float() / 255
+    latents = backbone.encode_images(images)
+    noise = torch.stack([sample_noise(latents.shape[1:], 0, i) for i in indices])
+    with torch.no_grad(), capture_attention(backbone.transformer, [1], ("image_to_text",), positions, output="logits") as cap:
+        backbone.transformer(**backbone.transformer_inputs(0.5 * noise + 0.5 * latents, 0.5, encoding))
+    per_head = cap.tensor("image_to_text")[:, 0]  # (batch, head, image_token, token)
+    lse = cap.tensor("image_lse")[:, 0]
+    as_maps = lambda x: x.transpose(-1, -2).reshape(3, used, 8, 12).numpy()  # noqa: E731
+    np.testing.assert_allclose(logits, as_maps(per_head.mean(1)), atol=1e-5)
+    np.testing.assert_allclose(probabilities, as_maps(torch.exp(per_head - lse[..., None]).mean(1)), atol=1e-6)
+
+    predictions = segment_batch(backbone, rows, indices, 1, 0.5, 0, style, 0.2, predictor="logit")
+    background = 0
+    for k, name in enumerate(SIZES):
+        token_class = np.where(slots[k].position[:used] >= 0, slots[k].class_id[:used], -1)
+        classes = np.unique(token_class[token_class >= 0])
+        upsampled = F.interpolate(torch.from_numpy(class_maps(logits[k], token_class, classes))[None], size=SIZES[name],
+                                  mode="bilinear", align_corners=False)[0]
+        best, index = upsampled.max(0)
+        expected = np.where(best.numpy() < 0, 0, classes[index.numpy()])  # sigmoid(logit) < ½ → background (id 0)
+        height, width = SIZES[name]
+        np.testing.assert_array_equal(predictions[k, :height, :width], expected)
+        background += int((best < 0).sum())
+    assert background > 0  # the ½ boundary is crossed somewhere: the background rule is exercised
+
+    chosen, curve = choose_predictor(backbone, prepared, 1, 0.5, 0, 2, style, 0.2, ["probability", "logit"])
+    for predictor, miou in curve.items():
+        assert miou == summarize(segmentation_confusion(backbone, prepared, 1, 0.5, 0, 2, style, 0.2, predictor=predictor))["miou"]
+    assert curve[chosen] == max(curve.values())
