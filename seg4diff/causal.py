@@ -23,10 +23,9 @@ from seg4diff.fidelity import clip_scores, generate
 from seg4diff.finetune import flow_losses
 from seg4diff.models import Backbone
 from seg4diff.perturb import Kind, perturb_attention
-from seg4diff.pretrain import largest_blob_colour
+from seg4diff.pretrain import colour_hits
 from seg4diff.shape_classifier import object_recall
 from seg4diff.statistics import paired_mean_difference
-from seg4diff.data.shapes import COLOURS
 
 COLUMNS = ["block", "perturbation", "metric", "value", "baseline", "delta", "ci_low", "ci_high", "n"]
 
@@ -49,8 +48,7 @@ def generation_scores(images: np.ndarray, captions: list[str], clip_model: str |
     """Per caption: what a generated image keeps of it (organism: colour agreement, object recall; CLIP score)."""
     scores = {}
     if organism:
-        scores["caption_colour_agreement"] = np.array([float(largest_blob_colour(image) in {w for w in caption.split() if w in COLOURS})
-                                                       for image, caption in zip(images, captions)])
+        scores["caption_colour_agreement"] = colour_hits(images, captions)
         scores["object_recall"] = np.array([object_recall(image, caption) for image, caption in zip(images, captions)])
     if clip_model:
         scores["clip_score"] = clip_scores(images, captions, clip_model)

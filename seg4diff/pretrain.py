@@ -126,11 +126,16 @@ def largest_blob_colour(image: np.ndarray, saturation: float = 0.25) -> str | No
     return list(COLOURS)[int(np.bincount(nearest, minlength=len(palette)).argmax())]
 
 
+def colour_hits(images: np.ndarray, captions: list[str]) -> np.ndarray:
+    """Per image: 1.0 when its largest blob has a colour named in its caption, else 0.0."""
+    return np.array([float(largest_blob_colour(image) in _colours_of(caption)) for image, caption in zip(images, captions)])
+
+
 def caption_colour_agreement(images: np.ndarray, captions: list[str]) -> tuple[float, float]:
     """Returns (share of images whose largest blob has a colour named in the caption, the chance rate of that)."""
-    hits, chance = [], []
-    for image, caption in zip(images, captions):
-        colours = {word for word in caption.split() if word in COLOURS}
-        hits.append(largest_blob_colour(image) in colours)
-        chance.append(len(colours) / len(COLOURS))
-    return float(np.mean(hits)), float(np.mean(chance))
+    chance = [len(_colours_of(caption)) / len(COLOURS) for caption in captions]
+    return float(colour_hits(images, captions).mean()), float(np.mean(chance))
+
+
+def _colours_of(caption: str) -> set[str]:
+    return {word for word in caption.split() if word in COLOURS}

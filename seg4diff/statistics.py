@@ -53,12 +53,3 @@ def miou_interval(stats: np.ndarray, resamples: int = 1000, seed: int = 0) -> tu
     draws = miou_of((resample_weights(n, resamples, seed) @ stats.reshape(n, -1)).reshape(-1, *stats.shape[1:]))
     return float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))
 
-
-def mean_interval(values: np.ndarray, resamples: int = 1000, seed: int = 0) -> tuple[float, float, float]:
-    """Returns (mean, 2.5%, 97.5%) of the bootstrap distribution of the mean of `values` (NaNs left out)."""
-    values = np.asarray(values, np.float64)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return float("nan"), float("nan"), float("nan")
-    means = resample_weights(values.size, resamples, seed) @ values / values.size
-    return float(values.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))

@@ -13,7 +13,7 @@ from seg4diff.attention_reference import naive_sd3_attention
 from seg4diff.perturb import gaussian_blur, perturb, perturb_attention
 from seg4diff.scoring import miou_of
 from seg4diff.shape_classifier import blob_shape, caption_objects, object_recall, objects
-from seg4diff.statistics import mean_interval, paired_mean_difference, paired_miou_difference
+from seg4diff.statistics import paired_mean_difference, paired_miou_difference
 from test_attention_capture import _sd3_inputs
 from tiny_pipelines import tiny_sd3_transformer
 
@@ -102,4 +102,3 @@ def test_paired_intervals():
     d = paired_miou_difference(stats_a, stats_b, resamples=300)
     assert d["a"] == pytest.approx(miou_of(stats_a.sum(0))) and d["delta"] == pytest.approx(d["b"] - d["a"])
     assert d["ci_high"] < 0 and d["ci_low"] <= d["delta"] <= d["ci_high"]
-    assert mean_interval(np.ones(10))[1:] == (1.0, 1.0)

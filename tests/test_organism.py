@@ -4,7 +4,7 @@ import torch
 from seg4diff.config import ModelParams
 from seg4diff.models import load_backbone
 from seg4diff.organism import Architecture, OrganismPipeline
-from seg4diff.pretrain import TrainingSchedule, caption_colour_agreement, flow_matching_loss, largest_blob_colour, sample, train
+from seg4diff.pretrain import TrainingSchedule, caption_colour_agreement, colour_hits, flow_matching_loss, largest_blob_colour, sample, train
 
 WORDS = ["red", "blue", "circle", "square", "and"]
 ARCH = Architecture(num_layers=2, num_attention_heads=2, attention_head_dim=8, image_size=16, text_length=8, text_layers=0,
@@ -61,6 +61,7 @@ def test_sampler_and_colour_check():
     assert largest_blob_colour(red) == "red"
     agreement, chance = caption_colour_agreement(np.stack([red, red]), ["red circle", "blue square and green circle"])
     assert agreement == 0.5 and chance == (1 / 4 + 2 / 4) / 2
+    assert colour_hits(np.stack([red, red]), ["red circle", "blue square and green circle"]).tolist() == [1.0, 0.0]
 
 
 def test_text_layers_bind_words_and_pooled_none_leaves_attention_as_the_only_text_path(tmp_path):
