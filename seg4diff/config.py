@@ -255,8 +255,13 @@ class FinetuneParams(Group):
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] = ["to_q", "to_k", "to_v", "to_out.0"]
     lambda_flow: float = Field(3.0, ge=0, description="the paper: 1.0; on the organism 3.0 keeps the flow loss within 2%")
+    mask_loss: Literal["focal_dice", "predictor"] = Field("focal_dice", description=(
+        "focal_dice: the paper's focal + dice on the expert block's head-mean logits; predictor (gt_classes mode): the "
+        "cross-entropy of the zero-shot predictor's decision (argmax class, background below prompt.background_threshold "
+        "× the peak) on its head-mean probabilities"))
     lambda_focal: float = Field(0.1, ge=0)
     lambda_dice: float = Field(0.2, ge=0)
+    lambda_predictor: float = Field(1.0, ge=0, description="weight of the predictor loss (mask_loss: predictor)")
     focal_alpha: float = Field(0.25, ge=0, le=1, description="focal loss class weight (the paper's)")
     focal_gamma: float = Field(2.0, ge=0, description="focal loss focusing exponent (the paper's)")
     min_mask_fraction: float = Field(0.005, ge=0, description="caption mode: ground-truth masks smaller than this are dropped")
@@ -281,6 +286,12 @@ class FinetuneParams(Group):
     seed: int = 0
     work_dir: str = "models/finetune"
     output: str = "models/lora"
+
+    @model_validator(mode="after")
+    def _predictor_loss_needs_classes(self) -> FinetuneParams:
+        if self.mask_loss == "predictor" and self.mode != "gt_classes":
+            raise ValueError("mask_loss 'predictor' supervises the GT-class predictor: it needs mode 'gt_classes'")
+        return self
 
 
 class EvaluateParams(Group):

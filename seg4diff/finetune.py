@@ -1,5 +1,6 @@
 """MAGNET: LoRA on a frozen MM-DiT, trained with flow matching plus focal + dice losses on the expert block's
-pre-softmax image→text logits. Checkpoints carry optimizer and RNG state, so a restarted run resumes exactly."""
+pre-softmax image→text logits (the paper's), or the cross-entropy of the zero-shot predictor's own decision on its
+head-mean probabilities (`mask_loss: predictor`). Checkpoints carry optimizer and RNG state, so a restarted run resumes exactly."""
 from __future__ import annotations
 
 import json
@@ -21,7 +22,7 @@ from seg4diff.config import FinetuneParams, PromptParams
 from seg4diff.data.prepared import native_label
 from seg4diff.extract import PromptStyle, build_prompt, prompt_style, token_slots
 from seg4diff.lora import LoraSpec, add_lora, save_lora, set_lora_state
-from seg4diff.losses import dice_loss, hungarian_match, sigmoid_focal_loss
+from seg4diff.losses import dice_loss, hungarian_match, predictor_loss, sigmoid_focal_loss
 from seg4diff.metrics import summarize
 from seg4diff.models import Backbone
 from seg4diff.pretrain import warmup_cosine
@@ -94,14 +95,17 @@ def magnet_loss(backbone: Backbone, rows: xr.Dataset, config: MagnetConfig, gene
     noise = torch.randn(x0.shape, generator=generator).to(x0)
     sigma = sample_sigmas(generator, x0.shape[0], config).to(x0)
     noisy = sigma.view(-1, 1, 1, 1) * noise + (1 - sigma.view(-1, 1, 1, 1)) * x0
+    on_predictor = config.finetune.mask_loss == "predictor"
     with capture_attention(backbone.transformer, [config.expert_layer], ("image_to_text",), positions,
-                           head_mean=mode == "gt_classes", output="logits", detach=False) as cap:
+                           head_mean=mode == "gt_classes" and not on_predictor, output="logits", detach=False) as cap:
         prediction = backbone.transformer(**backbone.transformer_inputs(noisy, sigma, encoding))[0]
     flow = F.mse_loss(prediction.float(), (noise - x0).float())
     logits = cap.tensor("image_to_text")[:, 0]  # (batch, head, image_token, slot)
+    if on_predictor:  # the predictor's head-mean probabilities: exp(logit − log-sum-exp over all keys), per head
+        logits = torch.exp(logits.float() - cap.tensor("image_lse")[:, 0, ..., None].float()).mean(1, keepdim=True)
     grid = backbone.token_grid(*images.shape[2:])
     labels = [torch.from_numpy(native_label(rows, k).astype(np.int64)) for k in range(len(slots))]
-    maps, targets, valid = [], [], []
+    maps, targets, valid, predictor_terms = [], [], [], []
     for k, slot in enumerate(slots):
         if config.finetune.mask_max_sigma is not None and sigma[k].item() > config.finetune.mask_max_sigma:
             continue
@@ -113,6 +117,9 @@ def magnet_loss(backbone: Backbone, rows: xr.Dataset, config: MagnetConfig, gene
         if mode == "gt_classes":
             classes = np.unique(slot_class[slot_class >= 0])
             sample_maps = up(_class_logits(sample_logits[0], slot_class, classes))
+            if on_predictor:
+                predictor_terms.append(predictor_loss(sample_maps, labels[k], classes, config.threshold))
+                continue
             sample_targets = torch.stack([(labels[k] == c).float() for c in classes])
         else:  # every head × token map is a candidate, Hungarian-matched to the present classes' masks
             present = [c for c in np.flatnonzero(rows["present"].values[k])
@@ -134,8 +141,10 @@ def magnet_loss(backbone: Backbone, rows: xr.Dataset, config: MagnetConfig, gene
         dice = dice_loss(maps.float(), targets, valid)
     else:
         focal = dice = torch.zeros((), device=flow.device)
-    loss = config.finetune.lambda_flow * flow + config.finetune.lambda_focal * focal + config.finetune.lambda_dice * dice
-    return loss, {"flow": flow.item(), "focal": focal.item(), "dice": dice.item(), "loss": loss.item()}
+    on_prediction = torch.stack(predictor_terms).mean() if predictor_terms else torch.zeros((), device=flow.device)
+    loss = (config.finetune.lambda_flow * flow + config.finetune.lambda_focal * focal + config.finetune.lambda_dice * dice
+            + config.finetune.lambda_predictor * on_prediction)
+    return loss, {"flow": flow.item(), "focal": focal.item(), "dice": dice.item(), "predictor": on_prediction.item(), "loss": loss.item()}
 
 
 HELDOUT_SIGMAS = (0.1, 0.3, 0.5, 0.7, 0.9)

@@ -31,6 +31,30 @@ def dice_loss(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor |
     return (1 - (2 * (p * m).sum(-1) + 1) / (p.sum(-1) + m.sum(-1) + 1)).mean()
 
 
+def predictor_loss(probabilities: torch.Tensor, label: torch.Tensor, classes: np.ndarray,
+                   background_threshold: float | None, ignore_index: int = 255, background_id: int = 0) -> torch.Tensor:
+    """Returns the pixel cross-entropy of the zero-shot predictor's own decision (segment.segment_batch, `probability`).
+
+    `probabilities` (class, H, W): each prompted class's attention map at label size. The predictor takes the argmax
+    class and calls a pixel background when its best map is below `background_threshold` × the image's peak; its
+    scores are therefore log P_c and, for background, log(threshold · peak) (peak held fixed). Labels that are neither
+    a prompted class nor background, and `ignore_index`, are left out.
+    """
+    scores = probabilities.clamp_min(1e-12).log()
+    target = torch.full(label.shape, -100, dtype=torch.long, device=label.device)
+    for k, c in enumerate(classes.tolist()):
+        target[label == c] = k
+    if background_threshold is not None:
+        peak = probabilities.detach().amax()
+        background = torch.log(background_threshold * peak).expand(1, *scores.shape[1:])
+        scores = torch.cat([scores, background])
+        target[label == background_id] = len(classes)
+    target[label == ignore_index] = -100
+    if not (target >= 0).any():
+        return scores.sum() * 0
+    return F.cross_entropy(scores[None], target[None], ignore_index=-100)
+
+
 def pairwise_costs(logits: torch.Tensor, masks: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (focal, dice) cost matrices (candidates × masks) for candidate logit maps (n, H, W) and masks (m, H, W)."""
     x, m = logits.flatten(1).float(), masks.flatten(1).float()

@@ -1,5 +1,7 @@
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from dataclasses import replace
 
@@ -7,7 +9,11 @@ from seg4diff.config import FinetuneParams, ModelParams, PromptParams
 from seg4diff.errors import ConfigError
 from seg4diff.data.prepared import open_prepared
 from seg4diff.data.shapes import CLASS_NAMES
-from seg4diff.finetune import MagnetConfig, latest_checkpoint, magnet_loss, train_magnet
+from seg4diff.attention import capture_attention
+from seg4diff.extract import build_prompt, token_slots
+from seg4diff.finetune import MagnetConfig, latest_checkpoint, magnet_loss, sample_sigmas, train_magnet
+from seg4diff.losses import predictor_loss
+from seg4diff.masks import class_maps
 from seg4diff.lora import lora_state
 from seg4diff.models import load_backbone, model_digest
 from seg4diff.organism import Architecture, OrganismPipeline
@@ -74,6 +80,43 @@ def test_mask_losses_come_from_the_expert_block_with_gradients(setup):
     assert all(g is None or g.abs().sum() == 0 for g in late)
     assert any(g is not None and g.abs().sum() > 0 for g in early)
     assert grads
+
+
+def test_predictor_loss_is_the_cross_entropy_of_the_zero_shot_predictor_on_the_captured_probabilities(setup):
+    """mask_loss 'predictor': the term equals losses.predictor_loss on maps built independently — the capture's own
+    probabilities at the same noise and σ, head-mean, token-mean (masks.class_maps), upsampled to the label."""
+    backbone = _backbone(setup)
+    rows = open_prepared(setup / "train.zarr").isel(sample=[0, 1, 2]).load()
+    config = replace(_config(setup, mask_loss="predictor", lambda_predictor=0.5), prompt=PromptParams(separator=" ", background="threshold"))
+    loss, parts = magnet_loss(backbone, rows, config, torch.Generator().manual_seed(0))
+    assert parts["focal"] == parts["dice"] == 0 and parts["predictor"] > 0
+    assert loss.item() == pytest.approx(parts["flow"] + 0.5 * parts["predictor"], rel=1e-5)
+
+    names = [str(n) for n in rows.class_name.values]
+    built = [build_prompt(config.style, rows.present.values[k], names, "") for k in range(3)]
+    encoding = backbone.encode_prompts([p for p, _ in built])
+    slots = [token_slots(encoding, k, spans, "class", len(encoding.tokens[0]), str(k), "all") for k, (_, spans) in enumerate(built)]
+    used = max(int((slot.position >= 0).sum()) for slot in slots)
+    positions = torch.from_numpy(np.stack([slot.position[:used] for slot in slots]).astype(np.int64)).clamp_min(0)
+    x0 = backbone.encode_images(torch.from_numpy(rows.image.values).permute(0, 3, 1, 2).float() / 255)
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.randn(x0.shape, generator=generator)
+    sigma = sample_sigmas(generator, 3, config)
+    with torch.no_grad(), capture_attention(backbone.transformer, [1], ("image_to_text",), positions) as cap:
+        backbone.transformer(**backbone.transformer_inputs(sigma.view(-1, 1, 1, 1) * noise + (1 - sigma.view(-1, 1, 1, 1)) * x0,
+                                                           sigma, encoding))
+    maps = cap.maps().isel(layer=0).mean("head").transpose("batch", "text_token", "y", "x").values
+    expected = []
+    for k, slot in enumerate(slots):
+        token_class = np.where(slot.position[:used] >= 0, slot.class_id[:used], -1)
+        classes = np.unique(token_class[token_class >= 0])
+        label = torch.from_numpy(rows.label.values[k].astype(np.int64))
+        up = F.interpolate(torch.from_numpy(class_maps(maps[k], token_class, classes))[None], size=label.shape, mode="bilinear",
+                           align_corners=False)[0]
+        expected.append(predictor_loss(up, label, classes, 0.2).item())
+    assert parts["predictor"] == pytest.approx(np.mean(expected), rel=1e-4)
+    with pytest.raises(ValueError, match="needs mode 'gt_classes'"):
+        FinetuneParams(mode="caption", mask_loss="predictor")
 
 
 def test_mask_max_sigma_keeps_mask_losses_to_less_noisy_samples(setup):

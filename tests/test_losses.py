@@ -1,10 +1,12 @@
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from seg4diff.losses import dice_loss, hungarian_match, pairwise_costs, sigmoid_focal_loss
+from seg4diff.losses import dice_loss, hungarian_match, pairwise_costs, predictor_loss, sigmoid_focal_loss
+from seg4diff.masks import predict
 
 
 def test_focal_loss_against_hand_computation():
@@ -43,3 +45,28 @@ def test_matcher_against_brute_force():
     best = min(itertools.permutations(range(5), 3), key=lambda chosen: sum(cost[c, j] for j, c in enumerate(chosen)))
     assert sorted(zip(cols, rows)) == [(j, c) for j, c in enumerate(best)]
     assert cost[rows, cols].sum() == pytest.approx(sum(cost[c, j] for j, c in enumerate(best)))
+
+
+def test_predictor_loss_is_the_cross_entropy_of_the_predictors_own_decision():
+    rng = np.random.default_rng(0)
+    probabilities = torch.from_numpy(rng.uniform(0.001, 0.3, (2, 6, 5)).astype(np.float32))
+    classes = np.array([3, 7])
+    label = torch.from_numpy(rng.choice([0, 3, 7, 9, 255], (6, 5)).astype(np.int64))  # 9: not prompted, 255: ignore
+    loss = predictor_loss(probabilities, label, classes, 0.2)
+
+    # by hand: scores log P_3, log P_7, log(0.2 · peak); softmax cross-entropy over the pixels labelled 0, 3 or 7
+    p = probabilities.numpy().astype(np.float64)
+    scores = np.concatenate([np.log(p), np.full((1, 6, 5), np.log(0.2 * p.max()))])
+    column = {3: 0, 7: 1, 0: 2}
+    terms = [np.log(np.exp(scores[:, y, x]).sum()) - scores[column[int(v)], y, x]
+             for (y, x), v in np.ndenumerate(label.numpy()) if int(v) in column]
+    assert loss.item() == pytest.approx(np.mean(terms), rel=1e-5)
+
+    # the class its scores rank first is exactly what the zero-shot predictor outputs (same maps, already at label size)
+    decision = np.array([3, 7, 0])[scores.argmax(0)]
+    np.testing.assert_array_equal(decision, predict(p, classes, (6, 5), 0.2))
+    # background a prompted word: no background column, argmax over the classes only
+    only = predictor_loss(probabilities, label, classes, None)
+    terms = [np.log(np.exp(np.log(p[:, y, x])).sum()) - np.log(p[column[int(v)], y, x])
+             for (y, x), v in np.ndenumerate(label.numpy()) if int(v) in (3, 7)]
+    assert only.item() == pytest.approx(np.mean(terms), rel=1e-5)
