@@ -3,9 +3,11 @@ adapter from params.yaml's finetune group (`magnet`) and, with --variants flow_o
 flow loss only); then on the TEST split at the expert block (chosen on val by the pipeline): zero-shot mIoU with
 GT-class prompts, the held-out flow-matching loss and (organism) the caption colour agreement of generated images —
 each model read by its predictor chosen on val (evaluate.predictors) — each adapter minus the base model paired over the same test images / captions, with 95% bootstrap intervals; over
-seeds the mean ± sd of the gain, and the interval of the seed-mean gain (images resampled, seeds fixed).
+seeds the mean ± sd of the gain, and the interval of the seed-mean gain (images resampled, seeds fixed). With both
+variants, MAGNET − flow-only per seed and for the seed means, paired the same way.
 
     .venv/bin/python benchmarks/magnet_ablation.py --seeds 0 1 2 [--variants magnet flow_only] [--reuse-seed0 models/lora]
+        [--measure-only]   # measure the adapters an earlier run left in /tmp/seg4diff-magnet-<variant>-<seed>/best
 """
 from __future__ import annotations
 
@@ -58,12 +60,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=["magnet"], choices=["magnet", "flow_only"])
     parser.add_argument("--reuse-seed0", default=None, help="an adapter already trained with these params and seed 0 (models/lora)")
+    parser.add_argument("--measure-only", action="store_true", help="no training: measure the adapters an earlier run saved")
     args = parser.parse_args()
     params = load_params()
     expert = json.loads(Path(params.select.output).read_text())
     prepared = Path(params.prepare.output)
     base = measure(params, None, expert)
     updates = {"magnet": {}, "flow_only": {"lambda_focal": 0.0, "lambda_dice": 0.0}}
+    stats = {}
     report = {"expert": expert["layer"], "sigma": expert["timestep"], "base_test_miou": float(miou_of(base["stats"].sum(0))),
               "base_predictor": base["predictor"], "base_val_miou_by_predictor": base["val_miou_by_predictor"], "runs": {}}
     for variant in args.variants:
@@ -72,10 +76,12 @@ def main() -> None:
             config = magnet_config(params, expert)
             config = dataclasses.replace(config, finetune=config.finetune.model_copy(update={**updates[variant], "seed": seed}))
             started = time.perf_counter()
+            work = Path(f"/tmp/seg4diff-magnet-{variant}-{seed}")
             if seed == 0 and variant == "magnet" and args.reuse_seed0:
                 adapter, trained = Path(args.reuse_seed0), "reused"
+            elif args.measure_only:
+                adapter, trained = work / "best", "earlier run"
             else:
-                work = Path(f"/tmp/seg4diff-magnet-{variant}-{seed}")
                 train_magnet(load_backbone(params.model), open_prepared(prepared / "train.zarr"), open_prepared(prepared / "val.zarr"),
                              config, work, progress=False)
                 adapter, trained = work / "best", round(time.perf_counter() - started)
@@ -88,6 +94,7 @@ def main() -> None:
                           "colour_agreement": colour["b"], "colour_change": colour["delta"], "colour_ci": [colour["ci_low"], colour["ci_high"]],
                           "predictor": tuned["predictor"], "val_miou_by_predictor": tuned["val_miou_by_predictor"], "train_seconds": trained}
             gains.append(tuned["stats"])
+            stats[variant, seed] = tuned["stats"]
             print(json.dumps({variant: {seed: runs[seed]}}), flush=True)
         weights = resample_weights(len(base["stats"]), 1000, 0)  # the same resampled images for every seed
         flat = lambda s: (weights @ s.reshape(len(s), -1)).reshape(-1, *s.shape[1:])  # noqa: E731
@@ -96,7 +103,23 @@ def main() -> None:
         points = [r["gain_points"] for r in runs.values()]
         report["runs"][variant] = {"per_seed": runs, "gain_mean_points": float(np.mean(points)), "gain_sd_points": float(np.std(points, ddof=1)) if len(points) > 1 else None,
                                    "seed_mean_gain_ci_points": [100 * float(np.quantile(mean_gain, 0.025)), 100 * float(np.quantile(mean_gain, 0.975))]}
+    if {"magnet", "flow_only"} <= set(args.variants):
+        report["magnet_minus_flow_only"] = mask_terms_effect(stats, args.seeds)
     print(json.dumps(report, indent=2))
+
+
+def mask_terms_effect(stats: dict, seeds: list[int]) -> dict:
+    """MAGNET − flow-only LoRA in mIoU points: per seed paired over the same resampled test images, and the seed means."""
+    per_seed = {}
+    for seed in seeds:
+        d = paired_miou_difference(stats["flow_only", seed], stats["magnet", seed])
+        per_seed[seed] = {"points": 100 * d["delta"], "ci": [100 * d["ci_low"], 100 * d["ci_high"]]}
+    n = len(stats["magnet", seeds[0]])
+    weights = resample_weights(n, 1000, 0)
+    draws = lambda s: miou_of((weights @ s.reshape(n, -1)).reshape(-1, *s.shape[1:]))  # noqa: E731
+    mean = np.mean([draws(stats["magnet", s]) - draws(stats["flow_only", s]) for s in seeds], axis=0)
+    return {"per_seed": per_seed, "seed_mean_points": float(np.mean([r["points"] for r in per_seed.values()])),
+            "seed_mean_ci_points": [100 * float(np.quantile(mean, 0.025)), 100 * float(np.quantile(mean, 0.975))]}
 
 
 if __name__ == "__main__":

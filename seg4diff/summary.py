@@ -51,6 +51,14 @@ def main() -> None:
             print(f"| {label} | " + " | ".join(cells) + " |")
         for metric in evaluation["base"]["fidelity"]:
             print(f"| {metric} | " + " | ".join(f"{evaluation[v]['fidelity'][metric]:.4f}" for v in variants) + " |")
+        flow = evaluation.get("finetuned_vs_base", {}).get("heldout_flow_loss_relative")
+        if flow:
+            print(f"held-out flow loss, fine-tuned vs base: {100 * flow['delta']:+.2f}% [{100 * flow['ci'][0]:+.2f}, {100 * flow['ci'][1]:+.2f}] (paired)")
+        chosen = {v: evaluation[v]["gt_classes"].get("predictor") for v in variants}
+        if all(chosen.values()):
+            print("GT-class predictor, chosen on val: " + "; ".join(
+                f"{v} {chosen[v]} (val " + ", ".join(f"{p} {m:.3f}" for p, m in evaluation[v]["gt_classes"]["val_miou_by_predictor"].items()) + ")"
+                for v in variants))
         never = evaluation["base"]["vocabulary"].get("never_predicted")
         if never:
             print(f"vocabulary protocol: {len(never)} classes never predicted by the base model ({', '.join(never)})")
