@@ -198,34 +198,44 @@ class FluxCaptureProcessor:
         self.layer, self.recorder = layer, recorder
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
-        if attention_mask is not None:
-            raise NotImplementedError("attention capture does not support FLUX attention masks")
-        from diffusers.models.transformers.transformer_flux import _get_qkv_projections
-
-        query, key, value, text_q, text_k, text_v = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
-        query, key, value = (t.unflatten(-1, (-1, attn.head_dim)) for t in (query, key, value))
-        query, key = attn.norm_q(query), attn.norm_k(key)
-        double_stream = attn.added_kv_proj_dim is not None
-        if double_stream:
-            text_q, text_k, text_v = (t.unflatten(-1, (-1, attn.head_dim)) for t in (text_q, text_k, text_v))
-            text_q, text_k = attn.norm_added_q(text_q), attn.norm_added_k(text_k)
-            query, key, value = torch.cat([text_q, query], dim=1), torch.cat([text_k, key], dim=1), torch.cat([text_v, value], dim=1)
-        if image_rotary_emb is not None:
-            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
-            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
-
+        query, key, value, double_stream = flux_joint_qkv(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
         n_text = encoder_hidden_states.shape[1] if double_stream else self.recorder.text_length
         scale = 1 / math.sqrt(attn.head_dim)
-        query, key, value = (t.transpose(1, 2) for t in (query, key, value))
         out, lse = attention_with_lse(query, key, value, scale)
         self.recorder.record(self.layer, query, key, value, lse, scale, slice(0, n_text), slice(n_text, None))
+        return flux_joint_output(attn, out, n_text, double_stream, query.dtype)
 
-        out = out.transpose(1, 2).flatten(2, 3).to(query.dtype)
-        if double_stream:
-            encoder_hidden_states, hidden_states = out.split_with_sizes([n_text, out.shape[1] - n_text], dim=1)
-            hidden_states = attn.to_out[1](attn.to_out[0](hidden_states.contiguous()))
-            return hidden_states, attn.to_add_out(encoder_hidden_states.contiguous())
-        return out
+
+def flux_joint_qkv(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb):
+    """Returns (query, key, value) of a FLUX block's joint attention, (batch, head, text + image, dim), as
+    FluxAttnProcessor, and whether the block is double-stream (a single-stream block gets the joint sequence)."""
+    if attention_mask is not None:
+        raise NotImplementedError("FLUX attention masks are not supported by seg4diff's attention processors")
+    from diffusers.models.transformers.transformer_flux import _get_qkv_projections
+
+    query, key, value, text_q, text_k, text_v = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
+    query, key, value = (t.unflatten(-1, (-1, attn.head_dim)) for t in (query, key, value))
+    query, key = attn.norm_q(query), attn.norm_k(key)
+    double_stream = attn.added_kv_proj_dim is not None
+    if double_stream:
+        text_q, text_k, text_v = (t.unflatten(-1, (-1, attn.head_dim)) for t in (text_q, text_k, text_v))
+        text_q, text_k = attn.norm_added_q(text_q), attn.norm_added_k(text_k)
+        query, key, value = torch.cat([text_q, query], dim=1), torch.cat([text_k, key], dim=1), torch.cat([text_v, value], dim=1)
+    if image_rotary_emb is not None:
+        query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+        key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+    return query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), double_stream
+
+
+def flux_joint_output(attn, out: torch.Tensor, n_text: int, double_stream: bool, dtype: torch.dtype):
+    """Returns a FLUX block's attention result from the joint output (batch, head, text + image, dim): (image, text)
+    hidden states for a double-stream block, the joint sequence for a single-stream one."""
+    out = out.transpose(1, 2).flatten(2, 3).to(dtype)
+    if double_stream:
+        encoder_hidden_states, hidden_states = out.split_with_sizes([n_text, out.shape[1] - n_text], dim=1)
+        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states.contiguous()))
+        return hidden_states, attn.to_add_out(encoder_hidden_states.contiguous())
+    return out
 
 
 def joint_attention_modules(transformer: torch.nn.Module) -> list[torch.nn.Module]:

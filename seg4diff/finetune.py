@@ -98,7 +98,7 @@ def magnet_loss(backbone: Backbone, rows: xr.Dataset, config: MagnetConfig, gene
     on_predictor = config.finetune.mask_loss == "predictor"
     with capture_attention(backbone.transformer, [config.expert_layer], ("image_to_text",), positions,
                            head_mean=mode == "gt_classes" and not on_predictor, output="logits", detach=False) as cap:
-        prediction = backbone.transformer(**backbone.transformer_inputs(noisy, sigma, encoding))[0]
+        prediction = backbone.velocity(noisy, sigma, encoding)
     flow = F.mse_loss(prediction.float(), (noise - x0).float())
     logits = cap.tensor("image_to_text")[:, 0]  # (batch, head, image_token, slot)
     if on_predictor:  # the predictor's head-mean probabilities: exp(logit − log-sum-exp over all keys), per head
@@ -172,7 +172,7 @@ def flow_losses(backbone: Backbone, prepared: xr.Dataset, seed: int, limit: int,
         generator = torch.Generator().manual_seed(seed * 7919 + start)
         for sigma in sigmas:
             noise = torch.randn(x0.shape, generator=generator).to(x0)
-            out = backbone.transformer(**backbone.transformer_inputs(sigma * noise + (1 - sigma) * x0, sigma, encoding))[0]
+            out = backbone.velocity(sigma * noise + (1 - sigma) * x0, sigma, encoding)
             per_sample = F.mse_loss(out.float(), (noise - x0).float(), reduction="none").flatten(1).mean(1)
             losses[start:start + x0.shape[0]] += per_sample.double().cpu().numpy() / len(sigmas)
     return losses

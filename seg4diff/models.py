@@ -212,6 +212,16 @@ class Backbone:
                 "txt_ids": text_ids, "img_ids": image_ids, "return_dict": False}
 
 
+    def velocity(self, latents: torch.Tensor, sigma: float | torch.Tensor, prompt: PromptEncoding) -> torch.Tensor:
+        """Returns the transformer's flow-matching prediction for noisy latents at `sigma`, in the latents' own
+        (batch, channels, height, width) layout (FLUX's packed 2×2 patches unpacked), comparable with noise − x0."""
+        out = self.transformer(**self.transformer_inputs(latents, sigma, prompt))[0]
+        if self.family == "flux":
+            height, width = latents.shape[-2:]
+            out = FluxPipeline._unpack_latents(out, height * self.vae_scale_factor, width * self.vae_scale_factor, self.vae_scale_factor)
+        return out
+
+
 def backbone_from_pipeline(pipe: DiffusionPipeline, text_length: int | None = None) -> Backbone:
     """Returns a Backbone around an already-built pipeline (SD3 / SD3.5 or FLUX.1)."""
     if isinstance(pipe, StableDiffusion3Pipeline):

@@ -21,7 +21,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from seg4diff.attention import _token_grid, attention_with_lse, joint_attention_modules, sd3_joint_output, sd3_joint_qkv
+from seg4diff.attention import (_token_grid, attention_with_lse, flux_joint_output, flux_joint_qkv, joint_attention_modules,
+                                sd3_joint_output, sd3_joint_qkv)
 
 Kind = Literal["blur", "mean", "shuffle"]
 KINDS: tuple[Kind, ...] = ("blur", "mean", "shuffle")
@@ -63,47 +64,72 @@ def perturb(probabilities: torch.Tensor, grid: tuple[int, int], kind: Kind, blur
     return changed * (mass / new_mass.clamp_min(torch.finfo(changed.dtype).tiny))
 
 
-class SD3PerturbProcessor:
-    """JointAttnProcessor2_0 whose image→text attention is replaced by a perturbed copy; `strength` sums
-    mean |P' − P| per image query (L1 over the text keys) over calls, to compare perturbations' sizes."""
+class PerturbProcessor:
+    """A block's stock attention processor whose image→text attention is replaced by a perturbed copy; `strength`
+    sums mean |P' − P| per image query (L1 over the text keys) over calls, to compare perturbations' sizes."""
 
     def __init__(self, layer: int, kind: Kind, blur_sigma: float, permutation: torch.Tensor | None):
         self.layer, self.kind, self.blur_sigma, self.permutation = layer, kind, blur_sigma, permutation
         self.grid: tuple[int, int] | None = None
+        self.text_length: int | None = None  # of the forward (FLUX single-stream blocks see one joint sequence)
         self.strength, self.calls = 0.0, 0
+
+    def attention(self, query, key, value, image: slice, text: slice) -> torch.Tensor:
+        """Returns the joint attention output (batch, head, query, dim) with the image-query × text-key part perturbed."""
+        scale = 1 / math.sqrt(query.shape[-1])
+        out, lse = attention_with_lse(query, key, value, scale)
+        logits = torch.matmul(query[:, :, image].float(), key[:, :, text].float().transpose(-1, -2)) * scale
+        probabilities = torch.exp(logits - lse[:, :, image, None].float())
+        permutation = None if self.permutation is None else self.permutation.to(probabilities.device)
+        delta = perturb(probabilities, self.grid, self.kind, self.blur_sigma, permutation) - probabilities
+        self.strength += float(delta.abs().sum(-1).mean())
+        self.calls += 1
+        out = out.clone()
+        out[:, :, image] += torch.matmul(delta, value[:, :, text].float()).to(out.dtype)
+        return out
+
+
+class SD3PerturbProcessor(PerturbProcessor):
+    """JointAttnProcessor2_0 (SD3, SD3.5), joint order [image, text], perturbed."""
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
         query, key, value = sd3_joint_qkv(attn, hidden_states, encoder_hidden_states, self.layer)
-        scale = 1 / math.sqrt(query.shape[-1])
-        out, lse = attention_with_lse(query, key, value, scale)
         n_image = hidden_states.shape[1]
-        logits = torch.matmul(query[:, :, :n_image].float(), key[:, :, n_image:].float().transpose(-1, -2)) * scale
-        probabilities = torch.exp(logits - lse[:, :, :n_image, None].float())
-        permutation = None if self.permutation is None else self.permutation.to(probabilities.device)
-        changed = perturb(probabilities, self.grid, self.kind, self.blur_sigma, permutation)
-        delta = changed - probabilities
-        self.strength += float(delta.abs().sum(-1).mean())
-        self.calls += 1
-        correction = torch.matmul(delta, value[:, :, n_image:].float()).to(out.dtype)
-        out = torch.cat([out[:, :, :n_image] + correction, out[:, :, n_image:]], dim=2)
+        out = self.attention(query, key, value, slice(0, n_image), slice(n_image, None))
         return sd3_joint_output(attn, out, n_image, query.dtype)
+
+
+class FluxPerturbProcessor(PerturbProcessor):
+    """FluxAttnProcessor (double- and single-stream blocks), joint order [text, image], perturbed."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
+        query, key, value, double_stream = flux_joint_qkv(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        n_text = encoder_hidden_states.shape[1] if double_stream else self.text_length
+        out = self.attention(query, key, value, slice(n_text, None), slice(0, n_text))
+        return flux_joint_output(attn, out, n_text, double_stream, query.dtype)
+
+
+PROCESSORS = {"SD3Transformer2DModel": SD3PerturbProcessor, "FluxTransformer2DModel": FluxPerturbProcessor}
 
 
 @contextlib.contextmanager
 def perturb_attention(transformer: torch.nn.Module, layer: int, kind: Kind, blur_sigma: float = 1.0,
-                      seed: int = 0) -> Iterator[SD3PerturbProcessor]:
-    """Perturbs block `layer`'s image→text attention for every forward inside the context; restores it on exit."""
-    if type(transformer).__name__ != "SD3Transformer2DModel":
-        raise TypeError(f"attention perturbation supports SD3/SD3.5 transformers (SD3Transformer2DModel), not {type(transformer).__name__}")
+                      seed: int = 0) -> Iterator[PerturbProcessor]:
+    """Perturbs block `layer`'s image→text attention for every forward inside the context; restores it on exit.
+    SD3/SD3.5 blocks, and FLUX's double- then single-stream blocks (numbered as `joint_attention_modules`)."""
+    name = type(transformer).__name__
+    if name not in PROCESSORS:
+        raise TypeError(f"attention perturbation supports {' and '.join(PROCESSORS)}, not {name}")
     modules = joint_attention_modules(transformer)
     if not 0 <= layer < len(modules):
         raise IndexError(f"block {layer} out of range: the transformer has {len(modules)} joint-attention blocks")
-    processor = SD3PerturbProcessor(layer, kind, blur_sigma, None)  # the permutation: at the first call (text length)
+    processor = PROCESSORS[name](layer, kind, blur_sigma, None)  # the permutation: at the first call (text length)
 
     def note_call(module, args, kwargs):
         processor.grid = _token_grid(module, kwargs, args)
+        text = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
+        processor.text_length = text.shape[1]
         if kind == "shuffle" and processor.permutation is None:
-            text = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
             processor.permutation = torch.randperm(text.shape[1], generator=torch.Generator().manual_seed(seed))
 
     original = modules[layer].processor

@@ -9,13 +9,13 @@ from PIL import Image
 from scipy import ndimage
 
 from seg4diff.attention import joint_attention_modules
-from seg4diff.attention_reference import naive_sd3_attention
+from seg4diff.attention_reference import naive_flux_attention, naive_sd3_attention
 from seg4diff.perturb import gaussian_blur, perturb, perturb_attention
 from seg4diff.scoring import miou_of
 from seg4diff.shape_classifier import blob_shape, caption_objects, object_recall, objects
 from seg4diff.statistics import paired_mean_difference, paired_miou_difference
-from test_attention_capture import _sd3_inputs
-from tiny_pipelines import tiny_sd3_transformer
+from test_attention_capture import TEXT, _flux_inputs, _sd3_inputs
+from tiny_pipelines import tiny_flux_transformer, tiny_sd3_transformer
 
 
 def _probabilities(seed=0, grid=(6, 5), keys=7):
@@ -67,6 +67,38 @@ def test_a_perturbed_block_equals_the_naive_softmax_with_its_image_to_text_part_
     assert type(attn.processor).__name__ != "SD3PerturbProcessor"  # restored on exit
 
 
+@pytest.mark.parametrize("layer", [1, 3])  # a double-stream block, a single-stream block
+def test_a_perturbed_flux_block_equals_the_naive_softmax_with_its_image_to_text_part_replaced(layer):
+    torch.manual_seed(0)
+    transformer = tiny_flux_transformer().eval()
+    inputs = _flux_inputs(transformer)
+    attn = joint_attention_modules(transformer)[layer]
+    seen = {}
+    handle = attn.register_forward_hook(lambda m, a, k, out: seen.update(kwargs=k, out=out), with_kwargs=True)
+    with torch.no_grad(), perturb_attention(transformer, layer, "shuffle", seed=3) as processor:
+        transformer(**inputs)
+    handle.remove()
+    kwargs = seen["kwargs"]
+    hidden, text, rotary = kwargs["hidden_states"], kwargs.get("encoder_hidden_states"), kwargs["image_rotary_emb"]
+    n_text = TEXT
+    with torch.no_grad():
+        p = naive_flux_attention(attn, hidden, text, rotary)  # (batch, head, N, N), order [text, image], no library code
+        replaced = p.clone()
+        permutation = torch.randperm(TEXT, generator=torch.Generator().manual_seed(3))
+        replaced[:, :, n_text:, :n_text] = p[:, :, n_text:, :n_text][..., permutation]
+        v = attn.to_v(hidden).unflatten(-1, (-1, attn.head_dim))
+        if text is not None:
+            v = torch.cat([attn.add_v_proj(text).unflatten(-1, (-1, attn.head_dim)), v], 1)
+        out = (replaced @ v.transpose(1, 2).float()).transpose(1, 2).flatten(2, 3)
+        if text is not None:  # double-stream: the image part goes through to_out
+            expected, got = attn.to_out[1](attn.to_out[0](out[:, n_text:])), seen["out"][0]
+        else:
+            expected, got = out, seen["out"]
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-4)
+    assert processor.calls == 1 and processor.strength > 0 and processor.grid == (6, 6)
+    assert type(attn.processor).__name__ != "FluxPerturbProcessor"  # restored on exit
+
+
 def test_the_shape_reader_reads_the_shapes_dataset(tmp_path):
     from seg4diff.config import ShapesParams
     from seg4diff.data.shapes import generate_split
@@ -102,3 +134,22 @@ def test_paired_intervals():
     d = paired_miou_difference(stats_a, stats_b, resamples=300)
     assert d["a"] == pytest.approx(miou_of(stats_a.sum(0))) and d["delta"] == pytest.approx(d["b"] - d["a"])
     assert d["ci_high"] < 0 and d["ci_low"] <= d["delta"] <= d["ci_high"]
+
+
+def test_the_causal_table_runs_on_flux_double_and_single_stream_blocks(tiny_model_dirs, tmp_path):
+    from conftest import prepared_shapes
+    from seg4diff.causal import CausalSettings, causal_table
+    from seg4diff.config import ModelParams
+    from seg4diff.data.prepared import open_prepared
+    from seg4diff.extract import PromptStyle
+    from seg4diff.models import load_backbone
+
+    root = prepared_shapes(tmp_path, ["val"], 32, 32, seed=0, num_val=3)
+    backbone = load_backbone(ModelParams(path=str(tiny_model_dirs["flux"])))
+    blocks = [0, len(backbone.transformer.transformer_blocks)]  # the first double-stream and the first single-stream block
+    settings = CausalSettings(blocks, ["shuffle", "mean"], 1.0, 2, 1.0, 3, (0.5,), 200, 0)
+    table, examples = causal_table(backbone, ["red circle", "blue square"], open_prepared(root / "val.zarr"),
+                                   PromptStyle("gt_classes", " ", "word", "all"), settings, progress=False)
+    flow = table[table.metric == "flow_loss_increase"]
+    assert len(flow) == 4 and np.isfinite(flow.delta).all() and (flow.delta.abs() > 0).all()  # every run changed the loss
+    assert set(examples) == {"baseline", *((b, k) for b in blocks for k in ("shuffle", "mean"))}

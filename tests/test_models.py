@@ -138,3 +138,22 @@ def test_sd3_without_t5_as_the_authors_and_clip_columns(tiny_model_dirs):
         token_slots(load_backbone(ModelParams(path=str(tiny_model_dirs["flux"]))).encode_prompts([prompt]), 0, spans, "class", 16, "s", "clip")
     with pytest.raises(ModelLoadError, match="model.t5 is false but .* is a FluxPipeline"):
         load_backbone(ModelParams(path=str(tiny_model_dirs["flux"]), t5=False))
+
+
+@pytest.mark.parametrize("name", ["sd3", "flux"])
+def test_velocity_is_the_transformer_output_in_the_latents_layout(tiny_model_dirs, name):
+    """Flow losses compare the prediction with noise − x0: FLUX's packed 2×2 patches must come back to (B, C, H, W)."""
+    from diffusers import FluxPipeline
+
+    backbone = load_backbone(ModelParams(path=str(tiny_model_dirs[name])))
+    latents = backbone.encode_images(torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+    encoding = backbone.encode_prompts(["red circle", "blue square"])
+    with torch.no_grad():
+        raw = backbone.transformer(**backbone.transformer_inputs(latents, 0.5, encoding))[0]
+        velocity = backbone.velocity(latents, 0.5, encoding)
+    assert velocity.shape == latents.shape
+    batch, channels, height, width = latents.shape
+    packed = FluxPipeline._pack_latents(velocity, batch, channels, height, width) if name == "flux" else velocity
+    torch.testing.assert_close(packed, raw)  # the same numbers, only laid out as the latents
+    if name == "flux":  # patch (0, 0) of the packed sequence holds the 2×2 latent pixels of its channels, channel-major
+        torch.testing.assert_close(raw[:, 0].reshape(batch, channels, 2, 2), velocity[:, :, :2, :2])
