@@ -298,7 +298,7 @@ class EvaluateParams(Group):
     split: str = "test"
     batch_size: int = Field(16, ge=1)
     max_samples: int | None = Field(None, ge=1)
-    kl_thresholds: list[float] = Field([0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.1, 0.2], min_length=1, description=(
+    kl_thresholds: list[float] = Field([0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.1, 0.2], min_length=1, description=(
         "unsupervised: candidate thresholds of the anchor grouping (symmetric KL), the best chosen on val_split"))
     predictors: list[Literal["probability", "logit"]] = Field(["probability", "logit"], min_length=1, description=(
         "GT-class protocol: how the expert block's maps become a prediction, the best chosen on val_split for each model "
