@@ -1,12 +1,15 @@
 """MAGNET over several fine-tuning seeds, and whether its gain comes from the mask losses. For each seed, trains the
-adapter from params.yaml's finetune group (`magnet`) and, with --variants flow_only, with λ_focal = λ_dice = 0 (LoRA +
-flow loss only); then on the TEST split at the expert block (chosen on val by the pipeline): zero-shot mIoU with
-GT-class prompts, the held-out flow-matching loss and (organism) the caption colour agreement of generated images —
-each model read by its predictor chosen on val (evaluate.predictors) — each adapter minus the base model paired over the same test images / captions, with 95% bootstrap intervals; over
-seeds the mean ± sd of the gain, and the interval of the seed-mean gain (images resampled, seeds fixed). With both
-variants, MAGNET − flow-only per seed and for the seed means, paired the same way.
+adapter from params.yaml's finetune group (`magnet`), with --variants flow_only with λ_focal = λ_dice = 0 (LoRA +
+flow loss only), with --variants predictor with `mask_loss: predictor` (the cross-entropy of the scored decision);
+then on the TEST split at the expert block (chosen on val by the pipeline): zero-shot mIoU with GT-class prompts, the
+held-out flow-matching loss and (organism) the caption colour agreement of generated images — each model read by its
+predictor chosen on val (evaluate.predictors) — each adapter minus the base model paired over the same test images /
+captions, with 95% bootstrap intervals; over seeds the mean ± sd of the gain, and the interval of the seed-mean gain
+(images resampled, seeds fixed). With magnet and flow_only, MAGNET − flow-only per seed and for the seed means, paired
+the same way.
 
-    .venv/bin/python benchmarks/magnet_ablation.py --seeds 0 1 2 [--variants magnet flow_only] [--reuse-seed0 models/lora]
+    .venv/bin/python benchmarks/magnet_ablation.py --seeds 0 1 2 [--variants magnet flow_only predictor] [--reuse-seed0 models/lora]
+        [--steps N]        # train N steps instead of finetune.steps
         [--measure-only]   # measure the adapters an earlier run left in /tmp/seg4diff-magnet-<variant>-<seed>/best
 """
 from __future__ import annotations
@@ -58,7 +61,8 @@ def measure(params, lora: Path | None, expert: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--variants", nargs="+", default=["magnet"], choices=["magnet", "flow_only"])
+    parser.add_argument("--variants", nargs="+", default=["magnet"], choices=["magnet", "flow_only", "predictor"])
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default: finetune.steps)")
     parser.add_argument("--reuse-seed0", default=None, help="an adapter already trained with these params and seed 0 (models/lora)")
     parser.add_argument("--measure-only", action="store_true", help="no training: measure the adapters an earlier run saved")
     args = parser.parse_args()
@@ -66,7 +70,8 @@ def main() -> None:
     expert = json.loads(Path(params.select.output).read_text())
     prepared = Path(params.prepare.output)
     base = measure(params, None, expert)
-    updates = {"magnet": {}, "flow_only": {"lambda_focal": 0.0, "lambda_dice": 0.0}}
+    updates = {"magnet": {}, "flow_only": {"lambda_focal": 0.0, "lambda_dice": 0.0}, "predictor": {"mask_loss": "predictor"}}
+    steps = {"steps": args.steps} if args.steps else {}
     stats = {}
     report = {"expert": expert["layer"], "sigma": expert["timestep"], "base_test_miou": float(miou_of(base["stats"].sum(0))),
               "base_predictor": base["predictor"], "base_val_miou_by_predictor": base["val_miou_by_predictor"], "runs": {}}
@@ -74,7 +79,7 @@ def main() -> None:
         gains, runs = [], {}
         for seed in args.seeds:
             config = magnet_config(params, expert)
-            config = dataclasses.replace(config, finetune=config.finetune.model_copy(update={**updates[variant], "seed": seed}))
+            config = dataclasses.replace(config, finetune=config.finetune.model_copy(update={**updates[variant], **steps, "seed": seed}))
             started = time.perf_counter()
             work = Path(f"/tmp/seg4diff-magnet-{variant}-{seed}")
             if seed == 0 and variant == "magnet" and args.reuse_seed0:

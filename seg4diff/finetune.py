@@ -73,9 +73,9 @@ def sample_sigmas(generator: torch.Generator, n: int, config: MagnetConfig) -> t
     return config.finetune.timestep_shift * u / (1 + (config.finetune.timestep_shift - 1) * u)
 
 
-def _class_logits(logits: torch.Tensor, slot_class: np.ndarray, classes: np.ndarray) -> torch.Tensor:
-    """(token, y, x) head-mean logits → (class, y, x): each class's token maps averaged."""
-    return torch.stack([logits[torch.from_numpy(np.flatnonzero(slot_class == c))].mean(0) for c in classes])
+def _class_maps(maps: torch.Tensor, slot_class: np.ndarray, classes: np.ndarray) -> torch.Tensor:
+    """(token, y, x) head-mean maps → (class, y, x): each class's token maps averaged."""
+    return torch.stack([maps[torch.from_numpy(np.flatnonzero(slot_class == c))].mean(0) for c in classes])
 
 
 def magnet_loss(backbone: Backbone, rows: xr.Dataset, config: MagnetConfig, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
@@ -100,9 +100,9 @@ def magnet_loss(backbone: Backbone, rows: xr.Dataset, config: MagnetConfig, gene
                            head_mean=mode == "gt_classes" and not on_predictor, output="logits", detach=False) as cap:
         prediction = backbone.velocity(noisy, sigma, encoding)
     flow = F.mse_loss(prediction.float(), (noise - x0).float())
-    logits = cap.tensor("image_to_text")[:, 0]  # (batch, head, image_token, slot)
+    scores = cap.tensor("image_to_text")[:, 0]  # (batch, head, image_token, slot): logits
     if on_predictor:  # the predictor's head-mean probabilities: exp(logit − log-sum-exp over all keys), per head
-        logits = torch.exp(logits.float() - cap.tensor("image_lse")[:, 0, ..., None].float()).mean(1, keepdim=True)
+        scores = torch.exp(scores.float() - cap.tensor("image_lse")[:, 0, ..., None].float()).mean(1, keepdim=True)
     grid = backbone.token_grid(*images.shape[2:])
     labels = [torch.from_numpy(native_label(rows, k).astype(np.int64)) for k in range(len(slots))]
     maps, targets, valid, predictor_terms = [], [], [], []
@@ -111,12 +111,12 @@ def magnet_loss(backbone: Backbone, rows: xr.Dataset, config: MagnetConfig, gene
             continue
         slot_class = slot.class_id[:used]
         slot_class = np.where(slot.position[:used] >= 0, slot_class, -1)
-        sample_logits = logits[k].transpose(-1, -2).reshape(logits.shape[1], used, *grid)  # (head, slot, y, x)
+        sample_scores = scores[k].transpose(-1, -2).reshape(scores.shape[1], used, *grid)  # (head, slot, y, x)
         size = labels[k].shape  # the sample's own label size
         up = lambda x: F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]  # noqa: E731
         if mode == "gt_classes":
             classes = np.unique(slot_class[slot_class >= 0])
-            sample_maps = up(_class_logits(sample_logits[0], slot_class, classes))
+            sample_maps = up(_class_maps(sample_scores[0], slot_class, classes))
             if on_predictor:
                 predictor_terms.append(predictor_loss(sample_maps, labels[k], classes, config.threshold))
                 continue
@@ -126,7 +126,7 @@ def magnet_loss(backbone: Backbone, rows: xr.Dataset, config: MagnetConfig, gene
                        if (labels[k] == c).float().mean() >= config.finetune.min_mask_fraction]
             if not present:
                 continue
-            candidates = up(sample_logits[:, slot.position[:used] >= 0].flatten(0, 1))
+            candidates = up(sample_scores[:, slot.position[:used] >= 0].flatten(0, 1))
             masks = torch.stack([(labels[k] == c).float() for c in present])
             chosen, matched = hungarian_match(candidates, masks)
             sample_maps, sample_targets = candidates[chosen], masks[matched]

@@ -32,13 +32,13 @@ def dice_loss(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor |
 
 
 def predictor_loss(probabilities: torch.Tensor, label: torch.Tensor, classes: np.ndarray,
-                   background_threshold: float | None, ignore_index: int = 255, background_id: int = 0) -> torch.Tensor:
+                   background_threshold: float | None, background_id: int = 0) -> torch.Tensor:
     """Returns the pixel cross-entropy of the zero-shot predictor's own decision (segment.segment_batch, `probability`).
 
     `probabilities` (class, H, W): each prompted class's attention map at label size. The predictor takes the argmax
     class and calls a pixel background when its best map is below `background_threshold` × the image's peak; its
     scores are therefore log P_c and, for background, log(threshold · peak) (peak held fixed). Labels that are neither
-    a prompted class nor background, and `ignore_index`, are left out.
+    a prompted class nor background (the ignore index among them) are left out.
     """
     scores = probabilities.clamp_min(1e-12).log()
     target = torch.full(label.shape, -100, dtype=torch.long, device=label.device)
@@ -49,7 +49,6 @@ def predictor_loss(probabilities: torch.Tensor, label: torch.Tensor, classes: np
         background = torch.log(background_threshold * peak).expand(1, *scores.shape[1:])
         scores = torch.cat([scores, background])
         target[label == background_id] = len(classes)
-    target[label == ignore_index] = -100
     if not (target >= 0).any():
         return scores.sum() * 0
     return F.cross_entropy(scores[None], target[None], ignore_index=-100)
