@@ -1,11 +1,12 @@
 """Does grounding emerge in the shipped Shapes organism? For the shipped model and the same architecture at random
 init: extract image→text attention (head mean) on val AND test, choose the best (block, σ) on VAL, report its TEST mIoU
-with a 95% bootstrap interval (the test-best cell is printed too, marked as an oracle), the median block, the
-all-layers-mean reference and the shape-word-only variant; beside them, on the same test images, two baselines given the
-same ground-truth-class prompts — all background, and a colour-only rule (a saturated pixel → the prompted class of
-the nearest palette colour) — and a ceiling: perfect maps at the token grid (each prompted class's ground-truth area
-fraction per image token) read exactly as the attention is (bilinear upsampling, argmax, background below
-prompt.background_threshold × the peak); with paired intervals of the organism's difference to each.
+with a 95% bootstrap interval (the test-best cell is printed too, marked as an oracle), the median block, every
+block's maps averaged (σ chosen on val; the chosen block's difference to it paired) and the shape-word-only variant;
+beside them, on the same test images, two baselines given the same ground-truth-class prompts — all background, and a
+colour-only rule (a saturated pixel → the prompted class of the nearest palette colour) — and a ceiling: perfect maps
+at the token grid (each prompted class's ground-truth area fraction per image token) read exactly as the attention is
+(bilinear upsampling, argmax, background below prompt.background_threshold × the peak); with paired intervals of the
+organism's difference to each.
 
     .venv/bin/python benchmarks/organism_grounding.py [--model DIR]   # default: model.path of params.yaml
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+import xarray as xr
 from PIL import Image
 
 from seg4diff.attention_store import StoreLayout, open_attention
@@ -48,30 +50,37 @@ def _store(params, backbone, data, name: str, split: str):
 
 
 def per_sample_stats(params, model_dir: str, name: str, split: str, shape_words_only: bool = False):
-    """(sample, layer, sigma, 3, C) head-mean class statistics of one model on one split, with its layers and sigmas."""
+    """Head-mean class statistics of one model on one split: per block (sample, layer, σ, 3, C) and of every block's
+    maps averaged (sample, σ, 3, C), with the layers and sigmas."""
     params = params.model_copy(update={"model": params.model.model_copy(update={"path": model_dir})})
     data = open_prepared(Path(params.prepare.output) / f"{split}.zarr")
     store, layers, sigmas = _store(params, load_backbone(params.model), data, name, split)
     store = _shape_words_only(store) if shape_words_only else store
-    tables = score_store(store, data["label"], data.sizes["class"], params.prompt.threshold, progress=False, sizes=label_sizes(data))
-    return tables.per_sample[:, 0], tables.layer_mean[0], layers, sigmas
+    score = lambda s: score_store(s, data["label"], data.sizes["class"], params.prompt.threshold, progress=False,  # noqa: E731
+                                  sizes=label_sizes(data)).per_sample[:, 0]
+    averaged = xr.Dataset({"image_to_text": store.image_to_text.astype(np.float32).mean("layer").expand_dims(layer=[-1])
+                          .transpose(*store.image_to_text.dims), "token_class": store.token_class})
+    return score(store), score(averaged)[:, 0], layers, sigmas
 
 
 def grounding(params, model_dir: str, name: str, baselines: dict) -> dict:
     """Val-chosen (block, σ) reported on test, with intervals and paired differences to the baselines."""
     result = {}
     for label, shape_only in (("class phrase", False), ("shape word only", True)):
-        val, _, layers, sigmas = per_sample_stats(params, model_dir, name, "val", shape_only)
-        test, layer_mean, _, _ = per_sample_stats(params, model_dir, name, "test", shape_only)
+        val, val_blocks_mean, layers, sigmas = per_sample_stats(params, model_dir, name, "val", shape_only)
+        test, blocks_mean, _, _ = per_sample_stats(params, model_dir, name, "test", shape_only)
         val_grid, test_grid = miou_of(val.sum(0, dtype=np.int64)), miou_of(test.sum(0, dtype=np.int64))
         l, t = np.unravel_index(np.nanargmax(val_grid), val_grid.shape)
         oracle_l, oracle_t = np.unravel_index(np.nanargmax(test_grid), test_grid.shape)
+        mean_t = int(np.nanargmax(miou_of(val_blocks_mean.sum(0, dtype=np.int64))))  # every block's maps averaged: σ on val too
         chosen = test[:, l, t]
         result[label] = {"val_chosen_block": layers[l], "sigma": sigmas[t], "val_miou": float(val_grid[l, t]),
                          "test_miou": float(test_grid[l, t]), "test_miou_ci": list(miou_interval(chosen)),
                          "test_oracle": {"block": layers[oracle_l], "sigma": sigmas[oracle_t], "miou": float(test_grid[oracle_l, oracle_t])},
                          "median_block_test_miou": float(np.median(test_grid[:, t])),
-                         "all_layers_mean_maps_test": float(np.nanmax(miou_of(layer_mean))),
+                         "all_blocks_mean_maps": {"sigma": sigmas[mean_t], "val_miou": float(miou_of(val_blocks_mean[:, mean_t].sum(0, dtype=np.int64))),
+                                                  "test_miou": float(miou_of(blocks_mean[:, mean_t].sum(0, dtype=np.int64))),
+                                                  "chosen_block_minus_this": _difference(blocks_mean[:, mean_t], chosen)},
                          "per_block_test": [round(float(v), 3) for v in test_grid[:, t]],
                          "vs": {b: _difference(stats, chosen) for b, stats in baselines.items()}}
     return result

@@ -1,7 +1,8 @@
 """Is the organism's expert block a property of the recipe or of one training run? Trains the organism with several
-pretrain seeds (same recipe as the pretrain stage: params.yaml's pretrain group), then for each: the block and σ chosen
-on val and their test mIoU with a 95% interval, the per-block test curve, and the paired difference to the colour-only
-baseline (benchmarks/organism_grounding.py's protocol). Offline: about 19 min of training per seed on the 2-core CPU.
+pretrain seeds (same recipe as the pretrain stage: params.yaml's pretrain group), then for each, by
+benchmarks/organism_grounding.py's protocol: the block and σ chosen on val and their test mIoU with a 95% interval,
+the per-block test curve, every block's maps averaged, and paired differences to the baselines. Offline: 1,928–1,982 s
+of training per seed on the idle 2-core CPU.
 
     .venv/bin/python benchmarks/organism_seeds.py --seeds 0 1 2     # models under /tmp/seg4diff-organism-seed<N>
 """
