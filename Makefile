@@ -31,7 +31,7 @@ test-fast: $(STAMP)
 # (`dvc repro -f pretrain`, about 19 minutes, does that).
 demo: $(STAMP)
 	$(PY) -m flows.pipeline
-	$(PY) -m seg4diff.summary
+	$(PY) -m flows.summary
 
 benchmark: $(STAMP)
 	$(PY) benchmarks/attention_capture.py

@@ -17,7 +17,7 @@ import time
 import torch
 from diffusers import SD3Transformer2DModel
 
-from seg4diff.attention import capture_attention
+from seg4diff.capture.attention import capture_attention
 
 
 class NaiveCaptureProcessor:

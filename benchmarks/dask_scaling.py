@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/dask_scaling.py [--samples 192]
 
 The shipped organism extracts a temporary Shapes split (32², every block and head, both directions, 4 σ, diagnostics:
-the demo's settings) split into two batch-aligned ranges (`seg4diff.extract.plan_ranges`), each a task on a local
+the demo's settings) split into two batch-aligned ranges (`seg4diff.capture.extract.plan_ranges`), each a task on a local
 Dask cluster of single-threaded worker processes (torch limited to one thread each, as a GPU worker owns one GPU).
 Clock: from submitting the shards to both stores' completion; cluster start-up and each worker's imports excluded. Prints `speedup=`
 (1 worker / 2 workers) and checks that both runs wrote identical stores.
@@ -20,9 +20,11 @@ from dask.distributed import Client, LocalCluster
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import prepared_shapes  # noqa: E402
-from seg4diff.attention_store import StoreLayout, open_attention  # noqa: E402
+
+from seg4diff.capture.extract import extract_range, open_or_create, plan_ranges  # noqa: E402
 from seg4diff.config import ExtractParams, ModelParams, PromptParams  # noqa: E402
-from seg4diff.extract import extract_range, open_or_create, plan_ranges, prompt_style  # noqa: E402
+from seg4diff.data.attention_store import StoreLayout, open_attention  # noqa: E402
+from seg4diff.prompts import prompt_style
 
 SIGMAS = [0.1, 0.3, 0.5, 0.7]
 PROMPT = PromptParams()  # the organism's prompts (" and ", background by threshold)
@@ -33,8 +35,8 @@ def shard(prepared_path: str, out: str, start: int, stop: int, params: ExtractPa
     import dask
     import torch
 
+    from seg4diff.backbones.backbone import load_backbone
     from seg4diff.data.prepared import open_prepared
-    from seg4diff.models import load_backbone
 
     torch.set_num_threads(1)
     backbone = load_backbone(ModelParams(path=str(Path(__file__).resolve().parents[1] / "seg4diff/assets/organism")))
@@ -49,7 +51,7 @@ def _warm() -> None:
 
     import torch
 
-    for module in ("seg4diff.extract", "seg4diff.models", "seg4diff.data.prepared"):
+    for module in ("seg4diff.capture.extract", "seg4diff.backbones.backbone", "seg4diff.data.prepared"):
         importlib.import_module(module)
     torch.set_num_threads(1)
 

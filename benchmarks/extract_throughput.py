@@ -4,7 +4,7 @@
 
 A random SD3Transformer2DModel of SD3-medium's width (24 heads × 64) with a few blocks, inside a tiny SD3 pipeline
 (VAE and text encoders small), on 128² Shapes images: 32 × 32 = 1,024 image tokens + 77 CLIP + 16 T5 text tokens.
-End to end is `seg4diff.extract.extract_range` — read the prepared store, encode images and prompts, seeded noise,
+End to end is `seg4diff.capture.extract.extract_range` — read the prepared store, encode images and prompts, seeded noise,
 forward with capture of every block (every class token: the tiny tokenizer splits most words into characters,
 ~30 tokens; both directions, every head), copy out, compressed zarr write —
 over one σ; forward-only is the same transformer calls on inputs prepared beforehand. Prints samples/s of both and
@@ -23,12 +23,15 @@ from diffusers import SD3Transformer2DModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import prepared_shapes  # noqa: E402
-from seg4diff.attention_store import StoreLayout  # noqa: E402
-from seg4diff.config import ExtractParams  # noqa: E402
-from seg4diff.data.prepared import open_prepared  # noqa: E402
-from seg4diff.extract import PromptStyle, build_prompt, extract_range, open_or_create, sample_noise  # noqa: E402
-from seg4diff.models import backbone_from_pipeline  # noqa: E402
 from tiny_pipelines import tiny_sd3_pipeline  # noqa: E402
+
+from seg4diff.backbones.backbone import backbone_from_pipeline  # noqa: E402
+from seg4diff.backbones.noise import sample_noise
+from seg4diff.capture.extract import extract_range, open_or_create  # noqa: E402
+from seg4diff.config import ExtractParams  # noqa: E402
+from seg4diff.data.attention_store import StoreLayout  # noqa: E402
+from seg4diff.data.prepared import open_prepared  # noqa: E402
+from seg4diff.prompts import PromptStyle, build_prompt
 
 STYLE = PromptStyle("gt_classes", " ", "word", "all")
 SIGMA = 0.5

@@ -22,12 +22,12 @@ import time
 from collections.abc import Callable
 
 import torch
+from attention_capture import NaiveCaptureProcessor
 from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
 from diffusers.utils import logging as diffusers_logging
 
-from attention_capture import NaiveCaptureProcessor
-from seg4diff.attention import _CUDA_KERNEL, attention_with_lse, capture_attention, joint_attention_modules
-from seg4diff.attention_reference import naive_flux_attention, naive_sd3_attention
+from seg4diff.capture.attention import _CUDA_KERNEL, attention_with_lse, capture_attention, joint_attention_modules
+from seg4diff.testing.reference import naive_flux_attention, naive_sd3_attention
 
 
 def sd3_model(layers: int, heads: int, head_dim: int, side: int, joint_dim: int, pooled_dim: int) -> SD3Transformer2DModel:

@@ -22,17 +22,18 @@ from pathlib import Path
 
 import numpy as np
 
-from seg4diff.causal import generation_scores
+from seg4diff.backbones.backbone import load_backbone
 from seg4diff.config import load_params
 from seg4diff.data.prepared import open_prepared
-from seg4diff.evaluate import image_statistics
-from seg4diff.extract import prompt_style
-from seg4diff.fidelity import generate
-from seg4diff.finetune import flow_losses, train_magnet
-from seg4diff.models import load_backbone
-from seg4diff.scoring import miou_of
-from seg4diff.segment import choose_predictor, segment_batch
-from seg4diff.statistics import resample_weights, paired_mean_difference, paired_miou_difference
+from seg4diff.evaluation.causal import generation_scores
+from seg4diff.evaluation.fidelity import generate
+from seg4diff.evaluation.flow_loss import flow_losses
+from seg4diff.evaluation.metrics import miou_of
+from seg4diff.evaluation.protocols import image_statistics
+from seg4diff.evaluation.statistics import paired_mean_difference, paired_miou_difference, resample_weights
+from seg4diff.prompts import prompt_style
+from seg4diff.segmentation.zero_shot import choose_predictor, segment_batch
+from seg4diff.training.magnet import train_magnet
 from tasks.finetune import magnet_config
 
 

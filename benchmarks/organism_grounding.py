@@ -22,17 +22,18 @@ import torch.nn.functional as F
 import xarray as xr
 from PIL import Image
 
-from seg4diff.attention_store import StoreLayout, open_attention
+from seg4diff.backbones.backbone import load_backbone, model_digest
+from seg4diff.capture.extract import extract_range, fingerprint, open_or_create, resolve_sigmas
 from seg4diff.config import load_params
+from seg4diff.data.attention_store import StoreLayout, open_attention
 from seg4diff.data.prepared import label_sizes, native_label, open_prepared
 from seg4diff.data.shapes import COLOURS, SHAPES
-from seg4diff.extract import extract_range, fingerprint, open_or_create, prompt_style, resolve_sigmas
-from seg4diff.masks import predict
-from seg4diff.metrics import class_statistics
-from seg4diff.models import load_backbone, model_digest
-from seg4diff.organism import Architecture, OrganismPipeline
-from seg4diff.scoring import miou_of, score_store
-from seg4diff.statistics import miou_interval, paired_miou_difference
+from seg4diff.evaluation.metrics import class_statistics, miou_of
+from seg4diff.evaluation.scoring import score_store
+from seg4diff.evaluation.statistics import miou_interval, paired_miou_difference
+from seg4diff.organism.pipeline import Architecture, OrganismPipeline
+from seg4diff.prompts import prompt_style
+from seg4diff.segmentation.masks import predict
 
 
 def _store(params, backbone, data, name: str, split: str):

@@ -14,9 +14,10 @@ import time
 from pathlib import Path
 
 from organism_grounding import baseline_stats, grounding
+
 from seg4diff.config import load_params
-from seg4diff.organism import Architecture, OrganismPipeline
-from seg4diff.pretrain import TrainingSchedule, train
+from seg4diff.organism.pipeline import Architecture, OrganismPipeline
+from seg4diff.training.pretrain import TrainingSchedule, train
 from tasks.pretrain import load_split
 
 

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/scale.py                       # the default sizes, up to ADE-150 × SD3-medium
     .venv/bin/python benchmarks/scale.py --sizes 200x150x24x24  # samples x classes x layers x heads
 
-Each size runs `seg4diff.scoring.score_store` (the score stage's streaming pass: head-mean and per-head predictions,
+Each size runs `seg4diff.evaluation.scoring.score_store` (the score stage's streaming pass: head-mean and per-head predictions,
 per-class statistics) and its bootstrap in a fresh process on a synthetic store: dask-backed random image→text maps
 (16×16 tokens, 8 class tokens of 3 prompted classes per sample, one σ), generated chunk by chunk, and random 64×64
 labels (8 MB at 2,000 samples), so nothing but the scoring itself holds memory. Prints one line per size ending `peak_rss_mb=… seconds=…`,
@@ -41,7 +41,7 @@ def synthetic(samples: int, classes: int, layers: int, heads: int) -> tuple[xr.D
 
 
 def run_one(size: str) -> None:
-    from seg4diff.scoring import score_store, tidy_scores
+    from seg4diff.evaluation.scoring import score_store, tidy_scores
 
     samples, classes, layers, heads = map(int, size.split("x"))
     store, labels = synthetic(samples, classes, layers, heads)

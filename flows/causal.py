@@ -12,11 +12,11 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.cli import main
 from flows.runners import gpu_request
-from seg4diff.causal import causal_summary
+from flows.tracking import stage_run
 from seg4diff.config import load_params
-from seg4diff.outputs import round_floats, write_csv, write_json
-from seg4diff.plots import causal_figure, image_grid
-from seg4diff.tracking import stage_run
+from seg4diff.evaluation.causal import causal_summary
+from seg4diff.reporting.outputs import round_floats, write_csv, write_json
+from seg4diff.reporting.plots import causal_figure, image_grid
 from tasks.causal import causal_task, example_panels
 
 METRICS = Path("metrics/causal.json")

@@ -10,13 +10,13 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from flows.cli import main
-from seg4diff.config import load_params
-from seg4diff.data.prepared import native_label, open_prepared
-from seg4diff.plots import image_grid, overlay
-from seg4diff.outputs import round_floats, write_json
-from seg4diff.statistics import miou_interval, paired_mean_difference, paired_miou_difference
-from seg4diff.tracking import numeric_leaves, stage_run
 from flows.runners import gpu_request
+from flows.tracking import numeric_leaves, stage_run
+from seg4diff.config import load_params
+from seg4diff.data.prepared import native_label, open_split
+from seg4diff.evaluation.statistics import miou_interval, paired_mean_difference, paired_miou_difference
+from seg4diff.reporting.outputs import round_floats, write_json
+from seg4diff.reporting.plots import image_grid, overlay
 from tasks.evaluate import evaluate_model_task
 
 PROTOCOLS = {
@@ -94,7 +94,7 @@ def evaluate(params_path: str = "params.yaml", presets: list[str] | None = None,
         mlflow.log_text(table, "comparison.md")
         create_markdown_artifact(key="evaluation", markdown=f"# Evaluation, {p.split} split, block {metrics['expert']}, σ={metrics['sigma']:g}\n\n{table}",
                                  description="Segmentation in %; intervals: paired bootstrap over test images")
-        test = open_prepared(Path(params.prepare.output) / f"{params.evaluate.split}.zarr")
+        test = open_split(params.prepare.output, params.evaluate.split)
         num_classes = test.sizes["class"]
         panels, titles = [], []
         for index in results["base"]["gallery"]:

@@ -6,8 +6,8 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from flows.cli import main
+from flows.tracking import stage_run
 from seg4diff.config import load_params
-from seg4diff.tracking import stage_run
 from tasks.explore import build_explorer_task
 
 

@@ -9,10 +9,10 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from flows.cli import main
-from seg4diff.config import load_params
-from seg4diff.outputs import write_json
-from seg4diff.tracking import stage_run
 from flows.runners import gpu_request
+from flows.tracking import stage_run
+from seg4diff.config import load_params
+from seg4diff.reporting.outputs import write_json
 from tasks.extract import extract_range_task, plan_extraction_task
 
 METRICS = Path("metrics/extract.json")

@@ -8,10 +8,10 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from flows.cli import main
+from flows.tracking import stage_run
 from seg4diff.config import load_params
-from seg4diff.plots import loss_curve
-from seg4diff.outputs import write_json
-from seg4diff.tracking import stage_run
+from seg4diff.reporting.outputs import write_json
+from seg4diff.reporting.plots import loss_curve
 from tasks.finetune import train_magnet_task
 
 METRICS = Path("metrics/finetune.json")

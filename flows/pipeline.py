@@ -19,8 +19,8 @@ import yaml
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from flows.cli import main
 from flows.causal import causal
+from flows.cli import main
 from flows.evaluate import evaluate
 from flows.explore import explore
 from flows.extract import extract
@@ -30,9 +30,9 @@ from flows.pretrain import pretrain
 from flows.runners import for_stage
 from flows.score import score
 from flows.select import select
+from flows.tracking import configure, git_commit, log_reused_stage, params_hash
 from seg4diff.config import load_params
 from seg4diff.errors import ConfigError
-from seg4diff.tracking import configure, git_commit, log_reused_stage, params_hash
 
 STAGES = ("prepare", "pretrain", "extract", "score", "select", "causal", "explore", "finetune", "evaluate")
 FLOWS = {"prepare": prepare, "pretrain": pretrain, "extract": extract, "score": score, "select": select,

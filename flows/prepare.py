@@ -8,10 +8,10 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from flows.cli import main
+from flows.tracking import stage_run
 from seg4diff.config import load_params
 from seg4diff.data.prepare import build_source, summary_markdown
-from seg4diff.outputs import write_json
-from seg4diff.tracking import stage_run
+from seg4diff.reporting.outputs import write_json
 from tasks.prepare import generate_shapes_task, prepare_split_task
 
 METRICS = Path("metrics/prepare.json")

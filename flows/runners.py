@@ -9,7 +9,6 @@ from prefect_dask import DaskTaskRunner
 
 from seg4diff.config import Params
 
-
 SHARDED = ("extract", "evaluate")  # stages whose tasks run as shards on Dask workers
 
 

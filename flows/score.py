@@ -8,9 +8,9 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from flows.cli import main
+from flows.tracking import stage_run
 from seg4diff.config import load_params
-from seg4diff.outputs import write_json
-from seg4diff.tracking import stage_run
+from seg4diff.reporting.outputs import write_json
 from tasks.score import example_maps_task, score_layers_task, write_scores_task
 
 METRICS = Path("metrics/score.json")

@@ -6,9 +6,9 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from flows.cli import main
+from flows.tracking import stage_run
 from seg4diff.config import load_params
-from seg4diff.outputs import round_floats, write_json
-from seg4diff.tracking import stage_run
+from seg4diff.reporting.outputs import round_floats, write_json
 from tasks.select import select_expert_task
 
 

@@ -1,18 +1,16 @@
 """Task of the causal stage: perturb each block's image→text attention during generation and measure the damage."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 from prefect import task
 
-from seg4diff.causal import CausalSettings, causal_table
+from seg4diff.backbones.backbone import load_backbone
+from seg4diff.capture.attention import joint_attention_modules
 from seg4diff.config import Params
-from seg4diff.data.prepared import open_prepared, require_captions
-from seg4diff.extract import prompt_style
-from seg4diff.models import load_backbone
-from seg4diff.attention import joint_attention_modules
+from seg4diff.data.prepared import open_split, require_captions
+from seg4diff.evaluation.causal import CausalSettings, causal_table
+from seg4diff.prompts import prompt_style
 
 
 @task(name="causal-analysis")
@@ -20,7 +18,7 @@ def causal_task(params: Params) -> tuple[pd.DataFrame, dict]:
     """Returns the tidy causal table and the generated examples (baseline and per block × perturbation)."""
     p = params.causal
     backbone = load_backbone(params.model)
-    prepared = open_prepared(Path(params.prepare.output) / f"{p.split}.zarr")
+    prepared = open_split(params.prepare.output, p.split)
     require_captions(prepared, p.split, "the causal stage (it generates from captions)")
     blocks = p.blocks if p.blocks is not None else list(range(len(joint_attention_modules(backbone.transformer))))
     settings = CausalSettings(blocks, list(p.perturbations), p.blur_sigma, p.generation_steps, p.guidance, p.flow_samples,

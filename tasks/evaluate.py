@@ -9,16 +9,16 @@ import numpy as np
 import torch
 from prefect import task
 
+from seg4diff.backbones.backbone import load_backbone
 from seg4diff.config import Params
-from seg4diff.data.prepared import open_prepared, require_captions
+from seg4diff.data.prepared import open_split, require_captions
 from seg4diff.errors import ConfigError
-from seg4diff.evaluate import choose_kl_threshold, evaluate_segmentation
-from seg4diff.extract import prompt_style
-from seg4diff.finetune import flow_losses
-from seg4diff.models import load_backbone
-from seg4diff.segment import choose_predictor
-from seg4diff.fidelity import clip_score, generate
-from seg4diff.pretrain import caption_colour_agreement
+from seg4diff.evaluation.fidelity import clip_score, generate
+from seg4diff.evaluation.flow_loss import flow_losses
+from seg4diff.evaluation.protocols import choose_kl_threshold, evaluate_segmentation
+from seg4diff.organism.colours import caption_colour_agreement
+from seg4diff.prompts import prompt_style
+from seg4diff.segmentation.zero_shot import choose_predictor
 from tasks.retry import RETRY_TRANSIENT
 
 
@@ -40,11 +40,11 @@ def _evaluate_model(params: Params, variant: str) -> dict:
     p = params.evaluate
     expert = expert_of(params)
     backbone = load_backbone(params.model, lora=params.finetune.output if variant == "finetuned" else None)
-    test = open_prepared(Path(params.prepare.output) / f"{p.split}.zarr")
+    test = open_split(params.prepare.output, p.split)
     style = prompt_style(params.prompt, "gt_classes")
     if p.val_split == p.split:
         raise ConfigError(f"evaluate.val_split '{p.val_split}' is the evaluated split: the unsupervised threshold must be chosen on another")
-    val = open_prepared(Path(params.prepare.output) / f"{p.val_split}.zarr")
+    val = open_split(params.prepare.output, p.val_split)
     kl_threshold, kl_curve = choose_kl_threshold(backbone, val, expert["layer"], expert["timestep"], p.seed, p.batch_size,
                                                  p.kl_thresholds, style.columns, p.val_samples)
     predictor, predictor_curve = choose_predictor(backbone, val, expert["layer"], expert["timestep"], p.seed, p.batch_size, style,

@@ -8,9 +8,8 @@ import pandas as pd
 from prefect import task
 
 from seg4diff.config import Params
-from seg4diff.explorer import explorer_data, render_html
+from seg4diff.reporting.explorer import explorer_data, render_html
 from tasks.score import background_threshold, load_inputs
-
 
 CAUSAL_METRICS = ("object_recall", "clip_score", "flow_loss_increase")  # the first present is drawn
 

@@ -8,17 +8,26 @@ import dask
 from prefect import task
 from tqdm import tqdm
 
-from seg4diff.attention import joint_attention_modules
-from seg4diff.attention_store import StoreLayout, completed
+from seg4diff.backbones.backbone import load_backbone, model_digest
+from seg4diff.capture.attention import joint_attention_modules
+from seg4diff.capture.extract import (
+    extract_range,
+    fingerprint,
+    kept_token_counts,
+    open_or_create,
+    plan_ranges,
+    resolve_sigmas,
+    storage_plan,
+)
 from seg4diff.config import Params
-from seg4diff.data.prepared import open_prepared, require_captions
-from seg4diff.extract import extract_range, fingerprint, kept_token_counts, prompt_style, storage_plan, open_or_create, plan_ranges, resolve_sigmas
-from seg4diff.models import load_backbone, model_digest
+from seg4diff.data.attention_store import StoreLayout, completed
+from seg4diff.data.prepared import class_names, open_split, require_captions
+from seg4diff.prompts import prompt_style
 from tasks.retry import RETRY_TRANSIENT
 
 
 def _prepared(params: Params):
-    return open_prepared(Path(params.prepare.output) / f"{params.extract.split}.zarr")
+    return open_split(params.prepare.output, params.extract.split)
 
 
 @task(name="plan-extraction", log_prints=True)
@@ -45,7 +54,7 @@ def plan_extraction_task(params: Params) -> dict:
                                         p.model_dump(exclude={"workers", "batch_size", "output"}), params.prompt.model_dump(), sigmas),
              "model": params.model.path, "family": backbone.family, "split": p.split, "prompt": p.prompt,
              "separator": params.prompt.separator, "background": params.prompt.background,
-             "class_names": [str(n) for n in prepared["class_name"].values], "has_background": bool(prepared.attrs["has_background"]),
+             "class_names": class_names(prepared), "has_background": bool(prepared.attrs["has_background"]),
              "resolution": resolution, "label_resolution": prepared.attrs["label_resolution"], "seed": p.seed}
     created = open_or_create(Path(p.output), layout, attrs)
     done = int(completed(Path(p.output))[:samples].sum())

@@ -10,10 +10,10 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 from prefect import task
 
+from seg4diff.backbones.backbone import load_backbone, model_digest
 from seg4diff.config import Params
-from seg4diff.data.prepared import open_prepared, require_captions
-from seg4diff.finetune import MagnetConfig, train_magnet
-from seg4diff.models import load_backbone, model_digest
+from seg4diff.data.prepared import open_split, require_captions
+from seg4diff.training.magnet import MagnetConfig, train_magnet
 
 
 def magnet_config(params: Params, expert: dict) -> MagnetConfig:
@@ -28,17 +28,16 @@ def train_magnet_task(params: Params, run_id: str) -> dict:
         raise FileNotFoundError(f"{expert_path} does not exist: run the select stage first (dvc repro select)")
     expert = json.loads(expert_path.read_text())
     config = magnet_config(params, expert)
-    prepared = Path(params.prepare.output)
     client = MlflowClient()
 
     def log(step: int, metrics: dict) -> None:
         now = int(time.time() * 1000)
         client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
-    train = open_prepared(prepared / "train.zarr")
+    train = open_split(params.prepare.output, "train")
     if params.finetune.mode == "caption":
         require_captions(train, "train", "finetune.mode 'caption'")
-    summary = train_magnet(load_backbone(params.model), train, open_prepared(prepared / "val.zarr"),
+    summary = train_magnet(load_backbone(params.model), train, open_split(params.prepare.output, "val"),
                            config, Path(params.finetune.work_dir), on_metrics=log)
     output = Path(params.finetune.output)
     shutil.rmtree(output, ignore_errors=True)

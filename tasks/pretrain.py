@@ -1,22 +1,22 @@
 """Tasks of the pretrain stage: train the Shapes organism, then check that it reads its captions and draws them."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 from mlflow.tracking import MlflowClient
 from prefect import task
 
 from seg4diff.config import Params
-from seg4diff.data.prepared import class_names, open_prepared
-from seg4diff.organism import Architecture, OrganismPipeline
-from seg4diff.pretrain import TrainingSchedule, caption_colour_agreement, flow_matching_loss, sample, train
+from seg4diff.data.prepared import class_names, open_split
+from seg4diff.organism.colours import caption_colour_agreement
+from seg4diff.organism.pipeline import Architecture, OrganismPipeline
+from seg4diff.organism.sampling import sample
+from seg4diff.training.pretrain import TrainingSchedule, flow_matching_loss, train
 
 
 def load_split(params: Params, split: str) -> tuple[torch.Tensor, list[str], list[str]]:
     """Returns (images (n, 3, H, W) in [−1, 1], captions, class names) of a prepared split."""
-    store = open_prepared(Path(params.prepare.output) / f"{split}.zarr")
+    store = open_split(params.prepare.output, split)
     images = torch.from_numpy(store["image"].values).permute(0, 3, 1, 2).float() / 127.5 - 1
     return images, [str(c) for c in store["caption"].values], class_names(store)
 

@@ -6,13 +6,14 @@ from pathlib import Path
 import numpy as np
 from prefect import task
 
-from seg4diff.attention_store import open_attention
 from seg4diff.config import Params
-from seg4diff.data.prepared import label_sizes, native_label, open_prepared
-from seg4diff.outputs import write_csv
-from seg4diff.masks import class_maps, predict, upsample
-from seg4diff.plots import attention_examples, heatmap, layer_curve
-from seg4diff.scoring import ScoreTables, miou_of, score_store, stats_path, tidy_scores
+from seg4diff.data.attention_store import open_attention
+from seg4diff.data.prepared import class_names, label_sizes, native_label, open_split
+from seg4diff.evaluation.metrics import miou_of
+from seg4diff.evaluation.scoring import ScoreTables, score_store, stats_path, tidy_scores
+from seg4diff.reporting.outputs import write_csv
+from seg4diff.reporting.plots import attention_examples, heatmap, layer_curve
+from seg4diff.segmentation.masks import class_maps, predict, upsample
 
 
 def load_inputs(params: Params):
@@ -26,7 +27,7 @@ def load_inputs(params: Params):
         if unknown:
             raise ValueError(f"score.timesteps {unknown} are not in the store (stored: {store.timestep.values.tolist()})")
         store = store.sel(timestep=params.score.timesteps)
-    prepared = open_prepared(Path(params.prepare.output) / f"{store.attrs['split']}.zarr").isel(sample=store.sample.values)
+    prepared = open_split(params.prepare.output, store.attrs['split']).isel(sample=store.sample.values)
     return store, prepared
 
 
@@ -79,7 +80,7 @@ def write_scores_task(params: Params, tables: ScoreTables) -> dict:
 def example_maps_task(params: Params, layer: int, sigma: float):
     """Returns the figure of example image→text maps at (layer, sigma) next to image, ground truth and prediction."""
     store, prepared = load_inputs(params)
-    names = [str(n) for n in prepared.class_name.values]
+    names = class_names(prepared)
     count = min(params.score.examples, store.sizes["sample"])
     images, labels, predictions, maps, titles = [], [], [], [], []
     for s in range(count):

@@ -9,7 +9,6 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
 import pytest  # noqa: E402
-
 from tiny_pipelines import tiny_flux_pipeline, tiny_sd3_pipeline  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -2,10 +2,11 @@
 import numpy as np
 import pytest
 import torch
-
-from seg4diff.attention import attention_with_lse, capture_attention, chunked_attention_with_lse, joint_attention_modules
-from seg4diff.attention_reference import naive_flux_attention, naive_sd3_attention
 from tiny_pipelines import tiny_flux_transformer, tiny_sd3_transformer
+
+from seg4diff.capture.attention import attention_with_lse, capture_attention, joint_attention_modules
+from seg4diff.capture.kernels import chunked_attention_with_lse
+from seg4diff.testing.reference import naive_flux_attention, naive_sd3_attention
 
 TEXT = 7
 
@@ -42,7 +43,8 @@ def _record_inputs(transformer):
             seen[index] = (kwargs, output)
         return keep
 
-    handles = [m.register_forward_hook(hook(i), with_kwargs=True) for i, m in enumerate(joint_attention_modules(transformer))]
+    modules = joint_attention_modules(transformer)
+    handles = [m.register_forward_hook(hook(i), with_kwargs=True) for i, m in enumerate(modules)]
     return seen, handles
 
 
@@ -77,7 +79,8 @@ def test_capture_equals_naive_softmax_and_leaves_outputs_unchanged(name):
     assert [m.processor for m in modules] == stock_processors  # originals restored
     torch.testing.assert_close(captured, stock, atol=1e-6, rtol=1e-5)
     for index, (_, out) in stock_seen.items():  # every block's attention output equals the stock processor's
-        for a, b in zip(out if isinstance(out, tuple) else (out,), seen[index][1] if isinstance(out, tuple) else (seen[index][1],)):
+        got = seen[index][1]
+        for a, b in zip(out if isinstance(out, tuple) else (out,), got if isinstance(out, tuple) else (got,)):
             torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
 
     i2t, t2i = cap.image_to_text, cap.text_to_image
@@ -103,10 +106,12 @@ def test_capture_equals_naive_softmax_and_leaves_outputs_unchanged(name):
             np.testing.assert_allclose(image_rows, 1.0, atol=1e-5)
             np.testing.assert_allclose(text_rows, 1.0, atol=1e-5)
             # diagnostics: mass on the other modality and full-row entropy, without the N×N matrix
-            np.testing.assert_allclose(cap.diagnostic("image_to_text_mass").sel(layer=layer).values, ref_i2t.sum(-1).numpy(), atol=1e-5)
+            np.testing.assert_allclose(cap.diagnostic("image_to_text_mass").sel(layer=layer).values,
+                                       ref_i2t.sum(-1).numpy(), atol=1e-5)
             entropy = -(probs * probs.clamp_min(1e-30).log()).sum(-1)
             image_entropy = entropy[:, :, TEXT:] if name == "flux" else entropy[:, :, :n]
-            np.testing.assert_allclose(cap.diagnostic("image_entropy").sel(layer=layer).values, image_entropy.numpy(), atol=1e-4)
+            np.testing.assert_allclose(cap.diagnostic("image_entropy").sel(layer=layer).values,
+                                       image_entropy.numpy(), atol=1e-4)
 
 
 def test_selected_layers_tokens_head_mean_and_per_sample_tokens():
@@ -126,9 +131,11 @@ def test_selected_layers_tokens_head_mean_and_per_sample_tokens():
     per_sample = torch.tensor([[1, 2], [5, 6]])
     with torch.no_grad(), capture_attention(transformer, layers=[0], text_tokens=per_sample) as cap:
         transformer(**inputs)
+    full_i2t, full_t2i = full.image_to_text.sel(layer=[0]).values, full.text_to_image.sel(layer=[0]).values
     for b in range(2):
-        np.testing.assert_allclose(cap.image_to_text.values[b], full.image_to_text.sel(layer=[0]).values[b][..., per_sample[b].numpy()], atol=1e-6)
-        np.testing.assert_allclose(cap.text_to_image.values[b], full.text_to_image.sel(layer=[0]).values[b][..., per_sample[b].numpy(), :], atol=1e-6)
+        kept = per_sample[b].numpy()
+        np.testing.assert_allclose(cap.image_to_text.values[b], full_i2t[b][..., kept], atol=1e-6)
+        np.testing.assert_allclose(cap.text_to_image.values[b], full_t2i[b][..., kept, :], atol=1e-6)
 
 
 def test_processors_restored_on_error_and_bad_layers_refused():
@@ -147,7 +154,8 @@ def test_logits_keep_gradients_for_losses():
     torch.manual_seed(0)
     transformer = tiny_sd3_transformer().eval()
     inputs = _sd3_inputs(transformer, batch=1)
-    with capture_attention(transformer, layers=[1], output="logits", detach=False, directions=("image_to_text",)) as cap:
+    with capture_attention(transformer, layers=[1], output="logits", detach=False,
+                           directions=("image_to_text",)) as cap:
         transformer(**inputs)
     logits = cap.tensor("image_to_text")
     logits.sum().backward()
@@ -156,8 +164,8 @@ def test_logits_keep_gradients_for_losses():
         transformer(**inputs)
     # probabilities are exp(logit − lse over all keys): ratios between text keys match softmax of the logits
     p = probs.tensor("image_to_text")[0, 0, 0, 0]
-    l = logits.detach()[0, 0, 0, 0]
-    torch.testing.assert_close(p / p.sum(), torch.softmax(l, -1), atol=1e-6, rtol=1e-5)
+    row = logits.detach()[0, 0, 0, 0]
+    torch.testing.assert_close(p / p.sum(), torch.softmax(row, -1), atol=1e-6, rtol=1e-5)
 
 
 def test_kernel_and_chunked_fallback_agree():
@@ -184,7 +192,8 @@ def test_bf16_model_gives_fp32_exact_kept_logits():
         h.remove()
     kwargs = seen[1][0]
     with torch.no_grad():
-        probs = naive_sd3_attention(joint_attention_modules(transformer)[1], kwargs["hidden_states"], kwargs["encoder_hidden_states"])
+        probs = naive_sd3_attention(joint_attention_modules(transformer)[1], kwargs["hidden_states"],
+                                    kwargs["encoder_hidden_states"])
     n = kwargs["hidden_states"].shape[1]
     captured = cap.tensor("image_to_text")[:, 0]
     assert captured.dtype == torch.float32
@@ -195,13 +204,15 @@ def test_bf16_model_gives_fp32_exact_kept_logits():
 
 def test_a_capture_around_a_whole_generation_keeps_every_step():
     """Wrapping pipe(prompt): one record per denoising step (CFG batch), (y, x) views, maps looked up by word."""
-    from seg4diff.trace import trace
     from tiny_pipelines import tiny_sd3_pipeline
+
+    from seg4diff.capture.trace import trace
 
     pipe = tiny_sd3_pipeline()
     prompt = "a red cat on a mat"
     with torch.no_grad(), trace(pipe) as tc:
-        pipe(prompt, num_inference_steps=3, height=32, width=32, guidance_scale=2.0, max_sequence_length=16, output_type="np")
+        pipe(prompt, num_inference_steps=3, height=32, width=32, guidance_scale=2.0, max_sequence_length=16,
+             output_type="np")
     i2t = tc.capture.image_to_text
     assert tc.capture.steps == 3 and tc.prompts == [prompt]
     assert i2t.dims == ("step", "batch", "layer", "head", "image_token", "text_token")

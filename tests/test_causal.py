@@ -7,15 +7,15 @@ import pytest
 import torch
 from PIL import Image
 from scipy import ndimage
-
-from seg4diff.attention import joint_attention_modules
-from seg4diff.attention_reference import naive_flux_attention, naive_sd3_attention
-from seg4diff.perturb import gaussian_blur, perturb, perturb_attention
-from seg4diff.scoring import miou_of
-from seg4diff.shape_classifier import blob_shape, caption_objects, object_recall, objects
-from seg4diff.statistics import paired_mean_difference, paired_miou_difference
 from test_attention_capture import TEXT, _flux_inputs, _sd3_inputs
 from tiny_pipelines import tiny_flux_transformer, tiny_sd3_transformer
+
+from seg4diff.capture.attention import joint_attention_modules
+from seg4diff.capture.perturb import gaussian_blur, perturb, perturb_attention
+from seg4diff.evaluation.metrics import miou_of
+from seg4diff.evaluation.statistics import paired_mean_difference, paired_miou_difference
+from seg4diff.organism.shape_reader import blob_shape, caption_objects, object_recall, objects
+from seg4diff.testing.reference import naive_flux_attention, naive_sd3_attention
 
 
 def _probabilities(seed=0, grid=(6, 5), keys=7):
@@ -138,11 +138,12 @@ def test_paired_intervals():
 
 def test_the_causal_table_runs_on_flux_double_and_single_stream_blocks(tiny_model_dirs, tmp_path):
     from conftest import prepared_shapes
-    from seg4diff.causal import CausalSettings, causal_table
+
+    from seg4diff.backbones.backbone import load_backbone
     from seg4diff.config import ModelParams
     from seg4diff.data.prepared import open_prepared
-    from seg4diff.extract import PromptStyle
-    from seg4diff.models import load_backbone
+    from seg4diff.evaluation.causal import CausalSettings, causal_table
+    from seg4diff.prompts import PromptStyle
 
     root = prepared_shapes(tmp_path, ["val"], 32, 32, seed=0, num_val=3)
     backbone = load_backbone(ModelParams(path=str(tiny_model_dirs["flux"])))

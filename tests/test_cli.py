@@ -4,8 +4,8 @@ import sys
 
 import pytest
 import yaml
-
 from conftest import REPO
+
 from seg4diff.config import ParamsError, load_params, parse_assignments
 
 

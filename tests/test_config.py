@@ -1,7 +1,7 @@
 import pytest
 import yaml
-
 from conftest import REPO, base_params
+
 from seg4diff.config import ParamsError, load_params, parse_params
 
 

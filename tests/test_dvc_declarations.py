@@ -94,7 +94,7 @@ def test_every_stage_declares_every_params_group_it_reads():
 def test_the_checks_see_what_they_claim():
     """The import closure and the params scan find known facts (so that an empty result cannot pass the tests above)."""
     evaluate = import_closure("flows.evaluate")
-    assert {Path("seg4diff/fidelity.py"), Path("seg4diff/metrics.py"), Path("tasks/retry.py")} <= evaluate
+    assert {Path("seg4diff/evaluation/fidelity.py"), Path("seg4diff/evaluation/metrics.py"), Path("tasks/retry.py")} <= evaluate
     assert {"select.output", "prompt", "evaluate"} <= params_read(ROOT / "tasks/evaluate.py") | params_read(ROOT / "flows/evaluate.py")
 
 

@@ -1,15 +1,15 @@
 import numpy as np
 import pytest
+from conftest import prepared_shapes
 
+from seg4diff.backbones.backbone import load_backbone
 from seg4diff.config import ModelParams
 from seg4diff.data.prepared import open_prepared
 from seg4diff.data.shapes import CLASS_NAMES
-from seg4diff.evaluate import evaluate_segmentation, vocabulary_predictions, vocabulary_prompts
-from seg4diff.extract import PromptStyle
-from seg4diff.models import load_backbone
-from seg4diff.organism import Architecture, OrganismPipeline
-from seg4diff.segment import segment_batch
-from conftest import prepared_shapes
+from seg4diff.evaluation.protocols import evaluate_segmentation, vocabulary_predictions, vocabulary_prompts
+from seg4diff.organism.pipeline import Architecture, OrganismPipeline
+from seg4diff.prompts import PromptStyle
+from seg4diff.segmentation.zero_shot import segment_batch
 
 WORDS = sorted({w for n in CLASS_NAMES for w in n.split()} | {"and", "background"})
 
@@ -42,8 +42,10 @@ def test_vocabulary_classes_of_every_prompt_share_one_normalisation(test_split):
     pixel — the denominators recovered here from captured probabilities and logits (log-sum-exp = logit − log p)."""
     import torch
     import torch.nn.functional as F
-    from seg4diff.attention import capture_attention
-    from seg4diff.extract import sample_noise, token_slots
+
+    from seg4diff.backbones.noise import sample_noise
+    from seg4diff.capture.attention import capture_attention
+    from seg4diff.prompts import token_slots
 
     short = load_backbone(ModelParams(path=str(test_split / "organism8")))
     rows = open_prepared(test_split / "test.zarr").isel(sample=[0, 1]).load()

@@ -1,5 +1,4 @@
 """The attention explorer: its data against a store whose right answer is known, and the page in headless Chromium."""
-import json
 import os
 import re
 from pathlib import Path
@@ -8,11 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-
 from browser import Browser, ensure_chromium
 from conftest import prepared_shapes
+
 from seg4diff.data.prepared import native_label, open_prepared
-from seg4diff.explorer import explorer_data, render_html
+from seg4diff.reporting.explorer import explorer_data, render_html
 
 LAYERS, HEADS, SIGMAS, TOKENS, GRID = [0, 1, 2], [0, 1], [0.3, 0.6], 4, 64  # the label size: upsampling is exact
 

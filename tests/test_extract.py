@@ -7,15 +7,17 @@ import time
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO, prepared_shapes
-from seg4diff.attention import capture_attention
-from seg4diff.attention_store import StoreLayout, completed, open_attention
+
+from seg4diff.backbones.backbone import load_backbone
+from seg4diff.backbones.noise import sample_noise
+from seg4diff.capture.attention import capture_attention
+from seg4diff.capture.extract import extract_range, open_or_create, plan_ranges, resolve_sigmas
 from seg4diff.config import ExtractParams, ModelParams
+from seg4diff.data.attention_store import StoreLayout, completed, open_attention
 from seg4diff.data.prepared import open_prepared
-from seg4diff.extract import PromptStyle, build_prompt, extract_range, open_or_create, plan_ranges, resolve_sigmas, sample_noise
 from seg4diff.errors import ConfigError
-from seg4diff.models import load_backbone
+from seg4diff.prompts import PromptStyle, build_prompt
 
 NAMES = ["background", "red circle", "blue square", "potted-plant"]
 
@@ -145,7 +147,7 @@ def test_a_failure_names_the_split_and_samples(tiny_model_dirs, prepared_val, tm
 def test_storage_plan_counts_bytes_before_writing_and_refuses_what_cannot_fit(tiny_model_dirs, prepared_val, tmp_path, monkeypatch):
     from collections import namedtuple
 
-    from seg4diff.extract import kept_token_counts, storage_plan
+    from seg4diff.capture.extract import kept_token_counts, storage_plan
 
     layout = StoreLayout(6, [0, 1, 2], [0, 1], [0.5, 0.8], 48, (8, 8), ("image_to_text", "text_to_image"), True)
     # per sample: 2 directions × (3 layers × 2 heads × 2 σ) planes × tokens × 64 pixels + diagnostics, float16

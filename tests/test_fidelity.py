@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_pipelines import clip_tokenizer
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-from seg4diff.fidelity import clip_score
-from tiny_pipelines import clip_tokenizer
+from seg4diff.evaluation.fidelity import clip_score
 
 
 def test_clip_score_matches_a_direct_computation(tmp_path):

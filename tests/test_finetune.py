@@ -1,23 +1,23 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import prepared_shapes
 
-from dataclasses import replace
-
+from seg4diff.backbones.backbone import load_backbone, model_digest
+from seg4diff.backbones.lora import lora_state
+from seg4diff.capture.attention import capture_attention
 from seg4diff.config import FinetuneParams, ModelParams, PromptParams
-from seg4diff.errors import ConfigError
 from seg4diff.data.prepared import open_prepared
 from seg4diff.data.shapes import CLASS_NAMES
-from seg4diff.attention import capture_attention
-from seg4diff.extract import build_prompt, token_slots
-from seg4diff.finetune import MagnetConfig, latest_checkpoint, magnet_loss, sample_sigmas, train_magnet
-from seg4diff.losses import predictor_loss
-from seg4diff.masks import class_maps
-from seg4diff.lora import lora_state
-from seg4diff.models import load_backbone, model_digest
-from seg4diff.organism import Architecture, OrganismPipeline
-from conftest import prepared_shapes
+from seg4diff.errors import ConfigError
+from seg4diff.organism.pipeline import Architecture, OrganismPipeline
+from seg4diff.prompts import build_prompt, token_slots
+from seg4diff.segmentation.masks import class_maps
+from seg4diff.training.losses import predictor_loss
+from seg4diff.training.magnet import MagnetConfig, latest_checkpoint, magnet_loss, sample_sigmas, train_magnet
 
 ARCH = Architecture(num_layers=3, num_attention_heads=2, attention_head_dim=8, image_size=16, text_length=10, text_layers=0,
                     pooled="mean")
@@ -62,7 +62,7 @@ def test_one_step_changes_only_lora_parameters(setup):
 
 def test_mask_losses_come_from_the_expert_block_with_gradients(setup):
     backbone = _backbone(setup)
-    from seg4diff.lora import add_lora
+    from seg4diff.backbones.lora import add_lora
 
     add_lora(backbone.transformer, _config(setup).lora)
     rows = open_prepared(setup / "train.zarr").isel(sample=[0, 1]).load()
@@ -170,8 +170,9 @@ def test_an_adapter_for_another_base_model_is_refused_in_one_line(setup, tmp_pat
 @pytest.mark.parametrize("family", ["sd3", "sd35", "flux"])
 def test_lora_adapts_the_image_stream_of_the_joint_attention_only(family):
     """SD3: every joint block's to_q/k/v/out; SD3.5: not the image-only attn2; FLUX: double-stream blocks only."""
-    from seg4diff.lora import LoraSpec, add_lora
     from tiny_pipelines import tiny_flux_transformer, tiny_sd3_transformer
+
+    from seg4diff.backbones.lora import LoraSpec, add_lora
 
     transformer = tiny_flux_transformer() if family == "flux" else tiny_sd3_transformer(sd35=family == "sd35")
     add_lora(transformer, LoraSpec(2, 2, 0.0, ("to_q", "to_k", "to_v", "to_out.0")))

@@ -2,7 +2,6 @@ import json
 
 import mlflow
 import yaml
-
 from conftest import base_params
 
 

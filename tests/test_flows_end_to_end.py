@@ -5,7 +5,6 @@ import mlflow
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import base_params
 
 
@@ -15,14 +14,14 @@ def test_prepare_pretrain_extract_score_select(prefect_harness, tmp_path, monkey
     from flows.evaluate import evaluate
     from flows.explore import explore
     from flows.extract import extract
-    from flows.runners import for_stage
-    from seg4diff.config import load_params
     from flows.finetune import finetune
     from flows.prepare import prepare
     from flows.pretrain import pretrain
+    from flows.runners import for_stage
     from flows.score import score
     from flows.select import select
-    from seg4diff.attention_store import open_attention
+    from seg4diff.config import load_params
+    from seg4diff.data.attention_store import open_attention
 
     monkeypatch.chdir(tmp_path)
     raw = base_params(tmp_path)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from seg4diff.losses import dice_loss, hungarian_match, pairwise_costs, predictor_loss, sigmoid_focal_loss
-from seg4diff.masks import predict
+from seg4diff.segmentation.masks import predict
+from seg4diff.training.losses import dice_loss, hungarian_match, pairwise_costs, predictor_loss, sigmoid_focal_loss
 
 
 def test_focal_loss_against_hand_computation():

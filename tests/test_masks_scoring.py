@@ -2,10 +2,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from seg4diff.masks import class_maps, predict, upsample
-from seg4diff.metrics import class_statistics, confusion_matrix, summarize
-from seg4diff.scoring import bootstrap_miou, miou_of
-from seg4diff.selection import select_expert
+from seg4diff.evaluation.metrics import class_statistics, confusion_matrix, miou_of, summarize
+from seg4diff.evaluation.scoring import bootstrap_miou
+from seg4diff.evaluation.selection import select_expert
+from seg4diff.segmentation.masks import class_maps, predict, upsample
 
 
 def test_class_maps_average_each_class_tokens_and_skip_others():
@@ -96,7 +96,8 @@ def test_scoring_memory_does_not_grow_with_the_samples():
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
     from scale import synthetic
-    from seg4diff.scoring import score_store
+
+    from seg4diff.evaluation.scoring import score_store
 
     peaks = {}
     for samples in (4, 16):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from seg4diff.metrics import confusion_matrix, summarize
+from seg4diff.evaluation.metrics import confusion_matrix, summarize
 
 
 def test_confusion_matrix_and_summary_against_hand_computation():

@@ -3,11 +3,11 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from tiny_pipelines import tiny_flux_pipeline, tiny_sd3_pipeline
 
+from seg4diff.backbones.backbone import ModelLoadError, backbone_from_pipeline, load_backbone, model_digest
 from seg4diff.config import ModelParams
 from seg4diff.errors import ConfigError
-from seg4diff.models import ModelLoadError, backbone_from_pipeline, load_backbone, model_digest
-from tiny_pipelines import tiny_flux_pipeline, tiny_sd3_pipeline
 
 PROMPT = "red circle background potted-plant"
 SPANS = {"red circle": (0, 10), "background": (11, 21), "potted-plant": (22, 34)}
@@ -95,8 +95,8 @@ def test_model_digest_follows_the_weights_not_the_path_or_mtime(tiny_model_dirs,
 
 def test_steps_are_counted_from_the_end_as_the_authors_do(tiny_model_dirs):
     """The authors noise at timesteps[-8] of a 28-step schedule: σ 0.5151 for SD3 (shift 3), not index 8 (σ 0.877)."""
+    from seg4diff.capture.extract import resolve_sigmas
     from seg4diff.config import ExtractParams
-    from seg4diff.extract import resolve_sigmas
 
     sd3 = load_backbone(ModelParams(path=str(tiny_model_dirs["sd3"])))
     params = ExtractParams(sigmas=None, steps_from_end=[8], num_inference_steps=28)
@@ -116,7 +116,7 @@ def test_steps_are_counted_from_the_end_as_the_authors_do(tiny_model_dirs):
 def test_sd3_without_t5_as_the_authors_and_clip_columns(tiny_model_dirs):
     """text_encoder_3=None: 77 CLIP + 77 zero rows in the joint sequence; with prompt.columns clip a class's map reads
     only its CLIP token columns."""
-    from seg4diff.extract import PromptStyle, build_prompt, token_slots
+    from seg4diff.prompts import PromptStyle, build_prompt, token_slots
 
     backbone = load_backbone(ModelParams(path=str(tiny_model_dirs["sd3"]), t5=False))
     assert backbone.pipe.text_encoder_3 is None

@@ -6,18 +6,19 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import REPO
 from PIL import Image
 
-from conftest import REPO
+from seg4diff.backbones.backbone import load_backbone
+from seg4diff.backbones.noise import sample_noise
+from seg4diff.capture.attention import capture_attention
 from seg4diff.config import load_params
 from seg4diff.data.prepare import build_source, prepare_split
 from seg4diff.data.prepared import label_sizes, native_label, open_prepared
-from seg4diff.attention import capture_attention
-from seg4diff.extract import PromptStyle, build_prompt, sample_noise, token_slots
-from seg4diff.masks import class_maps
-from seg4diff.metrics import confusion_matrix, summarize
-from seg4diff.models import load_backbone
-from seg4diff.segment import choose_predictor, expert_maps, segment_batch, segmentation_confusion
+from seg4diff.evaluation.metrics import confusion_matrix, summarize
+from seg4diff.prompts import PromptStyle, build_prompt, token_slots
+from seg4diff.segmentation.masks import class_maps
+from seg4diff.segmentation.zero_shot import choose_predictor, expert_maps, segment_batch, segmentation_confusion
 
 SIZES = {"ADE_val_00000001": (24, 40), "ADE_val_00000002": (37, 21), "ADE_val_00000003": (30, 30)}  # (height, width)
 
@@ -104,10 +105,10 @@ def test_working_resolution_square_as_the_authors_or_fixed_height_and_width(tmp_
 
 
 def test_mask_losses_and_every_evaluation_protocol_run_on_mixed_native_sizes(tiny_model_dirs, tmp_path):
+    from seg4diff.backbones.backbone import model_digest
     from seg4diff.config import FinetuneParams, ModelParams, PromptParams
-    from seg4diff.evaluate import evaluate_segmentation
-    from seg4diff.finetune import MagnetConfig, magnet_loss
-    from seg4diff.models import model_digest
+    from seg4diff.evaluation.protocols import evaluate_segmentation
+    from seg4diff.training.magnet import MagnetConfig, magnet_loss
 
     _, prepared = _prepare(tmp_path, [32, 48])
     model = ModelParams(path=str(tiny_model_dirs["sd3"]))

@@ -1,10 +1,12 @@
 import numpy as np
 import torch
 
+from seg4diff.backbones.backbone import load_backbone
 from seg4diff.config import ModelParams
-from seg4diff.models import load_backbone
-from seg4diff.organism import Architecture, OrganismPipeline
-from seg4diff.pretrain import TrainingSchedule, caption_colour_agreement, colour_hits, flow_matching_loss, largest_blob_colour, sample, train
+from seg4diff.organism.colours import caption_colour_agreement, colour_hits, largest_blob_colour
+from seg4diff.organism.pipeline import Architecture, OrganismPipeline
+from seg4diff.organism.sampling import sample
+from seg4diff.training.pretrain import TrainingSchedule, flow_matching_loss, train
 
 WORDS = ["red", "blue", "circle", "square", "and"]
 ARCH = Architecture(num_layers=2, num_attention_heads=2, attention_head_dim=8, image_size=16, text_length=8, text_layers=0,

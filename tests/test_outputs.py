@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from seg4diff.outputs import round_floats, write_csv, write_json
+from seg4diff.reporting.outputs import round_floats, write_csv, write_json
 
 
 def test_floats_rounded_to_six_significant_digits_everywhere():

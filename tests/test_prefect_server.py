@@ -11,7 +11,6 @@ import urllib.request
 
 import pytest
 import yaml
-
 from conftest import REPO, base_params
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO
 from PIL import Image
 
-from conftest import REPO
 from seg4diff.config import load_params, preset_names
 from seg4diff.data.prepare import build_source, prepare_split
 from seg4diff.data.prepared import label_sizes, open_prepared, require_captions
@@ -190,7 +190,8 @@ def test_captions_joined_by_image_id_and_a_stage_needing_none_found_stops(tmp_pa
 def test_extract_with_the_sd3_medium_preset_on_a_tiny_sd3(tiny_model_dirs, tmp_path):
     """The preset's protocol end to end on a tiny SD3 pipeline (CPU, fp32): σ 0.5151, no T5, CLIP columns only."""
     from conftest import prepared_shapes
-    from seg4diff.attention_store import open_attention
+
+    from seg4diff.data.attention_store import open_attention
     from tasks.extract import extract_range_task, plan_extraction_task
 
     prepared_shapes(tmp_path / "prepared", ["val"], 32, 32, seed=4, num_val=3)

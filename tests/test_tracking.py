@@ -2,10 +2,10 @@
 import json
 
 import mlflow
-
 from conftest import base_params
+
+from flows.tracking import log_reused_stage
 from seg4diff.config import parse_params
-from seg4diff.tracking import log_reused_stage
 
 
 def test_reused_stage_run_logs_what_dvc_yaml_declares(tmp_path, monkeypatch):

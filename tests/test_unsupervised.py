@@ -1,7 +1,13 @@
 import numpy as np
 import pytest
 
-from seg4diff.unsupervised import anchor_groups, match_per_image, merge_token_maps, softmax_maps, symmetric_kl
+from seg4diff.segmentation.unsupervised import (
+    anchor_groups,
+    match_per_image,
+    merge_token_maps,
+    softmax_maps,
+    symmetric_kl,
+)
 
 
 def test_per_image_matching_ignores_cluster_ids_across_images_and_handles_unmatched():

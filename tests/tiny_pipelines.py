@@ -6,11 +6,24 @@ sub-word splitting, special tokens and offsets behave as in the released models.
 from __future__ import annotations
 
 import torch
-from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel,
-                       SD3Transformer2DModel, StableDiffusion3Pipeline)
+from diffusers import (
+    AutoencoderKL,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+)
 from tokenizers.pre_tokenizers import ByteLevel
-from transformers import (CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer, T5Config,
-                          T5EncoderModel, T5TokenizerFast)
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    T5Config,
+    T5EncoderModel,
+    T5TokenizerFast,
+)
 
 WHOLE_WORDS = ["red", "blue", "circle", "square", "background", "and", "a", "photo", "of"]
 

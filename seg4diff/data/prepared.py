@@ -148,6 +148,16 @@ def open_prepared(path: Path) -> xr.Dataset:
     return dataset
 
 
+def split_path(prepared: str | Path, split: str) -> Path:
+    """Returns where the prepare stage writes `split` under its output directory `prepared` (prepare.output)."""
+    return Path(prepared) / f"{split}.zarr"
+
+
+def open_split(prepared: str | Path, split: str) -> xr.Dataset:
+    """Returns the prepared store of `split` under `prepared` (prepare.output), opened lazily."""
+    return open_prepared(split_path(prepared, split))
+
+
 def class_names(dataset: xr.Dataset) -> list[str]:
     """Returns the class names of a prepared store in id order."""
     return [str(name) for name in dataset["class_name"].values]

@@ -1,0 +1,126 @@
+"""Layer-wise grounding scores from the attention store: zero-shot mIoU per (layer, timestep, head), with intervals.
+
+Streams over samples (one sample's attention in memory at a time, float32 accumulation) and keeps, per sample, only
+O(classes) statistics per (layer, timestep): each class's true positives, label area and prediction area. They add
+up over samples, so the dataset mIoU and a seeded bootstrap over samples (a 95% interval for every layer) come from
+them exactly as from confusion matrices, at 3·C numbers where a confusion matrix holds C².
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from tqdm import tqdm
+
+from seg4diff.data.attention_store import ATTENTION
+from seg4diff.evaluation.metrics import class_statistics, miou_of
+from seg4diff.segmentation.masks import class_maps, predict
+
+
+@dataclass
+class ScoreTables:
+    per_sample: np.ndarray  # (sample, direction, layer, timestep, 3, C) head-mean class statistics per sample (int32)
+    per_head: np.ndarray  # (direction, layer, head, timestep, 3, C) summed over samples
+    layer_mean: np.ndarray  # (direction, timestep, 3, C): maps averaged over all layers (a reference)
+    diagnostics: dict[str, np.ndarray]  # name → (layer, timestep) means
+    directions: list[str]
+    layers: list[int]
+    heads: list[int]
+    sigmas: list[float]
+
+
+def _sample_predictions(maps: np.ndarray, token_class: np.ndarray, size: tuple[int, int], background_threshold: float | None) -> np.ndarray:
+    """(…, token, y, x) → (…, H, W) predictions over the classes the prompt named."""
+    prompted = np.unique(token_class[token_class >= 0])
+    return predict(class_maps(maps, token_class, prompted), prompted, size, background_threshold)
+
+
+def _predictable(token_class: np.ndarray, background_threshold: float | None) -> np.ndarray:
+    """The class ids a sample's predictions can hold: its prompted classes, and background (0) by threshold."""
+    prompted = np.unique(token_class[token_class >= 0])
+    return np.union1d(prompted, [0]) if background_threshold is not None else prompted
+
+
+def score_store(store: xr.Dataset, labels: xr.DataArray, num_classes: int, background_threshold: float | None = None,
+                progress: bool = True, sizes: list[tuple[int, int]] | None = None) -> ScoreTables:
+    """Returns class statistics for every sample, direction, layer, timestep and head of a complete attention store.
+
+    `background_threshold`: for stores whose prompts left background out (see masks.predict). `sizes`: each sample's
+    valid label (height, width) inside the padded `labels` (prepared.label_sizes; None: the whole label)."""
+    directions = [d for d in ATTENTION if d in store]
+    layers, heads, sigmas = store["layer"].values.tolist(), store["head"].values.tolist(), store["timestep"].values.tolist()
+    n = store.sizes["sample"]
+    sizes = sizes or [(labels.sizes["label_y"], labels.sizes["label_x"])] * n
+    per_sample = np.zeros((n, len(directions), len(layers), len(sigmas), 3, num_classes), np.int32)  # pixel counts < 2³¹
+    per_head = np.zeros((len(directions), len(layers), len(heads), len(sigmas), 3, num_classes), np.int64)
+    layer_mean = np.zeros((len(directions), len(sigmas), 3, num_classes), np.int64)
+    sums = {name: np.zeros((len(layers), len(sigmas))) for name in ("image_to_text_mass", "image_entropy", "text_entropy") if name in store}
+    for s in tqdm(range(n), desc="score", unit="sample", disable=not progress):
+        sample = store.isel(sample=s).load()
+        token_class = sample.token_class.values
+        size = sizes[s]
+        target = labels.isel(sample=s).values[: size[0], : size[1]]
+        classes = _predictable(token_class, background_threshold)
+        for d, direction in enumerate(directions):
+            maps = sample[direction].values.astype(np.float32)  # (layer, head, timestep, token, y, x)
+            head_mean = maps.mean(axis=1)
+            predictions = _sample_predictions(head_mean, token_class, size, background_threshold)  # (layer, timestep, H, W)
+            per_sample[s, d] = class_statistics(predictions, target, num_classes, predicted_classes=classes)
+            if len(heads) > 1:
+                by_head = _sample_predictions(maps, token_class, size, background_threshold)  # (layer, head, timestep, H, W)
+                per_head[d] += class_statistics(by_head, target, num_classes, predicted_classes=classes)
+            averaged = _sample_predictions(head_mean.mean(axis=0), token_class, size, background_threshold)  # (timestep, H, W)
+            layer_mean[d] += class_statistics(averaged, target, num_classes, predicted_classes=classes)
+        valid = token_class >= 0
+        for name in sums:
+            values = sample[name].values.astype(np.float32).mean(axis=1)  # head mean → (layer, timestep, …)
+            if name == "text_entropy":
+                sums[name] += values[..., valid].mean(axis=-1) if valid.any() else 0
+            else:
+                sums[name] += values.reshape(*values.shape[:2], -1).mean(axis=-1)
+    return ScoreTables(per_sample, per_head, layer_mean, {k: v / max(n, 1) for k, v in sums.items()},
+                       directions, layers, heads, sigmas)
+
+
+def stats_path(scores_csv: str | Path) -> Path:
+    """Where the score stage keeps per-sample head-mean class statistics of every (direction, block, σ), next to its
+    CSV: what paired comparisons (expert vs runner-up) resample."""
+    return Path(scores_csv).with_name("layer_stats.npz")
+
+
+def bootstrap_miou(per_sample: np.ndarray, resamples: int, seed: int, chunk: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    """Returns the 2.5% and 97.5% quantiles of mIoU over seeded resamples of the samples, for each leading index."""
+    rng = np.random.default_rng(seed)
+    n = per_sample.shape[0]
+    flat = per_sample.reshape(n, -1).astype(np.float64)
+    draws = []
+    for start in range(0, resamples, chunk):
+        weights = rng.multinomial(n, np.full(n, 1 / n), size=min(chunk, resamples - start)).astype(np.float64)
+        summed = (weights @ flat).reshape(-1, *per_sample.shape[1:])
+        draws.append(miou_of(summed))
+    draws = np.concatenate(draws)
+    return np.quantile(draws, 0.025, axis=0), np.quantile(draws, 0.975, axis=0)
+
+
+def tidy_scores(tables: ScoreTables, resamples: int, seed: int) -> pd.DataFrame:
+    """Returns the tidy table: layer, timestep, head ("mean" or an index), direction, metric, value, ci_low, ci_high."""
+    rows = []
+    total = tables.per_sample.sum(axis=0, dtype=np.int64)  # (direction, layer, timestep, 3, C)
+    low, high = bootstrap_miou(tables.per_sample, resamples, seed)
+    miou = miou_of(total)
+    for d, direction in enumerate(tables.directions):
+        for l, layer in enumerate(tables.layers):
+            for t, sigma in enumerate(tables.sigmas):
+                rows.append((layer, sigma, "mean", direction, "miou", miou[d, l, t], low[d, l, t], high[d, l, t]))
+                if len(tables.heads) > 1:
+                    for h, head in enumerate(tables.heads):
+                        rows.append((layer, sigma, str(head), direction, "miou", miou_of(tables.per_head[d, l, h, t]), np.nan, np.nan))
+    for name, values in tables.diagnostics.items():
+        for l, layer in enumerate(tables.layers):
+            for t, sigma in enumerate(tables.sigmas):
+                rows.append((layer, sigma, "mean", "image_to_text" if name.startswith("image") else "text_to_image",
+                             name, values[l, t], np.nan, np.nan))
+    return pd.DataFrame(rows, columns=["layer", "timestep", "head", "direction", "metric", "value", "ci_low", "ci_high"])

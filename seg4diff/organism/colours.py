@@ -1,0 +1,34 @@
+"""Colour readers of the organism's images: the palette colour of the largest blob, and whether a caption names it."""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from seg4diff.data.shapes import COLOURS
+
+
+def largest_blob_colour(image: np.ndarray, saturation: float = 0.25) -> str | None:
+    """Returns the palette colour dominating the largest saturated connected region of an RGB image in [0, 1]."""
+    saturated = (image.max(-1) - image.min(-1)) > saturation
+    labels, count = ndimage.label(saturated)
+    if count == 0:
+        return None
+    largest = labels == (1 + int(np.argmax(ndimage.sum(saturated, labels, range(1, count + 1)))))
+    palette = np.array(list(COLOURS.values()), dtype=float) / 255
+    nearest = np.argmin(((image[largest][:, None, :] - palette[None]) ** 2).sum(-1), axis=1)
+    return list(COLOURS)[int(np.bincount(nearest, minlength=len(palette)).argmax())]
+
+
+def colour_hits(images: np.ndarray, captions: list[str]) -> np.ndarray:
+    """Per image: 1.0 when its largest blob has a colour named in its caption, else 0.0."""
+    return np.array([float(largest_blob_colour(image) in _colours_of(caption)) for image, caption in zip(images, captions)])
+
+
+def caption_colour_agreement(images: np.ndarray, captions: list[str]) -> tuple[float, float]:
+    """Returns (share of images whose largest blob has a colour named in the caption, the chance rate of that)."""
+    chance = [len(_colours_of(caption)) / len(COLOURS) for caption in captions]
+    return float(colour_hits(images, captions).mean()), float(np.mean(chance))
+
+
+def _colours_of(caption: str) -> set[str]:
+    return {word for word in caption.split() if word in COLOURS}

@@ -1,0 +1,1 @@
+"""Reporting: figures, the attention explorer page, and tracked outputs written reproducibly."""

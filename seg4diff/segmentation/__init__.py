@@ -1,0 +1,1 @@
+"""Segmentation from attention maps: class maps and prediction, zero-shot readout of one layer, unsupervised grouping."""

@@ -1,0 +1,96 @@
+"""Zero-shot segmentation with one block's image→text attention (head mean), as Seg4Diff does it.
+
+Two predictors read the block: `probability` (the paper's: head-mean softmax probabilities, argmax over classes,
+background below `background_threshold` × the image's peak) and `logit` (what MAGNET's focal and dice losses are trained
+on: head-mean pre-softmax logits, argmax over classes, background where the best class's sigmoid is below ½).
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+import xarray as xr
+
+from seg4diff.backbones.backbone import Backbone, PromptEncoding
+from seg4diff.backbones.noise import sample_noise
+from seg4diff.capture.attention import capture_attention
+from seg4diff.data.prepared import class_names, label_sizes, pad_label
+from seg4diff.evaluation.metrics import confusion_matrix, summarize
+from seg4diff.prompts import PromptStyle, build_prompt, token_slots
+from seg4diff.segmentation.masks import class_maps, predict
+
+Predictor = Literal["probability", "logit"]
+
+
+@torch.no_grad()
+def expert_maps(backbone: Backbone, rows: xr.Dataset, sample_indices: list[int], layer: int, sigma: float, seed: int,
+                encoding: PromptEncoding, positions: torch.Tensor | list[int] | None = None,
+                predictor: Predictor = "probability") -> np.ndarray:
+    """Returns head-mean image→text maps (batch, token, y, x) of one block for a loaded batch, with seeded noise at σ:
+    softmax probabilities, or pre-softmax logits for the `logit` predictor.
+
+    `positions`: the text positions to keep, (token,) or (batch, token); None keeps every text position.
+    """
+    images = torch.from_numpy(rows["image"].values).permute(0, 3, 1, 2).float() / 255
+    latents = backbone.encode_images(images)
+    noise = torch.stack([sample_noise(latents.shape[1:], seed, i) for i in sample_indices]).to(latents)
+    output = "logits" if predictor == "logit" else "probabilities"
+    with capture_attention(backbone.transformer, [layer], ("image_to_text",), positions, head_mean=True, output=output) as cap:
+        backbone.transformer(**backbone.transformer_inputs(sigma * noise + (1 - sigma) * latents, sigma, encoding))
+    maps = cap.tensor("image_to_text")[:, 0, 0].transpose(-1, -2)  # (batch, token, image_token)
+    return maps.reshape(*maps.shape[:2], *backbone.token_grid(*images.shape[2:])).float().cpu().numpy()
+
+
+@torch.no_grad()
+def segment_batch(backbone: Backbone, rows: xr.Dataset, sample_indices: list[int], layer: int, sigma: float, seed: int,
+                  style: PromptStyle, background_threshold: float | None, predictor: Predictor = "probability") -> np.ndarray:
+    """Returns predictions (batch, label_y, label_x) for a loaded batch of prepared samples: each at its own label
+    size, padded with the ignore index to the store's label shape. `background_threshold` None: background is a
+    prompted word (argmax only)."""
+    names = class_names(rows)
+    built = [build_prompt(style, rows["present"].values[k], names, str(rows["caption"].values[k])) for k in range(len(sample_indices))]
+    encoding = backbone.encode_prompts([prompt for prompt, _ in built])
+    width = max(len(encoding.tokens[0]), 1)
+    slots = [token_slots(encoding, k, spans, "class", width, str(i), style.columns)
+             for k, ((_, spans), i) in enumerate(zip(built, sample_indices))]
+    used = max(int((s.position >= 0).sum()) for s in slots) or 1
+    positions = torch.from_numpy(np.stack([s.position[:used] for s in slots]).astype(np.int64))
+    maps = expert_maps(backbone, rows, sample_indices, layer, sigma, seed, encoding, positions.clamp_min(0), predictor)
+    predictions = []
+    for k, (slot, size) in enumerate(zip(slots, label_sizes(rows))):
+        token_class = slot.class_id[:used].copy()
+        token_class[slot.position[:used] < 0] = -1
+        prompted = np.unique(token_class[token_class >= 0])
+        maps_k = class_maps(maps[k], token_class, prompted)
+        if predictor == "logit":
+            prediction = predict(maps_k, prompted, size, background_logit=None if background_threshold is None else 0.0)
+        else:
+            prediction = predict(maps_k, prompted, size, background_threshold)
+        predictions.append(pad_label(prediction, rows["label"].shape[1:]))
+    return np.stack(predictions)
+
+
+def segmentation_confusion(backbone: Backbone, prepared: xr.Dataset, layer: int, sigma: float, seed: int, batch_size: int,
+                           style: PromptStyle, background_threshold: float | None,
+                           limit: int | None = None, predictor: Predictor = "probability") -> np.ndarray:
+    """Returns the dataset-level confusion matrix of zero-shot segmentation over (the first `limit` of) a prepared split."""
+    num_classes = prepared.sizes["class"]
+    n = min(prepared.sizes["sample"], limit or prepared.sizes["sample"])
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    for start in range(0, n, batch_size):
+        indices = list(range(start, min(start + batch_size, n)))
+        rows = prepared.isel(sample=indices).load()
+        predictions = segment_batch(backbone, rows, indices, layer, sigma, seed, style, background_threshold, predictor)
+        confusion += confusion_matrix(predictions, rows["label"].values, num_classes)
+    return confusion
+
+
+def choose_predictor(backbone: Backbone, val: xr.Dataset, layer: int, sigma: float, seed: int, batch_size: int, style: PromptStyle,
+                     background_threshold: float | None, predictors: list[Predictor],
+                     limit: int | None = None) -> tuple[Predictor, dict[str, float]]:
+    """Returns the predictor with the best mIoU on (the first `limit` of) `val`, and each predictor's mIoU there:
+    the test split never chooses it."""
+    curve = {p: summarize(segmentation_confusion(backbone, val, layer, sigma, seed, batch_size, style, background_threshold, limit, p))["miou"]
+             for p in predictors}
+    return max(curve, key=curve.get), curve

@@ -1,0 +1,249 @@
+"""MAGNET: LoRA on a frozen MM-DiT, trained with flow matching plus focal + dice losses on the expert block's
+pre-softmax image→text logits (the paper's), or the cross-entropy of the zero-shot predictor's own decision on its
+head-mean probabilities (`mask_loss: predictor`). Checkpoints carry optimizer and RNG state, so a restarted run resumes exactly."""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import xarray as xr
+from safetensors.torch import load_file
+from tqdm import tqdm
+
+from seg4diff.backbones.backbone import Backbone
+from seg4diff.backbones.lora import LoraSpec, add_lora, save_lora, set_lora_state
+from seg4diff.capture.attention import capture_attention
+from seg4diff.config import FinetuneParams, PromptParams
+from seg4diff.data.prepared import class_names, native_label
+from seg4diff.data.sample import IGNORE_INDEX
+from seg4diff.evaluation.flow_loss import heldout_flow_loss
+from seg4diff.evaluation.metrics import summarize
+from seg4diff.prompts import PromptStyle, build_prompt, prompt_style, token_slots
+from seg4diff.segmentation.zero_shot import segmentation_confusion
+from seg4diff.training.losses import dice_loss, hungarian_match, predictor_loss, sigmoid_focal_loss
+from seg4diff.training.optim import warmup_cosine
+
+
+@dataclass(frozen=True)
+class MagnetConfig:
+    """Everything a MAGNET run depends on; built from the params groups by `from_params` (their fields are the defaults)."""
+
+    expert_layer: int
+    expert_sigma: float
+    base_model: str  # digest of the base model's weights (seg4diff.backbones.backbone.model_digest): an adapter fits that model only
+    finetune: FinetuneParams
+    prompt: PromptParams
+
+    @classmethod
+    def from_params(cls, finetune: FinetuneParams, prompt: PromptParams, expert_layer: int, expert_sigma: float,
+                    base_model: str) -> MagnetConfig:
+        return cls(int(expert_layer), float(expert_sigma), base_model, finetune, prompt)
+
+    @property
+    def style(self) -> PromptStyle:
+        return prompt_style(self.prompt, "caption" if self.finetune.mode == "caption" else "gt_classes")
+
+    @property
+    def threshold(self) -> float | None:
+        return self.prompt.threshold
+
+    def as_dict(self) -> dict:
+        return {"expert_layer": self.expert_layer, "expert_sigma": self.expert_sigma, "base_model": self.base_model,
+                "finetune": self.finetune.model_dump(exclude={"work_dir", "output"}), "prompt": self.prompt.model_dump()}
+
+    @property
+    def lora(self) -> LoraSpec:
+        return LoraSpec(self.finetune.rank, self.finetune.alpha, self.finetune.dropout, tuple(self.finetune.target_modules))
+
+    def save(self, transformer: torch.nn.Module, directory: Path) -> None:
+        save_lora(transformer, directory, self.lora, {"expert_layer": self.expert_layer, "expert_sigma": self.expert_sigma,
+                                                      "base_model": self.base_model})
+
+
+def sample_sigmas(generator: torch.Generator, n: int, config: MagnetConfig) -> torch.Tensor:
+    """Returns logit-normal noise levels on the shifted schedule σ = shift·u / (1 + (shift − 1)·u)."""
+    u = torch.sigmoid(config.finetune.timestep_mean + config.finetune.timestep_std * torch.randn(n, generator=generator))
+    return config.finetune.timestep_shift * u / (1 + (config.finetune.timestep_shift - 1) * u)
+
+
+def _class_maps(maps: torch.Tensor, slot_class: np.ndarray, classes: np.ndarray) -> torch.Tensor:
+    """(token, y, x) head-mean maps → (class, y, x): each class's token maps averaged."""
+    return torch.stack([maps[torch.from_numpy(np.flatnonzero(slot_class == c))].mean(0) for c in classes])
+
+
+def magnet_loss(backbone: Backbone, rows: xr.Dataset, config: MagnetConfig, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+    """Returns (weighted loss, parts) for one micro-batch of prepared samples: flow + focal + dice at the expert block."""
+    names = class_names(rows)
+    mode = config.style.mode
+    built = [build_prompt(config.style, rows["present"].values[k], names, str(rows["caption"].values[k])) for k in range(rows.sizes["sample"])]
+    with torch.no_grad():
+        encoding = backbone.encode_prompts([prompt for prompt, _ in built])
+        images = torch.from_numpy(rows["image"].values).permute(0, 3, 1, 2).float() / 255
+        x0 = backbone.encode_images(images)
+    width = len(encoding.tokens[0])
+    keep = "class" if mode == "gt_classes" else "all"
+    slots = [token_slots(encoding, k, spans, keep, width, str(k), config.style.columns) for k, (_, spans) in enumerate(built)]
+    used = max(int((s.position >= 0).sum()) for s in slots)
+    positions = torch.from_numpy(np.stack([s.position[:used] for s in slots]).astype(np.int64)).clamp_min(0)
+    noise = torch.randn(x0.shape, generator=generator).to(x0)
+    sigma = sample_sigmas(generator, x0.shape[0], config).to(x0)
+    noisy = sigma.view(-1, 1, 1, 1) * noise + (1 - sigma.view(-1, 1, 1, 1)) * x0
+    on_predictor = config.finetune.mask_loss == "predictor"
+    with capture_attention(backbone.transformer, [config.expert_layer], ("image_to_text",), positions,
+                           head_mean=mode == "gt_classes" and not on_predictor, output="logits", detach=False) as cap:
+        prediction = backbone.velocity(noisy, sigma, encoding)
+    flow = F.mse_loss(prediction.float(), (noise - x0).float())
+    scores = cap.tensor("image_to_text")[:, 0]  # (batch, head, image_token, slot): logits
+    if on_predictor:  # the predictor's head-mean probabilities: exp(logit − log-sum-exp over all keys), per head
+        scores = torch.exp(scores.float() - cap.tensor("image_lse")[:, 0, ..., None].float()).mean(1, keepdim=True)
+    grid = backbone.token_grid(*images.shape[2:])
+    labels = [torch.from_numpy(native_label(rows, k).astype(np.int64)) for k in range(len(slots))]
+    maps, targets, valid, predictor_terms = [], [], [], []
+    for k, slot in enumerate(slots):
+        if config.finetune.mask_max_sigma is not None and sigma[k].item() > config.finetune.mask_max_sigma:
+            continue
+        slot_class = slot.class_id[:used]
+        slot_class = np.where(slot.position[:used] >= 0, slot_class, -1)
+        sample_scores = scores[k].transpose(-1, -2).reshape(scores.shape[1], used, *grid)  # (head, slot, y, x)
+        size = labels[k].shape  # the sample's own label size
+        up = lambda x: F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]  # noqa: E731
+        if mode == "gt_classes":
+            classes = np.unique(slot_class[slot_class >= 0])
+            sample_maps = up(_class_maps(sample_scores[0], slot_class, classes))
+            if on_predictor:
+                predictor_terms.append(predictor_loss(sample_maps, labels[k], classes, config.threshold))
+                continue
+            sample_targets = torch.stack([(labels[k] == c).float() for c in classes])
+        else:  # every head × token map is a candidate, Hungarian-matched to the present classes' masks
+            present = [c for c in np.flatnonzero(rows["present"].values[k])
+                       if (labels[k] == c).float().mean() >= config.finetune.min_mask_fraction]
+            if not present:
+                continue
+            candidates = up(sample_scores[:, slot.position[:used] >= 0].flatten(0, 1))
+            masks = torch.stack([(labels[k] == c).float() for c in present])
+            chosen, matched = hungarian_match(candidates, masks)
+            sample_maps, sample_targets = candidates[chosen], masks[matched]
+        maps.append(sample_maps)
+        targets.append(sample_targets)
+        valid.append((labels[k] != IGNORE_INDEX).float().expand_as(sample_targets))
+    if maps:  # native label sizes differ: pad to the largest, padding invalid (no loss there)
+        height, width = max(m.shape[-2] for m in maps), max(m.shape[-1] for m in maps)
+        pad = lambda x: F.pad(x, (0, width - x.shape[-1], 0, height - x.shape[-2]))  # noqa: E731
+        maps, targets, valid = (torch.cat([pad(x) for x in group]) for group in (maps, targets, valid))
+        focal = sigmoid_focal_loss(maps.float(), targets, config.finetune.focal_alpha, config.finetune.focal_gamma, valid)
+        dice = dice_loss(maps.float(), targets, valid)
+    else:
+        focal = dice = torch.zeros((), device=flow.device)
+    on_prediction = torch.stack(predictor_terms).mean() if predictor_terms else torch.zeros((), device=flow.device)
+    loss = (config.finetune.lambda_flow * flow + config.finetune.lambda_focal * focal + config.finetune.lambda_dice * dice
+            + config.finetune.lambda_predictor * on_prediction)
+    return loss, {"flow": flow.item(), "focal": focal.item(), "dice": dice.item(), "predictor": on_prediction.item(), "loss": loss.item()}
+
+
+def validate(backbone: Backbone, val: xr.Dataset, config: MagnetConfig) -> dict:
+    """Returns expert-layer mIoU and held-out flow loss on the validation split."""
+    confusion = segmentation_confusion(backbone, val, config.expert_layer, config.expert_sigma, config.finetune.seed, 16, config.style,
+                                       config.threshold, limit=config.finetune.validation_samples)
+    return {"val_miou": summarize(confusion)["miou"],
+            "val_flow_loss": heldout_flow_loss(backbone, val, config.finetune.seed, config.finetune.validation_samples, style=config.style)}
+
+
+def _save_checkpoint(directory: Path, step: int, transformer, optimizer, scheduler, generator, config, history, best) -> None:
+    """Writes checkpoint-<step> atomically (to a temp dir, then renamed) and keeps only the newest."""
+    final = directory / f"checkpoint-{step:06d}"
+    tmp = directory / f".tmp-{step:06d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    config.save(transformer, tmp)
+    torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "history": history, "best": best},
+               tmp / "state.pt")
+    tmp.rename(final)
+    for old in sorted(directory.glob("checkpoint-*"))[:-1]:
+        shutil.rmtree(old)
+
+
+def _forget_other_runs(work_dir: Path, config: MagnetConfig) -> None:
+    """Clears checkpoints written under another config, so that only a run of the same settings is resumed."""
+    marker = work_dir / "config.json"
+    current = json.dumps(config.as_dict(), sort_keys=True)
+    if marker.exists() and marker.read_text() != current:
+        shutil.rmtree(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(current)
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    found = sorted(Path(directory).glob("checkpoint-*"))
+    return found[-1] if found else None
+
+
+def train_magnet(backbone: Backbone, train: xr.Dataset, val: xr.Dataset, config: MagnetConfig, work_dir: Path,
+                 on_metrics: Callable[[int, dict], None] | None = None, progress: bool = True) -> dict:
+    """Trains the adapter (resuming from work_dir's latest checkpoint); the best-on-validation adapter goes to work_dir/best."""
+    work_dir = Path(work_dir)
+    _forget_other_runs(work_dir, config)
+    torch.manual_seed(config.finetune.seed)
+    parameters = add_lora(backbone.transformer, config.lora)
+    optimizer = torch.optim.AdamW(parameters, lr=config.finetune.lr, weight_decay=config.finetune.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, config.finetune.warmup_steps, config.finetune.steps))
+    generator = torch.Generator().manual_seed(config.finetune.seed)
+    step, history, best = 0, [], {"val_miou": -1.0, "val_flow_loss": float("nan"), "step": 0}
+    checkpoint = latest_checkpoint(work_dir)
+    if checkpoint is not None:
+        state = torch.load(checkpoint / "state.pt", weights_only=False)
+        set_lora_state(backbone.transformer, load_file(checkpoint / "adapter_model.safetensors"), str(checkpoint))
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        step, history, best = state["step"], state["history"], state["best"]
+    if step == 0:  # the base model's numbers, for comparison (LoRA B starts at zero: the adapter is a no-op)
+        backbone.transformer.eval()
+        history.append({"step": 0, **validate(backbone, val, config)})
+        best = {"val_miou": history[0]["val_miou"], "val_flow_loss": history[0]["val_flow_loss"], "step": 0}
+        config.save(backbone.transformer, work_dir / "best")  # until a step beats the base model, the no-op adapter
+        if on_metrics:
+            on_metrics(0, history[-1])
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if backbone.device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    n = train.sizes["sample"]
+    started = time.perf_counter()
+    bar = tqdm(total=config.finetune.steps, initial=step, desc="finetune", unit="step", disable=not progress)
+    while step < config.finetune.steps:
+        backbone.transformer.train()
+        parts = []
+        for _ in range(config.finetune.grad_accumulation):  # gradients of all micro-batches add up before one optimizer step
+            indices = torch.randint(n, (config.finetune.batch_size,), generator=generator).tolist()
+            with autocast:
+                loss, part = magnet_loss(backbone, train.isel(sample=indices).load(), config, generator)
+            (loss / config.finetune.grad_accumulation).backward()
+            parts.append(part)
+        torch.nn.utils.clip_grad_norm_(parameters, config.finetune.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        bar.update(1)
+        metrics = {f"train_{k}": float(np.mean([p[k] for p in parts])) for k in parts[0]}
+        if step % config.finetune.validate_every == 0 or step == config.finetune.steps:
+            backbone.transformer.eval()
+            metrics |= validate(backbone, val, config)
+            base_flow = history[0]["val_flow_loss"]
+            keeps_generation = config.finetune.max_flow_increase is None or metrics["val_flow_loss"] <= (1 + config.finetune.max_flow_increase) * base_flow
+            if keeps_generation and metrics["val_miou"] > best["val_miou"]:
+                best = {"val_miou": metrics["val_miou"], "val_flow_loss": metrics["val_flow_loss"], "step": step}
+                config.save(backbone.transformer, work_dir / "best")
+        history.append({"step": step, **metrics})
+        if on_metrics:
+            on_metrics(step, metrics)
+        if step % config.finetune.checkpoint_every == 0 or step == config.finetune.steps:
+            _save_checkpoint(work_dir, step, backbone.transformer, optimizer, scheduler, generator, config, history, best)
+    bar.close()
+    backbone.transformer.eval()
+    return {"best": best, "history": history, "seconds": time.perf_counter() - started}
