@@ -26,7 +26,9 @@ from attention_capture import NaiveCaptureProcessor
 from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
 from diffusers.utils import logging as diffusers_logging
 
-from seg4diff.capture.attention import _CUDA_KERNEL, attention_with_lse, capture_attention, joint_attention_modules
+from seg4diff.capture.attention import capture_attention
+from seg4diff.capture.families import joint_attention_modules
+from seg4diff.capture.kernels import _CUDA_KERNEL, attention_with_lse
 from seg4diff.testing.reference import naive_flux_attention, naive_sd3_attention
 
 

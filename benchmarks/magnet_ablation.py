@@ -43,13 +43,13 @@ def measure(params, lora: Path | None, expert: dict) -> dict:
     test = open_prepared(Path(params.prepare.output) / "test.zarr")
     style = prompt_style(params.prompt, "gt_classes")
     predictor, by_predictor = choose_predictor(backbone, open_prepared(Path(params.prepare.output) / f"{params.evaluate.val_split}.zarr"),
-                                               expert["layer"], expert["timestep"], params.evaluate.seed, 16, style,
+                                               expert["layer"], expert["sigma"], params.evaluate.seed, 16, style,
                                                params.prompt.threshold, params.evaluate.predictors, params.evaluate.val_samples)
     stats = []
     for start in range(0, test.sizes["sample"], 16):
         indices = list(range(start, min(start + 16, test.sizes["sample"])))
         rows = test.isel(sample=indices).load()
-        predictions = segment_batch(backbone, rows, indices, expert["layer"], expert["timestep"], params.evaluate.seed, style,
+        predictions = segment_batch(backbone, rows, indices, expert["layer"], expert["sigma"], params.evaluate.seed, style,
                                     params.prompt.threshold, predictor)
         stats.append(image_statistics(predictions, rows["label"].values, test.sizes["class"]))
     captions = [str(c) for c in test.caption.values[:64]]
@@ -74,7 +74,7 @@ def main() -> None:
     updates = {"magnet": {}, "flow_only": {"lambda_focal": 0.0, "lambda_dice": 0.0}, "predictor": {"mask_loss": "predictor"}}
     steps = {"steps": args.steps} if args.steps else {}
     stats = {}
-    report = {"expert": expert["layer"], "sigma": expert["timestep"], "base_test_miou": float(miou_of(base["stats"].sum(0))),
+    report = {"expert": expert["layer"], "sigma": expert["sigma"], "base_test_miou": float(miou_of(base["stats"].sum(0))),
               "base_predictor": base["predictor"], "base_val_miou_by_predictor": base["val_miou_by_predictor"], "runs": {}}
     for variant in args.variants:
         gains, runs = [], {}

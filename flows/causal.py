@@ -1,4 +1,4 @@
-"""Stage `causal`: does the grounding expert also carry the prompt's meaning? Each block's image→text attention is
+"""Stage `causal`: does the grounding expert also carry the prompt's meaning? Each layer's image→text attention is
 perturbed during generation in turn; results/causal.csv, metrics/causal.json, a figure and examples in MLflow."""
 from __future__ import annotations
 
@@ -23,10 +23,10 @@ METRICS = Path("metrics/causal.json")
 
 
 def _grounding(params) -> pd.DataFrame:
-    """The head-mean image→text mIoU per block at the expert's σ (from the score stage)."""
+    """The head-mean image→text mIoU per layer at the expert's σ (from the score stage)."""
     scores, expert = pd.read_csv(params.score.output), json.loads(Path(params.select.output).read_text())
     rows = scores[(scores.metric == "miou") & (scores["head"].astype(str) == "mean") & (scores.direction == "image_to_text")]
-    return rows[(rows.timestep - expert["timestep"]).abs() < 1e-9].sort_values("layer")
+    return rows[(rows.sigma - expert["sigma"]).abs() < 1e-9].sort_values("layer")
 
 
 @flow(name="causal")
@@ -41,18 +41,18 @@ def causal(params_path: str = "params.yaml", presets: list[str] | None = None, o
         write_csv(table, params.causal.output)
         mlflow.log_artifact(params.causal.output)
         mlflow.log_figure(causal_figure(table, _grounding(params), expert["layer"]), "causal.png")
-        blocks = sorted(table.block.unique().tolist())
+        layers = sorted(table.layer.unique().tolist())
         for kind in table.perturbation.unique():
-            panels, titles = example_panels(examples, blocks, kind)
-            mlflow.log_figure(image_grid(panels, titles, columns=1 + len(blocks)), f"causal_examples_{kind}.png")
+            panels, titles = example_panels(examples, layers, kind)
+            mlflow.log_figure(image_grid(panels, titles, columns=1 + len(layers)), f"causal_examples_{kind}.png")
         mlflow.log_metrics({f"{key}.expert_delta": value["expert_delta"] for key, value in summary.items()})
-        lines = [f"| {key} | {v['most_harmful_block']} ({v['most_harmful_delta']:+.3f}) | {v['expert_delta']:+.3f} "
-                 f"[{v['expert_ci'][0]:+.3f}, {v['expert_ci'][1]:+.3f}] | {v['expert_rank']} of {v['blocks']} |"
+        lines = [f"| {key} | {v['most_harmful_layer']} ({v['most_harmful_delta']:+.3f}) | {v['expert_delta']:+.3f} "
+                 f"[{v['expert_ci'][0]:+.3f}, {v['expert_ci'][1]:+.3f}] | {v['expert_rank']} of {v['layers']} |"
                  for key, v in summary.items()]
         create_markdown_artifact(key="causal-analysis", markdown=(
-            f"# Causal test of the expert (block {expert['layer']})\n\nPerturbing one block's image→text attention during "
+            f"# Causal test of the expert (layer {expert['layer']})\n\nPerturbing one layer's image→text attention during "
             "generation; paired differences vs the unperturbed model, 95% bootstrap intervals.\n\n"
-            "| perturbation.metric | most harmful block (Δ) | expert Δ [95% CI] | expert's rank |\n|---|---|---|---|\n"
+            "| perturbation.metric | most harmful layer (Δ) | expert Δ [95% CI] | expert's rank |\n|---|---|---|---|\n"
             + "\n".join(lines)), description="Full table: results/causal.csv")
     summary = round_floats(summary)
     write_json(METRICS, summary)

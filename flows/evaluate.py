@@ -76,7 +76,7 @@ def evaluate(params_path: str = "params.yaml", presets: list[str] | None = None,
         with gpu_request(params):
             futures = {v: evaluate_model_task.submit(params, v) for v in variants}
         results = {v: future.result() for v, future in futures.items()}
-        metrics = {"expert": results["base"]["expert"]["layer"], "sigma": results["base"]["expert"]["timestep"]}
+        metrics = {"expert": results["base"]["expert"]["layer"], "sigma": results["base"]["expert"]["sigma"]}
         p = params.evaluate
         for variant, result in results.items():
             metrics[variant] = variant_metrics(result, p.bootstrap_resamples, p.seed)
@@ -92,7 +92,7 @@ def evaluate(params_path: str = "params.yaml", presets: list[str] | None = None,
                 f"| {name} | {v.get('delta_miou', v.get('delta')):+.4f} | [{v['ci'][0]:+.4f}, {v['ci'][1]:+.4f}] |"
                 for name, v in metrics["finetuned_vs_base"].items())
         mlflow.log_text(table, "comparison.md")
-        create_markdown_artifact(key="evaluation", markdown=f"# Evaluation, {p.split} split, block {metrics['expert']}, σ={metrics['sigma']:g}\n\n{table}",
+        create_markdown_artifact(key="evaluation", markdown=f"# Evaluation, {p.split} split, layer {metrics['expert']}, σ={metrics['sigma']:g}\n\n{table}",
                                  description="Segmentation in %; intervals: paired bootstrap over test images")
         test = open_split(params.prepare.output, params.evaluate.split)
         num_classes = test.sizes["class"]

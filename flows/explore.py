@@ -23,9 +23,9 @@ def explore(params_path: str = "params.yaml", presets: list[str] | None = None, 
         create_markdown_artifact(key="attention-explorer", markdown=(
             f"# Attention explorer\n\n[{page['path']}]({page['path']}) — open it in a browser (works offline, from disk).\n\n"
             f"MLflow copy: `{uri}` (run `{run.info.run_id}`, artifact `explorer.html`).\n\n"
-            f"| samples | blocks | heads (with the mean) | σ | size |\n|---:|---:|---:|---:|---:|\n"
-            f"| {page['samples']} | {page['blocks']} | {page['heads']} | {page['sigmas']} | {page['megabytes']:.2f} MB |"),
-            description="Self-contained page: attention by sample, block, head, σ and word")
+            f"| samples | layers | heads (with the mean) | σ | size |\n|---:|---:|---:|---:|---:|\n"
+            f"| {page['samples']} | {page['layers']} | {page['heads']} | {page['sigmas']} | {page['megabytes']:.2f} MB |"),
+            description="Self-contained page: attention by sample, layer, head, σ and word")
     return page
 
 

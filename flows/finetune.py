@@ -30,7 +30,7 @@ def finetune(params_path: str = "params.yaml", presets: list[str] | None = None,
         mlflow.log_metrics({f"best_{k}": float(v) for k, v in best.items()})
         mlflow.log_artifacts(params.finetune.output, "lora")
         create_markdown_artifact(key="finetune-best", markdown=(
-            f"# MAGNET fine-tuning (block {summary['expert']['layer']}, σ={summary['expert']['timestep']:g})\n\n"
+            f"# MAGNET fine-tuning (layer {summary['expert']['layer']}, σ={summary['expert']['sigma']:g})\n\n"
             "| step | val mIoU | val flow loss |\n|---:|---:|---:|\n"
             + "\n".join(f"| {h['step']} | {h['val_miou']:.4f} | {h['val_flow_loss']:.4f} |" for h in history if "val_miou" in h)))
     write_json(METRICS, {k: float(v) for k, v in best.items()})

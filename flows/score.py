@@ -1,4 +1,4 @@
-"""Stage `score`: zero-shot grounding mIoU for every (layer, timestep, head), with bootstrap intervals and figures."""
+"""Stage `score`: zero-shot grounding mIoU for every (layer, σ, head), with bootstrap intervals and figures."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -34,7 +34,7 @@ def score(params_path: str = "params.yaml", presets: list[str] | None = None, ov
         mlflow.log_metrics({k: float(v) for k, v in headline.items()})
         table = "\n".join(f"| {k} | {v:.4g} |" for k, v in headline.items())
         create_markdown_artifact(key="layer-scores", markdown=f"# Layer-wise grounding\n\n| | |\n|---|---:|\n{table}",
-                                 description="Best block and reference rows; full table in results/layer_scores.csv")
+                                 description="Best layer and reference rows; full table in results/layer_scores.csv")
     write_json(METRICS, {k: float(v) for k, v in headline.items()})
     return headline
 

@@ -22,20 +22,20 @@ def main() -> None:
     expert = _read(params.select.output)
     if expert:
         runner = expert.get("runner_up", {})
-        print(f"expert layer: block {expert['layer']} at σ={expert['timestep']:g}, mIoU {expert['miou']:.3f} "
+        print(f"expert layer: {expert['layer']} at σ={expert['sigma']:g}, mIoU {expert['miou']:.3f} "
               f"(95% CI {expert['ci_low']:.3f}–{expert['ci_high']:.3f}; rule {expert['rule']}"
-              f"{', forced' if expert['forced'] else ''}); runner-up block {runner.get('layer')} {runner.get('miou', float('nan')):.3f}")
+              f"{', forced' if expert['forced'] else ''}); runner-up layer {runner.get('layer')} {runner.get('miou', float('nan')):.3f}")
         paired = expert.get("vs_runner_up")
         if paired:
             print(f"              expert − runner-up on the same val images: {paired['delta_miou']:+.3f} "
                   f"[{paired['ci'][0]:+.3f}, {paired['ci'][1]:+.3f}] (paired bootstrap)")
     causal = _read("metrics/causal.json")
     if causal and expert:
-        print(f"\ncausal test (perturbing one block's image→text attention during generation; {params.causal.split} captions):")
+        print(f"\ncausal test (perturbing one layer's image→text attention during generation; {params.causal.split} captions):")
         for key, v in causal.items():
             if v.get("expert_ci"):
                 print(f"  {key:<34} expert Δ {v['expert_delta']:+.3f} [{v['expert_ci'][0]:+.3f}, {v['expert_ci'][1]:+.3f}], "
-                      f"rank {v['expert_rank']} of {v['blocks']} (most harmful: block {v['most_harmful_block']}, {v['most_harmful_delta']:+.3f})")
+                      f"rank {v['expert_rank']} of {v['layers']} (most harmful: layer {v['most_harmful_layer']}, {v['most_harmful_delta']:+.3f})")
     evaluation = _read(params.evaluate.output)
     if evaluation:
         variants = [v for v in ("base", "finetuned") if v in evaluation]

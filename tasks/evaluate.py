@@ -45,11 +45,11 @@ def _evaluate_model(params: Params, variant: str) -> dict:
     if p.val_split == p.split:
         raise ConfigError(f"evaluate.val_split '{p.val_split}' is the evaluated split: the unsupervised threshold must be chosen on another")
     val = open_split(params.prepare.output, p.val_split)
-    kl_threshold, kl_curve = choose_kl_threshold(backbone, val, expert["layer"], expert["timestep"], p.seed, p.batch_size,
+    kl_threshold, kl_curve = choose_kl_threshold(backbone, val, expert["layer"], expert["sigma"], p.seed, p.batch_size,
                                                  p.kl_thresholds, style.columns, p.val_samples)
-    predictor, predictor_curve = choose_predictor(backbone, val, expert["layer"], expert["timestep"], p.seed, p.batch_size, style,
+    predictor, predictor_curve = choose_predictor(backbone, val, expert["layer"], expert["sigma"], p.seed, p.batch_size, style,
                                                   params.prompt.threshold, p.predictors, p.val_samples)
-    results, gallery = evaluate_segmentation(backbone, test, expert["layer"], expert["timestep"], p.seed, p.batch_size,
+    results, gallery = evaluate_segmentation(backbone, test, expert["layer"], expert["sigma"], p.seed, p.batch_size,
                                              kl_threshold, style, params.prompt.threshold, p.max_samples, predictor=predictor)
     results["gt_classes"] |= {"predictor": predictor, "val_miou_by_predictor": predictor_curve}
     results["unsupervised_per_image_matching"]["val_miou_by_threshold"] = {str(t): m for t, m in kl_curve.items()}

@@ -15,8 +15,8 @@ CAUSAL_METRICS = ("object_recall", "clip_score", "flow_loss_increase")  # the fi
 
 
 def causal_curve(params: Params) -> pd.DataFrame | None:
-    """The causal stage's per-block effect on the first of CAUSAL_METRICS it measured, for the perturbation whose
-    largest effect is largest (the clearest contrast between blocks), when the stage ran."""
+    """The causal stage's per-layer effect on the first of CAUSAL_METRICS it measured, for the perturbation whose
+    largest effect is largest (the clearest contrast between layers), when the stage ran."""
     path = Path(params.causal.output)
     if not path.exists():
         return None
@@ -27,7 +27,7 @@ def causal_curve(params: Params) -> pd.DataFrame | None:
     rows = table[table.metric == metric]
     kind = rows.groupby("perturbation").delta.apply(lambda d: d.abs().max()).idxmax()
     rows = rows[rows.perturbation == kind]
-    return pd.DataFrame({"layer": rows.block, "metric": f"{kind}: Δ {metric}", "value": rows.delta})
+    return pd.DataFrame({"layer": rows.layer, "metric": f"{kind}: Δ {metric}", "value": rows.delta})
 
 
 @task(name="build-explorer")
@@ -43,4 +43,4 @@ def build_explorer_task(params: Params) -> dict:
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(html, encoding="utf-8")
     return {"path": str(output), "megabytes": output.stat().st_size / 2**20, "samples": len(data["samples"]),
-            "blocks": len(data["layers"]), "heads": len(data["heads"]), "sigmas": len(data["sigmas"])}
+            "layers": len(data["layers"]), "heads": len(data["heads"]), "sigmas": len(data["sigmas"])}

@@ -9,7 +9,7 @@ from prefect import task
 from tqdm import tqdm
 
 from seg4diff.backbones.backbone import load_backbone, model_digest
-from seg4diff.capture.attention import joint_attention_modules
+from seg4diff.capture.families import joint_attention_modules
 from seg4diff.capture.extract import (
     extract_range,
     fingerprint,
@@ -20,7 +20,7 @@ from seg4diff.capture.extract import (
     storage_plan,
 )
 from seg4diff.config import Params
-from seg4diff.data.attention_store import StoreLayout, completed
+from seg4diff.data.attention_store import SCHEMA_VERSION, StoreLayout, completed
 from seg4diff.data.prepared import class_names, open_split, require_captions
 from seg4diff.prompts import prompt_style
 from tasks.retry import RETRY_TRANSIENT
@@ -42,15 +42,14 @@ def plan_extraction_task(params: Params) -> dict:
     resolution = [prepared.sizes["y"], prepared.sizes["x"]]
     grid = backbone.token_grid(*resolution)
     sigmas = resolve_sigmas(backbone, p, grid[0] * grid[1])
-    blocks = len(joint_attention_modules(backbone.transformer))
-    layers = list(range(blocks)) if p.layers is None else p.layers
+    layers = list(range(len(joint_attention_modules(backbone.transformer)))) if p.layers is None else p.layers
     heads = [-1] if p.head_mean else list(range(backbone.transformer.config.num_attention_heads))
     layout = StoreLayout(samples, layers, heads, sigmas, p.max_tokens, grid, tuple(p.directions), p.diagnostics)
     counts = kept_token_counts(backbone, prepared, samples, p, prompt_style(params.prompt, p.prompt))
     storage = storage_plan(layout, counts, Path(p.output))  # before anything is written: refuses what cannot fit
     print(f"storage plan: {samples} samples × {storage['mean_tokens']:.1f} kept tokens → about {storage['expected_gb']:.2f} GB "
           f"(every slot full: {storage['upper_bound_gb']:.2f} GB); {storage['free_gb']:.1f} GB free at {p.output}")
-    attrs = {"fingerprint": fingerprint(params.model.model_dump(), model_digest(params.model), params.data.model_dump(), params.prepare.model_dump(),
+    attrs = {"fingerprint": fingerprint(SCHEMA_VERSION, params.model.model_dump(), model_digest(params.model), params.data.model_dump(), params.prepare.model_dump(),
                                         p.model_dump(exclude={"workers", "batch_size", "output"}), params.prompt.model_dump(), sigmas),
              "model": params.model.path, "family": backbone.family, "split": p.split, "prompt": p.prompt,
              "separator": params.prompt.separator, "background": params.prompt.background,

@@ -17,7 +17,7 @@ from seg4diff.training.magnet import MagnetConfig, train_magnet
 
 
 def magnet_config(params: Params, expert: dict) -> MagnetConfig:
-    return MagnetConfig.from_params(params.finetune, params.prompt, expert["layer"], expert["timestep"], model_digest(params.model))
+    return MagnetConfig.from_params(params.finetune, params.prompt, expert["layer"], expert["sigma"], model_digest(params.model))
 
 
 @task(name="train-magnet")

@@ -7,7 +7,8 @@ import numpy as np
 from prefect import task
 
 from seg4diff.config import Params
-from seg4diff.data.attention_store import open_attention
+from seg4diff.data.attention_store import open_attention, sigma_index
+from seg4diff.errors import ConfigError
 from seg4diff.data.prepared import class_names, label_sizes, native_label, open_split
 from seg4diff.evaluation.metrics import miou_of
 from seg4diff.evaluation.scoring import ScoreTables, score_store, stats_path, tidy_scores
@@ -17,16 +18,16 @@ from seg4diff.segmentation.masks import class_maps, predict, upsample
 
 
 def load_inputs(params: Params):
-    """Returns (complete attention store restricted to score.timesteps, prepared split of the same samples)."""
+    """Returns (complete attention store restricted to score.sigmas, prepared split of the same samples)."""
     store = open_attention(Path(params.extract.output))
     if not bool(store.complete.all()):
         missing = np.flatnonzero(~store.complete.values)[:10].tolist()
         raise RuntimeError(f"attention store {params.extract.output} is incomplete (samples {missing}…): re-run extract")
-    if params.score.timesteps is not None:
-        unknown = sorted(set(params.score.timesteps) - set(store.timestep.values.tolist()))
-        if unknown:
-            raise ValueError(f"score.timesteps {unknown} are not in the store (stored: {store.timestep.values.tolist()})")
-        store = store.sel(timestep=params.score.timesteps)
+    if params.score.sigmas is not None:
+        try:
+            store = store.isel(timestep=sigma_index(store, params.score.sigmas))
+        except ValueError as error:
+            raise ConfigError(f"score.sigmas: {error}") from None
     prepared = open_split(params.prepare.output, store.attrs['split']).isel(sample=store.sample.values)
     return store, prepared
 
@@ -54,18 +55,18 @@ def write_scores_task(params: Params, tables: ScoreTables) -> dict:
     miou = scores[(scores.metric == "miou") & (scores["head"] == "mean")]
     write_csv(miou.pivot_table(index="layer", columns="direction", values="value", aggfunc="max").reset_index(),
               out.parent / "layer_curve.csv")
-    write_csv(miou[miou.direction == "image_to_text"][["layer", "timestep", "value"]], out.parent / "layer_timestep.csv")
+    write_csv(miou[miou.direction == "image_to_text"][["layer", "sigma", "value"]], out.parent / "layer_sigma.csv")
 
     figures = {"layer_curve.png": layer_curve(scores)}
     for d, direction in enumerate(tables.directions):
-        grid = miou_of(tables.per_sample[:, d].sum(axis=0, dtype=np.int64))  # (layer, timestep)
-        figures[f"layer_timestep_{direction}.png"] = heatmap(grid, tables.layers, tables.sigmas, f"mIoU, {direction}", "block", "σ")
+        grid = miou_of(tables.per_sample[:, d].sum(axis=0, dtype=np.int64))  # (layer, sigma)
+        figures[f"layer_sigma_{direction}.png"] = heatmap(grid, tables.layers, tables.sigmas, f"mIoU, {direction}", "layer", "σ")
         if len(tables.heads) > 1:
             best_t = int(np.nanargmax(np.nanmax(grid, axis=0)))
             by_head = miou_of(tables.per_head[d, :, :, best_t])
             figures[f"layer_head_{direction}.png"] = heatmap(by_head, tables.layers, tables.heads,
-                                                             f"mIoU per head, {direction}, σ={tables.sigmas[best_t]:g}", "block", "head")
-    reference = miou_of(tables.layer_mean)  # (direction, timestep)
+                                                             f"mIoU per head, {direction}, σ={tables.sigmas[best_t]:g}", "layer", "head")
+    reference = miou_of(tables.layer_mean)  # (direction, sigma)
     headline = {}
     for d, direction in enumerate(tables.directions):
         grid = miou_of(tables.per_sample[:, d].sum(axis=0, dtype=np.int64))
@@ -84,7 +85,7 @@ def example_maps_task(params: Params, layer: int, sigma: float):
     count = min(params.score.examples, store.sizes["sample"])
     images, labels, predictions, maps, titles = [], [], [], [], []
     for s in range(count):
-        sample = store.isel(sample=s).sel(layer=layer, timestep=sigma).load()
+        sample = store.isel(sample=s, timestep=sigma_index(store, [sigma])[0]).sel(layer=layer).load()
         token_class = sample.token_class.values
         prompted = np.unique(token_class[token_class >= 0])
         per_class = class_maps(sample.image_to_text.values.astype(np.float32).mean(axis=0), token_class, prompted)
@@ -95,4 +96,4 @@ def example_maps_task(params: Params, layer: int, sigma: float):
         maps.append(list(upsample(per_class, size)))
         titles.append([names[c] for c in prompted])
     return attention_examples(images, labels, predictions, maps, titles, len(names),
-                              f"image→text attention, block {layer}, σ={sigma:g}")
+                              f"image→text attention, layer {layer}, σ={sigma:g}")

@@ -18,7 +18,7 @@ def select_expert_task(params: Params) -> dict:
     if not scores_path.exists():
         raise FileNotFoundError(f"{scores_path} does not exist: run the score stage first (dvc repro score)")
     p = params.select
-    expert = select_expert(pd.read_csv(scores_path), p.rule, p.direction, p.force_layer, p.force_timestep)
+    expert = select_expert(pd.read_csv(scores_path), p.rule, p.direction, p.force_layer, p.force_sigma)
     stats = stats_path(params.score.output)
     if "runner_up" in expert and stats.exists():
         with np.load(stats) as arrays:

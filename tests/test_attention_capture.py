@@ -4,7 +4,9 @@ import pytest
 import torch
 from tiny_pipelines import tiny_flux_transformer, tiny_sd3_transformer
 
-from seg4diff.capture.attention import attention_with_lse, capture_attention, joint_attention_modules
+from seg4diff.capture.attention import capture_attention
+from seg4diff.capture.families import joint_attention_modules
+from seg4diff.capture.kernels import attention_with_lse
 from seg4diff.capture.kernels import chunked_attention_with_lse
 from seg4diff.testing.reference import naive_flux_attention, naive_sd3_attention
 

@@ -10,7 +10,7 @@ from scipy import ndimage
 from test_attention_capture import TEXT, _flux_inputs, _sd3_inputs
 from tiny_pipelines import tiny_flux_transformer, tiny_sd3_transformer
 
-from seg4diff.capture.attention import joint_attention_modules
+from seg4diff.capture.families import joint_attention_modules
 from seg4diff.capture.perturb import gaussian_blur, perturb, perturb_attention
 from seg4diff.evaluation.metrics import miou_of
 from seg4diff.evaluation.statistics import paired_mean_difference, paired_miou_difference

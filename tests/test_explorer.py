@@ -93,20 +93,20 @@ def test_the_page_in_headless_chromium_follows_its_controls_without_errors(page,
     browser.wait_for("document.body.dataset.ready === '1'")  # the embedded arrays inflated
     attention = "document.getElementById('attention').toDataURL()"
     select = "(id, value) => { const s = document.getElementById(id); s.value = value; s.dispatchEvent(new Event('change')); }"
-    assert browser.evaluate("document.getElementById('block').value") == "2"  # opens on the expert
+    assert browser.evaluate("document.getElementById('layer').value") == "2"  # opens on the expert
     before = browser.evaluate(attention)
-    browser.evaluate(f"({select})('block', '0')")
+    browser.evaluate(f"({select})('layer', '0')")
     after_block = browser.evaluate(attention)
-    assert after_block != before and browser.evaluate("document.getElementById('attcaption').textContent").endswith("block 0")
+    assert after_block != before and browser.evaluate("document.getElementById('attcaption').textContent").endswith("layer 0")
     words = browser.evaluate("document.getElementById('word').options.length")
     assert words >= 1
     if words > 1:
         browser.evaluate(f"({select})('word', '1')")
         assert browser.evaluate(attention) != after_block
     browser.evaluate("document.dispatchEvent(new KeyboardEvent('keydown', {key: 'ArrowRight'}))")
-    assert browser.evaluate("document.getElementById('block').value") == "1"  # arrows step through blocks
+    assert browser.evaluate("document.getElementById('layer').value") == "1"  # arrows step through blocks
     browser.evaluate("document.querySelectorAll('#heatmap rect')[2 * 2 + 1].dispatchEvent(new MouseEvent('click'))")
-    assert browser.evaluate("[document.getElementById('block').value, document.getElementById('sigma').value]") == ["2", "1"]
+    assert browser.evaluate("[document.getElementById('layer').value, document.getElementById('sigma').value]") == ["2", "1"]
     browser.evaluate("document.querySelectorAll('#thumbs img')[3].click()")
     assert "3" in browser.evaluate("document.getElementById('sampleid').textContent") or browser.evaluate(
         "document.querySelectorAll('#thumbs img')[3].classList.contains('current')")

@@ -180,7 +180,7 @@ class ExtractParams(Group):
         "denoising steps of a num_inference_steps schedule counted FROM THE END, as the authors' timesteps[-8] "
         "(SD3, 28 steps, shift 3: σ = 0.5151)"))
     sigmas: list[float] | None = Field([0.1, 0.3, 0.5, 0.7], description="noise levels in (0, 1]; when set, used instead of steps_from_end")
-    layers: list[int] | None = Field(None, description="blocks to capture (None: all)")
+    layers: list[int] | None = Field(None, description="layers to capture (None: all)")
     directions: list[Literal["image_to_text", "text_to_image"]] = ["image_to_text", "text_to_image"]
     head_mean: bool = False
     diagnostics: bool = Field(True, description="also store text-mass and entropy per query (cheap: no N×N matrix)")
@@ -200,7 +200,7 @@ class ExtractParams(Group):
 
 
 class ScoreParams(Group):
-    timesteps: list[float] | None = Field(None, description="sigmas of the store to score (None: all stored)")
+    sigmas: list[float] | None = Field(None, description="noise levels σ of the store to score (None: all stored)")
     bootstrap_resamples: int = Field(1000, ge=10)
     seed: int = 0
     examples: int = Field(4, ge=0, description="samples shown in the example attention-map grid")
@@ -212,13 +212,13 @@ class SelectParams(Group):
         "best_miou", description="highest head-mean mIoU, or highest lower end of its 95% interval")
     direction: Literal["image_to_text", "text_to_image"] = "image_to_text"
     force_layer: int | None = Field(None, description="pin the expert layer (e.g. 9 for SD3, as in the paper)")
-    force_timestep: float | None = Field(None, description="pin the sigma (must be one of the scored sigmas)")
+    force_sigma: float | None = Field(None, description="pin the noise level σ (must be one of the scored sigmas)")
     output: str = "results/expert.json"
 
 
 class CausalParams(Group):
     split: str = Field("val", description="captions generated from and images the flow loss is measured on")
-    blocks: list[int] | None = Field(None, description="blocks perturbed one at a time (None: every block)")
+    layers: list[int] | None = Field(None, description="layers perturbed one at a time (None: every layer)")
     perturbations: list[Literal["blur", "mean", "shuffle"]] = Field(
         ["blur", "mean", "shuffle"], min_length=1,
         description="blur: the paper's Gaussian blur of each word's map; mean: its spatial mean; shuffle: words permuted")
@@ -247,7 +247,7 @@ class FinetuneParams(Group):
     target_modules: list[str] = ["to_q", "to_k", "to_v", "to_out.0"]
     lambda_flow: float = Field(3.0, ge=0, description="the paper: 1.0; on the organism 3.0 keeps the flow loss within 2%")
     mask_loss: Literal["focal_dice", "predictor"] = Field("focal_dice", description=(
-        "focal_dice: the paper's focal + dice on the expert block's head-mean logits; predictor (gt_classes mode): the "
+        "focal_dice: the paper's focal + dice on the expert layer's head-mean logits; predictor (gt_classes mode): the "
         "cross-entropy of the zero-shot predictor's decision (argmax class, background below prompt.background_threshold "
         "× the peak) on its head-mean probabilities"))
     lambda_focal: float = Field(0.1, ge=0)
@@ -292,7 +292,7 @@ class EvaluateParams(Group):
     kl_thresholds: list[float] = Field([0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.1, 0.2], min_length=1, description=(
         "unsupervised: candidate thresholds of the anchor grouping (symmetric KL), the best chosen on val_split"))
     predictors: list[Literal["probability", "logit"]] = Field(["probability", "logit"], min_length=1, description=(
-        "GT-class protocol: how the expert block's maps become a prediction, the best chosen on val_split for each model "
+        "GT-class protocol: how the expert layer's maps become a prediction, the best chosen on val_split for each model "
         "(probability: head-mean softmax, as the paper; logit: head-mean logits, sigmoid > ½, what MAGNET's losses train)"))
     val_split: str = Field("val", description="split the unsupervised threshold and the predictor are chosen on (never the evaluated one)")
     val_samples: int = Field(100, ge=1, description="samples of val_split used to choose them")

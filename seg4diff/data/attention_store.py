@@ -10,7 +10,10 @@
         attention mass on all text keys, entropy of the full softmax row
     text_to_image_mass, text_entropy (sample, layer, head, timestep, token)   the same per kept text query
     prompt (sample) str;  complete (sample) bool  — written LAST for a sample, so a killed run never looks done
-    coords: sample (index in the prepared split), layer, head (−1: head mean), timestep (sigma), token (slot), y, x
+    coords: sample (index in the prepared split), layer, head (−1: head mean), timestep (the scheduler's timestep the
+        transformer was given, σ·1000) with `sigma` (the noise level σ) along it, token (slot), y, x
+
+Select noise levels by σ with `store.swap_dims(timestep="sigma").sel(sigma=...)`, or through `sigma_index`.
 """
 from __future__ import annotations
 
@@ -25,7 +28,10 @@ import numpy as np
 import xarray as xr
 import zarr
 
-SCHEMA_VERSION = 1
+from seg4diff.backbones.noise import scheduler_timesteps
+from seg4diff.errors import ConfigError
+
+SCHEMA_VERSION = 2  # 2: the `timestep` dim holds scheduler timesteps, σ is its `sigma` coordinate
 DIMS = ("sample", "layer", "head", "timestep", "token", "y", "x")
 ATTENTION = ("image_to_text", "text_to_image")
 IMAGE_DIAGNOSTICS = ("image_to_text_mass", "image_entropy")
@@ -34,6 +40,10 @@ IMAGE_DIAGNOSTIC_DIMS = ("sample", "layer", "head", "timestep", "y", "x")
 TEXT_DIAGNOSTIC_DIMS = ("sample", "layer", "head", "timestep", "token")
 TOKEN_VARS = {"token_position": np.int32, "token_class": np.int16}
 TEXT_VARS = ("token_encoder", "token_text")
+
+
+class StoreVersionError(ConfigError):
+    """The store was written by another schema version of seg4diff: rebuilding it is the fix, not a retry."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +101,8 @@ def create_store(path: Path, layout: StoreLayout, attrs: dict) -> None:
     variables |= {"prompt": (("sample",), np.full(n, "", dtype=object)),
                   "complete": (("sample",), da.zeros(n, dtype=bool, chunks=1))}
     dataset = xr.Dataset(variables, coords={"sample": np.arange(n), "layer": layout.layers, "head": layout.heads,
-                                            "timestep": np.asarray(layout.sigmas, dtype=np.float64),
+                                            "timestep": scheduler_timesteps(layout.sigmas),
+                                            "sigma": ("timestep", np.asarray(layout.sigmas, dtype=np.float64)),
                                             "token": np.arange(layout.tokens), "y": np.arange(layout.grid[0]),
                                             "x": np.arange(layout.grid[1])},
                          attrs={"schema_version": SCHEMA_VERSION, **attrs})
@@ -144,9 +155,20 @@ def open_attention(path: Path) -> xr.Dataset:
         raise FileNotFoundError(f"attention store {path} does not exist: run the extract stage (dvc repro extract)")
     with _quiet():
         dataset = xr.open_zarr(path, consolidated=False, zarr_format=3)
-    if dataset.attrs.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(f"{path} has schema version {dataset.attrs.get('schema_version')}, expected {SCHEMA_VERSION}")
+    version = dataset.attrs.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise StoreVersionError(f"attention store {path} has schema version {version}, this seg4diff reads version "
+                                f"{SCHEMA_VERSION}: rebuild it (delete {path}, then `dvc repro extract` or `python -m flows.extract`)")
     return dataset
+
+
+def sigma_index(store: xr.Dataset, sigmas: list[float]) -> list[int]:
+    """Returns the positions along `timestep` of the noise levels `sigmas`; raises ValueError naming any not stored."""
+    stored = [float(s) for s in store["sigma"].values]
+    unknown = sorted(set(sigmas) - set(stored))
+    if unknown:
+        raise ValueError(f"sigmas {unknown} are not in the attention store (stored: {stored})")
+    return [stored.index(s) for s in sigmas]
 
 
 def completed(path: Path) -> np.ndarray:

@@ -52,7 +52,7 @@ def _ends_inside(encoding, span: ClassSpan) -> bool:
 @torch.no_grad()
 def prompt_logits(backbone: Backbone, rows: xr.Dataset, indices: list[int], layer: int, sigma: float, seed: int,
                   encoding, positions: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Returns one block's image→text logits (batch, head, token, y, x) and each image query's log-sum-exp over all
+    """Returns one layer's image→text logits (batch, head, token, y, x) and each image query's log-sum-exp over all
     joint keys (batch, head, y, x), with the seeded noise of `segment.expert_maps`."""
     images = torch.from_numpy(rows["image"].values).permute(0, 3, 1, 2).float() / 255
     latents = backbone.encode_images(images)

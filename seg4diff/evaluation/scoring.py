@@ -1,7 +1,7 @@
-"""Layer-wise grounding scores from the attention store: zero-shot mIoU per (layer, timestep, head), with intervals.
+"""Layer-wise grounding scores from the attention store: zero-shot mIoU per (layer, σ, head), with intervals.
 
 Streams over samples (one sample's attention in memory at a time, float32 accumulation) and keeps, per sample, only
-O(classes) statistics per (layer, timestep): each class's true positives, label area and prediction area. They add
+O(classes) statistics per (layer, σ): each class's true positives, label area and prediction area. They add
 up over samples, so the dataset mIoU and a seeded bootstrap over samples (a 95% interval for every layer) come from
 them exactly as from confusion matrices, at 3·C numbers where a confusion matrix holds C².
 """
@@ -22,10 +22,10 @@ from seg4diff.segmentation.masks import class_maps, predict
 
 @dataclass
 class ScoreTables:
-    per_sample: np.ndarray  # (sample, direction, layer, timestep, 3, C) head-mean class statistics per sample (int32)
-    per_head: np.ndarray  # (direction, layer, head, timestep, 3, C) summed over samples
-    layer_mean: np.ndarray  # (direction, timestep, 3, C): maps averaged over all layers (a reference)
-    diagnostics: dict[str, np.ndarray]  # name → (layer, timestep) means
+    per_sample: np.ndarray  # (sample, direction, layer, sigma, 3, C) head-mean class statistics per sample (int32)
+    per_head: np.ndarray  # (direction, layer, head, sigma, 3, C) summed over samples
+    layer_mean: np.ndarray  # (direction, sigma, 3, C): maps averaged over all layers (a reference)
+    diagnostics: dict[str, np.ndarray]  # name → (layer, sigma) means
     directions: list[str]
     layers: list[int]
     heads: list[int]
@@ -46,12 +46,12 @@ def _predictable(token_class: np.ndarray, background_threshold: float | None) ->
 
 def score_store(store: xr.Dataset, labels: xr.DataArray, num_classes: int, background_threshold: float | None = None,
                 progress: bool = True, sizes: list[tuple[int, int]] | None = None) -> ScoreTables:
-    """Returns class statistics for every sample, direction, layer, timestep and head of a complete attention store.
+    """Returns class statistics for every sample, direction, layer, σ and head of a complete attention store.
 
     `background_threshold`: for stores whose prompts left background out (see masks.predict). `sizes`: each sample's
     valid label (height, width) inside the padded `labels` (prepared.label_sizes; None: the whole label)."""
     directions = [d for d in ATTENTION if d in store]
-    layers, heads, sigmas = store["layer"].values.tolist(), store["head"].values.tolist(), store["timestep"].values.tolist()
+    layers, heads, sigmas = store["layer"].values.tolist(), store["head"].values.tolist(), store["sigma"].values.tolist()
     n = store.sizes["sample"]
     sizes = sizes or [(labels.sizes["label_y"], labels.sizes["label_x"])] * n
     per_sample = np.zeros((n, len(directions), len(layers), len(sigmas), 3, num_classes), np.int32)  # pixel counts < 2³¹
@@ -65,18 +65,18 @@ def score_store(store: xr.Dataset, labels: xr.DataArray, num_classes: int, backg
         target = labels.isel(sample=s).values[: size[0], : size[1]]
         classes = _predictable(token_class, background_threshold)
         for d, direction in enumerate(directions):
-            maps = sample[direction].values.astype(np.float32)  # (layer, head, timestep, token, y, x)
+            maps = sample[direction].values.astype(np.float32)  # (layer, head, timestep, token, y, x): one timestep per σ
             head_mean = maps.mean(axis=1)
-            predictions = _sample_predictions(head_mean, token_class, size, background_threshold)  # (layer, timestep, H, W)
+            predictions = _sample_predictions(head_mean, token_class, size, background_threshold)  # (layer, sigma, H, W)
             per_sample[s, d] = class_statistics(predictions, target, num_classes, predicted_classes=classes)
             if len(heads) > 1:
-                by_head = _sample_predictions(maps, token_class, size, background_threshold)  # (layer, head, timestep, H, W)
+                by_head = _sample_predictions(maps, token_class, size, background_threshold)  # (layer, head, sigma, H, W)
                 per_head[d] += class_statistics(by_head, target, num_classes, predicted_classes=classes)
-            averaged = _sample_predictions(head_mean.mean(axis=0), token_class, size, background_threshold)  # (timestep, H, W)
+            averaged = _sample_predictions(head_mean.mean(axis=0), token_class, size, background_threshold)  # (sigma, H, W)
             layer_mean[d] += class_statistics(averaged, target, num_classes, predicted_classes=classes)
         valid = token_class >= 0
         for name in sums:
-            values = sample[name].values.astype(np.float32).mean(axis=1)  # head mean → (layer, timestep, …)
+            values = sample[name].values.astype(np.float32).mean(axis=1)  # head mean → (layer, sigma, …)
             if name == "text_entropy":
                 sums[name] += values[..., valid].mean(axis=-1) if valid.any() else 0
             else:
@@ -86,7 +86,7 @@ def score_store(store: xr.Dataset, labels: xr.DataArray, num_classes: int, backg
 
 
 def stats_path(scores_csv: str | Path) -> Path:
-    """Where the score stage keeps per-sample head-mean class statistics of every (direction, block, σ), next to its
+    """Where the score stage keeps per-sample head-mean class statistics of every (direction, layer, σ), next to its
     CSV: what paired comparisons (expert vs runner-up) resample."""
     return Path(scores_csv).with_name("layer_stats.npz")
 
@@ -106,9 +106,9 @@ def bootstrap_miou(per_sample: np.ndarray, resamples: int, seed: int, chunk: int
 
 
 def tidy_scores(tables: ScoreTables, resamples: int, seed: int) -> pd.DataFrame:
-    """Returns the tidy table: layer, timestep, head ("mean" or an index), direction, metric, value, ci_low, ci_high."""
+    """Returns the tidy table: layer, sigma, head ("mean" or an index), direction, metric, value, ci_low, ci_high."""
     rows = []
-    total = tables.per_sample.sum(axis=0, dtype=np.int64)  # (direction, layer, timestep, 3, C)
+    total = tables.per_sample.sum(axis=0, dtype=np.int64)  # (direction, layer, sigma, 3, C)
     low, high = bootstrap_miou(tables.per_sample, resamples, seed)
     miou = miou_of(total)
     for d, direction in enumerate(tables.directions):
@@ -123,4 +123,4 @@ def tidy_scores(tables: ScoreTables, resamples: int, seed: int) -> pd.DataFrame:
             for t, sigma in enumerate(tables.sigmas):
                 rows.append((layer, sigma, "mean", "image_to_text" if name.startswith("image") else "text_to_image",
                              name, values[l, t], np.nan, np.nan))
-    return pd.DataFrame(rows, columns=["layer", "timestep", "head", "direction", "metric", "value", "ci_low", "ci_high"])
+    return pd.DataFrame(rows, columns=["layer", "sigma", "head", "direction", "metric", "value", "ci_low", "ci_high"])

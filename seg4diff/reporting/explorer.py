@@ -1,6 +1,6 @@
 """The attention explorer: one self-contained HTML page (data embedded, no network, no other file) to browse the
-image→text attention of the store by sample, block, head, noise level and class word, next to the ground truth, the
-prediction it makes, the layer × σ mIoU heatmap and the per-block grounding curve.
+image→text attention of the store by sample, layer, head, noise level and class word, next to the ground truth, the
+prediction it makes, the layer × σ mIoU heatmap and the per-layer grounding curve.
 
 Predictions are made here by the scoring code itself (masks.class_maps + masks.predict at each image's label size),
 so the page shows exactly what the metrics counted; the browser only draws.
@@ -85,8 +85,8 @@ def grounding_table(scores: pd.DataFrame, layers: list[int], sigmas: list[float]
     rows = scores[(scores["metric"] == "miou") & (scores["head"].astype(str) == "mean") & (scores["direction"] == "image_to_text")]
     table = {name: [[None] * len(sigmas) for _ in layers] for name in ("miou", "ci_low", "ci_high")}
     for row in rows.itertuples():
-        if row.layer in layers and any(np.isclose(row.timestep, sigmas)):
-            l, t = layers.index(row.layer), int(np.argmin(np.abs(np.asarray(sigmas) - row.timestep)))
+        if row.layer in layers and any(np.isclose(row.sigma, sigmas)):
+            l, t = layers.index(row.layer), int(np.argmin(np.abs(np.asarray(sigmas) - row.sigma)))
             for name, value in (("miou", row.value), ("ci_low", row.ci_low), ("ci_high", row.ci_high)):
                 table[name][l][t] = None if pd.isna(value) else round(float(value), 5)
     return table
@@ -100,7 +100,7 @@ def explorer_data(store: xr.Dataset, prepared: xr.Dataset, scores: pd.DataFrame,
     `causal`: optional table (layer, metric, value, ci_low, ci_high) drawn beside the grounding curve.
     """
     names = class_names(prepared)
-    layers, sigmas = store.layer.values.tolist(), [float(s) for s in store.timestep.values]
+    layers, sigmas = store.layer.values.tolist(), [float(s) for s in store.sigma.values]
     heads = ["mean"] + ([int(h) for h in store["head"].values] if store.sizes["head"] > 1 else [])
     count = min(samples, store.sizes["sample"])
     entries, totals = [], np.zeros((len(layers), len(heads), len(sigmas), 3, len(names)), np.int64)
@@ -114,7 +114,7 @@ def explorer_data(store: xr.Dataset, prepared: xr.Dataset, scores: pd.DataFrame,
     return {"classes": names, "palette": np.round(palette(len(names))[: len(names)] * 255).astype(int).tolist(),
             "colormap": colormap.tolist(),
             "layers": layers, "heads": heads, "sigmas": sigmas, "grid": [store.sizes["y"], store.sizes["x"]],
-            "expert": {"layer": expert["layer"], "timestep": expert["timestep"]}, "background": background_threshold,
+            "expert": {"layer": expert["layer"], "sigma": expert["sigma"]}, "background": background_threshold,
             "grounding": grounding_table(scores, layers, sigmas), "samples": entries,
             "class_iou": np.where(np.isnan(iou), -1, np.round(iou, 4)).tolist(),
             "causal": None if causal is None else causal.to_dict(orient="records")}

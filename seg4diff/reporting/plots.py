@@ -33,15 +33,15 @@ def image_grid(images: np.ndarray, titles: list[str], columns: int = 8) -> plt.F
 
 
 def layer_curve(scores, title: str = "zero-shot mIoU per layer") -> plt.Figure:
-    """Returns mIoU (head mean) per layer at each direction's best timestep, with 95% bootstrap intervals."""
+    """Returns mIoU (head mean) per layer at each direction's best σ, with 95% bootstrap intervals."""
     figure, axis = plt.subplots(figsize=(6, 3.5))
     rows = scores[(scores.metric == "miou") & (scores["head"] == "mean")]
     for direction, group in rows.groupby("direction"):
-        best_sigma = group.groupby("timestep").value.mean().idxmax()
-        curve = group[group.timestep == best_sigma].sort_values("layer")
+        best_sigma = group.groupby("sigma").value.mean().idxmax()
+        curve = group[group.sigma == best_sigma].sort_values("layer")
         axis.plot(curve.layer, curve.value, marker="o", label=f"{direction} (σ={best_sigma:g})")
         axis.fill_between(curve.layer, curve.ci_low, curve.ci_high, alpha=0.2)
-    axis.set(xlabel="block", ylabel="mIoU", title=title)
+    axis.set(xlabel="layer", ylabel="mIoU", title=title)
     axis.legend(fontsize=8)
     axis.grid(alpha=0.3)
     figure.tight_layout()
@@ -96,29 +96,29 @@ def attention_examples(images, labels, predictions, maps, map_titles, num_classe
     return figure
 
 
-def causal_figure(table, grounding, expert_block: int) -> plt.Figure:
-    """Returns, per block: the grounding mIoU (left), then for each perturbation the paired change of each image metric
-    and the flow-loss increase with their 95% intervals (the expert block marked)."""
+def causal_figure(table, grounding, expert_layer: int) -> plt.Figure:
+    """Returns, per layer: the grounding mIoU (left), then for each perturbation the paired change of each image metric
+    and the flow-loss increase with their 95% intervals (the expert layer marked)."""
     metrics = [m for m in table.metric.unique() if m != "perturbation_l1"]
     figure, axes = plt.subplots(1, 1 + len(metrics), figsize=(3.2 * (1 + len(metrics)), 3.2), squeeze=False)
     axes = axes[0]
     axes[0].plot(grounding.layer, grounding.value, marker="o", color="black")
     if "ci_low" in grounding:
         axes[0].fill_between(grounding.layer, grounding.ci_low, grounding.ci_high, alpha=0.2, color="grey")
-    axes[0].set(title="grounding mIoU (expert σ)", xlabel="block")
+    axes[0].set(title="grounding mIoU (expert σ)", xlabel="layer")
     for axis, metric in zip(axes[1:], metrics):
         rows = table[table.metric == metric]
         kinds = list(rows.perturbation.unique())
         for k, (kind, group) in enumerate(rows.groupby("perturbation", sort=False)):
-            x = group.block + (k - (len(kinds) - 1) / 2) * 0.18
+            x = group.layer + (k - (len(kinds) - 1) / 2) * 0.18
             axis.errorbar(x, group.delta, yerr=[group.delta - group.ci_low, group.ci_high - group.delta], fmt="o", ms=4,
                           capsize=2, label=kind)
         axis.axhline(0, color="grey", lw=0.8)
-        axis.set(title=("Δ " if metric != "flow_loss_increase" else "") + metric.replace("_", " "), xlabel="block")
+        axis.set(title=("Δ " if metric != "flow_loss_increase" else "") + metric.replace("_", " "), xlabel="layer")
     for axis in axes:
-        axis.axvline(expert_block, color="red", ls=":", lw=1)
+        axis.axvline(expert_layer, color="red", ls=":", lw=1)
         axis.grid(alpha=0.3)
     axes[-1].legend(fontsize=7)
-    figure.suptitle("perturbing one block's image→text attention during generation (red: expert block)", fontsize=9)
+    figure.suptitle("perturbing one layer's image→text attention during generation (red: expert layer)", fontsize=9)
     figure.tight_layout()
     return figure

@@ -1,6 +1,6 @@
-"""Zero-shot segmentation with one block's image→text attention (head mean), as Seg4Diff does it.
+"""Zero-shot segmentation with one layer's image→text attention (head mean), as Seg4Diff does it.
 
-Two predictors read the block: `probability` (the paper's: head-mean softmax probabilities, argmax over classes,
+Two predictors read the layer: `probability` (the paper's: head-mean softmax probabilities, argmax over classes,
 background below `background_threshold` × the image's peak) and `logit` (what MAGNET's focal and dice losses are trained
 on: head-mean pre-softmax logits, argmax over classes, background where the best class's sigmoid is below ½).
 """
@@ -27,7 +27,7 @@ Predictor = Literal["probability", "logit"]
 def expert_maps(backbone: Backbone, rows: xr.Dataset, sample_indices: list[int], layer: int, sigma: float, seed: int,
                 encoding: PromptEncoding, positions: torch.Tensor | list[int] | None = None,
                 predictor: Predictor = "probability") -> np.ndarray:
-    """Returns head-mean image→text maps (batch, token, y, x) of one block for a loaded batch, with seeded noise at σ:
+    """Returns head-mean image→text maps (batch, token, y, x) of one layer for a loaded batch, with seeded noise at σ:
     softmax probabilities, or pre-softmax logits for the `logit` predictor.
 
     `positions`: the text positions to keep, (token,) or (batch, token); None keeps every text position.

@@ -1,4 +1,4 @@
-"""MAGNET: LoRA on a frozen MM-DiT, trained with flow matching plus focal + dice losses on the expert block's
+"""MAGNET: LoRA on a frozen MM-DiT, trained with flow matching plus focal + dice losses on the expert layer's
 pre-softmax image→text logits (the paper's), or the cross-entropy of the zero-shot predictor's own decision on its
 head-mean probabilities (`mask_loss: predictor`). Checkpoints carry optimizer and RNG state, so a restarted run resumes exactly."""
 from __future__ import annotations
@@ -79,7 +79,7 @@ def _class_maps(maps: torch.Tensor, slot_class: np.ndarray, classes: np.ndarray)
 
 
 def magnet_loss(backbone: Backbone, rows: xr.Dataset, config: MagnetConfig, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
-    """Returns (weighted loss, parts) for one micro-batch of prepared samples: flow + focal + dice at the expert block."""
+    """Returns (weighted loss, parts) for one micro-batch of prepared samples: flow + focal + dice at the expert layer."""
     names = class_names(rows)
     mode = config.style.mode
     built = [build_prompt(config.style, rows["present"].values[k], names, str(rows["caption"].values[k])) for k in range(rows.sizes["sample"])]

@@ -1,0 +1,217 @@
+"""Exact, memory-light capture of MM-DiT joint attention between image and text tokens.
+
+    with capture_attention(transformer, layers=[9], text_tokens=positions) as cap:
+        transformer(**inputs)
+    cap.image_to_text   # xarray (batch, layer, head, image_token, text_token): softmax over ALL joint keys
+
+The capture is an observing intervention (`seg4diff.capture.intervention`): each block's processor replicates the
+stock diffusers one line for line, taking the attention output and the per-row log-sum-exp over all keys from one
+fused kernel. Only the image×text and text×image logits that are kept are formed, so the N×N joint matrix (and its
+image×image block) never exists. Inside a perturbation of the same block it records the attention the block used.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import xarray as xr
+
+from seg4diff.capture.families import Grid, joint_attention_modules
+from seg4diff.capture.intervention import Intervention, JointAttention, check_blocks, intervene
+from seg4diff.capture.kernels import attention_with_lse
+
+Direction = Literal["image_to_text", "text_to_image"]
+DIRECTIONS: tuple[Direction, ...] = ("image_to_text", "text_to_image")
+
+
+@dataclass(eq=False)
+class Recorder(Intervention):
+    """Collects, per captured layer, the requested slices of attention from inside the processors."""
+
+    directions: tuple[Direction, ...]
+    text_tokens: torch.Tensor | None  # (kept,) or (batch, kept) positions in the text sequence
+    head_mean: bool
+    output: Literal["probabilities", "logits"]
+    detach: bool
+    diagnostics: bool
+    text_length: int | None = None  # set per forward (FLUX single-stream blocks see one joint sequence)
+    grid: Grid | None = None  # image tokens as (rows, columns), set per forward
+    forwards: int = 0  # forward passes seen (denoising steps when a whole generation is captured)
+    records: dict[str, dict[int, list[torch.Tensor]]] = field(default_factory=dict)  # name → layer → one per call
+
+    @property
+    def calls(self) -> int:
+        """Forward passes seen."""
+        return self.forwards
+
+    def _keep(self, text: torch.Tensor) -> torch.Tensor:
+        """Returns the kept text rows of (batch, head, text, dim)."""
+        if self.text_tokens is None:
+            return text
+        if self.text_tokens.device != text.device:  # moved once, not once per block (a host-to-device copy syncs)
+            self.text_tokens = self.text_tokens.to(text.device)
+        index = self.text_tokens
+        if index.ndim == 1:
+            return text[:, :, index]
+        return torch.gather(text, 2, index[:, None, :, None].expand(-1, text.shape[1], -1, text.shape[-1]))
+
+    def _store(self, name: str, layer: int, value: torch.Tensor) -> None:
+        value = value.detach() if self.detach else value
+        if self.head_mean:
+            value = value.mean(dim=1, keepdim=True)
+        self.records.setdefault(name, {}).setdefault(layer, []).append(value)
+
+    def __call__(self, attention: JointAttention) -> None:
+        """Forms the kept image×text / text×image logits from q, k and the kernel's log-sum-exp over all keys.
+
+        The logits are formed in fp32 from fp32 copies of the (small) kept slices, whatever the model's dtype: a bf16
+        product would round each score to 8 bits of mantissa before the softmax. Where an editor changed the image→text
+        attention, that direction records what the block used instead.
+        """
+        layer, query, key, lse, scale = attention.block, attention.query, attention.key, attention.lse, attention.scale
+        text_slice, image_slice, edited = attention.text, attention.image, attention.edited
+        for direction in self.directions:
+            if direction == "image_to_text" and edited is not None:
+                self._record_edited(layer, edited[1], lse[:, :, image_slice])
+                continue
+            if direction == "image_to_text":
+                q, k, row_lse = query[:, :, image_slice], self._keep(key[:, :, text_slice]), lse[:, :, image_slice]
+            else:
+                q, k = self._keep(query[:, :, text_slice]), key[:, :, image_slice]
+                row_lse = self._keep(lse[:, :, text_slice, None])[..., 0]
+            logits = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+            self._store(direction, layer,
+                        logits if self.output == "logits" else torch.exp(logits - row_lse.float()[..., None]))
+            if self.output == "logits" and direction == "image_to_text":  # softmax denominators, to renormalise
+                self._store("image_lse", layer, row_lse.float())
+        if self.diagnostics:
+            self._diagnostics(layer, query, key, lse, scale, text_slice, image_slice, edited)
+
+    def _record_edited(self, layer: int, used: torch.Tensor, row_lse: torch.Tensor) -> None:
+        """Records the image→text probabilities an editor made the block use; as logits, log P' + lse, so that
+        logit − image_lse is still the log-probability."""
+        probabilities = self._keep(used.transpose(-1, -2)).transpose(-1, -2)
+        if self.output == "logits":
+            self._store("image_to_text", layer, torch.log(probabilities) + row_lse.float()[..., None])
+            self._store("image_lse", layer, row_lse.float())
+        else:
+            self._store("image_to_text", layer, probabilities)
+
+    def _diagnostics(self, layer, query, key, lse, scale, text_slice, image_slice, edited) -> None:
+        """Per query row: attention mass on the other modality and the entropy of the full row, still without N×N.
+
+        Entropy H = lse − Σ_j p_j·s_j, and Σ_j p_j·s_j = scale · q·(Σ_j p_j k_j) is attention with the keys as values.
+        An edited image row differs from the stock one only on the text keys: H' = H + Σ_text (p log p − p' log p').
+        """
+        with torch.no_grad():
+            expected_key, _ = attention_with_lse(query, key, key, scale)
+            entropy = lse.float() - scale * (query.float() * expected_key.float()).sum(-1)
+            query, key = query.float(), key.float()
+            k_text, k_image = key[:, :, text_slice], key[:, :, image_slice]
+            to_text = torch.logsumexp(torch.matmul(query[:, :, image_slice], k_text.transpose(-1, -2)) * scale, -1)
+            to_image = torch.logsumexp(torch.matmul(query[:, :, text_slice], k_image.transpose(-1, -2)) * scale, -1)
+            image_entropy, image_mass = entropy[:, :, image_slice], torch.exp(to_text - lse[:, :, image_slice].float())
+            if edited is not None:
+                stock, used = edited
+                image_entropy = image_entropy + (torch.special.xlogy(stock, stock)
+                                                 - torch.special.xlogy(used, used)).sum(-1)
+                image_mass = used.sum(-1)
+            self._store("image_entropy", layer, image_entropy)
+            self._store("text_entropy", layer, self._keep(entropy[:, :, text_slice, None])[..., 0])
+            self._store("image_to_text_mass", layer, image_mass)
+            self._store("text_to_image_mass", layer,
+                        self._keep(torch.exp(to_image - lse[:, :, text_slice].float())[..., None])[..., 0])
+
+
+def _unflatten(array: xr.DataArray, dim: str, grid: tuple[int, int]) -> xr.DataArray:
+    """Returns `array` with its `dim` axis (row-major image tokens) split into (y, x)."""
+    axis = array.dims.index(dim)
+    values = array.values.reshape(array.shape[:axis] + tuple(grid) + array.shape[axis + 1:])
+    coords = {name: coord for name, coord in array.coords.items() if dim not in coord.dims}
+    dims = array.dims[:axis] + ("y", "x") + array.dims[axis + 1:]
+    return xr.DataArray(values, dims=dims, coords=coords, name=array.name)
+
+
+@dataclass
+class AttentionCapture:
+    """What a capture recorded: per direction a (batch, layer, head, query, key) tensor per forward pass.
+
+    One forward inside the capture gives exactly those dims; several (a whole denoising loop, `pipe(prompt)`) add a
+    leading `step` dim, one entry per call, in call order.
+    """
+
+    layers: list[int]
+    recorder: Recorder
+
+    @property
+    def steps(self) -> int:
+        """Forward passes recorded."""
+        return self.recorder.calls
+
+    def tensor(self, name: str, step: int | None = None) -> torch.Tensor:
+        """Returns the record `name` stacked over layers: (batch, layer, head, ...) for one forward (or `step`),
+        (step, batch, layer, head, ...) for several — with gradients if not detached."""
+        if name not in self.recorder.records:
+            raise KeyError(f"nothing recorded for '{name}': was the transformer called inside the capture, "
+                           "with it requested?")
+        per_layer = self.recorder.records[name]
+        calls = len(per_layer[self.layers[0]])
+        if step is not None:
+            return torch.stack([per_layer[layer][step] for layer in self.layers], dim=1)
+        per_call = [torch.stack([per_layer[layer][call] for layer in self.layers], dim=1) for call in range(calls)]
+        return per_call[0] if calls == 1 else torch.stack(per_call)
+
+    def _array(self, name: str, dims: tuple[str, ...]) -> xr.DataArray:
+        values = self.tensor(name)
+        dims = (("step",) if values.ndim > len(dims) else ()) + dims
+        head = [-1] if self.recorder.head_mean else list(range(values.shape[dims.index("head")]))
+        return xr.DataArray(values.detach().float().cpu().numpy(), dims=dims, name=name,
+                            coords={"layer": self.layers, "head": head})
+
+    @property
+    def image_to_text(self) -> xr.DataArray:
+        return self._array("image_to_text", ("batch", "layer", "head", "image_token", "text_token"))
+
+    @property
+    def text_to_image(self) -> xr.DataArray:
+        return self._array("text_to_image", ("batch", "layer", "head", "text_token", "image_token"))
+
+    def maps(self, direction: Direction = "image_to_text") -> xr.DataArray:
+        """Returns the direction's attention with the image tokens laid out on the token grid as (y, x)."""
+        if self.recorder.grid is None:
+            raise ValueError("the image token grid is unknown: the transformer was not called with image latents")
+        return _unflatten(getattr(self, direction), "image_token", self.recorder.grid)
+
+    def diagnostic(self, name: str) -> xr.DataArray:
+        """image_entropy / image_to_text_mass (…, image_token) or text_entropy / text_to_image_mass (…, text_token)."""
+        token = "image_token" if name.startswith("image") else "text_token"
+        return self._array(name, ("batch", "layer", "head", token))
+
+
+@contextlib.contextmanager
+def capture_attention(transformer: torch.nn.Module, layers: Sequence[int] | None = None,
+                      directions: Sequence[Direction] = DIRECTIONS,
+                      text_tokens: Sequence[int] | torch.Tensor | None = None, head_mean: bool = False,
+                      output: Literal["probabilities", "logits"] = "probabilities", detach: bool = True,
+                      diagnostics: bool = False) -> Iterator[AttentionCapture]:
+    """Records the attention of `layers` (None: every block) for every forward inside the context; on exit (even on
+    error) the blocks' processors are as they were.
+
+    `text_tokens`: positions in the text sequence to keep, (kept,) for the whole batch or (batch, kept) per sample.
+    `output="logits"` keeps the pre-softmax scores (for losses) and, as `image_lse`, each image query's log-sum-exp
+    over all joint keys (logit − image_lse is the log-probability); `detach=False` keeps their graph.
+    Every forward inside the capture is kept (a `step` dim when there are several): to wrap a whole generation at
+    full size, bound the memory with `layers`, `text_tokens` and `head_mean`.
+    """
+    modules = joint_attention_modules(transformer)
+    layers = list(range(len(modules))) if layers is None else check_blocks(layers, modules)
+    unknown = set(directions) - set(DIRECTIONS)
+    if unknown:
+        raise ValueError(f"unknown directions {sorted(unknown)}; choose from {DIRECTIONS}")
+    index = None if text_tokens is None else torch.as_tensor(text_tokens, dtype=torch.long)
+    recorder = Recorder(tuple(directions), index, head_mean, output, detach, diagnostics)
+    with intervene(transformer, layers, recorder):
+        yield AttentionCapture(layers, recorder)
