@@ -6,7 +6,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 export DO_NOT_TRACK := 1
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 
-.PHONY: install test test-fast demo benchmark ui-check clean
+.PHONY: install test test-fast lint demo benchmark ui-check clean
 
 install: $(STAMP)
 
@@ -20,6 +20,11 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# ruff's linter and formatter check (configured in pyproject.toml: line length 120); CI runs it beside the tests
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # everything but the real-server, end-to-end and kill tests (marked slow)
 test-fast: $(STAMP)

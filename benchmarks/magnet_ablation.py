@@ -18,13 +18,14 @@ import argparse
 import dataclasses
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from seg4diff.backbones.backbone import load_backbone
 from seg4diff.config import load_params
-from seg4diff.data.prepared import open_prepared
+from seg4diff.data.prepared import open_prepared, open_split
 from seg4diff.evaluation.causal import generation_scores
 from seg4diff.evaluation.fidelity import generate
 from seg4diff.evaluation.flow_loss import flow_losses
@@ -32,7 +33,7 @@ from seg4diff.evaluation.metrics import miou_of
 from seg4diff.evaluation.protocols import image_statistics
 from seg4diff.evaluation.statistics import paired_mean_difference, paired_miou_difference, resample_weights
 from seg4diff.prompts import prompt_style
-from seg4diff.segmentation.zero_shot import choose_predictor, segment_batch
+from seg4diff.segmentation.zero_shot import Readout, choose_predictor, segment_batch
 from seg4diff.training.magnet import train_magnet
 from tasks.finetune import magnet_config
 
@@ -40,17 +41,17 @@ from tasks.finetune import magnet_config
 def measure(params, lora: Path | None, expert: dict) -> dict:
     """Per test image class statistics (with the predictor chosen on val) and flow loss, per caption colour agreement."""
     backbone = load_backbone(params.model, lora=lora)
-    test = open_prepared(Path(params.prepare.output) / "test.zarr")
+    test = open_split(params.prepare.output, "test")
     style = prompt_style(params.prompt, "gt_classes")
-    predictor, by_predictor = choose_predictor(backbone, open_prepared(Path(params.prepare.output) / f"{params.evaluate.val_split}.zarr"),
-                                               expert["layer"], expert["sigma"], params.evaluate.seed, 16, style,
-                                               params.prompt.threshold, params.evaluate.predictors, params.evaluate.val_samples)
+    readout = Readout.for_expert(expert, params.prompt, params.evaluate.seed)
+    predictor, by_predictor = choose_predictor(backbone, open_split(params.prepare.output, params.evaluate.val_split), readout,
+                                               16, params.evaluate.predictors, params.evaluate.val_samples)
+    readout = replace(readout, predictor=predictor)
     stats = []
     for start in range(0, test.sizes["sample"], 16):
         indices = list(range(start, min(start + 16, test.sizes["sample"])))
         rows = test.isel(sample=indices).load()
-        predictions = segment_batch(backbone, rows, indices, expert["layer"], expert["sigma"], params.evaluate.seed, style,
-                                    params.prompt.threshold, predictor)
+        predictions = segment_batch(backbone, rows, indices, readout)
         stats.append(image_statistics(predictions, rows["label"].values, test.sizes["class"]))
     captions = [str(c) for c in test.caption.values[:64]]
     images = generate(backbone, captions, params.evaluate.generation_steps, params.evaluate.guidance, params.evaluate.seed, test.sizes["y"])

@@ -17,7 +17,7 @@ from organism_grounding import baseline_stats, grounding
 
 from seg4diff.config import load_params
 from seg4diff.organism.pipeline import Architecture, OrganismPipeline
-from seg4diff.training.pretrain import TrainingSchedule, train
+from seg4diff.training.pretrain import train
 from tasks.pretrain import load_split
 
 
@@ -30,8 +30,7 @@ def train_seed(params, seed: int, directory: Path) -> float:
     words = sorted({word for text in [*names, *captions] for word in text.split()})
     pipe = OrganismPipeline.build(words, Architecture.from_params(p.architecture, params.prepare.resolution), seed)
     started = time.perf_counter()
-    train(pipe, images, captions, TrainingSchedule(p.steps, p.batch_size, p.lr, p.warmup_steps, p.weight_decay, p.grad_clip,
-                                                   p.caption_dropout, seed), progress=False)
+    train(pipe, images, captions, p.model_copy(update={"seed": seed}), progress=False)
     pipe.save_pretrained(directory)
     return time.perf_counter() - started
 

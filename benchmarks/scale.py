@@ -34,7 +34,8 @@ def synthetic(samples: int, classes: int, layers: int, heads: int) -> tuple[xr.D
     token_class = prompted[np.arange(samples)[:, None], rng.integers(0, 3, (samples, TOKENS))].astype(np.int16)
     store = xr.Dataset({"image_to_text": (("sample", "layer", "head", "timestep", "token", "y", "x"), maps),
                         "token_class": (("sample", "token"), token_class)},
-                       coords={"layer": np.arange(layers), "head": np.arange(heads), "timestep": [0.5]})
+                       coords={"layer": np.arange(layers), "head": np.arange(heads), "timestep": [500.0],
+                               "sigma": ("timestep", [0.5])})
     slots = rng.integers(0, 3, (samples, LABEL * LABEL))  # labels are small (2000 × 64 × 64 bytes): plain numpy
     labels = np.take_along_axis(prompted, slots, axis=1).reshape(samples, LABEL, LABEL).astype(np.uint8)
     return store, xr.DataArray(labels, dims=("sample", "label_y", "label_x"))

@@ -7,56 +7,44 @@ from pathlib import Path
 
 import mlflow
 import pandas as pd
-from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from flows.cli import main
 from flows.runners import gpu_request
-from flows.tracking import stage_run
-from seg4diff.config import load_params
+from flows.stages import Outcome, stage_flow
+from seg4diff.config import Params
 from seg4diff.evaluation.causal import causal_summary
-from seg4diff.reporting.outputs import round_floats, write_csv, write_json
+from seg4diff.evaluation.scoring import head_mean_curve
+from seg4diff.reporting.outputs import round_floats, write_csv
 from seg4diff.reporting.plots import causal_figure, image_grid
 from tasks.causal import causal_task, example_panels
 
-METRICS = Path("metrics/causal.json")
 
-
-def _grounding(params) -> pd.DataFrame:
-    """The head-mean image→text mIoU per layer at the expert's σ (from the score stage)."""
-    scores, expert = pd.read_csv(params.score.output), json.loads(Path(params.select.output).read_text())
-    rows = scores[(scores.metric == "miou") & (scores["head"].astype(str) == "mean") & (scores.direction == "image_to_text")]
-    return rows[(rows.sigma - expert["sigma"]).abs() < 1e-9].sort_values("layer")
-
-
-@flow(name="causal")
-def causal(params_path: str = "params.yaml", presets: list[str] | None = None, overrides: dict | None = None) -> dict:
+@stage_flow("causal")
+def causal(params: Params, run) -> dict:
     """Writes causal.output and metrics/causal.json; returns the summary."""
-    params = load_params(params_path, overrides, presets or ())
     expert = json.loads(Path(params.select.output).read_text())
-    with stage_run("causal", params, ("causal",)):
-        with gpu_request(params):
-            table, examples = causal_task(params)
-        summary = causal_summary(table, expert["layer"])
-        write_csv(table, params.causal.output)
-        mlflow.log_artifact(params.causal.output)
-        mlflow.log_figure(causal_figure(table, _grounding(params), expert["layer"]), "causal.png")
-        layers = sorted(table.layer.unique().tolist())
-        for kind in table.perturbation.unique():
-            panels, titles = example_panels(examples, layers, kind)
-            mlflow.log_figure(image_grid(panels, titles, columns=1 + len(layers)), f"causal_examples_{kind}.png")
-        mlflow.log_metrics({f"{key}.expert_delta": value["expert_delta"] for key, value in summary.items()})
-        lines = [f"| {key} | {v['most_harmful_layer']} ({v['most_harmful_delta']:+.3f}) | {v['expert_delta']:+.3f} "
-                 f"[{v['expert_ci'][0]:+.3f}, {v['expert_ci'][1]:+.3f}] | {v['expert_rank']} of {v['layers']} |"
-                 for key, v in summary.items()]
-        create_markdown_artifact(key="causal-analysis", markdown=(
-            f"# Causal test of the expert (layer {expert['layer']})\n\nPerturbing one layer's image→text attention during "
-            "generation; paired differences vs the unperturbed model, 95% bootstrap intervals.\n\n"
-            "| perturbation.metric | most harmful layer (Δ) | expert Δ [95% CI] | expert's rank |\n|---|---|---|---|\n"
-            + "\n".join(lines)), description="Full table: results/causal.csv")
+    with gpu_request(params):
+        table, examples = causal_task(params)
+    summary = causal_summary(table, expert["layer"])
+    write_csv(table, params.causal.output)
+    mlflow.log_artifact(params.causal.output)
+    mlflow.log_figure(causal_figure(table, head_mean_curve(pd.read_csv(params.score.output), expert["sigma"]), expert["layer"]), "causal.png")
+    layers = sorted(table.layer.unique().tolist())
+    for kind in table.perturbation.unique():
+        panels, titles = example_panels(examples, layers, kind)
+        mlflow.log_figure(image_grid(panels, titles, columns=1 + len(layers)), f"causal_examples_{kind}.png")
+    mlflow.log_metrics({f"{key}.expert_delta": value["expert_delta"] for key, value in summary.items()})
+    lines = [f"| {key} | {v['most_harmful_layer']} ({v['most_harmful_delta']:+.3f}) | {v['expert_delta']:+.3f} "
+             f"[{v['expert_ci'][0]:+.3f}, {v['expert_ci'][1]:+.3f}] | {v['expert_rank']} of {v['layers']} |"
+             for key, v in summary.items()]
+    create_markdown_artifact(key="causal-analysis", markdown=(
+        f"# Causal test of the expert (layer {expert['layer']})\n\nPerturbing one layer's image→text attention during "
+        "generation; paired differences vs the unperturbed model, 95% bootstrap intervals.\n\n"
+        "| perturbation.metric | most harmful layer (Δ) | expert Δ [95% CI] | expert's rank |\n|---|---|---|---|\n"
+        + "\n".join(lines)), description="Full table: results/causal.csv")
     summary = round_floats(summary)
-    write_json(METRICS, summary)
-    return summary
+    return Outcome(summary)
 
 
 if __name__ == "__main__":

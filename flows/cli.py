@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from seg4diff.config import load_params, parse_assignments, preset_names
+from seg4diff.config import check_stage, load_params, parse_assignments, preset_names
 from seg4diff.errors import ConfigError, DataError
 
 
@@ -31,6 +31,7 @@ def run(name: str, flow: Callable, argv: list[str] | None = None, extra: Callabl
     """Parses the command line, validates the settings, and runs `flow` against one Prefect API; returns its result."""
     from flows.runners import for_stage
     from flows.server import prefect_api
+    from flows.stages import STAGES
 
     parser = parser_for(name, (sys.modules[flow.fn.__module__].__doc__ or name).strip().splitlines()[0])
     if extra:
@@ -39,6 +40,8 @@ def run(name: str, flow: Callable, argv: list[str] | None = None, extra: Callabl
     try:
         overrides = parse_assignments(args.assignments)
         params = load_params(args.params, overrides, args.preset)  # fail here, in one line, not inside a flow run
+        if name in STAGES:
+            check_stage(params, name)
     except ConfigError as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     kwargs = {"params_path": args.params, "presets": args.preset or None, "overrides": overrides or None}

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from prefect import serve
 
-from flows.pipeline import STAGES, pipeline
+from flows.pipeline import pipeline
+from flows.stages import STAGES
 
 
 def deployments() -> list:

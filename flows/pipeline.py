@@ -19,24 +19,12 @@ import yaml
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from flows.causal import causal
 from flows.cli import main
-from flows.evaluate import evaluate
-from flows.explore import explore
-from flows.extract import extract
-from flows.finetune import finetune
-from flows.prepare import prepare
-from flows.pretrain import pretrain
 from flows.runners import for_stage
-from flows.score import score
-from flows.select import select
+from flows.stages import REGISTRY, STAGES
 from flows.tracking import configure, git_commit, log_reused_stage, params_hash
-from seg4diff.config import load_params
+from seg4diff.config import check_stage, load_params
 from seg4diff.errors import ConfigError
-
-STAGES = ("prepare", "pretrain", "extract", "score", "select", "causal", "explore", "finetune", "evaluate")
-FLOWS = {"prepare": prepare, "pretrain": pretrain, "extract": extract, "score": score, "select": select,
-         "causal": causal, "explore": explore, "finetune": finetune, "evaluate": evaluate}
 
 
 def dvc_up_to_date(root: Path, stage: str) -> bool:
@@ -64,7 +52,9 @@ def pipeline(params_path: str = "params.yaml", presets: list[str] | None = None,
     unknown = set(stages or []) - set(STAGES)
     if unknown:
         raise ConfigError(f"unknown stages {sorted(unknown)}; the stages are {', '.join(STAGES)}")
-    chosen = list(STAGES) if stages is None else [s for s in STAGES if s in stages]
+    chosen = [s.name for s in REGISTRY if stages is None or s.name in stages]
+    for stage in chosen:  # every chosen stage's cross-field checks, before the first one loads anything
+        check_stage(params, stage)
     use_dvc = (root / "dvc.yaml").exists() and not overrides and not presets and not force
     specs = yaml.safe_load((root / "dvc.yaml").read_text())["stages"] if use_dvc else {}
     logger = get_run_logger()
@@ -77,12 +67,7 @@ def pipeline(params_path: str = "params.yaml", presets: list[str] | None = None,
                 log_reused_stage(stage, params, specs[stage])
                 report[stage] = "up to date (dvc.lock): reused"
                 continue
-            try:
-                for_stage(FLOWS[stage], params)(params_path=Path(params_path).name, presets=presets, overrides=overrides)
-            except ConfigError:
-                raise
-            except Exception as error:
-                raise RuntimeError(f"stage '{stage}' failed: {error}") from error
+            for_stage(STAGES[stage].flow(), params)(params_path=Path(params_path).name, presets=presets, overrides=overrides)
             if use_dvc:
                 dvc_record(root, stage)
             report[stage] = "ran"
@@ -92,7 +77,7 @@ def pipeline(params_path: str = "params.yaml", presets: list[str] | None = None,
 
 
 def _pipeline_options(parser) -> None:
-    parser.add_argument("--stages", nargs="+", choices=STAGES, metavar="STAGE", help=f"only these stages ({', '.join(STAGES)})")
+    parser.add_argument("--stages", nargs="+", choices=list(STAGES), metavar="STAGE", help=f"only these stages ({', '.join(STAGES)})")
     parser.add_argument("--force", action="store_true", help="run the chosen stages even when dvc.lock says they are up to date")
 
 

@@ -9,12 +9,13 @@ from prefect_dask import DaskTaskRunner
 
 from seg4diff.config import Params
 
-SHARDED = ("extract", "evaluate")  # stages whose tasks run as shards on Dask workers
-
 
 def for_stage(stage_flow, params: Params):
     """Returns the stage flow with its task runner: the shard runner for sharded stages, Prefect's default otherwise."""
-    return stage_flow.with_options(task_runner=shard_runner(params)) if stage_flow.name in SHARDED else stage_flow
+    from flows.stages import STAGES
+
+    sharded = stage_flow.name in STAGES and STAGES[stage_flow.name].sharded
+    return stage_flow.with_options(task_runner=shard_runner(params)) if sharded else stage_flow
 
 
 def shard_runner(params: Params) -> DaskTaskRunner:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import dask
@@ -12,13 +13,12 @@ from prefect import task
 from seg4diff.backbones.backbone import load_backbone
 from seg4diff.config import Params
 from seg4diff.data.prepared import open_split, require_captions
-from seg4diff.errors import ConfigError
 from seg4diff.evaluation.fidelity import clip_score, generate
 from seg4diff.evaluation.flow_loss import flow_losses
 from seg4diff.evaluation.protocols import choose_kl_threshold, evaluate_segmentation
 from seg4diff.organism.colours import caption_colour_agreement
 from seg4diff.prompts import prompt_style
-from seg4diff.segmentation.zero_shot import choose_predictor
+from seg4diff.segmentation.zero_shot import Readout, choose_predictor
 from tasks.retry import RETRY_TRANSIENT
 
 
@@ -42,15 +42,12 @@ def _evaluate_model(params: Params, variant: str) -> dict:
     backbone = load_backbone(params.model, lora=params.finetune.output if variant == "finetuned" else None)
     test = open_split(params.prepare.output, p.split)
     style = prompt_style(params.prompt, "gt_classes")
-    if p.val_split == p.split:
-        raise ConfigError(f"evaluate.val_split '{p.val_split}' is the evaluated split: the unsupervised threshold must be chosen on another")
     val = open_split(params.prepare.output, p.val_split)
-    kl_threshold, kl_curve = choose_kl_threshold(backbone, val, expert["layer"], expert["sigma"], p.seed, p.batch_size,
-                                                 p.kl_thresholds, style.columns, p.val_samples)
-    predictor, predictor_curve = choose_predictor(backbone, val, expert["layer"], expert["sigma"], p.seed, p.batch_size, style,
-                                                  params.prompt.threshold, p.predictors, p.val_samples)
-    results, gallery = evaluate_segmentation(backbone, test, expert["layer"], expert["sigma"], p.seed, p.batch_size,
-                                             kl_threshold, style, params.prompt.threshold, p.max_samples, predictor=predictor)
+    readout = Readout.for_expert(expert, params.prompt, p.seed)
+    kl_threshold, kl_curve = choose_kl_threshold(backbone, val, readout, p.batch_size, p.kl_thresholds, p.val_samples)
+    predictor, predictor_curve = choose_predictor(backbone, val, readout, p.batch_size, p.predictors, p.val_samples)
+    results, gallery = evaluate_segmentation(backbone, test, replace(readout, predictor=predictor), p.batch_size,
+                                             kl_threshold, p.max_samples)
     results["gt_classes"] |= {"predictor": predictor, "val_miou_by_predictor": predictor_curve}
     results["unsupervised_per_image_matching"]["val_miou_by_threshold"] = {str(t): m for t, m in kl_curve.items()}
     limit = min(test.sizes["sample"], p.max_samples or test.sizes["sample"])

@@ -9,7 +9,6 @@ from prefect import task
 from tqdm import tqdm
 
 from seg4diff.backbones.backbone import load_backbone, model_digest
-from seg4diff.capture.families import joint_attention_modules
 from seg4diff.capture.extract import (
     extract_range,
     fingerprint,
@@ -19,6 +18,7 @@ from seg4diff.capture.extract import (
     resolve_sigmas,
     storage_plan,
 )
+from seg4diff.capture.families import joint_attention_modules
 from seg4diff.config import Params
 from seg4diff.data.attention_store import SCHEMA_VERSION, StoreLayout, completed
 from seg4diff.data.prepared import class_names, open_split, require_captions

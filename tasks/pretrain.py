@@ -11,7 +11,7 @@ from seg4diff.data.prepared import class_names, open_split
 from seg4diff.organism.colours import caption_colour_agreement
 from seg4diff.organism.pipeline import Architecture, OrganismPipeline
 from seg4diff.organism.sampling import sample
-from seg4diff.training.pretrain import TrainingSchedule, flow_matching_loss, train
+from seg4diff.training.pretrain import flow_matching_loss, train
 
 
 def load_split(params: Params, split: str) -> tuple[torch.Tensor, list[str], list[str]]:
@@ -28,10 +28,8 @@ def train_organism_task(params: Params, run_id: str) -> dict:
     images, captions, names = load_split(params, "train")
     words = sorted({word for text in [*names, *captions] for word in text.split()})
     pipe = OrganismPipeline.build(words, Architecture.from_params(p.architecture, params.prepare.resolution), p.seed)
-    schedule = TrainingSchedule(p.steps, p.batch_size, p.lr, p.warmup_steps, p.weight_decay, p.grad_clip, p.caption_dropout, p.seed)
     client = MlflowClient()
-    log = train(pipe, images, captions, schedule, on_log=lambda step, loss: client.log_metric(run_id, "train_loss", loss, step=step),
-                log_every=p.log_every)
+    log = train(pipe, images, captions, p, on_log=lambda step, loss: client.log_metric(run_id, "train_loss", loss, step=step))
     pipe.save_pretrained(p.output)
     return {"steps": log.steps, "losses": log.losses, "seconds": log.seconds}
 

@@ -8,10 +8,10 @@ from prefect import task
 
 from seg4diff.config import Params
 from seg4diff.data.attention_store import open_attention, sigma_index
-from seg4diff.errors import ConfigError
 from seg4diff.data.prepared import class_names, label_sizes, native_label, open_split
+from seg4diff.errors import ConfigError
 from seg4diff.evaluation.metrics import miou_of
-from seg4diff.evaluation.scoring import ScoreTables, score_store, stats_path, tidy_scores
+from seg4diff.evaluation.scoring import ScoreTables, headline_scores, score_store, stats_path, tidy_scores
 from seg4diff.reporting.outputs import write_csv
 from seg4diff.reporting.plots import attention_examples, heatmap, layer_curve
 from seg4diff.segmentation.masks import class_maps, predict, upsample
@@ -66,15 +66,7 @@ def write_scores_task(params: Params, tables: ScoreTables) -> dict:
             by_head = miou_of(tables.per_head[d, :, :, best_t])
             figures[f"layer_head_{direction}.png"] = heatmap(by_head, tables.layers, tables.heads,
                                                              f"mIoU per head, {direction}, σ={tables.sigmas[best_t]:g}", "layer", "head")
-    reference = miou_of(tables.layer_mean)  # (direction, sigma)
-    headline = {}
-    for d, direction in enumerate(tables.directions):
-        grid = miou_of(tables.per_sample[:, d].sum(axis=0, dtype=np.int64))
-        l, t = np.unravel_index(np.nanargmax(grid), grid.shape)
-        headline |= {f"{direction}.best_layer": tables.layers[l], f"{direction}.best_sigma": tables.sigmas[t],
-                     f"{direction}.best_miou": float(grid[l, t]), f"{direction}.median_layer_miou": float(np.median(grid[:, t])),
-                     f"{direction}.all_layers_mean_maps_miou": float(np.nanmax(reference[d]))}
-    return {"figures": figures, "headline": headline, "rows": len(scores)}
+    return {"figures": figures, "headline": headline_scores(tables), "rows": len(scores)}
 
 
 @task(name="example-maps")

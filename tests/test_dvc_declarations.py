@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel
 
+from flows.stages import REGISTRY
 from seg4diff.config import Params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,6 +69,16 @@ def _entries(items) -> list[str]:
     return [next(iter(item)) if isinstance(item, dict) else item for item in items or []]
 
 
+def test_dvc_yaml_declares_the_registry_stages_in_order_with_their_metrics_files():
+    assert list(STAGES) == [stage.name for stage in REGISTRY]
+    for stage in REGISTRY:
+        spec = STAGES[stage.name]
+        assert spec["cmd"] == f"python -m flows.{stage.name}"
+        assert stage.flow().name == stage.name  # the flow, the DVC stage and the MLflow run share the word
+        if stage.metrics:
+            assert stage.metrics in _entries(spec.get("metrics")), stage.name
+
+
 def test_every_stage_depends_on_every_module_its_flow_imports():
     missing = {}
     for stage, spec in STAGES.items():
@@ -95,6 +106,11 @@ def test_the_checks_see_what_they_claim():
     """The import closure and the params scan find known facts (so that an empty result cannot pass the tests above)."""
     evaluate = import_closure("flows.evaluate")
     assert {Path("seg4diff/evaluation/fidelity.py"), Path("seg4diff/evaluation/metrics.py"), Path("tasks/retry.py")} <= evaluate
+    # each stage reads what its job needs: no fine-tuning code in the causal test, no perturbation or explorer in MAGNET
+    causal, finetune = import_closure("flows.causal"), import_closure("flows.finetune")
+    assert not {f for f in causal if f.parts[:2] == ("seg4diff", "training")}
+    assert Path("seg4diff/capture/perturb.py") in causal and Path("seg4diff/capture/perturb.py") not in finetune
+    assert not {Path("seg4diff/evaluation/causal.py"), Path("seg4diff/reporting/explorer.py")} & finetune
     assert {"select.output", "prompt", "evaluate"} <= params_read(ROOT / "tasks/evaluate.py") | params_read(ROOT / "flows/evaluate.py")
 
 

@@ -9,7 +9,7 @@ from seg4diff.data.shapes import CLASS_NAMES
 from seg4diff.evaluation.protocols import evaluate_segmentation, vocabulary_predictions, vocabulary_prompts
 from seg4diff.organism.pipeline import Architecture, OrganismPipeline
 from seg4diff.prompts import PromptStyle
-from seg4diff.segmentation.zero_shot import segment_batch
+from seg4diff.segmentation.zero_shot import Readout, segment_batch
 
 WORDS = sorted({w for n in CLASS_NAMES for w in n.split()} | {"and", "background"})
 
@@ -53,7 +53,7 @@ def test_vocabulary_classes_of_every_prompt_share_one_normalisation(test_split):
     style = PromptStyle("gt_classes", " and ", "word", "all")
     prompts = vocabulary_prompts(short, names, style)
     assert len(prompts) > 1
-    predictions = vocabulary_predictions(short, rows, [0, 1], 1, 0.5, 0, prompts, None, "all")
+    predictions = vocabulary_predictions(short, rows, [0, 1], Readout(1, 0.5, 0, style, None), prompts)
     images = torch.from_numpy(rows.image.values).permute(0, 3, 1, 2).float() / 255
     latents = short.encode_images(images)
     noisy = 0.5 * torch.stack([sample_noise(latents.shape[1:], 0, i) for i in (0, 1)]) + 0.5 * latents
@@ -88,15 +88,15 @@ def test_one_prompt_when_it_fits_gives_the_single_prompt_result(test_split):
     style = PromptStyle("vocabulary", " and ", "word", "all")
     prompts = vocabulary_prompts(long, names, style)
     assert len(prompts) == 1
-    merged = vocabulary_predictions(long, rows, [0, 1, 2, 3], 1, 0.5, 0, prompts, None, "all")
-    direct = segment_batch(long, rows, [0, 1, 2, 3], 1, 0.5, 0, style, None)
+    merged = vocabulary_predictions(long, rows, [0, 1, 2, 3], Readout(1, 0.5, 0, style, None), prompts)
+    direct = segment_batch(long, rows, [0, 1, 2, 3], Readout(1, 0.5, 0, style, None))
     assert (merged == direct).mean() > 0.999  # the same probabilities, head-averaged in another order
 
 
 def test_evaluation_reports_every_protocol(test_split):
     backbone = load_backbone(ModelParams(path=str(test_split / "organism8")))
-    results, gallery = evaluate_segmentation(backbone, open_prepared(test_split / "test.zarr"), 1, 0.5, 0, 2, 0.1,
-                                             PromptStyle("gt_classes", " and ", "threshold", "all"), 0.3, progress=False)
+    readout = Readout(1, 0.5, 0, PromptStyle("gt_classes", " and ", "threshold", "all"), 0.3)
+    results, gallery = evaluate_segmentation(backbone, open_prepared(test_split / "test.zarr"), readout, 2, 0.1, progress=False)
     assert set(results) == {"gt_classes", "vocabulary", "unsupervised_per_image_matching"}
     for result in results.values():
         assert 0 <= result["miou"] <= 1 and 0 <= result["pacc"] <= 1 and result["stats"].shape == (4, 3, 13)

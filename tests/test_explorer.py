@@ -17,7 +17,7 @@ LAYERS, HEADS, SIGMAS, TOKENS, GRID = [0, 1, 2], [0, 1], [0.3, 0.6], 4, 64  # th
 
 
 def known_store(prepared: xr.Dataset) -> xr.Dataset:
-    """Block 2: each class token attends exactly its class's pixels; block 1: a blurred copy; block 0: noise."""
+    """Layer 2: each class token attends exactly its class's pixels; layer 1: a blurred copy; layer 0: noise."""
     rng = np.random.default_rng(0)
     n = prepared.sizes["sample"]
     maps = rng.random((n, len(LAYERS), len(HEADS), len(SIGMAS), TOKENS, GRID, GRID)).astype(np.float32) * 0.01
@@ -37,21 +37,22 @@ def known_store(prepared: xr.Dataset) -> xr.Dataset:
     return xr.Dataset({"image_to_text": (("sample", "layer", "head", "timestep", "token", "y", "x"), maps),
                        "token_class": (("sample", "token"), token_class), "token_text": (("sample", "token"), texts),
                        "prompt": ("sample", np.array(prompts, dtype=object))},
-                      coords={"sample": np.arange(n), "layer": LAYERS, "head": HEADS, "timestep": SIGMAS},
+                      coords={"sample": np.arange(n), "layer": LAYERS, "head": HEADS, "timestep": np.asarray(SIGMAS) * 1000,
+                              "sigma": ("timestep", SIGMAS)},
                       attrs={"model": "known", "split": "val"})
 
 
 def scores_table() -> pd.DataFrame:
     rows = [(l, t, "mean", "image_to_text", "miou", 0.2 + 0.3 * l + 0.01 * i, 0.1 + 0.3 * l, 0.3 + 0.3 * l)
             for l in LAYERS for i, t in enumerate(SIGMAS)]
-    return pd.DataFrame(rows, columns=["layer", "timestep", "head", "direction", "metric", "value", "ci_low", "ci_high"])
+    return pd.DataFrame(rows, columns=["layer", "sigma", "head", "direction", "metric", "value", "ci_low", "ci_high"])
 
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
     root = prepared_shapes(tmp_path_factory.mktemp("explorer"), ["val"], 32, 64, seed=5, num_val=5)
     prepared = open_prepared(root / "val.zarr")
-    data = explorer_data(known_store(prepared), prepared, scores_table(), {"layer": 2, "timestep": 0.3}, samples=4,
+    data = explorer_data(known_store(prepared), prepared, scores_table(), {"layer": 2, "sigma": 0.3}, samples=4,
                          background_threshold=0.2)
     path = root / "explorer.html"
     path.write_text(render_html(data, "seg4diff attention explorer (test)"))
@@ -63,15 +64,15 @@ def test_the_page_shows_what_scoring_counts_on_a_store_with_a_known_answer(page)
     assert len(data["samples"]) == 4 and data["heads"] == ["mean", 0, 1] and data["layers"] == LAYERS
     iou = np.array(data["class_iou"])  # (layer, head, σ, class); −1: class neither labelled nor predicted
     present = sorted({c for s in range(4) for c in np.unique(native_label(prepared, s)) if c not in (0, 255)})
-    np.testing.assert_allclose(iou[2][:, :, present], 1.0)  # the exact block segments perfectly, every head, every σ
+    np.testing.assert_allclose(iou[2][:, :, present], 1.0)  # the exact layer segments perfectly, every head, every σ
     assert (iou[0][:, :, present] < 0.9).all()  # noise does not
     first = data["samples"][0]
     assert first["size"] == [64, 64]
     import base64
     import zlib
     prediction = np.frombuffer(zlib.decompress(base64.b64decode(first["pred"])), np.uint8).reshape(3, 3, 2, 64, 64)
-    np.testing.assert_array_equal(prediction[2, 0, 0], native_label(prepared, 0))  # block 2, head mean, σ 0.3 = the label
-    assert data["grounding"]["miou"][2][0] == pytest.approx(0.8) and data["expert"] == {"layer": 2, "timestep": 0.3}
+    np.testing.assert_array_equal(prediction[2, 0, 0], native_label(prepared, 0))  # layer 2, head mean, σ 0.3 = the label
+    assert data["grounding"]["miou"][2][0] == pytest.approx(0.8) and data["expert"] == {"layer": 2, "sigma": 0.3}
     html = path.read_text()
     assert not re.search(r"""(src|href)=["'](https?:)?//""", html) and "fetch(" not in html  # nothing loaded from elsewhere
     assert path.stat().st_size < 2 * 2**20
@@ -96,15 +97,15 @@ def test_the_page_in_headless_chromium_follows_its_controls_without_errors(page,
     assert browser.evaluate("document.getElementById('layer').value") == "2"  # opens on the expert
     before = browser.evaluate(attention)
     browser.evaluate(f"({select})('layer', '0')")
-    after_block = browser.evaluate(attention)
-    assert after_block != before and browser.evaluate("document.getElementById('attcaption').textContent").endswith("layer 0")
+    after_layer = browser.evaluate(attention)
+    assert after_layer != before and browser.evaluate("document.getElementById('attcaption').textContent").endswith("layer 0")
     words = browser.evaluate("document.getElementById('word').options.length")
     assert words >= 1
     if words > 1:
         browser.evaluate(f"({select})('word', '1')")
-        assert browser.evaluate(attention) != after_block
+        assert browser.evaluate(attention) != after_layer
     browser.evaluate("document.dispatchEvent(new KeyboardEvent('keydown', {key: 'ArrowRight'}))")
-    assert browser.evaluate("document.getElementById('layer').value") == "1"  # arrows step through blocks
+    assert browser.evaluate("document.getElementById('layer').value") == "1"  # arrows step through layers
     browser.evaluate("document.querySelectorAll('#heatmap rect')[2 * 2 + 1].dispatchEvent(new MouseEvent('click'))")
     assert browser.evaluate("[document.getElementById('layer').value, document.getElementById('sigma').value]") == ["2", "1"]
     browser.evaluate("document.querySelectorAll('#thumbs img')[3].click()")

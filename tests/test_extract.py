@@ -65,7 +65,8 @@ def test_store_holds_what_a_direct_capture_gives(tiny_model_dirs, prepared_val, 
     store = open_attention(tmp_path / "a.zarr")
     assert completed(tmp_path / "a.zarr").all()
     assert store.image_to_text.dims == ("sample", "layer", "head", "timestep", "token", "y", "x")
-    assert store.image_to_text.dtype == np.float16 and list(store.timestep.values) == [0.5, 0.8]
+    assert store.image_to_text.dtype == np.float16 and list(store.sigma.values) == [0.5, 0.8]
+    assert list(store.timestep.values) == [500.0, 800.0] and store.sigma.dims == ("timestep",)  # what the transformer got
     # independent recomputation of sample 4 at sigma 0.8, layer 2
     row = prepared.isel(sample=4).load()
     prompt = str(store.prompt.values[4])
@@ -80,10 +81,10 @@ def test_store_holds_what_a_direct_capture_gives(tiny_model_dirs, prepared_val, 
     with torch.no_grad(), capture_attention(backbone.transformer, [2], text_tokens=kept.tolist(), diagnostics=True) as cap:
         backbone.transformer(**backbone.transformer_inputs(0.8 * noise + 0.2 * latents, 0.8, encoding))
     expected = cap.image_to_text.values[0, 0]  # (head, image_token, token)
-    got = store.image_to_text.sel(layer=2, timestep=0.8).isel(sample=4).values[:, : len(kept)]
+    got = store.image_to_text.sel(layer=2, timestep=800.0).isel(sample=4).values[:, : len(kept)]
     np.testing.assert_allclose(got.reshape(2, len(kept), 64).transpose(0, 2, 1), expected, atol=2e-3)
     assert (store.image_to_text.isel(sample=4).values[..., len(kept):, :, :] == 0).all()  # empty slots
-    mass = store.image_to_text_mass.sel(layer=2, timestep=0.8).isel(sample=4).values.reshape(2, 64)
+    mass = store.image_to_text_mass.sel(layer=2, timestep=800.0).isel(sample=4).values.reshape(2, 64)
     np.testing.assert_allclose(mass, cap.diagnostic("image_to_text_mass").values[0, 0], atol=1e-5)
     assert np.all(mass >= expected.sum(-1) - 1e-3)  # all text keys hold at least the kept ones' mass
     classes = store.token_class.values[4][: len(kept)]

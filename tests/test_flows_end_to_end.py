@@ -33,7 +33,7 @@ def test_prepare_pretrain_extract_score_select(prefect_harness, tmp_path, monkey
                       "batch_size": 2, "workers": 2}
     raw["score"] = {"bootstrap_resamples": 50, "examples": 2, "output": str(tmp_path / "results/layer_scores.csv")}
     raw["select"] = {"output": str(tmp_path / "results/expert.json")}
-    raw["causal"] = {"blocks": [0, 2], "perturbations": ["blur", "shuffle"], "captions": 4, "generation_steps": 2,
+    raw["causal"] = {"layers": [0, 2], "perturbations": ["blur", "shuffle"], "captions": 4, "generation_steps": 2,
                      "flow_samples": 4, "bootstrap_resamples": 100, "output": str(tmp_path / "results/causal.csv")}
     raw["explore"] = {"samples": 3, "output": str(tmp_path / "results/explorer.html")}
     raw["finetune"] = {"steps": 4, "batch_size": 2, "rank": 4, "alpha": 4, "checkpoint_every": 2, "validate_every": 2,
@@ -63,19 +63,19 @@ def test_prepare_pretrain_extract_score_select(prefect_harness, tmp_path, monkey
     expert = select()
     assert expert == json.loads((tmp_path / "results/expert.json").read_text())
     best = miou[miou.direction == "image_to_text"].sort_values("value").iloc[-1]
-    assert (expert["layer"], expert["timestep"]) == (best.layer, best.timestep)
+    assert (expert["layer"], expert["sigma"]) == (best.layer, best.sigma)
     assert abs(headline["image_to_text.best_miou"] - best.value) < 1e-6  # the CSV holds 6 significant digits
 
     summary = causal()
     table = pd.read_csv(tmp_path / "results/causal.csv")
-    assert set(table.block) == {0, 2} and set(table.perturbation) == {"blur", "shuffle"}
+    assert set(table.layer) == {0, 2} and set(table.perturbation) == {"blur", "shuffle"}
     assert {"caption_colour_agreement", "object_recall", "flow_loss_increase", "perturbation_l1"} == set(table.metric)
     scored = table[table.metric != "perturbation_l1"]
     assert (scored.ci_low <= scored.delta + 1e-9).all() and (scored.delta <= scored.ci_high + 1e-9).all()
     assert (table[table.metric == "perturbation_l1"].value > 0).all()
-    assert summary["shuffle.flow_loss_increase"]["blocks"] == 2 and (tmp_path / "metrics/causal.json").exists()
+    assert summary["shuffle.flow_loss_increase"]["layers"] == 2 and (tmp_path / "metrics/causal.json").exists()
     page = explore()
-    assert page["samples"] == 3 and page["blocks"] == 3 and page["heads"] == 3 and page["sigmas"] == 2
+    assert page["samples"] == 3 and page["layers"] == 3 and page["heads"] == 3 and page["sigmas"] == 2
     html = (tmp_path / "results/explorer.html").read_text()
     recall = table[table.metric == "object_recall"]
     kind = recall.groupby("perturbation").delta.apply(lambda d: d.abs().max()).idxmax()  # the clearest contrast is drawn
@@ -107,7 +107,7 @@ def test_prepare_pretrain_extract_score_select(prefect_harness, tmp_path, monkey
     assert "explorer.html" in {a.path for a in mlflow.MlflowClient().list_artifacts(runs["explore"].info.run_id)}
     assert "gallery.png" in {a.path for a in mlflow.MlflowClient().list_artifacts(runs["evaluate"].info.run_id)}
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(runs["score"].info.run_id)}
-    assert {"layer_curve.png", "example_maps.png", "layer_timestep_image_to_text.png", "layer_head_image_to_text.png"} <= artifacts
+    assert {"layer_curve.png", "example_maps.png", "layer_sigma_image_to_text.png", "layer_head_image_to_text.png"} <= artifacts
 
 
 def _sequential_store(tmp_path):

@@ -73,16 +73,16 @@ def _scores():
         for sigma, value in ((0.5, a), (0.7, b)):
             rows.append((layer, sigma, "mean", "image_to_text", "miou", value, value - 0.05, value + 0.05))
     rows.append((1, 0.5, "0", "image_to_text", "miou", 0.99, np.nan, np.nan))  # a single head never wins
-    return pd.DataFrame(rows, columns=["layer", "timestep", "head", "direction", "metric", "value", "ci_low", "ci_high"])
+    return pd.DataFrame(rows, columns=["layer", "sigma", "head", "direction", "metric", "value", "ci_low", "ci_high"])
 
 
 def test_selection_rule_runner_up_and_forcing():
     expert = select_expert(_scores(), "best_miou", "image_to_text")
-    assert (expert["layer"], expert["timestep"], expert["miou"]) == (1, 0.7, 0.7)
+    assert (expert["layer"], expert["sigma"], expert["miou"]) == (1, 0.7, 0.7)
     assert expert["runner_up"]["layer"] == 2 and expert["runner_up"]["miou"] == 0.55
     assert expert["intervals_overlap"] is False and expert["forced"] is False
-    forced = select_expert(_scores(), "best_miou", "image_to_text", force_layer=3, force_timestep=0.5)
-    assert (forced["layer"], forced["timestep"], forced["forced"]) == (3, 0.5, True)
+    forced = select_expert(_scores(), "best_miou", "image_to_text", force_layer=3, force_sigma=0.5)
+    assert (forced["layer"], forced["sigma"], forced["forced"]) == (3, 0.5, True)
     with pytest.raises(ValueError, match="force_layer 9 is not a scored layer"):
         select_expert(_scores(), "best_miou", "image_to_text", force_layer=9)
 

@@ -18,7 +18,7 @@ from seg4diff.data.prepared import label_sizes, native_label, open_prepared
 from seg4diff.evaluation.metrics import confusion_matrix, summarize
 from seg4diff.prompts import PromptStyle, build_prompt, token_slots
 from seg4diff.segmentation.masks import class_maps
-from seg4diff.segmentation.zero_shot import choose_predictor, expert_maps, segment_batch, segmentation_confusion
+from seg4diff.segmentation.zero_shot import Readout, choose_predictor, expert_maps, segment_batch, segmentation_confusion
 
 SIZES = {"ADE_val_00000001": (24, 40), "ADE_val_00000002": (37, 21), "ADE_val_00000003": (30, 30)}  # (height, width)
 
@@ -69,7 +69,7 @@ def test_predictions_are_upsampled_to_each_native_size_and_scored_there(tiny_mod
     rows = prepared.load()
     style = PromptStyle("gt_classes", " ", "word", "all")
     indices = list(range(3))
-    predictions = segment_batch(backbone, rows, indices, 1, 0.5, 0, style, None)
+    predictions = segment_batch(backbone, rows, indices, Readout(1, 0.5, 0, style, None))
     assert predictions.shape == (3, 37, 40)
 
     # reference: the same maps upsampled by hand to each native size, argmax over the prompted classes
@@ -79,7 +79,7 @@ def test_predictions_are_upsampled_to_each_native_size_and_scored_there(tiny_mod
     slots = [token_slots(encoding, k, spans, "class", len(encoding.tokens[0]), str(k), "all") for k, (_, spans) in enumerate(built)]
     used = max(int((s.position >= 0).sum()) for s in slots)
     positions = torch.from_numpy(np.stack([s.position[:used] for s in slots]).astype(np.int64))
-    maps = expert_maps(backbone, rows, indices, 1, 0.5, 0, encoding, positions.clamp_min(0))
+    maps = expert_maps(backbone, rows, indices, Readout(1, 0.5, 0, style, None), encoding, positions.clamp_min(0))
     assert maps.shape[-2:] == (8, 12)  # 32×48 pixels → an 8×12 token grid on the tiny SD3 (VAE 2 × patch 2)
     expected_confusion = np.zeros((150, 150), np.int64)
     for k, name in enumerate(SIZES):
@@ -117,8 +117,8 @@ def test_mask_losses_and_every_evaluation_protocol_run_on_mixed_native_sizes(tin
                                       1, 0.5, model_digest(model))
     loss, parts = magnet_loss(backbone, prepared.load(), config, torch.Generator().manual_seed(0))
     assert np.isfinite(loss.item()) and parts["focal"] > 0 and 0 < parts["dice"] < 1  # three sizes, padding not scored
-    results, gallery = evaluate_segmentation(backbone, prepared, 1, 0.5, 0, 2, 0.1, PromptStyle("gt_classes", " ", "word", "all"),
-                                             None, progress=False)
+    readout = Readout(1, 0.5, 0, PromptStyle("gt_classes", " ", "word", "all"), None)
+    results, gallery = evaluate_segmentation(backbone, prepared, readout, 2, 0.1, progress=False)
     for protocol in ("gt_classes", "vocabulary", "unsupervised_per_image_matching"):
         assert 0 <= results[protocol]["miou"] <= 1
     assert [gallery[k].shape for k in range(3)] == [(37, 40)] * 3
@@ -136,8 +136,8 @@ def test_logit_predictor_reads_head_mean_logits_at_sigmoid_half_and_is_chosen_on
     slots = [token_slots(encoding, k, spans, "class", len(encoding.tokens[0]), str(k), "all") for k, (_, spans) in enumerate(built)]
     used = max(int((s.position >= 0).sum()) for s in slots)
     positions = torch.from_numpy(np.stack([s.position[:used] for s in slots]).astype(np.int64)).clamp_min(0)
-    logits = expert_maps(backbone, rows, indices, 1, 0.5, 0, encoding, positions, predictor="logit")
-    probabilities = expert_maps(backbone, rows, indices, 1, 0.5, 0, encoding, positions)
+    logits = expert_maps(backbone, rows, indices, Readout(1, 0.5, 0, style, None, "logit"), encoding, positions)
+    probabilities = expert_maps(backbone, rows, indices, Readout(1, 0.5, 0, style, None), encoding, positions)
 
     # per head, from one capture: probability = exp(logit − log-sum-exp over all keys); the predictors average heads
     images = torch.from_numpy(rows.image.values).permute(0, 3, 1, 2).float() / 255
@@ -151,7 +151,7 @@ def test_logit_predictor_reads_head_mean_logits_at_sigmoid_half_and_is_chosen_on
     np.testing.assert_allclose(logits, as_maps(per_head.mean(1)), atol=1e-5)
     np.testing.assert_allclose(probabilities, as_maps(torch.exp(per_head - lse[..., None]).mean(1)), atol=1e-6)
 
-    predictions = segment_batch(backbone, rows, indices, 1, 0.5, 0, style, 0.2, predictor="logit")
+    predictions = segment_batch(backbone, rows, indices, Readout(1, 0.5, 0, style, 0.2, "logit"))
     background = 0
     for k, name in enumerate(SIZES):
         token_class = np.where(slots[k].position[:used] >= 0, slots[k].class_id[:used], -1)
@@ -165,7 +165,7 @@ def test_logit_predictor_reads_head_mean_logits_at_sigmoid_half_and_is_chosen_on
         background += int((best < 0).sum())
     assert background > 0  # the ½ boundary is crossed somewhere: the background rule is exercised
 
-    chosen, curve = choose_predictor(backbone, prepared, 1, 0.5, 0, 2, style, 0.2, ["probability", "logit"])
+    chosen, curve = choose_predictor(backbone, prepared, Readout(1, 0.5, 0, style, 0.2), 2, ["probability", "logit"])
     for predictor, miou in curve.items():
-        assert miou == summarize(segmentation_confusion(backbone, prepared, 1, 0.5, 0, 2, style, 0.2, predictor=predictor))["miou"]
+        assert miou == summarize(segmentation_confusion(backbone, prepared, Readout(1, 0.5, 0, style, 0.2, predictor), 2))["miou"]
     assert curve[chosen] == max(curve.values())

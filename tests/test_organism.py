@@ -2,11 +2,11 @@ import numpy as np
 import torch
 
 from seg4diff.backbones.backbone import load_backbone
-from seg4diff.config import ModelParams
+from seg4diff.config import ModelParams, PretrainParams
 from seg4diff.organism.colours import caption_colour_agreement, colour_hits, largest_blob_colour
 from seg4diff.organism.pipeline import Architecture, OrganismPipeline
 from seg4diff.organism.sampling import sample
-from seg4diff.training.pretrain import TrainingSchedule, flow_matching_loss, train
+from seg4diff.training.pretrain import flow_matching_loss, train
 
 WORDS = ["red", "blue", "circle", "square", "and"]
 ARCH = Architecture(num_layers=2, num_attention_heads=2, attention_head_dim=8, image_size=16, text_length=8, text_layers=0,
@@ -27,9 +27,9 @@ def _data(n=32, seed=0):
 def test_short_training_lowers_the_loss_and_round_trips_through_the_loader(tmp_path):
     pipe = OrganismPipeline.build(WORDS, ARCH, seed=0)
     images, captions = _data()
-    schedule = TrainingSchedule(steps=60, batch_size=16, lr=3e-3, warmup_steps=5, weight_decay=0.0, grad_clip=1.0,
-                                caption_dropout=0.1, seed=0)
-    log = train(pipe, images, captions, schedule, log_every=10, progress=False)
+    schedule = PretrainParams(steps=60, batch_size=16, lr=3e-3, warmup_steps=5, weight_decay=0.0, grad_clip=1.0,
+                              caption_dropout=0.1, seed=0, log_every=10)
+    log = train(pipe, images, captions, schedule, progress=False)
     assert log.losses[-1] < 0.7 * log.losses[0]
     pipe.save_pretrained(tmp_path / "organism")
     backbone = load_backbone(ModelParams(path=str(tmp_path / "organism")))
@@ -46,11 +46,11 @@ def test_short_training_lowers_the_loss_and_round_trips_through_the_loader(tmp_p
 
 def test_training_is_deterministic():
     images, captions = _data(16)
-    schedule = TrainingSchedule(steps=5, batch_size=8, lr=1e-3, warmup_steps=1, weight_decay=0.0, grad_clip=1.0,
-                                caption_dropout=0.5, seed=3)
+    schedule = PretrainParams(steps=5, batch_size=8, lr=1e-3, warmup_steps=1, weight_decay=0.0, grad_clip=1.0,
+                              caption_dropout=0.5, seed=3, log_every=1)
     a, b = OrganismPipeline.build(WORDS, ARCH, seed=0), OrganismPipeline.build(WORDS, ARCH, seed=0)
-    assert train(a, images, captions, schedule, progress=False, log_every=1).losses == \
-        train(b, images, captions, schedule, progress=False, log_every=1).losses
+    assert train(a, images, captions, schedule, progress=False).losses == \
+        train(b, images, captions, schedule, progress=False).losses
 
 
 def test_sampler_and_colour_check():

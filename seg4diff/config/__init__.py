@@ -11,3 +11,4 @@ from seg4diff.config.loading import (
                                      read_preset,
 )
 from seg4diff.config.params import *  # noqa: F403 - every params group, as `seg4diff.config.<Group>`
+from seg4diff.config.params import check_stage

@@ -5,6 +5,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from seg4diff.errors import ConfigError
+
 
 class Group(BaseModel):
     # strict: YAML gives real types, so "1" for an int or 1.5 for an int is a mistake worth reporting.
@@ -332,3 +334,11 @@ class Params(Group):
     explore: ExploreParams = ExploreParams()
     finetune: FinetuneParams = FinetuneParams()
     evaluate: EvaluateParams = EvaluateParams()
+
+
+def check_stage(params: Params, stage: str) -> None:
+    """Raises ConfigError, in one line, when the settings cannot work for `stage`: the cross-field checks of one
+    stage, run before it loads anything (a preset pair valid for prepare may still be unusable for evaluate)."""
+    if stage == "evaluate" and params.evaluate.val_split == params.evaluate.split:
+        raise ConfigError(f"evaluate.val_split '{params.evaluate.val_split}' is the evaluated split (evaluate.split): "
+                          "the unsupervised threshold and the predictor must be chosen on another split")

@@ -2,6 +2,8 @@
 layer, with per-image class statistics for paired intervals, at each image's label size (native by default), plus generation fidelity — for the base model and the fine-tuned one."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 import xarray as xr
@@ -15,7 +17,7 @@ from seg4diff.evaluation.metrics import class_statistics, summarize_statistics
 from seg4diff.prompts import ClassSpan, PromptStyle, build_prompt, column_positions, token_slots
 from seg4diff.segmentation.masks import class_maps, predict
 from seg4diff.segmentation.unsupervised import match_per_image, merge_token_maps
-from seg4diff.segmentation.zero_shot import Predictor, expert_maps, segment_batch
+from seg4diff.segmentation.zero_shot import Readout, expert_maps, segment_batch
 
 
 def vocabulary_prompts(backbone: Backbone, class_names: list[str], style: PromptStyle) -> list[tuple[str, list[ClassSpan]]]:
@@ -50,14 +52,15 @@ def _ends_inside(encoding, span: ClassSpan) -> bool:
 
 
 @torch.no_grad()
-def prompt_logits(backbone: Backbone, rows: xr.Dataset, indices: list[int], layer: int, sigma: float, seed: int,
+def prompt_logits(backbone: Backbone, rows: xr.Dataset, indices: list[int], readout: Readout,
                   encoding, positions: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """Returns one layer's image→text logits (batch, head, token, y, x) and each image query's log-sum-exp over all
-    joint keys (batch, head, y, x), with the seeded noise of `segment.expert_maps`."""
+    joint keys (batch, head, y, x), with the seeded noise of `zero_shot.expert_maps`."""
     images = torch.from_numpy(rows["image"].values).permute(0, 3, 1, 2).float() / 255
     latents = backbone.encode_images(images)
-    noise = torch.stack([sample_noise(latents.shape[1:], seed, i) for i in indices]).to(latents)
-    with capture_attention(backbone.transformer, [layer], ("image_to_text",), positions, output="logits") as cap:
+    noise = torch.stack([sample_noise(latents.shape[1:], readout.seed, i) for i in indices]).to(latents)
+    sigma = readout.sigma
+    with capture_attention(backbone.transformer, [readout.layer], ("image_to_text",), positions, output="logits") as cap:
         backbone.transformer(**backbone.transformer_inputs(sigma * noise + (1 - sigma) * latents, sigma, encoding))
     grid = backbone.token_grid(*images.shape[2:])
     logits = cap.tensor("image_to_text")[:, 0].transpose(-1, -2)  # (batch, head, token, image_token)
@@ -65,8 +68,8 @@ def prompt_logits(backbone: Backbone, rows: xr.Dataset, indices: list[int], laye
     return (logits.reshape(*logits.shape[:3], *grid).cpu().numpy(), lse.reshape(*lse.shape[:2], *grid).cpu().numpy())
 
 
-def vocabulary_predictions(backbone: Backbone, rows: xr.Dataset, indices: list[int], layer: int, sigma: float, seed: int,
-                           prompts: list[tuple[str, list[ClassSpan]]], background_threshold: float | None, columns: str) -> np.ndarray:
+def vocabulary_predictions(backbone: Backbone, rows: xr.Dataset, indices: list[int], readout: Readout,
+                           prompts: list[tuple[str, list[ClassSpan]]]) -> np.ndarray:
     """Returns predictions over the whole vocabulary with ONE normalisation across the prompts it is split over.
 
     One forward per prompt (same noise). Every token's probability is renormalised with a single softmax over the
@@ -74,12 +77,13 @@ def vocabulary_predictions(backbone: Backbone, rows: xr.Dataset, indices: list[i
     and pixel (separately normalised probabilities of different prompts are not comparable). Class maps are then the
     head-mean, token-mean probabilities as in `segment_batch`: with one prompt this is exactly its probabilities.
     """
+    columns, background_threshold = readout.style.columns, readout.background_threshold
     logits, lses, token_classes, ids = [], [], [], []
     for prompt, spans in prompts:
         encoding = backbone.encode_prompts([prompt] * len(indices))
         slot = token_slots(encoding, 0, spans, "class", len(encoding.tokens[0]), prompt, columns)
         used = int((slot.position >= 0).sum())
-        prompt_logit, lse = prompt_logits(backbone, rows, indices, layer, sigma, seed, encoding, slot.position[:used].tolist())
+        prompt_logit, lse = prompt_logits(backbone, rows, indices, readout, encoding, slot.position[:used].tolist())
         logits.append(prompt_logit)
         lses.append(lse)
         token_classes.append(slot.class_id[:used])
@@ -92,11 +96,12 @@ def vocabulary_predictions(backbone: Backbone, rows: xr.Dataset, indices: list[i
 
 
 @torch.no_grad()
-def empty_prompt_maps(backbone: Backbone, rows: xr.Dataset, indices: list[int], layer: int, sigma: float, seed: int,
-                      columns: str) -> np.ndarray:
-    """Returns the empty prompt's image→text maps (batch, token, y, x) over every text position of `columns`."""
+def empty_prompt_maps(backbone: Backbone, rows: xr.Dataset, indices: list[int], readout: Readout) -> np.ndarray:
+    """Returns the empty prompt's image→text probabilities (batch, token, y, x) over every text position of the
+    readout's columns."""
     encoding = backbone.encode_prompts([""] * len(indices))
-    return expert_maps(backbone, rows, indices, layer, sigma, seed, encoding, column_positions(encoding, 0, columns))
+    positions = column_positions(encoding, 0, readout.style.columns)
+    return expert_maps(backbone, rows, indices, replace(readout, predictor="probability"), encoding, positions)
 
 
 def image_statistics(predictions: np.ndarray, targets: np.ndarray, num_classes: int) -> np.ndarray:
@@ -104,8 +109,8 @@ def image_statistics(predictions: np.ndarray, targets: np.ndarray, num_classes: 
     return np.stack([class_statistics(p, t, num_classes) for p, t in zip(predictions, targets)])
 
 
-def choose_kl_threshold(backbone: Backbone, val: xr.Dataset, layer: int, sigma: float, seed: int, batch_size: int,
-                        thresholds: list[float], columns: str, limit: int | None = None) -> tuple[float, dict[float, float]]:
+def choose_kl_threshold(backbone: Backbone, val: xr.Dataset, readout: Readout, batch_size: int, thresholds: list[float],
+                        limit: int | None = None) -> tuple[float, dict[float, float]]:
     """Returns the grouping threshold with the best per-image-matched mIoU on (the first `limit` of) `val`, and each
     threshold's mIoU: the test split never chooses it."""
     num_classes = val.sizes["class"]
@@ -114,7 +119,7 @@ def choose_kl_threshold(backbone: Backbone, val: xr.Dataset, layer: int, sigma: 
     for start in range(0, n, batch_size):
         indices = list(range(start, min(start + batch_size, n)))
         rows = val.isel(sample=indices).load()
-        maps += list(empty_prompt_maps(backbone, rows, indices, layer, sigma, seed, columns))
+        maps += list(empty_prompt_maps(backbone, rows, indices, readout))
         sizes += label_sizes(rows)
         labels += [native_label(rows, k) for k in range(len(indices))]
     curve = {t: match_per_image([merge_token_maps(m, t, s) for m, s in zip(maps, sizes)], labels, num_classes)["miou"]
@@ -122,26 +127,26 @@ def choose_kl_threshold(backbone: Backbone, val: xr.Dataset, layer: int, sigma: 
     return max(curve, key=curve.get), curve
 
 
-def evaluate_segmentation(backbone: Backbone, test: xr.Dataset, layer: int, sigma: float, seed: int, batch_size: int,
-                          kl_threshold: float, style: PromptStyle, background_threshold: float | None,
-                          limit: int | None = None, progress: bool = True, predictor: Predictor = "probability") -> tuple[dict, dict]:
-    """Returns ({protocol: summary with per-image `stats` (image, 3, C)}, {sample index: gt_classes prediction});
-    `predictor` reads the GT-class protocol's maps (segment.Predictor)."""
+def evaluate_segmentation(backbone: Backbone, test: xr.Dataset, readout: Readout, batch_size: int, kl_threshold: float,
+                          limit: int | None = None, progress: bool = True) -> tuple[dict, dict]:
+    """Returns ({protocol: summary with per-image `stats` (image, 3, C)}, {sample index: gt_classes prediction}):
+    the GT-class and vocabulary protocols read `readout`, the unsupervised one groups the empty prompt's maps at
+    `kl_threshold`."""
     names = class_names(test)
     num_classes = len(names)
     n = min(test.sizes["sample"], limit or test.sizes["sample"])
-    prompts = vocabulary_prompts(backbone, names, style)
+    prompts = vocabulary_prompts(backbone, names, readout.style)
     stats = {"gt_classes": [], "vocabulary": []}
     clusters, labels, gallery = [], [], {}
     for start in tqdm(range(0, n, batch_size), desc="evaluate", unit="batch", disable=not progress):
         indices = list(range(start, min(start + batch_size, n)))
         rows = test.isel(sample=indices).load()
         target = rows["label"].values
-        oracle = segment_batch(backbone, rows, indices, layer, sigma, seed, style, background_threshold, predictor)
+        oracle = segment_batch(backbone, rows, indices, readout)
         stats["gt_classes"].append(image_statistics(oracle, target, num_classes))
-        vocabulary = vocabulary_predictions(backbone, rows, indices, layer, sigma, seed, prompts, background_threshold, style.columns)
+        vocabulary = vocabulary_predictions(backbone, rows, indices, readout, prompts)
         stats["vocabulary"].append(image_statistics(vocabulary, target, num_classes))
-        maps = empty_prompt_maps(backbone, rows, indices, layer, sigma, seed, style.columns)
+        maps = empty_prompt_maps(backbone, rows, indices, readout)
         clusters += [merge_token_maps(m, kl_threshold, size) for m, size in zip(maps, label_sizes(rows))]
         labels += [native_label(rows, k) for k in range(len(indices))]
         gallery |= dict(zip(indices, oracle))

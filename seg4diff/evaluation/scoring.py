@@ -124,3 +124,23 @@ def tidy_scores(tables: ScoreTables, resamples: int, seed: int) -> pd.DataFrame:
                 rows.append((layer, sigma, "mean", "image_to_text" if name.startswith("image") else "text_to_image",
                              name, values[l, t], np.nan, np.nan))
     return pd.DataFrame(rows, columns=["layer", "sigma", "head", "direction", "metric", "value", "ci_low", "ci_high"])
+
+
+def headline_scores(tables: ScoreTables) -> dict:
+    """Returns, per direction, the best (layer, σ) by head-mean mIoU, its mIoU, the median layer's mIoU at that σ, and
+    the mIoU of every layer's maps averaged (at its best σ): the score stage's metrics."""
+    reference = miou_of(tables.layer_mean)  # (direction, sigma)
+    headline = {}
+    for d, direction in enumerate(tables.directions):
+        grid = miou_of(tables.per_sample[:, d].sum(axis=0, dtype=np.int64))  # (layer, sigma)
+        l, t = np.unravel_index(np.nanargmax(grid), grid.shape)
+        headline |= {f"{direction}.best_layer": tables.layers[l], f"{direction}.best_sigma": tables.sigmas[t],
+                     f"{direction}.best_miou": float(grid[l, t]), f"{direction}.median_layer_miou": float(np.median(grid[:, t])),
+                     f"{direction}.all_layers_mean_maps_miou": float(np.nanmax(reference[d]))}
+    return headline
+
+
+def head_mean_curve(scores: pd.DataFrame, sigma: float, direction: str = "image_to_text") -> pd.DataFrame:
+    """Returns the tidy table's head-mean mIoU rows of `direction` at noise level `sigma`, one per layer, in layer order."""
+    rows = scores[(scores.metric == "miou") & (scores["head"].astype(str) == "mean") & (scores.direction == direction)]
+    return rows[(rows.sigma - sigma).abs() < 1e-9].sort_values("layer")

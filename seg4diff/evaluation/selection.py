@@ -10,6 +10,9 @@ from seg4diff.evaluation.statistics import paired_miou_difference
 def select_expert(scores: pd.DataFrame, rule: str, direction: str, force_layer: int | None = None,
                   force_sigma: float | None = None) -> dict:
     """Returns the expert (layer, sigma) with its mIoU and interval, the runner-up layer, and the rule used."""
+    if "sigma" not in scores.columns:
+        raise ValueError(f"the layer scores have no 'sigma' column (columns {list(scores.columns)}): they were written by an "
+                         "older seg4diff; re-run the score stage (dvc repro score)")
     rows = scores[(scores.metric == "miou") & (scores["head"] == "mean") & (scores.direction == direction)]
     if rows.empty:
         raise ValueError(f"no head-mean mIoU rows for direction '{direction}' in the layer scores")

@@ -6,6 +6,7 @@ on: head-mean pre-softmax logits, argmax over classes, background where the best
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -15,55 +16,77 @@ import xarray as xr
 from seg4diff.backbones.backbone import Backbone, PromptEncoding
 from seg4diff.backbones.noise import sample_noise
 from seg4diff.capture.attention import capture_attention
+from seg4diff.config import PromptParams
 from seg4diff.data.prepared import class_names, label_sizes, pad_label
 from seg4diff.evaluation.metrics import confusion_matrix, summarize
-from seg4diff.prompts import PromptStyle, build_prompt, token_slots
+from seg4diff.prompts import PromptStyle, build_prompt, prompt_style, token_slots
 from seg4diff.segmentation.masks import class_maps, predict
 
 Predictor = Literal["probability", "logit"]
 
 
+@dataclass(frozen=True)
+class Readout:
+    """How one layer's attention becomes a segmentation: the layer, the noise level σ and the noise seed of the one
+    forward, how prompts are built (`style`), background below `background_threshold` × the image's peak (None:
+    background is a prompted word), and the predictor that reads the maps. Built from the settings by `for_expert`."""
+
+    layer: int
+    sigma: float
+    seed: int
+    style: PromptStyle
+    background_threshold: float | None
+    predictor: Predictor = "probability"
+
+    @classmethod
+    def for_expert(cls, expert: dict, prompt: PromptParams, seed: int, predictor: Predictor = "probability") -> Readout:
+        """The readout of the selected expert (results/expert.json) with GT-class prompts built as `prompt` says."""
+        return cls(int(expert["layer"]), float(expert["sigma"]), seed, prompt_style(prompt, "gt_classes"), prompt.threshold,
+                   predictor)
+
+
 @torch.no_grad()
-def expert_maps(backbone: Backbone, rows: xr.Dataset, sample_indices: list[int], layer: int, sigma: float, seed: int,
-                encoding: PromptEncoding, positions: torch.Tensor | list[int] | None = None,
-                predictor: Predictor = "probability") -> np.ndarray:
+def expert_maps(backbone: Backbone, rows: xr.Dataset, sample_indices: list[int], readout: Readout,
+                encoding: PromptEncoding, positions: torch.Tensor | list[int] | None = None) -> np.ndarray:
     """Returns head-mean image→text maps (batch, token, y, x) of one layer for a loaded batch, with seeded noise at σ:
-    softmax probabilities, or pre-softmax logits for the `logit` predictor.
+    softmax probabilities, or pre-softmax logits for the `logit` predictor (readout.predictor).
 
     `positions`: the text positions to keep, (token,) or (batch, token); None keeps every text position.
     """
     images = torch.from_numpy(rows["image"].values).permute(0, 3, 1, 2).float() / 255
     latents = backbone.encode_images(images)
-    noise = torch.stack([sample_noise(latents.shape[1:], seed, i) for i in sample_indices]).to(latents)
-    output = "logits" if predictor == "logit" else "probabilities"
-    with capture_attention(backbone.transformer, [layer], ("image_to_text",), positions, head_mean=True, output=output) as cap:
+    noise = torch.stack([sample_noise(latents.shape[1:], readout.seed, i) for i in sample_indices]).to(latents)
+    output = "logits" if readout.predictor == "logit" else "probabilities"
+    sigma = readout.sigma
+    with capture_attention(backbone.transformer, [readout.layer], ("image_to_text",), positions, head_mean=True,
+                           output=output) as cap:
         backbone.transformer(**backbone.transformer_inputs(sigma * noise + (1 - sigma) * latents, sigma, encoding))
     maps = cap.tensor("image_to_text")[:, 0, 0].transpose(-1, -2)  # (batch, token, image_token)
     return maps.reshape(*maps.shape[:2], *backbone.token_grid(*images.shape[2:])).float().cpu().numpy()
 
 
 @torch.no_grad()
-def segment_batch(backbone: Backbone, rows: xr.Dataset, sample_indices: list[int], layer: int, sigma: float, seed: int,
-                  style: PromptStyle, background_threshold: float | None, predictor: Predictor = "probability") -> np.ndarray:
+def segment_batch(backbone: Backbone, rows: xr.Dataset, sample_indices: list[int], readout: Readout) -> np.ndarray:
     """Returns predictions (batch, label_y, label_x) for a loaded batch of prepared samples: each at its own label
-    size, padded with the ignore index to the store's label shape. `background_threshold` None: background is a
-    prompted word (argmax only)."""
+    size, padded with the ignore index to the store's label shape."""
+    style, background_threshold = readout.style, readout.background_threshold
     names = class_names(rows)
-    built = [build_prompt(style, rows["present"].values[k], names, str(rows["caption"].values[k])) for k in range(len(sample_indices))]
+    built = [build_prompt(style, rows["present"].values[k], names, str(rows["caption"].values[k]))
+             for k in range(len(sample_indices))]
     encoding = backbone.encode_prompts([prompt for prompt, _ in built])
     width = max(len(encoding.tokens[0]), 1)
     slots = [token_slots(encoding, k, spans, "class", width, str(i), style.columns)
              for k, ((_, spans), i) in enumerate(zip(built, sample_indices))]
     used = max(int((s.position >= 0).sum()) for s in slots) or 1
     positions = torch.from_numpy(np.stack([s.position[:used] for s in slots]).astype(np.int64))
-    maps = expert_maps(backbone, rows, sample_indices, layer, sigma, seed, encoding, positions.clamp_min(0), predictor)
+    maps = expert_maps(backbone, rows, sample_indices, readout, encoding, positions.clamp_min(0))
     predictions = []
     for k, (slot, size) in enumerate(zip(slots, label_sizes(rows))):
         token_class = slot.class_id[:used].copy()
         token_class[slot.position[:used] < 0] = -1
         prompted = np.unique(token_class[token_class >= 0])
         maps_k = class_maps(maps[k], token_class, prompted)
-        if predictor == "logit":
+        if readout.predictor == "logit":
             prediction = predict(maps_k, prompted, size, background_logit=None if background_threshold is None else 0.0)
         else:
             prediction = predict(maps_k, prompted, size, background_threshold)
@@ -71,9 +94,8 @@ def segment_batch(backbone: Backbone, rows: xr.Dataset, sample_indices: list[int
     return np.stack(predictions)
 
 
-def segmentation_confusion(backbone: Backbone, prepared: xr.Dataset, layer: int, sigma: float, seed: int, batch_size: int,
-                           style: PromptStyle, background_threshold: float | None,
-                           limit: int | None = None, predictor: Predictor = "probability") -> np.ndarray:
+def segmentation_confusion(backbone: Backbone, prepared: xr.Dataset, readout: Readout, batch_size: int,
+                           limit: int | None = None) -> np.ndarray:
     """Returns the dataset-level confusion matrix of zero-shot segmentation over (the first `limit` of) a prepared split."""
     num_classes = prepared.sizes["class"]
     n = min(prepared.sizes["sample"], limit or prepared.sizes["sample"])
@@ -81,16 +103,14 @@ def segmentation_confusion(backbone: Backbone, prepared: xr.Dataset, layer: int,
     for start in range(0, n, batch_size):
         indices = list(range(start, min(start + batch_size, n)))
         rows = prepared.isel(sample=indices).load()
-        predictions = segment_batch(backbone, rows, indices, layer, sigma, seed, style, background_threshold, predictor)
-        confusion += confusion_matrix(predictions, rows["label"].values, num_classes)
+        confusion += confusion_matrix(segment_batch(backbone, rows, indices, readout), rows["label"].values, num_classes)
     return confusion
 
 
-def choose_predictor(backbone: Backbone, val: xr.Dataset, layer: int, sigma: float, seed: int, batch_size: int, style: PromptStyle,
-                     background_threshold: float | None, predictors: list[Predictor],
+def choose_predictor(backbone: Backbone, val: xr.Dataset, readout: Readout, batch_size: int, predictors: list[Predictor],
                      limit: int | None = None) -> tuple[Predictor, dict[str, float]]:
-    """Returns the predictor with the best mIoU on (the first `limit` of) `val`, and each predictor's mIoU there:
-    the test split never chooses it."""
-    curve = {p: summarize(segmentation_confusion(backbone, val, layer, sigma, seed, batch_size, style, background_threshold, limit, p))["miou"]
+    """Returns the predictor with the best mIoU on (the first `limit` of) `val` when it reads `readout`'s layer, and
+    each predictor's mIoU there: the test split never chooses it."""
+    curve = {p: summarize(segmentation_confusion(backbone, val, replace(readout, predictor=p), batch_size, limit))["miou"]
              for p in predictors}
     return max(curve, key=curve.get), curve

@@ -26,9 +26,9 @@ from seg4diff.data.sample import IGNORE_INDEX
 from seg4diff.evaluation.flow_loss import heldout_flow_loss
 from seg4diff.evaluation.metrics import summarize
 from seg4diff.prompts import PromptStyle, build_prompt, prompt_style, token_slots
-from seg4diff.segmentation.zero_shot import segmentation_confusion
+from seg4diff.segmentation.zero_shot import Readout, segmentation_confusion
 from seg4diff.training.losses import dice_loss, hungarian_match, predictor_loss, sigmoid_focal_loss
-from seg4diff.training.optim import warmup_cosine
+from seg4diff.training.optim import adamw_warmup_cosine
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,11 @@ class MagnetConfig:
     @property
     def threshold(self) -> float | None:
         return self.prompt.threshold
+
+    @property
+    def readout(self) -> Readout:
+        """The zero-shot readout validation scores: the expert layer and σ, prompts built as the training ones."""
+        return Readout(self.expert_layer, self.expert_sigma, self.finetune.seed, self.style, self.threshold)
 
     def as_dict(self) -> dict:
         return {"expert_layer": self.expert_layer, "expert_sigma": self.expert_sigma, "base_model": self.base_model,
@@ -149,8 +154,7 @@ def magnet_loss(backbone: Backbone, rows: xr.Dataset, config: MagnetConfig, gene
 
 def validate(backbone: Backbone, val: xr.Dataset, config: MagnetConfig) -> dict:
     """Returns expert-layer mIoU and held-out flow loss on the validation split."""
-    confusion = segmentation_confusion(backbone, val, config.expert_layer, config.expert_sigma, config.finetune.seed, 16, config.style,
-                                       config.threshold, limit=config.finetune.validation_samples)
+    confusion = segmentation_confusion(backbone, val, config.readout, 16, limit=config.finetune.validation_samples)
     return {"val_miou": summarize(confusion)["miou"],
             "val_flow_loss": heldout_flow_loss(backbone, val, config.finetune.seed, config.finetune.validation_samples, style=config.style)}
 
@@ -191,8 +195,8 @@ def train_magnet(backbone: Backbone, train: xr.Dataset, val: xr.Dataset, config:
     _forget_other_runs(work_dir, config)
     torch.manual_seed(config.finetune.seed)
     parameters = add_lora(backbone.transformer, config.lora)
-    optimizer = torch.optim.AdamW(parameters, lr=config.finetune.lr, weight_decay=config.finetune.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, config.finetune.warmup_steps, config.finetune.steps))
+    optimizer, scheduler = adamw_warmup_cosine(parameters, config.finetune.lr, config.finetune.weight_decay,
+                                               config.finetune.warmup_steps, config.finetune.steps)
     generator = torch.Generator().manual_seed(config.finetune.seed)
     step, history, best = 0, [], {"val_miou": -1.0, "val_flow_loss": float("nan"), "step": 0}
     checkpoint = latest_checkpoint(work_dir)

@@ -9,20 +9,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from seg4diff.config import PretrainParams
 from seg4diff.organism.pipeline import OrganismPipeline
-from seg4diff.training.optim import warmup_cosine
-
-
-@dataclass(frozen=True)
-class TrainingSchedule:
-    steps: int
-    batch_size: int
-    lr: float
-    warmup_steps: int
-    weight_decay: float
-    grad_clip: float
-    caption_dropout: float
-    seed: int
+from seg4diff.training.optim import adamw_warmup_cosine
 
 
 def logit_normal(generator: torch.Generator, n: int, mean: float = 0.0, std: float = 1.0) -> torch.Tensor:
@@ -49,14 +38,16 @@ class TrainingLog:
     seconds: float = 0.0
 
 
-def train(pipe: OrganismPipeline, images: torch.Tensor, captions: list[str], schedule: TrainingSchedule,
-          on_log: Callable[[int, float], None] | None = None, log_every: int = 25, progress: bool = True) -> TrainingLog:
-    """Trains transformer and text encoder in place on images (n, 3, H, W) in [−1, 1]; returns the loss log."""
+def train(pipe: OrganismPipeline, images: torch.Tensor, captions: list[str], schedule: PretrainParams,
+          on_log: Callable[[int, float], None] | None = None, progress: bool = True) -> TrainingLog:
+    """Trains transformer and text encoder in place on images (n, 3, H, W) in [−1, 1] with the steps, batch size,
+    optimiser settings, caption dropout and seed of `schedule`, logging the mean loss every `schedule.log_every`
+    steps; returns the loss log."""
     torch.manual_seed(schedule.seed)
     generator = torch.Generator().manual_seed(schedule.seed)
     parameters = [p for module in pipe.modules for p in module.parameters()]
-    optimizer = torch.optim.AdamW(parameters, lr=schedule.lr, weight_decay=schedule.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, schedule.warmup_steps, schedule.steps))
+    optimizer, scheduler = adamw_warmup_cosine(parameters, schedule.lr, schedule.weight_decay, schedule.warmup_steps,
+                                               schedule.steps)
     for module in pipe.modules:
         module.train()
     log, running, start = TrainingLog(), [], time.perf_counter()
@@ -74,7 +65,7 @@ def train(pipe: OrganismPipeline, images: torch.Tensor, captions: list[str], sch
         optimizer.step()
         scheduler.step()
         running.append(loss.item())
-        if (step + 1) % log_every == 0 or step + 1 == schedule.steps:
+        if (step + 1) % schedule.log_every == 0 or step + 1 == schedule.steps:
             mean = float(np.mean(running))
             running = []
             log.steps.append(step + 1)

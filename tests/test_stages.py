@@ -1,0 +1,81 @@
+"""The one stage skeleton: settings and cross-field checks before the body, its MLflow run, its metrics file, errors."""
+import json
+
+import mlflow
+import pytest
+import yaml
+from conftest import base_params
+
+from flows.stages import REGISTRY, STAGES, Outcome, StageError, stage_flow
+from seg4diff.config import check_stage, parse_params
+from seg4diff.errors import ConfigError, DataError
+
+
+def _runs(tmp_path) -> dict:
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return {r.info.run_name: r for r in mlflow.search_runs(experiment_names=["seg4diff"], output_format="list")}
+
+
+def test_the_skeleton_runs_the_body_in_its_mlflow_run_and_writes_its_metrics_file(prefect_harness, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(base_params(tmp_path)))
+    seen = {}
+
+    @stage_flow("score")
+    def body(params, run):
+        """Scores nothing."""
+        seen["active"] = mlflow.active_run().info.run_id == run.info.run_id
+        seen["resamples"] = params.score.bootstrap_resamples
+        return Outcome({"returned": 1}, metrics={"best": 0.123456789})
+
+    assert body.name == "score" and body(overrides={"score": {"bootstrap_resamples": 20}}) == {"returned": 1}
+    assert seen == {"active": True, "resamples": 20}
+    assert json.loads((tmp_path / STAGES["score"].metrics).read_text()) == {"best": 0.123457}  # 6 significant digits
+    run = _runs(tmp_path)["score"]
+    assert run.info.status == "FINISHED" and run.data.params["score.bootstrap_resamples"] == "20"
+
+
+def test_the_skeleton_keeps_setting_errors_and_names_the_stage_of_any_other(prefect_harness, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(base_params(tmp_path)))
+    ran = []
+
+    def failing(error):
+        @stage_flow("explore")
+        def body(params, run):
+            ran.append(error)
+            raise error
+        return body
+
+    with pytest.raises(DataError, match="^corrupt image$"):  # one line, unchanged
+        failing(DataError("corrupt image"))()
+    with pytest.raises(StageError, match="stage 'explore' failed: boom"):
+        failing(ValueError("boom"))()
+    assert len(ran) == 2 and _runs(tmp_path)["explore"].info.status == "FAILED"
+
+    @stage_flow("evaluate")
+    def evaluate(params, run):
+        ran.append("evaluate")
+
+    with pytest.raises(ConfigError, match="evaluate.val_split 'test' is the evaluated split"):
+        evaluate(overrides={"evaluate": {"val_split": "test"}})
+    assert len(ran) == 2  # refused before the body (and before any model load)
+
+
+def test_stage_checks_refuse_what_a_stage_cannot_use_and_only_for_that_stage(tmp_path):
+    raw = base_params(tmp_path)
+    raw["evaluate"] = {"split": "val", "val_split": "val"}  # as a dataset preset with one split sets it
+    params = parse_params(raw)
+    for stage in STAGES:
+        if stage == "evaluate":
+            with pytest.raises(ConfigError, match="must be chosen on another split"):
+                check_stage(params, stage)
+        else:
+            check_stage(params, stage)  # prepare, extract, score … can still run
+
+
+def test_the_registry_names_each_stage_once_in_pipeline_order():
+    names = [stage.name for stage in REGISTRY]
+    assert names == ["prepare", "pretrain", "extract", "score", "select", "causal", "explore", "finetune", "evaluate"]
+    assert [name for name, stage in STAGES.items() if stage.sharded] == ["extract", "evaluate"]
+    assert all(stage.flow().name == stage.name for stage in REGISTRY)
