@@ -14,6 +14,7 @@ Prints, in one run on one device:
 4. FLUX.1-dev width (24 heads × 128, 4096 image + 512 text tokens), a few double- and single-stream blocks: same.
 Every timing line ends with `ratio=` (capture time / stock time).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,26 +33,52 @@ from seg4diff.capture.kernels import _CUDA_KERNEL, attention_with_lse
 from seg4diff.testing.reference import naive_flux_attention, naive_sd3_attention
 
 
-def sd3_model(layers: int, heads: int, head_dim: int, side: int, joint_dim: int, pooled_dim: int) -> SD3Transformer2DModel:
-    return SD3Transformer2DModel(sample_size=2 * side, patch_size=2, in_channels=16, out_channels=16, num_layers=layers,
-                                 attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=joint_dim,
-                                 caption_projection_dim=heads * head_dim, pooled_projection_dim=pooled_dim,
-                                 pos_embed_max_size=max(side, 16))
+def sd3_model(
+    layers: int, heads: int, head_dim: int, side: int, joint_dim: int, pooled_dim: int
+) -> SD3Transformer2DModel:
+    return SD3Transformer2DModel(
+        sample_size=2 * side,
+        patch_size=2,
+        in_channels=16,
+        out_channels=16,
+        num_layers=layers,
+        attention_head_dim=head_dim,
+        num_attention_heads=heads,
+        joint_attention_dim=joint_dim,
+        caption_projection_dim=heads * head_dim,
+        pooled_projection_dim=pooled_dim,
+        pos_embed_max_size=max(side, 16),
+    )
 
 
 def sd3_inputs(model: SD3Transformer2DModel, batch: int, side: int, text: int, device, dtype) -> dict:
     g = torch.Generator(device="cpu").manual_seed(0)
     c = model.config
     make = lambda *shape: torch.randn(*shape, generator=g).to(device, dtype)  # noqa: E731
-    return {"hidden_states": make(batch, 16, 2 * side, 2 * side), "encoder_hidden_states": make(batch, text, c.joint_attention_dim),
-            "pooled_projections": make(batch, c.pooled_projection_dim),
-            "timestep": torch.full((batch,), 500.0, device=device), "return_dict": False}
+    return {
+        "hidden_states": make(batch, 16, 2 * side, 2 * side),
+        "encoder_hidden_states": make(batch, text, c.joint_attention_dim),
+        "pooled_projections": make(batch, c.pooled_projection_dim),
+        "timestep": torch.full((batch,), 500.0, device=device),
+        "return_dict": False,
+    }
 
 
-def flux_model(double: int, single: int, heads: int, head_dim: int, joint_dim: int, rope: tuple[int, int, int]) -> FluxTransformer2DModel:
-    return FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=double, num_single_layers=single,
-                                  attention_head_dim=head_dim, num_attention_heads=heads, joint_attention_dim=joint_dim,
-                                  pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=rope)
+def flux_model(
+    double: int, single: int, heads: int, head_dim: int, joint_dim: int, rope: tuple[int, int, int]
+) -> FluxTransformer2DModel:
+    return FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=64,
+        num_layers=double,
+        num_single_layers=single,
+        attention_head_dim=head_dim,
+        num_attention_heads=heads,
+        joint_attention_dim=joint_dim,
+        pooled_projection_dim=768,
+        guidance_embeds=True,
+        axes_dims_rope=rope,
+    )
 
 
 def flux_inputs(model: FluxTransformer2DModel, batch: int, side: int, text: int, device, dtype) -> dict:
@@ -60,10 +87,16 @@ def flux_inputs(model: FluxTransformer2DModel, batch: int, side: int, text: int,
     ids = torch.zeros(side, side, 3)
     ids[..., 1] += torch.arange(side)[:, None]
     ids[..., 2] += torch.arange(side)[None, :]
-    return {"hidden_states": make(batch, side * side, 64), "encoder_hidden_states": make(batch, text, model.config.joint_attention_dim),
-            "pooled_projections": make(batch, 768), "timestep": torch.full((batch,), 0.5, device=device),
-            "guidance": torch.full((batch,), 3.5, device=device), "img_ids": ids.reshape(-1, 3).to(device),
-            "txt_ids": torch.zeros(text, 3, device=device), "return_dict": False}
+    return {
+        "hidden_states": make(batch, side * side, 64),
+        "encoder_hidden_states": make(batch, text, model.config.joint_attention_dim),
+        "pooled_projections": make(batch, 768),
+        "timestep": torch.full((batch,), 0.5, device=device),
+        "guidance": torch.full((batch,), 3.5, device=device),
+        "img_ids": ids.reshape(-1, 3).to(device),
+        "txt_ids": torch.zeros(text, 3, device=device),
+        "return_dict": False,
+    }
 
 
 def sync(device: torch.device) -> None:
@@ -90,8 +123,10 @@ def timed(run: Callable[[], object], device: torch.device, repeats: int) -> tupl
 def _kept_inputs(model) -> tuple[dict, list]:
     """Runs a stock forward, returning each joint attention module's kwargs (hooked)."""
     seen: dict = {}
-    handles = [m.register_forward_hook(lambda mod, args, kwargs, out, i=i: seen.__setitem__(i, kwargs), with_kwargs=True)
-               for i, m in enumerate(joint_attention_modules(model))]
+    handles = [
+        m.register_forward_hook(lambda mod, args, kwargs, out, i=i: seen.__setitem__(i, kwargs), with_kwargs=True)
+        for i, m in enumerate(joint_attention_modules(model))
+    ]
     return seen, handles
 
 
@@ -109,17 +144,23 @@ def exactness(name: str, model, inputs: dict, text: int, dtype: torch.dtype) -> 
         for layer, kwargs in seen.items():
             attn = modules[layer]
             if name == "flux":
-                probs = naive_flux_attention(attn, kwargs["hidden_states"], kwargs.get("encoder_hidden_states"), kwargs["image_rotary_emb"])
+                probs = naive_flux_attention(
+                    attn, kwargs["hidden_states"], kwargs.get("encoder_hidden_states"), kwargs["image_rotary_emb"]
+                )
                 ref_i2t, ref_t2i = probs[:, :, text:, :text], probs[:, :, :text, text:]
             else:
                 n = kwargs["hidden_states"].shape[1]
                 probs = naive_sd3_attention(attn, kwargs["hidden_states"], kwargs["encoder_hidden_states"])
                 ref_i2t, ref_t2i = probs[:, :, :n, n:], probs[:, :, n:, :n]
-            worst = max(worst, (i2t[:, layer] - ref_i2t).abs().max().item(), (t2i[:, layer] - ref_t2i).abs().max().item())
+            worst = max(
+                worst, (i2t[:, layer] - ref_i2t).abs().max().item(), (t2i[:, layer] - ref_t2i).abs().max().item()
+            )
             mass = cap.tensor("image_to_text_mass")[:, layer] - ref_i2t.sum(-1)
             worst_mass = max(worst_mass, mass.abs().max().item())
-    print(f"exactness {name:<5} {str(dtype).split('.')[-1]:<8} blocks={len(seen)} max_abs_err={worst:.2e} "
-          f"text_mass_err={worst_mass:.2e}")
+    print(
+        f"exactness {name:<5} {str(dtype).split('.')[-1]:<8} blocks={len(seen)} max_abs_err={worst:.2e} "
+        f"text_mass_err={worst_mass:.2e}"
+    )
 
 
 def capture_variants(model, inputs: dict, kept_tokens: int, device, repeats: int, label: str, naive: bool) -> None:
@@ -132,14 +173,17 @@ def capture_variants(model, inputs: dict, kept_tokens: int, device, repeats: int
             with capture_attention(model, **options) as cap:
                 model(**inputs)
             return cap
+
         return run
 
     with torch.no_grad():
         stock = timed(lambda: model(**inputs), device, repeats)
-        variants = {"capture 8 tokens": capture(text_tokens=tokens),
-                    "capture 8 tokens + diagnostics": capture(text_tokens=tokens, diagnostics=True),
-                    "capture head mean, 8 tokens": capture(text_tokens=tokens, head_mean=True),
-                    "capture all text tokens": capture()}
+        variants = {
+            "capture 8 tokens": capture(text_tokens=tokens),
+            "capture 8 tokens + diagnostics": capture(text_tokens=tokens, diagnostics=True),
+            "capture head mean, 8 tokens": capture(text_tokens=tokens, head_mean=True),
+            "capture all text tokens": capture(),
+        }
         results = {name: timed(run, device, repeats) for name, run in variants.items()}
         if naive:
             modules = joint_attention_modules(model)
@@ -152,13 +196,17 @@ def capture_variants(model, inputs: dict, kept_tokens: int, device, repeats: int
     print(f"{label}: batch {batch}")
     print(f"  {'stock':<34}{stock[0]:>8.4f} s {batch / stock[0]:>8.2f} img/s  peak {stock[1]:>8.0f} MiB")
     for name, (seconds, peak) in results.items():
-        print(f"  {name:<34}{seconds:>8.4f} s {batch / seconds:>8.2f} img/s  extra {peak - stock[1]:>7.0f} MiB  "
-              f"ratio={seconds / stock[0]:.3f}")
+        print(
+            f"  {name:<34}{seconds:>8.4f} s {batch / seconds:>8.2f} img/s  extra {peak - stock[1]:>7.0f} MiB  "
+            f"ratio={seconds / stock[0]:.3f}"
+        )
 
 
 def profile_capture(model, inputs: dict, device, kept_tokens: int) -> None:
     """Prints the operators that take the most device time in one stock and one captured forward."""
-    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    activities = [torch.profiler.ProfilerActivity.CPU] + (
+        [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else []
+    )
     sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
     for label, options in (("stock", None), ("capture 8 tokens", {"text_tokens": list(range(1, kept_tokens + 1))})):
         with torch.no_grad(), torch.profiler.profile(activities=activities) as prof:
@@ -176,20 +224,37 @@ def kernel_lse(device, dtype, heads: int, tokens: int, head_dim: int, repeats: i
     """Times the flash and the memory-efficient kernels' (output, log-sum-exp) on one joint attention call."""
     g = torch.Generator(device="cpu").manual_seed(0)
     q, k, v = (torch.randn(1, heads, tokens, head_dim, generator=g).to(device, dtype) for _ in range(3))
-    scale = head_dim ** -0.5
+    scale = head_dim**-0.5
     with torch.no_grad():
         ours = timed(lambda: attention_with_lse(q, k, v, scale), device, repeats)
         sdpa = timed(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v), device, repeats)
-        line = f"kernel {heads}x{tokens}x{head_dim} {str(dtype).split('.')[-1]}: stock sdpa {sdpa[0] * 1e3:.3f} ms, ours {ours[0] * 1e3:.3f} ms"
+        line = (
+            f"kernel {heads}x{tokens}x{head_dim} {str(dtype).split('.')[-1]}: "
+            f"stock sdpa {sdpa[0] * 1e3:.3f} ms, ours {ours[0] * 1e3:.3f} ms"
+        )
         if device.type == "cuda":
-            eff = timed(lambda: torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True, 0.0, False, scale=scale),
-                        device, repeats)
-            flash = timed(lambda: torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False, scale=scale), device, repeats)
+            eff = timed(
+                lambda: torch.ops.aten._scaled_dot_product_efficient_attention(
+                    q, k, v, None, True, 0.0, False, scale=scale
+                ),
+                device,
+                repeats,
+            )
+            flash = timed(
+                lambda: torch.ops.aten._scaled_dot_product_flash_attention(q, k, v, 0.0, False, False, scale=scale),
+                device,
+                repeats,
+            )
             _, lse_ours = attention_with_lse(q, k, v, scale)
-            lse_eff = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True, 0.0, False, scale=scale)[1][..., :tokens]
+            lse_eff = torch.ops.aten._scaled_dot_product_efficient_attention(
+                q, k, v, None, True, 0.0, False, scale=scale
+            )[1][..., :tokens]
             kernel = _CUDA_KERNEL[(q.device, q.dtype, head_dim)]
-            line += (f" ({kernel}), flash+lse {flash[0] * 1e3:.3f} ms, efficient+lse {eff[0] * 1e3:.3f} ms "
-                     f"(efficient/flash={eff[0] / flash[0]:.2f}), lse ours vs efficient max diff {(lse_ours - lse_eff).abs().max().item():.1e}")
+            line += (
+                f" ({kernel}), flash+lse {flash[0] * 1e3:.3f} ms, efficient+lse {eff[0] * 1e3:.3f} ms "
+                f"(efficient/flash={eff[0] / flash[0]:.2f}), "
+                f"lse ours vs efficient max diff {(lse_ours - lse_eff).abs().max().item():.1e}"
+            )
     print(line)
 
 
@@ -199,7 +264,9 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="toy sizes (CPU check of every code path)")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--profile", action="store_true", help="print the top operators of a stock and a captured SD3 forward")
+    parser.add_argument(
+        "--profile", action="store_true", help="print the top operators of a stock and a captured SD3 forward"
+    )
     parser.add_argument("--flux-blocks", type=int, nargs=2, default=(4, 8), metavar=("DOUBLE", "SINGLE"))
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -222,7 +289,12 @@ def main() -> None:
         sd3_size, flux_size, side, repeats = (2, 4, 64, 256, 256), (1, 1, 4, 64, 256, (8, 28, 28)), 8, 2
         sd3_text, flux_text = 20, 20
     else:
-        sd3_size, flux_size, side, repeats = (24, 24, 64, 4096, 2048), (*args.flux_blocks, 24, 128, 4096, (16, 56, 56)), 64, args.repeats
+        sd3_size, flux_size, side, repeats = (
+            (24, 24, 64, 4096, 2048),
+            (*args.flux_blocks, 24, 128, 4096, (16, 56, 56)),
+            64,
+            args.repeats,
+        )
         sd3_text, flux_text = 154, 512
     kernel_lse(device, fast_dtype, sd3_size[1], side * side + sd3_text, sd3_size[2], repeats)
     kernel_lse(device, fast_dtype, flux_size[2], side * side + flux_text, flux_size[3], repeats)
@@ -230,17 +302,29 @@ def main() -> None:
         sd3 = sd3_model(sd3_size[0], sd3_size[1], sd3_size[2], side, sd3_size[3], sd3_size[4]).to(fast_dtype).eval()
     params = sum(p.numel() for p in sd3.parameters()) / 1e9
     for batch in dict.fromkeys((1, args.batch)):
-        capture_variants(sd3, sd3_inputs(sd3, batch, side, sd3_text, device, fast_dtype), 8, device, repeats,
-                         f"SD3-medium size ({sd3_size[0]} blocks, {params:.2f} B params, {side * side}+{sd3_text} tokens)",
-                         naive=batch == 1)
+        capture_variants(
+            sd3,
+            sd3_inputs(sd3, batch, side, sd3_text, device, fast_dtype),
+            8,
+            device,
+            repeats,
+            f"SD3-medium size ({sd3_size[0]} blocks, {params:.2f} B params, {side * side}+{sd3_text} tokens)",
+            naive=batch == 1,
+        )
     if args.profile:
         profile_capture(sd3, sd3_inputs(sd3, 1, side, sd3_text, device, fast_dtype), device, 8)
     del sd3
     with torch.device(device):
         flux = flux_model(*flux_size).to(fast_dtype).eval()
-    capture_variants(flux, flux_inputs(flux, 1, side, flux_text, device, fast_dtype), 8, device, repeats,
-                     f"FLUX.1-dev width ({flux_size[0]} double + {flux_size[1]} single blocks, {side * side}+{flux_text} tokens)",
-                     naive=False)
+    capture_variants(
+        flux,
+        flux_inputs(flux, 1, side, flux_text, device, fast_dtype),
+        8,
+        device,
+        repeats,
+        f"FLUX.1-dev width ({flux_size[0]} double + {flux_size[1]} single blocks, {side * side}+{flux_text} tokens)",
+        naive=False,
+    )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ organism's difference to each.
 
     .venv/bin/python benchmarks/organism_grounding.py [--model DIR]   # default: model.path of params.yaml
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,16 +38,24 @@ from seg4diff.segmentation.masks import predict
 
 
 def _store(params, backbone, data, name: str, split: str):
-    p = params.extract.model_copy(update={"directions": ["image_to_text"], "diagnostics": False, "head_mean": True, "split": split})
+    p = params.extract.model_copy(
+        update={"directions": ["image_to_text"], "diagnostics": False, "head_mean": True, "split": split}
+    )
     grid = backbone.token_grid(data.sizes["y"], data.sizes["x"])
     sigmas = resolve_sigmas(backbone, p, grid[0] * grid[1])
     layers = list(range(len(backbone.transformer.transformer_blocks)))
     path = Path(f"/tmp/seg4diff-grounding-{name}-{split}.zarr")
     layout = StoreLayout(data.sizes["sample"], layers, [-1], sigmas, p.max_tokens, grid, ("image_to_text",))
-    attrs = {"fingerprint": fingerprint(params.model.model_dump(), model_digest(params.model), p.model_dump(), params.prompt.model_dump(),
-                                        sigmas), "split": split}
+    attrs = {
+        "fingerprint": fingerprint(
+            params.model.model_dump(), model_digest(params.model), p.model_dump(), params.prompt.model_dump(), sigmas
+        ),
+        "split": split,
+    }
     open_or_create(path, layout, attrs)
-    extract_range(backbone, data, path, 0, data.sizes["sample"], sigmas, layers, p, prompt_style(params.prompt, p.prompt))
+    extract_range(
+        backbone, data, path, 0, data.sizes["sample"], sigmas, layers, p, prompt_style(params.prompt, p.prompt)
+    )
     return open_attention(path), layers, sigmas
 
 
@@ -57,10 +66,23 @@ def per_sample_stats(params, model_dir: str, name: str, split: str, shape_words_
     data = open_prepared(Path(params.prepare.output) / f"{split}.zarr")
     store, layers, sigmas = _store(params, load_backbone(params.model), data, name, split)
     store = _shape_words_only(store) if shape_words_only else store
-    score = lambda s: score_store(s, data["label"], data.sizes["class"], params.prompt.threshold, progress=False,  # noqa: E731
-                                  sizes=label_sizes(data)).per_sample[:, 0]
-    averaged = xr.Dataset({"image_to_text": store.image_to_text.astype(np.float32).mean("layer").expand_dims(layer=[-1])
-                          .transpose(*store.image_to_text.dims), "token_class": store.token_class})
+    score = lambda s: score_store(
+        s,
+        data["label"],
+        data.sizes["class"],
+        params.prompt.threshold,
+        progress=False,  # noqa: E731
+        sizes=label_sizes(data),
+    ).per_sample[:, 0]
+    averaged = xr.Dataset(
+        {
+            "image_to_text": store.image_to_text.astype(np.float32)
+            .mean("layer")
+            .expand_dims(layer=[-1])
+            .transpose(*store.image_to_text.dims),
+            "token_class": store.token_class,
+        }
+    )
     return score(store), score(averaged)[:, 0], layers, sigmas
 
 
@@ -73,17 +95,31 @@ def grounding(params, model_dir: str, name: str, baselines: dict) -> dict:
         val_grid, test_grid = miou_of(val.sum(0, dtype=np.int64)), miou_of(test.sum(0, dtype=np.int64))
         l, t = np.unravel_index(np.nanargmax(val_grid), val_grid.shape)
         oracle_l, oracle_t = np.unravel_index(np.nanargmax(test_grid), test_grid.shape)
-        mean_t = int(np.nanargmax(miou_of(val_blocks_mean.sum(0, dtype=np.int64))))  # every block's maps averaged: σ on val too
+        mean_t = int(
+            np.nanargmax(miou_of(val_blocks_mean.sum(0, dtype=np.int64)))
+        )  # every block's maps averaged: σ on val too
         chosen = test[:, l, t]
-        result[label] = {"val_chosen_block": layers[l], "sigma": sigmas[t], "val_miou": float(val_grid[l, t]),
-                         "test_miou": float(test_grid[l, t]), "test_miou_ci": list(miou_interval(chosen)),
-                         "test_oracle": {"block": layers[oracle_l], "sigma": sigmas[oracle_t], "miou": float(test_grid[oracle_l, oracle_t])},
-                         "median_block_test_miou": float(np.median(test_grid[:, t])),
-                         "all_blocks_mean_maps": {"sigma": sigmas[mean_t], "val_miou": float(miou_of(val_blocks_mean[:, mean_t].sum(0, dtype=np.int64))),
-                                                  "test_miou": float(miou_of(blocks_mean[:, mean_t].sum(0, dtype=np.int64))),
-                                                  "chosen_block_minus_this": _difference(blocks_mean[:, mean_t], chosen)},
-                         "per_block_test": [round(float(v), 3) for v in test_grid[:, t]],
-                         "vs": {b: _difference(stats, chosen) for b, stats in baselines.items()}}
+        result[label] = {
+            "val_chosen_block": layers[l],
+            "sigma": sigmas[t],
+            "val_miou": float(val_grid[l, t]),
+            "test_miou": float(test_grid[l, t]),
+            "test_miou_ci": list(miou_interval(chosen)),
+            "test_oracle": {
+                "block": layers[oracle_l],
+                "sigma": sigmas[oracle_t],
+                "miou": float(test_grid[oracle_l, oracle_t]),
+            },
+            "median_block_test_miou": float(np.median(test_grid[:, t])),
+            "all_blocks_mean_maps": {
+                "sigma": sigmas[mean_t],
+                "val_miou": float(miou_of(val_blocks_mean[:, mean_t].sum(0, dtype=np.int64))),
+                "test_miou": float(miou_of(blocks_mean[:, mean_t].sum(0, dtype=np.int64))),
+                "chosen_block_minus_this": _difference(blocks_mean[:, mean_t], chosen),
+            },
+            "per_block_test": [round(float(v), 3) for v in test_grid[:, t]],
+            "vs": {b: _difference(stats, chosen) for b, stats in baselines.items()},
+        }
     return result
 
 
@@ -110,8 +146,9 @@ def baseline_stats(params) -> dict[str, np.ndarray]:
         rule = np.asarray(Image.fromarray(rule.astype(np.uint8)).resize(label.shape[::-1], Image.Resampling.NEAREST))
         stats["all background"].append(class_statistics(np.zeros_like(label), label, len(names)))
         stats["colour only"].append(class_statistics(rule, label, len(names)))
-        fractions = F.interpolate(torch.from_numpy(np.stack([label == c for c in prompted]).astype(np.float32))[None], size=grid,
-                                  mode="area")[0].numpy()
+        fractions = F.interpolate(
+            torch.from_numpy(np.stack([label == c for c in prompted]).astype(np.float32))[None], size=grid, mode="area"
+        )[0].numpy()
         ceiling = predict(fractions, np.array(prompted), label.shape, params.prompt.threshold)
         stats["token-grid ceiling"].append(class_statistics(ceiling, label, len(names)))
     return {name: np.stack(values) for name, values in stats.items()}
@@ -131,14 +168,20 @@ def main() -> None:
     shipped = args.model or params.model.path
     random_dir = "/tmp/seg4diff-random-organism"
     words = OrganismPipeline.from_pretrained(shipped).tokenizer.get_vocab()
-    OrganismPipeline.build(sorted(w for w in words if not w.startswith("[")),
-                           Architecture.from_params(params.pretrain.architecture, params.prepare.resolution),
-                           seed=params.pretrain.seed).save_pretrained(random_dir)
+    OrganismPipeline.build(
+        sorted(w for w in words if not w.startswith("[")),
+        Architecture.from_params(params.pretrain.architecture, params.prepare.resolution),
+        seed=params.pretrain.seed,
+    ).save_pretrained(random_dir)
     baselines = baseline_stats(params)
-    report = {"baselines_test": {name: {"miou": round(float(miou_of(s.sum(0))), 4), "ci": [round(x, 4) for x in miou_interval(s)]}
-                                 for name, s in baselines.items()},
-              "shipped": grounding(params, shipped, "shipped", baselines),
-              "random_init": grounding(params, random_dir, "random", baselines)}
+    report = {
+        "baselines_test": {
+            name: {"miou": round(float(miou_of(s.sum(0))), 4), "ci": [round(x, 4) for x in miou_interval(s)]}
+            for name, s in baselines.items()
+        },
+        "shipped": grounding(params, shipped, "shipped", baselines),
+        "random_init": grounding(params, random_dir, "random", baselines),
+    }
     print(json.dumps(report, indent=2))
 
 

@@ -6,6 +6,7 @@ of training per seed on the idle 2-core CPU.
 
     .venv/bin/python benchmarks/organism_seeds.py --seeds 0 1 2     # models under /tmp/seg4diff-organism-seed<N>
 """
+
 from __future__ import annotations
 
 import argparse

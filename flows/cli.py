@@ -4,6 +4,7 @@ Settings are params.yaml, then each preset in order, then each --set, validated 
 `dvc repro` uses; a wrong key, value or preset stops the command before anything runs, in one line. DVC stays the
 reproducible path (it records params, code and outputs in dvc.lock); this is for ad-hoc runs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,19 +16,39 @@ from seg4diff.errors import ConfigError, DataError
 
 
 def parser_for(name: str, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"python -m flows.{name}", description=description,
-                                     epilog="Presets: " + (", ".join(preset_names()) or "none shipped yet; give a YAML file")
-                                     + ". The Prefect server is the one in PREFECT_API_URL, else one started for this command.")
+    parser = argparse.ArgumentParser(
+        prog=f"python -m flows.{name}",
+        description=description,
+        epilog="Presets: "
+        + (", ".join(preset_names()) or "none shipped yet; give a YAML file")
+        + ". The Prefect server is the one in PREFECT_API_URL, else one started for this command.",
+    )
     parser.add_argument("--params", default="params.yaml", metavar="FILE", help="params file (default: params.yaml)")
-    parser.add_argument("--preset", action="append", default=[], metavar="NAME",
-                        help="YAML overrides merged in order onto the params file: a shipped preset's name or a file (repeatable)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="assignments",
-                        help="one setting, dotted key, value parsed as YAML, e.g. --set extract.sigmas='[0.5]' (repeatable)")
+    parser.add_argument(
+        "--preset",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="YAML overrides merged in order onto the params file: a shipped preset's name or a file (repeatable)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="assignments",
+        help="one setting, dotted key, value parsed as YAML, e.g. --set extract.sigmas='[0.5]' (repeatable)",
+    )
     return parser
 
 
-def run(name: str, flow: Callable, argv: list[str] | None = None, extra: Callable[[argparse.ArgumentParser], None] | None = None,
-        flow_kwargs: Callable[[argparse.Namespace], dict] | None = None) -> object:
+def run(
+    name: str,
+    flow: Callable,
+    argv: list[str] | None = None,
+    extra: Callable[[argparse.ArgumentParser], None] | None = None,
+    flow_kwargs: Callable[[argparse.Namespace], dict] | None = None,
+) -> object:
     """Parses the command line, validates the settings, and runs `flow` against one Prefect API; returns its result."""
     from flows.runners import for_stage
     from flows.server import prefect_api

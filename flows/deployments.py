@@ -6,6 +6,7 @@
 
 Every deployment runs the `seg4diff` pipeline flow: 'pipeline' runs every stage, '<stage>' only that stage.
 """
+
 from __future__ import annotations
 
 from prefect import serve
@@ -16,8 +17,10 @@ from flows.stages import STAGES
 
 def deployments() -> list:
     whole = pipeline.to_deployment(name="pipeline", description="every stage; up-to-date ones are skipped (dvc status)")
-    return [whole] + [pipeline.to_deployment(name=stage, parameters={"stages": [stage]}, description=f"only the {stage} stage")
-                      for stage in STAGES]
+    return [whole] + [
+        pipeline.to_deployment(name=stage, parameters={"stages": [stage]}, description=f"only the {stage} stage")
+        for stage in STAGES
+    ]
 
 
 if __name__ == "__main__":

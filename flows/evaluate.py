@@ -1,5 +1,6 @@
 """Stage `evaluate`: base vs fine-tuned on the test split — open vocabulary (both prompt protocols), unsupervised
 (both matching protocols), generation fidelity — into metrics/evaluate.json, a table and a mask-overlay gallery."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,7 +24,9 @@ from tasks.evaluate import evaluate_model_task
 @stage_flow("evaluate")
 def evaluate(params: Params, run) -> dict:
     """Evaluates the base model and, when an adapter exists, the fine-tuned one; returns the metrics written."""
-    variants = ["base"] + (["finetuned"] if (Path(params.finetune.output) / "adapter_model.safetensors").exists() else [])
+    variants = ["base"] + (
+        ["finetuned"] if (Path(params.finetune.output) / "adapter_model.safetensors").exists() else []
+    )
     with gpu_request(params):
         futures = {v: evaluate_model_task.submit(params, v) for v in variants}
     results = {v: future.result() for v, future in futures.items()}
@@ -32,19 +35,35 @@ def evaluate(params: Params, run) -> dict:
     for variant, result in results.items():
         metrics[variant] = variant_metrics(result, p.bootstrap_resamples, p.seed)
     if "finetuned" in results:
-        metrics["finetuned_vs_base"] = paired_comparison(results["base"], results["finetuned"], p.bootstrap_resamples, p.seed)
+        metrics["finetuned_vs_base"] = paired_comparison(
+            results["base"], results["finetuned"], p.bootstrap_resamples, p.seed
+        )
     metrics = round_floats(metrics)  # as written
     mlflow.log_metrics(numeric_leaves({k: v for k, v in metrics.items() if k not in ("expert", "sigma")}))
     rows = comparison_rows(metrics, variants)
     header = "| protocol | metric | " + " | ".join(variants) + " |\n|---|---|" + "---:|" * len(variants)
-    table = header + "\n" + "\n".join(f"| {r['protocol']} | {r['metric']} | " + " | ".join(str(r[v]) for v in variants) + " |" for r in rows)
+    table = (
+        header
+        + "\n"
+        + "\n".join(
+            f"| {r['protocol']} | {r['metric']} | " + " | ".join(str(r[v]) for v in variants) + " |" for r in rows
+        )
+    )
     if "finetuned_vs_base" in metrics:
-        table += "\n\nFine-tuned − base, paired over the same test images (95% interval):\n\n| | Δ | 95% CI |\n|---|---:|---|\n" + "\n".join(
-            f"| {name} | {v.get('delta_miou', v.get('delta')):+.4f} | [{v['ci'][0]:+.4f}, {v['ci'][1]:+.4f}] |"
-            for name, v in metrics["finetuned_vs_base"].items())
+        table += (
+            "\n\nFine-tuned − base, paired over the same test images (95% interval):\n\n| | Δ | 95% CI "
+            "|\n|---|---:|---|\n"
+            + "\n".join(
+                f"| {name} | {v.get('delta_miou', v.get('delta')):+.4f} | [{v['ci'][0]:+.4f}, {v['ci'][1]:+.4f}] |"
+                for name, v in metrics["finetuned_vs_base"].items()
+            )
+        )
     mlflow.log_text(table, "comparison.md")
-    create_markdown_artifact(key="evaluation", markdown=f"# Evaluation, {p.split} split, layer {metrics['expert']}, σ={metrics['sigma']:g}\n\n{table}",
-                             description="Segmentation in %; intervals: paired bootstrap over test images")
+    create_markdown_artifact(
+        key="evaluation",
+        markdown=f"# Evaluation, {p.split} split, layer {metrics['expert']}, σ={metrics['sigma']:g}\n\n{table}",
+        description="Segmentation in %; intervals: paired bootstrap over test images",
+    )
     test = open_split(params.prepare.output, params.evaluate.split)
     num_classes = test.sizes["class"]
     panels, titles = [], []

@@ -1,4 +1,5 @@
 """Stage `explore`: the attention explorer, one self-contained HTML page, logged to MLflow and linked from Prefect."""
+
 from __future__ import annotations
 
 import mlflow
@@ -17,12 +18,18 @@ def explore(params: Params, run) -> dict:
     mlflow.log_artifact(page["path"])
     mlflow.log_metrics({"explorer_megabytes": page["megabytes"], "explorer_samples": page["samples"]})
     uri = f"{run.info.artifact_uri}/{page['path'].rsplit('/', 1)[-1]}"
-    create_markdown_artifact(key="attention-explorer", markdown=(
-        f"# Attention explorer\n\n[{page['path']}]({page['path']}) — open it in a browser (works offline, from disk).\n\n"
-        f"MLflow copy: `{uri}` (run `{run.info.run_id}`, artifact `explorer.html`).\n\n"
-        f"| samples | layers | heads (with the mean) | σ | size |\n|---:|---:|---:|---:|---:|\n"
-        f"| {page['samples']} | {page['layers']} | {page['heads']} | {page['sigmas']} | {page['megabytes']:.2f} MB |"),
-        description="Self-contained page: attention by sample, layer, head, σ and word")
+    create_markdown_artifact(
+        key="attention-explorer",
+        markdown=(
+            f"# Attention explorer\n\n[{page['path']}]({page['path']}) — open it in a browser (works offline, from "
+            "disk).\n\n"
+            f"MLflow copy: `{uri}` (run `{run.info.run_id}`, artifact `explorer.html`).\n\n"
+            f"| samples | layers | heads (with the mean) | σ | size |\n|---:|---:|---:|---:|---:|\n"
+            f"| {page['samples']} | {page['layers']} | {page['heads']} | {page['sigmas']} | {page['megabytes']:.2f} MB "
+            "|"
+        ),
+        description="Self-contained page: attention by sample, layer, head, σ and word",
+    )
     return page
 
 

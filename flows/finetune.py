@@ -1,4 +1,5 @@
 """Stage `finetune`: MAGNET mask fine-tuning (LoRA) at the expert layer; the best adapter on validation is kept."""
+
 from __future__ import annotations
 
 import mlflow
@@ -17,14 +18,22 @@ def finetune(params: Params, run) -> dict:
     summary = train_magnet_task(params, run.info.run_id)
     history = summary["history"]
     trained = [h for h in history if "train_loss" in h]
-    mlflow.log_figure(loss_curve([h["step"] for h in trained], [h["train_loss"] for h in trained], "MAGNET loss"), "loss_curve.png")
+    mlflow.log_figure(
+        loss_curve([h["step"] for h in trained], [h["train_loss"] for h in trained], "MAGNET loss"), "loss_curve.png"
+    )
     best = summary["best"]
     mlflow.log_metrics({f"best_{k}": float(v) for k, v in best.items()})
     mlflow.log_artifacts(params.finetune.output, "lora")
-    create_markdown_artifact(key="finetune-best", markdown=(
-        f"# MAGNET fine-tuning (layer {summary['expert']['layer']}, σ={summary['expert']['sigma']:g})\n\n"
-        "| step | val mIoU | val flow loss |\n|---:|---:|---:|\n"
-        + "\n".join(f"| {h['step']} | {h['val_miou']:.4f} | {h['val_flow_loss']:.4f} |" for h in history if "val_miou" in h)))
+    create_markdown_artifact(
+        key="finetune-best",
+        markdown=(
+            f"# MAGNET fine-tuning (layer {summary['expert']['layer']}, σ={summary['expert']['sigma']:g})\n\n"
+            "| step | val mIoU | val flow loss |\n|---:|---:|---:|\n"
+            + "\n".join(
+                f"| {h['step']} | {h['val_miou']:.4f} | {h['val_flow_loss']:.4f} |" for h in history if "val_miou" in h
+            )
+        ),
+    )
     return Outcome(best, {k: float(v) for k, v in best.items()})
 
 

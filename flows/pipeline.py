@@ -9,6 +9,7 @@ stage and leave dvc.lock alone.
 
     python -m flows.pipeline [--stages extract score] [--force] [--preset NAME] [--set KEY=VALUE]
 """
+
 from __future__ import annotations
 
 import os
@@ -43,8 +44,13 @@ def dvc_record(root: Path, stage: str) -> None:
 
 
 @flow(name="seg4diff")
-def pipeline(params_path: str = "params.yaml", presets: list[str] | None = None, overrides: dict | None = None,
-             stages: list[str] | None = None, force: bool = False) -> dict:
+def pipeline(
+    params_path: str = "params.yaml",
+    presets: list[str] | None = None,
+    overrides: dict | None = None,
+    stages: list[str] | None = None,
+    force: bool = False,
+) -> dict:
     """Runs the stages in order (all by default) in the directory of `params_path`; returns what each stage did."""
     root = Path(params_path).resolve().parent
     os.chdir(root)  # stage outputs are relative to the params file, as under `dvc repro`
@@ -60,25 +66,38 @@ def pipeline(params_path: str = "params.yaml", presets: list[str] | None = None,
     logger = get_run_logger()
     report = {}
     configure(params.tracking)
-    with mlflow.start_run(run_name="pipeline", tags={"git_commit": git_commit(root), "params_hash": params_hash(params)}):
+    with mlflow.start_run(
+        run_name="pipeline", tags={"git_commit": git_commit(root), "params_hash": params_hash(params)}
+    ):
         for stage in chosen:
             if use_dvc and dvc_up_to_date(root, stage):
-                logger.info("stage %s is up to date (dvc status): skipped; its MLflow run shows the recorded outputs", stage)
+                logger.info(
+                    "stage %s is up to date (dvc status): skipped; its MLflow run shows the recorded outputs", stage
+                )
                 log_reused_stage(stage, params, specs[stage])
                 report[stage] = "up to date (dvc.lock): reused"
                 continue
-            for_stage(STAGES[stage].flow(), params)(params_path=Path(params_path).name, presets=presets, overrides=overrides)
+            for_stage(STAGES[stage].flow(), params)(
+                params_path=Path(params_path).name, presets=presets, overrides=overrides
+            )
             if use_dvc:
                 dvc_record(root, stage)
             report[stage] = "ran"
-        create_markdown_artifact(key="pipeline-run", markdown="# seg4diff pipeline\n\n| stage | |\n|---|---|\n"
-                                 + "\n".join(f"| {s} | {r} |" for s, r in report.items()))
+        create_markdown_artifact(
+            key="pipeline-run",
+            markdown="# seg4diff pipeline\n\n| stage | |\n|---|---|\n"
+            + "\n".join(f"| {s} | {r} |" for s, r in report.items()),
+        )
     return report
 
 
 def _pipeline_options(parser) -> None:
-    parser.add_argument("--stages", nargs="+", choices=list(STAGES), metavar="STAGE", help=f"only these stages ({', '.join(STAGES)})")
-    parser.add_argument("--force", action="store_true", help="run the chosen stages even when dvc.lock says they are up to date")
+    parser.add_argument(
+        "--stages", nargs="+", choices=list(STAGES), metavar="STAGE", help=f"only these stages ({', '.join(STAGES)})"
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="run the chosen stages even when dvc.lock says they are up to date"
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Stage `prepare`: dataset source → prepared zarr stores per split, a summary in MLflow and as a Prefect artifact."""
+
 from __future__ import annotations
 
 import mlflow
@@ -24,8 +25,11 @@ def prepare(params: Params, run) -> Outcome:
     markdown = summary_markdown(summaries, names)
     mlflow.log_text(markdown, "prepare_summary.md")
     mlflow.log_dict(report, "prepare_summary.json")
-    create_markdown_artifact(key="prepare-summary", markdown=f"# Prepared dataset ({params.data.source})\n\n{markdown}",
-                             description="Samples kept and skipped per split; class frequencies")
+    create_markdown_artifact(
+        key="prepare-summary",
+        markdown=f"# Prepared dataset ({params.data.source})\n\n{markdown}",
+        description="Samples kept and skipped per split; class frequencies",
+    )
     return Outcome(report, {s: {"kept": r["kept"], "skipped": sum(r["skipped"].values())} for s, r in report.items()})
 
 

@@ -1,4 +1,5 @@
 """Stage `pretrain`: train the Shapes organism (the embedded default model) and check that it reads its captions."""
+
 from __future__ import annotations
 
 import mlflow
@@ -22,7 +23,9 @@ def pretrain(params: Params, run) -> dict:
     checks["final_train_loss"] = log["losses"][-1]
     mlflow.log_metrics(checks)
     table = "\n".join(f"| {k} | {v:.4f} |" for k, v in checks.items())
-    create_markdown_artifact(key="pretrain-checks", markdown=f"# Organism checks\n\n| check | value |\n|---|---:|\n{table}")
+    create_markdown_artifact(
+        key="pretrain-checks", markdown=f"# Organism checks\n\n| check | value |\n|---|---:|\n{table}"
+    )
     return Outcome(checks)
 
 

@@ -1,4 +1,5 @@
 """Where shards run: a Dask cluster through prefect-dask (local by default, or the scheduler named in params)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -32,8 +33,15 @@ def shard_runner(params: Params) -> DaskTaskRunner:
     o = params.orchestration
     if o.dask_address:
         return DaskTaskRunner(address=o.dask_address)
-    return DaskTaskRunner(cluster_kwargs={"n_workers": o.local_workers, "threads_per_worker": 1, "processes": True,
-                                          "resources": {"GPU": max(o.gpus_per_task, 1)}, "dashboard_address": None})
+    return DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": o.local_workers,
+            "threads_per_worker": 1,
+            "processes": True,
+            "resources": {"GPU": max(o.gpus_per_task, 1)},
+            "dashboard_address": None,
+        }
+    )
 
 
 def gpu_request(params: Params):

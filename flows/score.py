@@ -1,4 +1,5 @@
 """Stage `score`: zero-shot grounding mIoU for every (layer, σ, head), with bootstrap intervals and figures."""
+
 from __future__ import annotations
 
 import mlflow
@@ -25,8 +26,11 @@ def score(params: Params, run) -> dict:
     mlflow.log_artifact(params.score.output)
     mlflow.log_metrics({k: float(v) for k, v in headline.items()})
     table = "\n".join(f"| {k} | {v:.4g} |" for k, v in headline.items())
-    create_markdown_artifact(key="layer-scores", markdown=f"# Layer-wise grounding\n\n| | |\n|---|---:|\n{table}",
-                             description="Best layer and reference rows; full table in results/layer_scores.csv")
+    create_markdown_artifact(
+        key="layer-scores",
+        markdown=f"# Layer-wise grounding\n\n| | |\n|---|---:|\n{table}",
+        description="Best layer and reference rows; full table in results/layer_scores.csv",
+    )
     return Outcome(headline, {k: float(v) for k, v in headline.items()})
 
 

@@ -8,6 +8,7 @@ Dask workers, `dvc repro`'s stage commands) reports to it.
 
     python -m flows.server dvc repro      # one server for every stage of a `dvc repro`
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -71,17 +72,26 @@ def prefect_api(start_timeout_s: float = START_TIMEOUT_S) -> Iterator[str]:
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
     log = tempfile.NamedTemporaryFile("w+", prefix="prefect-server-", suffix=".log", delete=False)
-    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              env={**os.environ, **QUIET}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env={**os.environ, **QUIET},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + start_timeout_s
         while not _healthy(api):
             if server.poll() is not None:
                 log.seek(0)
-                raise RuntimeError(f"the local Prefect server exited (code {server.returncode}) before it answered; "
-                                   f"its log ({log.name}) ends:\n{log.read()[-2000:]}")
+                raise RuntimeError(
+                    f"the local Prefect server exited (code {server.returncode}) before it answered; "
+                    f"its log ({log.name}) ends:\n{log.read()[-2000:]}"
+                )
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the local Prefect server did not answer on {api} within {start_timeout_s:.0f} s; log: {log.name}")
+                raise RuntimeError(
+                    f"the local Prefect server did not answer on {api} within {start_timeout_s:.0f} s; log: {log.name}"
+                )
             time.sleep(0.5)
         os.environ["PREFECT_API_URL"] = api
         with temporary_settings(updates={PREFECT_API_URL: api}):

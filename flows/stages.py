@@ -9,6 +9,7 @@ read this registry; `stage_flow` owns what surrounds every stage (params, checks
         ...
         return Outcome(headline, metrics=headline)
 """
+
 from __future__ import annotations
 
 import importlib
@@ -76,8 +77,9 @@ def stage_flow(name: str) -> Callable:
     stage = STAGES[name]
 
     def decorate(body: Callable[[Params, object], object]):
-        def run_stage(params_path: str = "params.yaml", presets: list[str] | None = None,
-                      overrides: dict | None = None):
+        def run_stage(
+            params_path: str = "params.yaml", presets: list[str] | None = None, overrides: dict | None = None
+        ):
             params = load_params(params_path, overrides, presets or ())
             check_stage(params, name)
             try:

@@ -1,4 +1,5 @@
 """`python -m flows.summary`: prints the expert layer, the headline metrics and where everything is."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,11 @@ from pathlib import Path
 from flows.tracking import tracking_uri
 from seg4diff.config import load_params
 
-ROWS = (("gt_classes", "open vocabulary, GT-class prompts"), ("vocabulary", "open vocabulary, whole vocabulary"),
-        ("unsupervised_per_image_matching", "unsupervised, per-image matching"))
+ROWS = (
+    ("gt_classes", "open vocabulary, GT-class prompts"),
+    ("vocabulary", "open vocabulary, whole vocabulary"),
+    ("unsupervised_per_image_matching", "unsupervised, per-image matching"),
+)
 
 
 def _read(path: str) -> dict | None:
@@ -22,29 +26,47 @@ def main() -> None:
     expert = _read(params.select.output)
     if expert:
         runner = expert.get("runner_up", {})
-        print(f"expert layer: {expert['layer']} at σ={expert['sigma']:g}, mIoU {expert['miou']:.3f} "
-              f"(95% CI {expert['ci_low']:.3f}–{expert['ci_high']:.3f}; rule {expert['rule']}"
-              f"{', forced' if expert['forced'] else ''}); runner-up layer {runner.get('layer')} {runner.get('miou', float('nan')):.3f}")
+        print(
+            f"expert layer: {expert['layer']} at σ={expert['sigma']:g}, mIoU {expert['miou']:.3f} "
+            f"(95% CI {expert['ci_low']:.3f}–{expert['ci_high']:.3f}; rule {expert['rule']}"
+            f"{', forced' if expert['forced'] else ''}); runner-up layer {runner.get('layer')} "
+            f"{runner.get('miou', float('nan')):.3f}"
+        )
         paired = expert.get("vs_runner_up")
         if paired:
-            print(f"              expert − runner-up on the same val images: {paired['delta_miou']:+.3f} "
-                  f"[{paired['ci'][0]:+.3f}, {paired['ci'][1]:+.3f}] (paired bootstrap)")
+            print(
+                f"              expert − runner-up on the same val images: {paired['delta_miou']:+.3f} "
+                f"[{paired['ci'][0]:+.3f}, {paired['ci'][1]:+.3f}] (paired bootstrap)"
+            )
     causal = _read("metrics/causal.json")
     if causal and expert:
-        print(f"\ncausal test (perturbing one layer's image→text attention during generation; {params.causal.split} captions):")
+        print(
+            f"\ncausal test (perturbing one layer's image→text attention during generation; {params.causal.split} "
+            "captions):"
+        )
         for key, v in causal.items():
             if v.get("expert_ci"):
-                print(f"  {key:<34} expert Δ {v['expert_delta']:+.3f} [{v['expert_ci'][0]:+.3f}, {v['expert_ci'][1]:+.3f}], "
-                      f"rank {v['expert_rank']} of {v['layers']} (most harmful: layer {v['most_harmful_layer']}, {v['most_harmful_delta']:+.3f})")
+                print(
+                    f"  {key:<34} expert Δ {v['expert_delta']:+.3f} [{v['expert_ci'][0]:+.3f}, "
+                    f"{v['expert_ci'][1]:+.3f}], "
+                    f"rank {v['expert_rank']} of {v['layers']} (most harmful: layer {v['most_harmful_layer']}, "
+                    f"{v['most_harmful_delta']:+.3f})"
+                )
     evaluation = _read(params.evaluate.output)
     if evaluation:
         variants = [v for v in ("base", "finetuned") if v in evaluation]
-        print(f"\n| {params.evaluate.split} split, mIoU % [95% CI] | " + " | ".join(variants)
-              + (" | fine-tuned − base [95% CI, paired] |" if "finetuned_vs_base" in evaluation else " |"))
+        print(
+            f"\n| {params.evaluate.split} split, mIoU % [95% CI] | "
+            + " | ".join(variants)
+            + (" | fine-tuned − base [95% CI, paired] |" if "finetuned_vs_base" in evaluation else " |")
+        )
         print("|---|" + "---:|" * (len(variants) + ("finetuned_vs_base" in evaluation)))
         for key, label in ROWS:
-            cells = [f"{100 * evaluation[v][key]['miou']:.1f} [{100 * evaluation[v][key]['miou_ci'][0]:.1f}–{100 * evaluation[v][key]['miou_ci'][1]:.1f}]"
-                     for v in variants]
+            cells = [
+                f"{100 * evaluation[v][key]['miou']:.1f} "
+                f"[{100 * evaluation[v][key]['miou_ci'][0]:.1f}–{100 * evaluation[v][key]['miou_ci'][1]:.1f}]"
+                for v in variants
+            ]
             if "finetuned_vs_base" in evaluation:
                 d = evaluation["finetuned_vs_base"][key]
                 cells.append(f"{100 * d['delta_miou']:+.2f} [{100 * d['ci'][0]:+.2f}, {100 * d['ci'][1]:+.2f}]")
@@ -53,12 +75,21 @@ def main() -> None:
             print(f"| {metric} | " + " | ".join(f"{evaluation[v]['fidelity'][metric]:.4f}" for v in variants) + " |")
         flow = evaluation.get("finetuned_vs_base", {}).get("heldout_flow_loss_relative")
         if flow:
-            print(f"held-out flow loss, fine-tuned vs base: {100 * flow['delta']:+.2f}% [{100 * flow['ci'][0]:+.2f}, {100 * flow['ci'][1]:+.2f}] (paired)")
+            print(
+                f"held-out flow loss, fine-tuned vs base: {100 * flow['delta']:+.2f}% [{100 * flow['ci'][0]:+.2f}, "
+                f"{100 * flow['ci'][1]:+.2f}] (paired)"
+            )
         chosen = {v: evaluation[v]["gt_classes"].get("predictor") for v in variants}
         if all(chosen.values()):
-            print("GT-class predictor, chosen on val: " + "; ".join(
-                f"{v} {chosen[v]} (val " + ", ".join(f"{p} {m:.3f}" for p, m in evaluation[v]["gt_classes"]["val_miou_by_predictor"].items()) + ")"
-                for v in variants))
+            print(
+                "GT-class predictor, chosen on val: "
+                + "; ".join(
+                    f"{v} {chosen[v]} (val "
+                    + ", ".join(f"{p} {m:.3f}" for p, m in evaluation[v]["gt_classes"]["val_miou_by_predictor"].items())
+                    + ")"
+                    for v in variants
+                )
+            )
         never = evaluation["base"]["vocabulary"].get("never_predicted")
         if never:
             print(f"vocabulary protocol: {len(never)} classes never predicted by the base model ({', '.join(never)})")

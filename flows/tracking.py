@@ -1,4 +1,5 @@
 """MLflow tracking: a SQLite store at an absolute path under the repository, one run per stage."""
+
 from __future__ import annotations
 
 import contextlib
@@ -26,7 +27,8 @@ def tracking_uri(params: TrackingParams, root: Path | None = None) -> str:
 
 
 def configure(params: TrackingParams, root: Path | None = None) -> str:
-    """Points MLflow at the project's store and experiment (artifacts under <root>/mlartifacts); returns the experiment id."""
+    """Points MLflow at the project's store and experiment (artifacts under <root>/mlartifacts); returns the experiment
+    id."""
     root = root or repo_root()
     mlflow.set_tracking_uri(tracking_uri(params, root))
     experiment = mlflow.get_experiment_by_name(params.experiment)
@@ -54,8 +56,9 @@ def params_hash(params: Params) -> str:
 
 def git_commit(root: Path | None = None) -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root or repo_root(), capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root or repo_root(), capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (subprocess.CalledProcessError, FileNotFoundError):
         return "unknown"
 
@@ -65,8 +68,12 @@ def stage_run(stage: str, params: Params, groups: tuple[str, ...]) -> Iterator[m
     """Opens an MLflow run named after the stage (nested when a pipeline run is active) logging its params groups."""
     experiment_id = configure(params.tracking)
     nested = mlflow.active_run() is not None
-    with mlflow.start_run(run_name=stage, experiment_id=experiment_id, nested=nested,
-                          tags={"stage": stage, "git_commit": git_commit(), "params_hash": params_hash(params)}) as run:
+    with mlflow.start_run(
+        run_name=stage,
+        experiment_id=experiment_id,
+        nested=nested,
+        tags={"stage": stage, "git_commit": git_commit(), "params_hash": params_hash(params)},
+    ) as run:
         for group in groups:
             mlflow.log_params(flatten(getattr(params, group), f"{group}."))
         yield run
@@ -104,5 +111,7 @@ def log_reused_stage(stage: str, params: Params, spec: dict) -> None:
         for path in map(Path, _entries(spec.get("outs")) + _entries(spec.get("plots")) + _entries(spec.get("metrics"))):
             if path.is_file() and path.stat().st_size <= REUSED_ARTIFACT_LIMIT:
                 mlflow.log_artifact(str(path))
-            elif path.is_dir() and sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) <= REUSED_ARTIFACT_LIMIT:
+            elif (
+                path.is_dir() and sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) <= REUSED_ARTIFACT_LIMIT
+            ):
                 mlflow.log_artifacts(str(path), path.name)

@@ -4,12 +4,17 @@ The notebook API, imported on first use (so that `import seg4diff.data…` stays
 
     from seg4diff import capture_attention, perturb_attention, trace, load_backbone
 """
+
 from __future__ import annotations
 
 import importlib
 
-NOTEBOOK_API = {"capture_attention": "seg4diff.capture.attention", "perturb_attention": "seg4diff.capture.perturb",
-                "trace": "seg4diff.capture.trace", "load_backbone": "seg4diff.backbones.backbone"}
+NOTEBOOK_API = {
+    "capture_attention": "seg4diff.capture.attention",
+    "perturb_attention": "seg4diff.capture.perturb",
+    "trace": "seg4diff.capture.trace",
+    "load_backbone": "seg4diff.backbones.backbone",
+}
 __all__ = list(NOTEBOOK_API)
 
 

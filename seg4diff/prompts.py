@@ -1,4 +1,5 @@
 """Prompts from class names (gt_classes, vocabulary, caption) and which text positions are each class's words."""
+
 from __future__ import annotations
 
 import re
@@ -33,7 +34,9 @@ class PromptStyle:
     columns: str  # "all", or one encoder ("clip", "t5") whose token columns make the class maps
 
 
-def build_prompt(style: PromptStyle, present: np.ndarray, class_names: list[str], caption: str) -> tuple[str, list[ClassSpan]]:
+def build_prompt(
+    style: PromptStyle, present: np.ndarray, class_names: list[str], caption: str
+) -> tuple[str, list[ClassSpan]]:
     """Returns (prompt, class spans) for one sample.
 
     gt_classes: the present classes' names joined by the separator (the oracle protocol); vocabulary: every class;
@@ -73,23 +76,35 @@ def column_positions(encoding: PromptEncoding, index: int, columns: str) -> list
     return [pos for pos, token in enumerate(encoding.tokens[index]) if columns == "all" or token.encoder == columns]
 
 
-def token_slots(encoding: PromptEncoding, index: int, spans: list[ClassSpan], keep: str, slots: int, name: str,
-                columns: str) -> TokenSlots:
+def token_slots(
+    encoding: PromptEncoding, index: int, spans: list[ClassSpan], keep: str, slots: int, name: str, columns: str
+) -> TokenSlots:
     """Returns the text positions kept for one prompt (class tokens, or all) in the chosen encoder's columns, with
     their class ids, padded to `slots`."""
     tokens = encoding.tokens[index]
     encoder = None if columns == "all" else columns
     if encoder is not None and not any(token.encoder == encoder for token in tokens):
         found = sorted({token.encoder for token in tokens})
-        raise ConfigError(f"prompt.columns is '{columns}' but this model's text positions come from {found}: choose one of them or 'all'")
+        raise ConfigError(
+            f"prompt.columns is '{columns}' but this model's text positions come from {found}: choose one of them or "
+            "'all'"
+        )
     class_of = {}
     for span in spans:
         for position in encoding.positions(index, span.start, span.end, encoder):
             class_of.setdefault(position, span.class_id)
     positions = sorted(class_of) if keep == "class" else column_positions(encoding, index, columns)
     if len(positions) > slots:
-        raise ConfigError(f"sample {name}: {len(positions)} tokens to keep but extract.max_tokens is {slots}: raise extract.max_tokens")
-    result = TokenSlots(np.full(slots, -1, np.int32), np.full(slots, -1, np.int16), np.full(slots, "", object), np.full(slots, "", object))
+        raise ConfigError(
+            f"sample {name}: {len(positions)} tokens to keep but extract.max_tokens is {slots}: raise "
+            "extract.max_tokens"
+        )
+    result = TokenSlots(
+        np.full(slots, -1, np.int32),
+        np.full(slots, -1, np.int16),
+        np.full(slots, "", object),
+        np.full(slots, "", object),
+    )
     for slot, position in enumerate(positions):
         result.position[slot] = position
         result.class_id[slot] = class_of.get(position, -1)

@@ -1,4 +1,5 @@
 """Task of the causal stage: perturb each layer's image→text attention during generation and measure the damage."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,8 +23,9 @@ def causal_task(params: Params) -> tuple[pd.DataFrame, dict]:
     require_captions(prepared, p.split, "the causal stage (it generates from captions)")
     layers = p.layers if p.layers is not None else list(range(len(joint_attention_modules(backbone.transformer))))
     captions = [str(c) for c in prepared["caption"].values[: p.captions]]
-    return causal_table(backbone, captions, prepared, prompt_style(params.prompt, "gt_classes"), p, layers,
-                        params.evaluate.clip_model)
+    return causal_table(
+        backbone, captions, prepared, prompt_style(params.prompt, "gt_classes"), p, layers, params.evaluate.clip_model
+    )
 
 
 def example_panels(examples: dict, layers: list[int], kind: str, count: int = 4) -> tuple[np.ndarray, list[str]]:

@@ -1,4 +1,5 @@
 """Tasks of the evaluate stage: one model variant (base or fine-tuned) evaluated on the test split."""
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,9 @@ def _evaluate_model(params: Params, variant: str) -> dict:
     readout = Readout.for_expert(expert, params.prompt, p.seed)
     kl_threshold, kl_curve = choose_kl_threshold(backbone, val, readout, p.batch_size, p.kl_thresholds, p.val_samples)
     predictor, predictor_curve = choose_predictor(backbone, val, readout, p.batch_size, p.predictors, p.val_samples)
-    results, gallery = evaluate_segmentation(backbone, test, replace(readout, predictor=predictor), p.batch_size,
-                                             kl_threshold, p.max_samples)
+    results, gallery = evaluate_segmentation(
+        backbone, test, replace(readout, predictor=predictor), p.batch_size, kl_threshold, p.max_samples
+    )
     results["gt_classes"] |= {"predictor": predictor, "val_miou_by_predictor": predictor_curve}
     results["unsupervised_per_image_matching"]["val_miou_by_threshold"] = {str(t): m for t, m in kl_curve.items()}
     limit = min(test.sizes["sample"], p.max_samples or test.sizes["sample"])
@@ -63,5 +65,12 @@ def _evaluate_model(params: Params, variant: str) -> dict:
         if p.clip_model:
             fidelity["clip_score"] = clip_score(images, captions, p.clip_model)
     shown = sorted(gallery)[: p.gallery]
-    return {"variant": variant, "expert": expert, "segmentation": results, "fidelity": fidelity, "per_sample_flow_loss": flow,
-            "gallery": {i: gallery[i].astype(np.uint8) for i in shown}, "torch_threads": torch.get_num_threads()}
+    return {
+        "variant": variant,
+        "expert": expert,
+        "segmentation": results,
+        "fidelity": fidelity,
+        "per_sample_flow_loss": flow,
+        "gallery": {i: gallery[i].astype(np.uint8) for i in shown},
+        "torch_threads": torch.get_num_threads(),
+    }

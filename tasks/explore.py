@@ -1,4 +1,5 @@
 """Task of the explore stage: the attention explorer page from the store, the layer scores and the expert."""
+
 from __future__ import annotations
 
 import json
@@ -36,11 +37,27 @@ def build_explorer_task(params: Params) -> dict:
     store, prepared = load_inputs(params)
     scores = pd.read_csv(params.score.output)
     expert = json.loads(Path(params.select.output).read_text())
-    data = explorer_data(store, prepared, scores, expert, params.explore.samples, background_threshold(params, store),
-                         params.explore.display_size, causal_curve(params))
-    html = render_html(data, f"seg4diff attention explorer — {store.attrs.get('model', '')}, {store.attrs.get('split', '')} split")
+    data = explorer_data(
+        store,
+        prepared,
+        scores,
+        expert,
+        params.explore.samples,
+        background_threshold(params, store),
+        params.explore.display_size,
+        causal_curve(params),
+    )
+    html = render_html(
+        data, f"seg4diff attention explorer — {store.attrs.get('model', '')}, {store.attrs.get('split', '')} split"
+    )
     output = Path(params.explore.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(html, encoding="utf-8")
-    return {"path": str(output), "megabytes": output.stat().st_size / 2**20, "samples": len(data["samples"]),
-            "layers": len(data["layers"]), "heads": len(data["heads"]), "sigmas": len(data["sigmas"])}
+    return {
+        "path": str(output),
+        "megabytes": output.stat().st_size / 2**20,
+        "samples": len(data["samples"]),
+        "layers": len(data["layers"]),
+        "heads": len(data["heads"]),
+        "sigmas": len(data["sigmas"]),
+    }

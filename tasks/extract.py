@@ -1,4 +1,5 @@
 """Tasks of the extract stage: lay out the store once, then fill disjoint, shard-aligned sample ranges."""
+
 from __future__ import annotations
 
 import time
@@ -47,18 +48,45 @@ def plan_extraction_task(params: Params) -> dict:
     layout = StoreLayout(samples, layers, heads, sigmas, p.max_tokens, grid, tuple(p.directions), p.diagnostics)
     counts = kept_token_counts(backbone, prepared, samples, p, prompt_style(params.prompt, p.prompt))
     storage = storage_plan(layout, counts, Path(p.output))  # before anything is written: refuses what cannot fit
-    print(f"storage plan: {samples} samples × {storage['mean_tokens']:.1f} kept tokens → about {storage['expected_gb']:.2f} GB "
-          f"(every slot full: {storage['upper_bound_gb']:.2f} GB); {storage['free_gb']:.1f} GB free at {p.output}")
-    attrs = {"fingerprint": fingerprint(SCHEMA_VERSION, params.model.model_dump(), model_digest(params.model), params.data.model_dump(), params.prepare.model_dump(),
-                                        p.model_dump(exclude={"workers", "batch_size", "output"}), params.prompt.model_dump(), sigmas),
-             "model": params.model.path, "family": backbone.family, "split": p.split, "prompt": p.prompt,
-             "separator": params.prompt.separator, "background": params.prompt.background,
-             "class_names": class_names(prepared), "has_background": bool(prepared.attrs["has_background"]),
-             "resolution": resolution, "label_resolution": prepared.attrs["label_resolution"], "seed": p.seed}
+    print(
+        f"storage plan: {samples} samples × {storage['mean_tokens']:.1f} kept tokens → about "
+        f"{storage['expected_gb']:.2f} GB "
+        f"(every slot full: {storage['upper_bound_gb']:.2f} GB); {storage['free_gb']:.1f} GB free at {p.output}"
+    )
+    attrs = {
+        "fingerprint": fingerprint(
+            SCHEMA_VERSION,
+            params.model.model_dump(),
+            model_digest(params.model),
+            params.data.model_dump(),
+            params.prepare.model_dump(),
+            p.model_dump(exclude={"workers", "batch_size", "output"}),
+            params.prompt.model_dump(),
+            sigmas,
+        ),
+        "model": params.model.path,
+        "family": backbone.family,
+        "split": p.split,
+        "prompt": p.prompt,
+        "separator": params.prompt.separator,
+        "background": params.prompt.background,
+        "class_names": class_names(prepared),
+        "has_background": bool(prepared.attrs["has_background"]),
+        "resolution": resolution,
+        "label_resolution": prepared.attrs["label_resolution"],
+        "seed": p.seed,
+    }
     created = open_or_create(Path(p.output), layout, attrs)
     done = int(completed(Path(p.output))[:samples].sum())
-    return {"ranges": plan_ranges(samples, p.batch_size, p.workers), "sigmas": sigmas, "layers": layers,
-            "samples": samples, "created": created, "already_complete": done, "storage": storage}
+    return {
+        "ranges": plan_ranges(samples, p.batch_size, p.workers),
+        "sigmas": sigmas,
+        "layers": layers,
+        "samples": samples,
+        "created": created,
+        "already_complete": done,
+        "storage": storage,
+    }
 
 
 @task(name="extract-range", task_run_name="extract-{start}-{stop}", **RETRY_TRANSIENT)  # a retry resumes
@@ -67,8 +95,21 @@ def extract_range_task(params: Params, start: int, stop: int, sigmas: list[float
     backbone = load_backbone(params.model)
     began = time.perf_counter()
     # reads stay in this process: inside a Dask worker, dask would otherwise send them back to the busy cluster
-    with dask.config.set(scheduler="synchronous"), tqdm(total=stop - start, desc=f"extract {start}-{stop}", unit="sample") as bar:
+    with (
+        dask.config.set(scheduler="synchronous"),
+        tqdm(total=stop - start, desc=f"extract {start}-{stop}", unit="sample") as bar,
+    ):
         bar.update(int(completed(Path(params.extract.output))[start:stop].sum()))
-        computed = extract_range(backbone, _prepared(params), Path(params.extract.output), start, stop, sigmas, layers,
-                                 params.extract, prompt_style(params.prompt, params.extract.prompt), progress=bar)
+        computed = extract_range(
+            backbone,
+            _prepared(params),
+            Path(params.extract.output),
+            start,
+            stop,
+            sigmas,
+            layers,
+            params.extract,
+            prompt_style(params.prompt, params.extract.prompt),
+            progress=bar,
+        )
     return {"computed": computed, "seconds": time.perf_counter() - began}

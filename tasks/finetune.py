@@ -1,4 +1,5 @@
 """Task of the finetune stage: MAGNET LoRA training at the selected expert layer, validated on the val split."""
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,9 @@ from seg4diff.training.magnet import MagnetConfig, train_magnet
 
 
 def magnet_config(params: Params, expert: dict) -> MagnetConfig:
-    return MagnetConfig.from_params(params.finetune, params.prompt, expert["layer"], expert["sigma"], model_digest(params.model))
+    return MagnetConfig.from_params(
+        params.finetune, params.prompt, expert["layer"], expert["sigma"], model_digest(params.model)
+    )
 
 
 @task(name="train-magnet")
@@ -37,8 +40,14 @@ def train_magnet_task(params: Params, run_id: str) -> dict:
     train = open_split(params.prepare.output, "train")
     if params.finetune.mode == "caption":
         require_captions(train, "train", "finetune.mode 'caption'")
-    summary = train_magnet(load_backbone(params.model), train, open_split(params.prepare.output, "val"),
-                           config, Path(params.finetune.work_dir), on_metrics=log)
+    summary = train_magnet(
+        load_backbone(params.model),
+        train,
+        open_split(params.prepare.output, "val"),
+        config,
+        Path(params.finetune.work_dir),
+        on_metrics=log,
+    )
     output = Path(params.finetune.output)
     shutil.rmtree(output, ignore_errors=True)
     shutil.copytree(Path(params.finetune.work_dir) / "best", output)

@@ -1,4 +1,5 @@
 """Tasks of the prepare stage: generate Shapes when it is the source, then write one prepared store per split."""
+
 from __future__ import annotations
 
 from pathlib import Path

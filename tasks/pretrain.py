@@ -1,4 +1,5 @@
 """Tasks of the pretrain stage: train the Shapes organism, then check that it reads its captions and draws them."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,14 +30,17 @@ def train_organism_task(params: Params, run_id: str) -> dict:
     words = sorted({word for text in [*names, *captions] for word in text.split()})
     pipe = OrganismPipeline.build(words, Architecture.from_params(p.architecture, params.prepare.resolution), p.seed)
     client = MlflowClient()
-    log = train(pipe, images, captions, p, on_log=lambda step, loss: client.log_metric(run_id, "train_loss", loss, step=step))
+    log = train(
+        pipe, images, captions, p, on_log=lambda step, loss: client.log_metric(run_id, "train_loss", loss, step=step)
+    )
     pipe.save_pretrained(p.output)
     return {"steps": log.steps, "losses": log.losses, "seconds": log.seconds}
 
 
 @task(name="check-organism")
 def check_organism_task(params: Params) -> dict:
-    """Returns held-out checks: caption reading (loss with true vs another image's caption) and caption colour agreement."""
+    """Returns held-out checks: caption reading (loss with true vs another image's caption) and caption colour
+    agreement."""
     p = params.pretrain
     pipe = OrganismPipeline.from_pretrained(p.output)
     images, captions, _ = load_split(params, "val")
@@ -50,6 +54,13 @@ def check_organism_task(params: Params) -> dict:
     chosen = captions[: p.num_samples]
     generated = sample(pipe, chosen, steps=p.sample_steps, guidance=p.guidance, seed=p.seed).permute(0, 2, 3, 1).numpy()
     agreement, chance = caption_colour_agreement(generated, chosen)
-    return {"loss_true_caption": true, "loss_other_caption": other, "loss_empty_caption": empty,
-            "caption_gain": 1 - true / other, "colour_agreement": agreement, "colour_chance": chance,
-            "samples": generated.astype(np.float32), "captions": chosen}
+    return {
+        "loss_true_caption": true,
+        "loss_other_caption": other,
+        "loss_empty_caption": empty,
+        "caption_gain": 1 - true / other,
+        "colour_agreement": agreement,
+        "colour_chance": chance,
+        "samples": generated.astype(np.float32),
+        "captions": chosen,
+    }

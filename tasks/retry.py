@@ -1,5 +1,6 @@
 """Which task failures are worth a retry: transient ones (I/O, a lost or unreachable worker), never a wrong setting
 or a wrong input, which fail at once with their one-line message."""
+
 from __future__ import annotations
 
 from prefect.tasks import exponential_backoff
@@ -11,14 +12,17 @@ TRANSIENT_NAMES = {"KilledWorker", "CommClosedError", "StreamClosedError"}  # di
 
 
 def is_transient(error: BaseException | None) -> bool:
-    """True when `error` (or an exception it was raised from) can go away on a second try, and none in its chain is permanent."""
+    """True when `error` (or an exception it was raised from) can go away on a second try, and none in its chain is
+    permanent."""
     chain = []
     while error is not None and error not in chain:
         chain.append(error)
         error = error.__cause__ or error.__context__
     if any(isinstance(e, (ConfigError, DataError, *PERMANENT_OS_ERRORS)) for e in chain):
         return False
-    return any(isinstance(e, (OSError, TimeoutError, MemoryError)) or type(e).__name__ in TRANSIENT_NAMES for e in chain)
+    return any(
+        isinstance(e, (OSError, TimeoutError, MemoryError)) or type(e).__name__ in TRANSIENT_NAMES for e in chain
+    )
 
 
 def retry_transient(task, task_run, state) -> bool:
@@ -32,4 +36,8 @@ def retry_transient(task, task_run, state) -> bool:
     return is_transient(error if isinstance(error, BaseException) else None)
 
 
-RETRY_TRANSIENT = {"retries": 2, "retry_delay_seconds": exponential_backoff(backoff_factor=5), "retry_condition_fn": retry_transient}
+RETRY_TRANSIENT = {
+    "retries": 2,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=5),
+    "retry_condition_fn": retry_transient,
+}

@@ -1,4 +1,5 @@
 """Tasks of the score stage: stream the attention store into per-class statistics, then tidy scores and figures."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,21 +23,28 @@ def load_inputs(params: Params):
     store = open_attention(Path(params.extract.output))
     if not bool(store.complete.all()):
         missing = np.flatnonzero(~store.complete.values)[:10].tolist()
-        raise RuntimeError(f"attention store {params.extract.output} is incomplete (samples {missing}…): re-run extract")
+        raise RuntimeError(
+            f"attention store {params.extract.output} is incomplete (samples {missing}…): re-run extract"
+        )
     if params.score.sigmas is not None:
         try:
             store = store.isel(timestep=sigma_index(store, params.score.sigmas))
         except ValueError as error:
             raise ConfigError(f"score.sigmas: {error}") from None
-    prepared = open_split(params.prepare.output, store.attrs['split']).isel(sample=store.sample.values)
+    prepared = open_split(params.prepare.output, store.attrs["split"]).isel(sample=store.sample.values)
     return store, prepared
 
 
 @task(name="score-layers")
 def score_layers_task(params: Params) -> ScoreTables:
     store, prepared = load_inputs(params)
-    return score_store(store, prepared["label"], prepared.sizes["class"], background_threshold(params, store),
-                       sizes=label_sizes(prepared))
+    return score_store(
+        store,
+        prepared["label"],
+        prepared.sizes["class"],
+        background_threshold(params, store),
+        sizes=label_sizes(prepared),
+    )
 
 
 def background_threshold(params: Params, store) -> float | None:
@@ -50,22 +58,37 @@ def write_scores_task(params: Params, tables: ScoreTables) -> dict:
     scores = tidy_scores(tables, params.score.bootstrap_resamples, params.score.seed)
     out = Path(params.score.output)
     write_csv(scores, out)
-    np.savez_compressed(stats_path(params.score.output), per_sample=tables.per_sample, directions=np.array(tables.directions),
-                        layers=np.array(tables.layers), sigmas=np.array(tables.sigmas))
+    np.savez_compressed(
+        stats_path(params.score.output),
+        per_sample=tables.per_sample,
+        directions=np.array(tables.directions),
+        layers=np.array(tables.layers),
+        sigmas=np.array(tables.sigmas),
+    )
     miou = scores[(scores.metric == "miou") & (scores["head"] == "mean")]
-    write_csv(miou.pivot_table(index="layer", columns="direction", values="value", aggfunc="max").reset_index(),
-              out.parent / "layer_curve.csv")
+    write_csv(
+        miou.pivot_table(index="layer", columns="direction", values="value", aggfunc="max").reset_index(),
+        out.parent / "layer_curve.csv",
+    )
     write_csv(miou[miou.direction == "image_to_text"][["layer", "sigma", "value"]], out.parent / "layer_sigma.csv")
 
     figures = {"layer_curve.png": layer_curve(scores)}
     for d, direction in enumerate(tables.directions):
         grid = miou_of(tables.per_sample[:, d].sum(axis=0, dtype=np.int64))  # (layer, sigma)
-        figures[f"layer_sigma_{direction}.png"] = heatmap(grid, tables.layers, tables.sigmas, f"mIoU, {direction}", "layer", "σ")
+        figures[f"layer_sigma_{direction}.png"] = heatmap(
+            grid, tables.layers, tables.sigmas, f"mIoU, {direction}", "layer", "σ"
+        )
         if len(tables.heads) > 1:
             best_t = int(np.nanargmax(np.nanmax(grid, axis=0)))
             by_head = miou_of(tables.per_head[d, :, :, best_t])
-            figures[f"layer_head_{direction}.png"] = heatmap(by_head, tables.layers, tables.heads,
-                                                             f"mIoU per head, {direction}, σ={tables.sigmas[best_t]:g}", "layer", "head")
+            figures[f"layer_head_{direction}.png"] = heatmap(
+                by_head,
+                tables.layers,
+                tables.heads,
+                f"mIoU per head, {direction}, σ={tables.sigmas[best_t]:g}",
+                "layer",
+                "head",
+            )
     return {"figures": figures, "headline": headline_scores(tables), "rows": len(scores)}
 
 
@@ -87,5 +110,6 @@ def example_maps_task(params: Params, layer: int, sigma: float):
         predictions.append(predict(per_class, prompted, size, background_threshold(params, store)))
         maps.append(list(upsample(per_class, size)))
         titles.append([names[c] for c in prompted])
-    return attention_examples(images, labels, predictions, maps, titles, len(names),
-                              f"image→text attention, layer {layer}, σ={sigma:g}")
+    return attention_examples(
+        images, labels, predictions, maps, titles, len(names), f"image→text attention, layer {layer}, σ={sigma:g}"
+    )

@@ -1,4 +1,5 @@
 """Task of the select stage: apply the selection rule to the layer scores."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,8 +23,13 @@ def select_expert_task(params: Params) -> dict:
     stats = stats_path(params.score.output)
     if "runner_up" in expert and stats.exists():
         with np.load(stats) as arrays:
-            expert["vs_runner_up"] = paired_vs_runner_up(expert, dict(arrays), params.score.bootstrap_resamples, params.score.seed)
+            expert["vs_runner_up"] = paired_vs_runner_up(
+                expert, dict(arrays), params.score.bootstrap_resamples, params.score.seed
+            )
     elif "runner_up" in expert:  # a clone without the DVC cache: scores in git, per-sample statistics not
-        get_run_logger().warning("%s is missing (the score stage writes it): no paired expert − runner-up interval; "
-                                 "run `dvc repro score` or `python -m flows.score` to get it", stats)
+        get_run_logger().warning(
+            "%s is missing (the score stage writes it): no paired expert − runner-up interval; "
+            "run `dvc repro score` or `python -m flows.score` to get it",
+            stats,
+        )
     return expert

@@ -27,7 +27,11 @@ def tiny_model_dirs(tmp_path_factory) -> dict[str, Path]:
     """Tiny random SD3, SD3.5-style and FLUX pipelines saved with save_pretrained (safetensors)."""
     root = tmp_path_factory.mktemp("models")
     dirs = {}
-    for name, pipe in {"sd3": tiny_sd3_pipeline(), "sd35": tiny_sd3_pipeline(sd35=True), "flux": tiny_flux_pipeline()}.items():
+    for name, pipe in {
+        "sd3": tiny_sd3_pipeline(),
+        "sd35": tiny_sd3_pipeline(sd35=True),
+        "flux": tiny_flux_pipeline(),
+    }.items():
         pipe.save_pretrained(root / name, safe_serialization=True)
         dirs[name] = root / name
     return dirs
@@ -43,8 +47,13 @@ def prepared_shapes(root: Path, splits: list[str], resolution: int, label_resolu
     generate_shapes(root, shapes, splits)
     source = build_source(DataParams(source="shapes", root=str(root), shapes=shapes), splits)
     for split in splits:
-        prepare_split(source, split, root / f"{split}.zarr", PrepareParams(resolution=resolution, label_resolution=label_resolution),
-                      progress=False)
+        prepare_split(
+            source,
+            split,
+            root / f"{split}.zarr",
+            PrepareParams(resolution=resolution, label_resolution=label_resolution),
+            progress=False,
+        )
     return root
 
 
@@ -52,8 +61,12 @@ def base_params(tmp_path: Path, **data_overrides) -> dict:
     """A small, valid params dict whose outputs all live under tmp_path."""
     return {
         "model": {"path": str(tmp_path / "model")},
-        "data": {"source": "shapes", "root": str(tmp_path / "raw"),
-                 "shapes": {"image_size": 32, "num_train": 12, "num_val": 4, "num_test": 6, "seed": 3}, **data_overrides},
+        "data": {
+            "source": "shapes",
+            "root": str(tmp_path / "raw"),
+            "shapes": {"image_size": 32, "num_train": 12, "num_val": 4, "num_test": 6, "seed": 3},
+            **data_overrides,
+        },
         "prepare": {"resolution": 32, "label_resolution": 32, "output": str(tmp_path / "prepared")},
         "tracking": {"mlflow_db": str(tmp_path / "mlflow.db")},
     }

@@ -1,4 +1,5 @@
 """Captured attention equals a naive softmax(QKᵀ/√d) built from each module's own projections; outputs unchanged."""
+
 import numpy as np
 import pytest
 import torch
@@ -6,8 +7,7 @@ from tiny_pipelines import tiny_flux_transformer, tiny_sd3_transformer
 
 from seg4diff.capture.attention import capture_attention
 from seg4diff.capture.families import joint_attention_modules
-from seg4diff.capture.kernels import attention_with_lse
-from seg4diff.capture.kernels import chunked_attention_with_lse
+from seg4diff.capture.kernels import attention_with_lse, chunked_attention_with_lse
 from seg4diff.testing.reference import naive_flux_attention, naive_sd3_attention
 
 TEXT = 7
@@ -16,10 +16,13 @@ TEXT = 7
 def _sd3_inputs(transformer, batch=2, seed=0):
     g = torch.Generator().manual_seed(seed)
     c = transformer.config
-    return {"hidden_states": torch.randn(batch, c.in_channels, 16, 16, generator=g),
-            "encoder_hidden_states": torch.randn(batch, TEXT, c.joint_attention_dim, generator=g),
-            "pooled_projections": torch.randn(batch, c.pooled_projection_dim, generator=g),
-            "timestep": torch.tensor([500.0, 250.0][:batch]), "return_dict": False}
+    return {
+        "hidden_states": torch.randn(batch, c.in_channels, 16, 16, generator=g),
+        "encoder_hidden_states": torch.randn(batch, TEXT, c.joint_attention_dim, generator=g),
+        "pooled_projections": torch.randn(batch, c.pooled_projection_dim, generator=g),
+        "timestep": torch.tensor([500.0, 250.0][:batch]),
+        "return_dict": False,
+    }
 
 
 def _flux_inputs(transformer, batch=2, seed=0):
@@ -29,11 +32,16 @@ def _flux_inputs(transformer, batch=2, seed=0):
     image_ids = torch.zeros(6, 6, 3)
     image_ids[..., 1] += torch.arange(6)[:, None]
     image_ids[..., 2] += torch.arange(6)[None, :]
-    return {"hidden_states": torch.randn(batch, n_image, c.in_channels, generator=g),
-            "encoder_hidden_states": torch.randn(batch, TEXT, c.joint_attention_dim, generator=g),
-            "pooled_projections": torch.randn(batch, c.pooled_projection_dim, generator=g),
-            "timestep": torch.tensor([0.5, 0.25][:batch]), "img_ids": image_ids.reshape(-1, 3),
-            "txt_ids": torch.zeros(TEXT, 3), "guidance": None, "return_dict": False}
+    return {
+        "hidden_states": torch.randn(batch, n_image, c.in_channels, generator=g),
+        "encoder_hidden_states": torch.randn(batch, TEXT, c.joint_attention_dim, generator=g),
+        "pooled_projections": torch.randn(batch, c.pooled_projection_dim, generator=g),
+        "timestep": torch.tensor([0.5, 0.25][:batch]),
+        "img_ids": image_ids.reshape(-1, 3),
+        "txt_ids": torch.zeros(TEXT, 3),
+        "guidance": None,
+        "return_dict": False,
+    }
 
 
 def _record_inputs(transformer):
@@ -43,6 +51,7 @@ def _record_inputs(transformer):
     def hook(index):
         def keep(module, args, kwargs, output):
             seen[index] = (kwargs, output)
+
         return keep
 
     modules = joint_attention_modules(transformer)
@@ -108,12 +117,14 @@ def test_capture_equals_naive_softmax_and_leaves_outputs_unchanged(name):
             np.testing.assert_allclose(image_rows, 1.0, atol=1e-5)
             np.testing.assert_allclose(text_rows, 1.0, atol=1e-5)
             # diagnostics: mass on the other modality and full-row entropy, without the N×N matrix
-            np.testing.assert_allclose(cap.diagnostic("image_to_text_mass").sel(layer=layer).values,
-                                       ref_i2t.sum(-1).numpy(), atol=1e-5)
+            np.testing.assert_allclose(
+                cap.diagnostic("image_to_text_mass").sel(layer=layer).values, ref_i2t.sum(-1).numpy(), atol=1e-5
+            )
             entropy = -(probs * probs.clamp_min(1e-30).log()).sum(-1)
             image_entropy = entropy[:, :, TEXT:] if name == "flux" else entropy[:, :, :n]
-            np.testing.assert_allclose(cap.diagnostic("image_entropy").sel(layer=layer).values,
-                                       image_entropy.numpy(), atol=1e-4)
+            np.testing.assert_allclose(
+                cap.diagnostic("image_entropy").sel(layer=layer).values, image_entropy.numpy(), atol=1e-4
+            )
 
 
 def test_selected_layers_tokens_head_mean_and_per_sample_tokens():
@@ -122,8 +133,12 @@ def test_selected_layers_tokens_head_mean_and_per_sample_tokens():
     inputs = _sd3_inputs(transformer)
     with torch.no_grad(), capture_attention(transformer) as full:
         transformer(**inputs)
-    with torch.no_grad(), capture_attention(transformer, layers=[1], text_tokens=[4, 0], head_mean=True,
-                                            directions=("image_to_text",)) as some:
+    with (
+        torch.no_grad(),
+        capture_attention(
+            transformer, layers=[1], text_tokens=[4, 0], head_mean=True, directions=("image_to_text",)
+        ) as some,
+    ):
         transformer(**inputs)
     expected = full.image_to_text.sel(layer=[1]).isel(text_token=[4, 0]).mean("head", keepdims=True)
     np.testing.assert_allclose(some.image_to_text.values, expected.values, atol=1e-6)
@@ -156,8 +171,9 @@ def test_logits_keep_gradients_for_losses():
     torch.manual_seed(0)
     transformer = tiny_sd3_transformer().eval()
     inputs = _sd3_inputs(transformer, batch=1)
-    with capture_attention(transformer, layers=[1], output="logits", detach=False,
-                           directions=("image_to_text",)) as cap:
+    with capture_attention(
+        transformer, layers=[1], output="logits", detach=False, directions=("image_to_text",)
+    ) as cap:
         transformer(**inputs)
     logits = cap.tensor("image_to_text")
     logits.sum().backward()
@@ -174,19 +190,21 @@ def test_kernel_and_chunked_fallback_agree():
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 3, 50, 8, generator=g) for _ in range(3))
     out, lse = attention_with_lse(q, k, v)
-    out2, lse2 = chunked_attention_with_lse(q, k, v, 8 ** -0.5, chunk=16)
+    out2, lse2 = chunked_attention_with_lse(q, k, v, 8**-0.5, chunk=16)
     torch.testing.assert_close(out, torch.nn.functional.scaled_dot_product_attention(q, k, v))
     torch.testing.assert_close(out2, out, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(lse2, lse, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(lse, torch.logsumexp(q @ k.transpose(-1, -2) * 8 ** -0.5, -1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(lse, torch.logsumexp(q @ k.transpose(-1, -2) * 8**-0.5, -1), atol=1e-5, rtol=1e-5)
 
 
 def test_bf16_model_gives_fp32_exact_kept_logits():
     """In bf16 the kept logits come from fp32 copies of q and k: captured = naive fp32 softmax of the same q, k."""
     torch.manual_seed(0)
     transformer = tiny_sd3_transformer().eval().to(torch.bfloat16)
-    inputs = {k: v.to(torch.bfloat16) if torch.is_tensor(v) and v.is_floating_point() else v
-              for k, v in _sd3_inputs(transformer).items()}
+    inputs = {
+        k: v.to(torch.bfloat16) if torch.is_tensor(v) and v.is_floating_point() else v
+        for k, v in _sd3_inputs(transformer).items()
+    }
     seen, handles = _record_inputs(transformer)
     with torch.no_grad(), capture_attention(transformer, layers=[1], directions=("image_to_text",)) as cap:
         transformer(**inputs)
@@ -194,8 +212,9 @@ def test_bf16_model_gives_fp32_exact_kept_logits():
         h.remove()
     kwargs = seen[1][0]
     with torch.no_grad():
-        probs = naive_sd3_attention(joint_attention_modules(transformer)[1], kwargs["hidden_states"],
-                                    kwargs["encoder_hidden_states"])
+        probs = naive_sd3_attention(
+            joint_attention_modules(transformer)[1], kwargs["hidden_states"], kwargs["encoder_hidden_states"]
+        )
     n = kwargs["hidden_states"].shape[1]
     captured = cap.tensor("image_to_text")[:, 0]
     assert captured.dtype == torch.float32
@@ -213,8 +232,15 @@ def test_a_capture_around_a_whole_generation_keeps_every_step():
     pipe = tiny_sd3_pipeline()
     prompt = "a red cat on a mat"
     with torch.no_grad(), trace(pipe) as tc:
-        pipe(prompt, num_inference_steps=3, height=32, width=32, guidance_scale=2.0, max_sequence_length=16,
-             output_type="np")
+        pipe(
+            prompt,
+            num_inference_steps=3,
+            height=32,
+            width=32,
+            guidance_scale=2.0,
+            max_sequence_length=16,
+            output_type="np",
+        )
     i2t = tc.capture.image_to_text
     assert tc.capture.steps == 3 and tc.prompts == [prompt]
     assert i2t.dims == ("step", "batch", "layer", "head", "image_token", "text_token")
@@ -227,7 +253,7 @@ def test_a_capture_around_a_whole_generation_keeps_every_step():
     # the word's CLIP positions found independently: its token ids as a sub-sequence of the prompt's
     ids = pipe.tokenizer(prompt).input_ids
     word = pipe.tokenizer("cat", add_special_tokens=False).input_ids
-    start = next(k for k in range(len(ids)) if ids[k:k + len(word)] == word)
+    start = next(k for k in range(len(ids)) if ids[k : k + len(word)] == word)
     expected = maps.isel(batch=1, text_token=list(range(start, start + len(word)))).mean("text_token")
     np.testing.assert_allclose(tc.word_maps("cat", encoder="clip").values, expected.values, rtol=1e-6)
     assert tc.word_maps("cat").dims == ("step", "layer", "head", "y", "x")  # CLIP and T5 tokens of the word

@@ -1,14 +1,22 @@
 """The attention store's schema: scheduler timesteps with σ along them, and a store of another version refused."""
+
 import numpy as np
 import pytest
 import zarr
 
-from seg4diff.data.attention_store import (SCHEMA_VERSION, StoreLayout, StoreVersionError, create_store, open_attention,
-                                           sigma_index)
+from seg4diff.data.attention_store import (
+    SCHEMA_VERSION,
+    StoreLayout,
+    StoreVersionError,
+    create_store,
+    open_attention,
+    sigma_index,
+)
 from seg4diff.errors import ConfigError
 
-LAYOUT = StoreLayout(samples=2, layers=[0, 1], heads=[-1], sigmas=[0.1, 0.5151], tokens=3, grid=(2, 2),
-                     directions=("image_to_text",))
+LAYOUT = StoreLayout(
+    samples=2, layers=[0, 1], heads=[-1], sigmas=[0.1, 0.5151], tokens=3, grid=(2, 2), directions=("image_to_text",)
+)
 
 
 def test_the_timestep_dim_holds_scheduler_timesteps_with_sigma_as_its_coordinate(tmp_path):

@@ -1,4 +1,5 @@
 """The GPU benchmark's code paths run on CPU at toy sizes, and its exactness check holds there."""
+
 import re
 import subprocess
 import sys
@@ -8,8 +9,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_gpu_benchmark_runs_on_cpu_at_toy_sizes():
-    result = subprocess.run([sys.executable, "benchmarks/gpu.py", "--device", "cpu", "--small"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=300, env={"PYTHONPATH": str(ROOT), "PATH": ""})
+    result = subprocess.run(
+        [sys.executable, "benchmarks/gpu.py", "--device", "cpu", "--small"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PYTHONPATH": str(ROOT), "PATH": ""},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     errors = [float(e) for e in re.findall(r"max_abs_err=(\S+)", result.stdout)]
     assert len(errors) == 2 and max(errors) < 1e-6, result.stdout

@@ -1,5 +1,6 @@
 """The causal test's parts, each against an independent reference: perturbations (scipy's Gaussian filter, the naive
 joint softmax), the shape reader (the Shapes dataset's own labels), paired bootstrap intervals; and the table."""
+
 import json
 
 import numpy as np
@@ -82,7 +83,9 @@ def test_a_perturbed_flux_layer_equals_the_naive_softmax_with_its_image_to_text_
     hidden, text, rotary = kwargs["hidden_states"], kwargs.get("encoder_hidden_states"), kwargs["image_rotary_emb"]
     n_text = TEXT
     with torch.no_grad():
-        p = naive_flux_attention(attn, hidden, text, rotary)  # (batch, head, N, N), order [text, image], no library code
+        p = naive_flux_attention(
+            attn, hidden, text, rotary
+        )  # (batch, head, N, N), order [text, image], no library code
         replaced = p.clone()
         permutation = torch.randperm(TEXT, generator=torch.Generator().manual_seed(3))
         replaced[:, :, n_text:, :n_text] = p[:, :, n_text:, :n_text][..., permutation]
@@ -103,13 +106,17 @@ def test_the_shape_reader_reads_the_shapes_dataset(tmp_path):
     from seg4diff.config import ShapesParams
     from seg4diff.data.shapes import generate_split
 
-    path = generate_split(tmp_path, "test", 60, ShapesParams(image_size=64, seed=3, num_train=1, num_val=1, num_test=60))
+    path = generate_split(
+        tmp_path, "test", 60, ShapesParams(image_size=64, seed=3, num_train=1, num_val=1, num_test=60)
+    )
     dataset = json.loads(path.read_text())
     recalls = {64: [], 32: []}
     for info in dataset["images"]:
         image = Image.open(tmp_path / "images/test" / info["file_name"]).convert("RGB")
         for size in recalls:
-            recalls[size].append(object_recall(np.asarray(image.resize((size, size), Image.Resampling.BICUBIC)) / 255, info["caption"]))
+            recalls[size].append(
+                object_recall(np.asarray(image.resize((size, size), Image.Resampling.BICUBIC)) / 255, info["caption"])
+            )
     assert np.mean(recalls[64]) >= 0.95 and np.mean(recalls[32]) >= 0.88  # measured: 0.98 and 0.93 on 200 test images
     yy, xx = np.mgrid[:40, :40]
     assert blob_shape((yy - 20) ** 2 + (xx - 20) ** 2 <= 12**2) == "circle"
@@ -117,14 +124,20 @@ def test_the_shape_reader_reads_the_shapes_dataset(tmp_path):
     assert blob_shape((yy >= 8) & (abs(xx - 20) <= (yy - 8) * 0.577)) == "triangle"
     assert caption_objects("red circle and background and blue square") == {("red", "circle"), ("blue", "square")}
     grey = np.full((32, 32, 3), 0.5)
-    assert objects(grey) == [] and object_recall(grey, "red circle") == 0.0 and np.isnan(object_recall(grey, "background"))
+    assert (
+        objects(grey) == [] and object_recall(grey, "red circle") == 0.0 and np.isnan(object_recall(grey, "background"))
+    )
 
 
 def test_paired_intervals():
     rng = np.random.default_rng(0)
     a = rng.random(50)
     shifted = paired_mean_difference(a, a + 0.1, resamples=200)
-    assert shifted["delta"] == pytest.approx(0.1) and shifted["ci_low"] == pytest.approx(0.1) and shifted["ci_high"] == pytest.approx(0.1)
+    assert (
+        shifted["delta"] == pytest.approx(0.1)
+        and shifted["ci_low"] == pytest.approx(0.1)
+        and shifted["ci_high"] == pytest.approx(0.1)
+    )
     noisy = paired_mean_difference(a, a + rng.normal(0.05, 0.1, 50), resamples=500)
     assert noisy["ci_low"] < noisy["delta"] < noisy["ci_high"]
     stats_a = rng.integers(0, 50, (40, 3, 4))
@@ -140,19 +153,38 @@ def test_the_causal_table_runs_on_flux_double_and_single_stream_layers(tiny_mode
     from conftest import prepared_shapes
 
     from seg4diff.backbones.backbone import load_backbone
-    from seg4diff.config import ModelParams
+    from seg4diff.config import CausalParams, ModelParams
     from seg4diff.data.prepared import open_prepared
-    from seg4diff.config import CausalParams
     from seg4diff.evaluation.causal import causal_table
     from seg4diff.prompts import PromptStyle
 
     root = prepared_shapes(tmp_path, ["val"], 32, 32, seed=0, num_val=3)
     backbone = load_backbone(ModelParams(path=str(tiny_model_dirs["flux"])))
-    layers = [0, len(backbone.transformer.transformer_blocks)]  # the first double-stream and the first single-stream layer
-    settings = CausalParams(perturbations=["shuffle", "mean"], blur_sigma=1.0, generation_steps=2, guidance=1.0,
-                            flow_samples=3, flow_sigmas=[0.5], bootstrap_resamples=200, seed=0)
-    table, examples = causal_table(backbone, ["red circle", "blue square"], open_prepared(root / "val.zarr"),
-                                   PromptStyle("gt_classes", " ", "word", "all"), settings, layers, progress=False)
+    layers = [
+        0,
+        len(backbone.transformer.transformer_blocks),
+    ]  # the first double-stream and the first single-stream layer
+    settings = CausalParams(
+        perturbations=["shuffle", "mean"],
+        blur_sigma=1.0,
+        generation_steps=2,
+        guidance=1.0,
+        flow_samples=3,
+        flow_sigmas=[0.5],
+        bootstrap_resamples=200,
+        seed=0,
+    )
+    table, examples = causal_table(
+        backbone,
+        ["red circle", "blue square"],
+        open_prepared(root / "val.zarr"),
+        PromptStyle("gt_classes", " ", "word", "all"),
+        settings,
+        layers,
+        progress=False,
+    )
     flow = table[table.metric == "flow_loss_increase"]
-    assert len(flow) == 4 and np.isfinite(flow.delta).all() and (flow.delta.abs() > 0).all()  # every run changed the loss
+    assert (
+        len(flow) == 4 and np.isfinite(flow.delta).all() and (flow.delta.abs() > 0).all()
+    )  # every run changed the loss
     assert set(examples) == {"baseline", *((b, k) for b in layers for k in ("shuffle", "mean"))}

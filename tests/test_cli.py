@@ -1,4 +1,5 @@
 """The command line shared by every flow: settings merged in order, validated at once, errors in one line."""
+
 import subprocess
 import sys
 
@@ -10,10 +11,21 @@ from seg4diff.config import ParamsError, load_params, parse_assignments
 
 
 def test_assignments_become_nested_overrides_with_yaml_values():
-    overrides = parse_assignments(["extract.sigmas=[0.5, 0.7]", "extract.layers=null", "model.path=some/dir",
-                                   "finetune.lr=3e-4", "prompt.separator= "])
-    assert overrides == {"extract": {"sigmas": [0.5, 0.7], "layers": None}, "model": {"path": "some/dir"},
-                         "finetune": {"lr": 3e-4}, "prompt": {"separator": " "}}
+    overrides = parse_assignments(
+        [
+            "extract.sigmas=[0.5, 0.7]",
+            "extract.layers=null",
+            "model.path=some/dir",
+            "finetune.lr=3e-4",
+            "prompt.separator= ",
+        ]
+    )
+    assert overrides == {
+        "extract": {"sigmas": [0.5, 0.7], "layers": None},
+        "model": {"path": "some/dir"},
+        "finetune": {"lr": 3e-4},
+        "prompt": {"separator": " "},
+    }
     for bad in ("extract.sigmas", "=3", "extract..sigmas=1", "extract.sigmas=[0.5"):
         with pytest.raises(ParamsError, match="--set"):
             parse_assignments([bad])
@@ -34,12 +46,18 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize("args, message", [
-    (("flows.select", "--set", "select.rulez=1"), "select.rulez: unknown key: not a setting of this group"),
-    (("flows.extract", "--set", "extract.sigmas=[2.0]"), "extract.sigmas: Value error, every sigma must lie in (0, 1]"),
-    (("flows.score", "--preset", "no-such-preset"), "unknown preset 'no-such-preset'"),
-    (("flows.pipeline", "--stages", "extrakt"), "invalid choice: 'extrakt'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("flows.select", "--set", "select.rulez=1"), "select.rulez: unknown key: not a setting of this group"),
+        (
+            ("flows.extract", "--set", "extract.sigmas=[2.0]"),
+            "extract.sigmas: Value error, every sigma must lie in (0, 1]",
+        ),
+        (("flows.score", "--preset", "no-such-preset"), "unknown preset 'no-such-preset'"),
+        (("flows.pipeline", "--stages", "extrakt"), "invalid choice: 'extrakt'"),
+    ],
+)
 def test_a_wrong_setting_stops_every_flow_before_it_runs_in_one_line(args, message):
     result = _cli(*args)
     assert result.returncode == 2, result.stderr
@@ -63,4 +81,6 @@ def test_presets_merge_into_a_params_file_for_dvc(tmp_path):
     (tmp_path / "params.yaml").write_text(text)
     merged = load_params(tmp_path / "params.yaml")
     assert merged == load_params(REPO / "params.yaml", {"data": {"root": "/data/VOC2012"}}, ["sd3-medium", "voc20"])
-    assert merged.model.path == "stabilityai/stable-diffusion-3-medium-diffusers" and merged.data.source == "mask_folder"
+    assert (
+        merged.model.path == "stabilityai/stable-diffusion-3-medium-diffusers" and merged.data.source == "mask_folder"
+    )

@@ -50,7 +50,17 @@ def write_fixture(root: Path) -> None:
     crowd_mask[0:6, 0:10] = True
     big = [2, 2, 30, 2, 30, 25, 2, 25]  # 28x23 rectangle
     small = [10, 10, 20, 10, 20, 18, 10, 18]  # inside big: must stay on top
-    names = ["good.png", "gray.png", "rgba.png", "deep.png", "corrupt.png", "missing.png", "../outside.png", "unknown_cat.png", "empty.png"]
+    names = [
+        "good.png",
+        "gray.png",
+        "rgba.png",
+        "deep.png",
+        "corrupt.png",
+        "missing.png",
+        "../outside.png",
+        "unknown_cat.png",
+        "empty.png",
+    ]
     images = [{"id": i + 1, "file_name": n, "height": H, "width": W} for i, n in enumerate(names)]
     for n in ("unknown_cat.png", "empty.png"):
         Image.fromarray(rgb).save(images_dir / n)
@@ -101,7 +111,10 @@ def test_without_background_unlabelled_is_ignored(coco_root):
     assert set(np.unique(label)) == {1, 255}
 
 
-@pytest.mark.parametrize("image_id,reason", [("5", "corrupt_image"), ("6", "missing_image"), ("7", "path_outside_root"), ("8", "unknown_category")])
+@pytest.mark.parametrize(
+    "image_id,reason",
+    [("5", "corrupt_image"), ("6", "missing_image"), ("7", "path_outside_root"), ("8", "unknown_category")],
+)
 def test_bad_inputs_raise_named_reasons(coco_root, image_id, reason):
     source = CocoSource(coco_root, {"val": ("ann.json", "images")}, background=True)
     with pytest.raises(SampleError) as error:
@@ -125,11 +138,22 @@ def test_prepare_skips_with_counted_reasons_and_resizes(coco_root, tmp_path):
     params = PrepareParams(resolution=16, label_resolution=24, output=str(tmp_path / "out"))
     summary = prepare_split(source, "val", tmp_path / "out" / "val.zarr", params, progress=False)
     assert summary.total == 9 and summary.kept == 5
-    assert dict(summary.skipped) == {"corrupt_image": 1, "missing_image": 1, "path_outside_root": 1, "unknown_category": 1}
+    assert dict(summary.skipped) == {
+        "corrupt_image": 1,
+        "missing_image": 1,
+        "path_outside_root": 1,
+        "unknown_category": 1,
+    }
     assert dict(summary.notes) == {"empty_mask": 1}
     store = open_prepared(tmp_path / "out" / "val.zarr")
     assert store.image.shape == (5, 16, 16, 3) and store.label.shape == (5, 24, 24)  # 40x30 → square working sizes
-    assert list(store.source_id.values) == ["val/good.png", "val/gray.png", "val/rgba.png", "val/deep.png", "val/empty.png"]
+    assert list(store.source_id.values) == [
+        "val/good.png",
+        "val/gray.png",
+        "val/rgba.png",
+        "val/deep.png",
+        "val/empty.png",
+    ]
     np.testing.assert_array_equal(store.present.values[4], [True, False, False, True])  # empty cat dropped, plant kept
 
 

@@ -26,7 +26,9 @@ def _voc(root, labels: dict[str, np.ndarray], palette: bool = True):
 def test_palette_labels_read_as_ids_and_ignore_kept(tmp_path):
     label = np.array([[0, 1, 2], [255, 2, 0]], np.uint8)
     _voc(tmp_path, {"a": label})
-    source = MaskFolderSource(tmp_path, {"val": ("JPEGImages", "SegmentationClass", "val.txt")}, _folder(["background", "cat", "dog"]))
+    source = MaskFolderSource(
+        tmp_path, {"val": ("JPEGImages", "SegmentationClass", "val.txt")}, _folder(["background", "cat", "dog"])
+    )
     assert source.has_background and source.sample_ids("val") == ["a"]
     np.testing.assert_array_equal(source.load("val", "a").label, label)
 
@@ -40,7 +42,9 @@ def test_unknown_class_id_and_wrong_mode_are_named(tmp_path):
     _voc(tmp_path, {"a": np.array([[0, 7]], np.uint8)}, palette=False)
     Image.fromarray(np.zeros((1, 2, 3), np.uint8)).save(tmp_path / "SegmentationClass" / "rgb.png")
     Image.fromarray(np.zeros((1, 2, 3), np.uint8)).save(tmp_path / "JPEGImages" / "rgb.jpg")
-    source = MaskFolderSource(tmp_path, {"val": ("JPEGImages", "SegmentationClass", None)}, _folder(["background", "cat"]))
+    source = MaskFolderSource(
+        tmp_path, {"val": ("JPEGImages", "SegmentationClass", None)}, _folder(["background", "cat"])
+    )
     with pytest.raises(SampleError) as error:
         source.load("val", "a")
     assert error.value.reason == "unknown_class_id" and "[7]" in error.value.detail

@@ -74,7 +74,9 @@ class Interrupting:
 
 def test_interrupted_prepare_leaves_nothing_finished_and_rerun_is_identical(tmp_path):
     params = PrepareParams(resolution=32, label_resolution=48, output=str(tmp_path))
-    source = _shapes(tmp_path / "raw", num_train=100)  # more than one write batch (64), so a batch lands before the kill
+    source = _shapes(
+        tmp_path / "raw", num_train=100
+    )  # more than one write batch (64), so a batch lands before the kill
     prepare_split(source, "train", tmp_path / "ref.zarr", params, progress=False)
     target = tmp_path / "train.zarr"
     try:

@@ -1,6 +1,7 @@
 """dvc.yaml declares what each stage reads, so that `dvc repro` never calls stale outputs up to date:
 every repository module its flow imports (transitively) is a dep, and every params group or key it reads is a param.
 Also: params.yaml spells out the defaults of seg4diff/config.py, never different ones (one home for each default)."""
+
 import ast
 import typing
 from pathlib import Path
@@ -58,9 +59,17 @@ def params_read(path: Path) -> set[str]:
     parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
     read = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "params" and node.attr in GROUPS:
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "params"
+            and node.attr in GROUPS
+        ):
             parent = parents.get(node)
-            keyed = isinstance(parent, ast.Attribute) and parent.attr in Params.model_fields[node.attr].annotation.model_fields
+            keyed = (
+                isinstance(parent, ast.Attribute)
+                and parent.attr in Params.model_fields[node.attr].annotation.model_fields
+            )
             read.add(f"{node.attr}.{parent.attr}" if keyed else node.attr)
     return read
 
@@ -83,7 +92,9 @@ def test_every_stage_depends_on_every_module_its_flow_imports():
     missing = {}
     for stage, spec in STAGES.items():
         deps = [Path(d) for d in _entries(spec["deps"])]
-        uncovered = [str(f) for f in import_closure(f"flows.{stage}") if not any(f == d or d in f.parents for d in deps)]
+        uncovered = [
+            str(f) for f in import_closure(f"flows.{stage}") if not any(f == d or d in f.parents for d in deps)
+        ]
         if uncovered:
             missing[stage] = sorted(uncovered)
     assert not missing, f"dvc.yaml deps miss modules their flows import: {missing}"
@@ -95,8 +106,11 @@ def test_every_stage_declares_every_params_group_it_reads():
         declared = set(_entries(spec.get("params")))
         modules = [f for f in import_closure(f"flows.{stage}") if f.parts[0] in ("flows", "tasks")]
         read = set().union(*(params_read(ROOT / f) for f in modules))
-        undeclared = {r for r in read if r.split(".")[0] not in NOT_OUTPUT_AFFECTING and r not in declared
-                      and r.split(".")[0] not in declared}
+        undeclared = {
+            r
+            for r in read
+            if r.split(".")[0] not in NOT_OUTPUT_AFFECTING and r not in declared and r.split(".")[0] not in declared
+        }
         if undeclared:
             missing[stage] = sorted(undeclared)
     assert not missing, f"dvc.yaml params miss what the stages read: {missing}"
@@ -105,13 +119,19 @@ def test_every_stage_declares_every_params_group_it_reads():
 def test_the_checks_see_what_they_claim():
     """The import closure and the params scan find known facts (so that an empty result cannot pass the tests above)."""
     evaluate = import_closure("flows.evaluate")
-    assert {Path("seg4diff/evaluation/fidelity.py"), Path("seg4diff/evaluation/metrics.py"), Path("tasks/retry.py")} <= evaluate
+    assert {
+        Path("seg4diff/evaluation/fidelity.py"),
+        Path("seg4diff/evaluation/metrics.py"),
+        Path("tasks/retry.py"),
+    } <= evaluate
     # each stage reads what its job needs: no fine-tuning code in the causal test, no perturbation or explorer in MAGNET
     causal, finetune = import_closure("flows.causal"), import_closure("flows.finetune")
     assert not {f for f in causal if f.parts[:2] == ("seg4diff", "training")}
     assert Path("seg4diff/capture/perturb.py") in causal and Path("seg4diff/capture/perturb.py") not in finetune
     assert not {Path("seg4diff/evaluation/causal.py"), Path("seg4diff/reporting/explorer.py")} & finetune
-    assert {"select.output", "prompt", "evaluate"} <= params_read(ROOT / "tasks/evaluate.py") | params_read(ROOT / "flows/evaluate.py")
+    assert {"select.output", "prompt", "evaluate"} <= params_read(ROOT / "tasks/evaluate.py") | params_read(
+        ROOT / "flows/evaluate.py"
+    )
 
 
 def test_params_yaml_spells_out_the_defaults_and_no_other_values():

@@ -18,8 +18,15 @@ WORDS = sorted({w for n in CLASS_NAMES for w in n.split()} | {"and", "background
 def test_split(tmp_path_factory):
     root = prepared_shapes(tmp_path_factory.mktemp("ev"), ["test"], 16, 32, seed=4, num_test=4)
     for length in (8, 40):
-        arch = Architecture(num_layers=2, num_attention_heads=2, attention_head_dim=8, image_size=16, text_length=length,
-                            text_layers=0, pooled="mean")
+        arch = Architecture(
+            num_layers=2,
+            num_attention_heads=2,
+            attention_head_dim=8,
+            image_size=16,
+            text_length=length,
+            text_layers=0,
+            pooled="mean",
+        )
         OrganismPipeline.build(WORDS, arch, seed=0).save_pretrained(root / f"organism{length}")
     return root
 
@@ -77,7 +84,9 @@ def test_vocabulary_classes_of_every_prompt_share_one_normalisation(test_split):
             per_class[span.class_id] = probabilities[..., positions].mean(-1).reshape(2, 8, 8)
     classes = sorted(per_class)
     stacked = torch.stack([per_class[c] for c in classes], 1).float()
-    expected = np.array(classes)[F.interpolate(stacked, size=(32, 32), mode="bilinear", align_corners=False).argmax(1).numpy()]
+    expected = np.array(classes)[
+        F.interpolate(stacked, size=(32, 32), mode="bilinear", align_corners=False).argmax(1).numpy()
+    ]
     assert (predictions == expected).mean() > 0.999  # float32 vs float64 rounding may flip an exact tie
 
 
@@ -96,7 +105,9 @@ def test_one_prompt_when_it_fits_gives_the_single_prompt_result(test_split):
 def test_evaluation_reports_every_protocol(test_split):
     backbone = load_backbone(ModelParams(path=str(test_split / "organism8")))
     readout = Readout(1, 0.5, 0, PromptStyle("gt_classes", " and ", "threshold", "all"), 0.3)
-    results, gallery = evaluate_segmentation(backbone, open_prepared(test_split / "test.zarr"), readout, 2, 0.1, progress=False)
+    results, gallery = evaluate_segmentation(
+        backbone, open_prepared(test_split / "test.zarr"), readout, 2, 0.1, progress=False
+    )
     assert set(results) == {"gt_classes", "vocabulary", "unsupervised_per_image_matching"}
     for result in results.values():
         assert 0 <= result["miou"] <= 1 and 0 <= result["pacc"] <= 1 and result["stats"].shape == (4, 3, 13)
@@ -104,5 +115,7 @@ def test_evaluation_reports_every_protocol(test_split):
         tp, labelled, predicted = results[protocol]["stats"].sum(0)
         assert results[protocol]["pacc"] == pytest.approx(tp.sum() / labelled.sum())
     assert sum(results["vocabulary"]["predicted_pixels"].values()) == 4 * 32 * 32
-    assert set(results["vocabulary"]["never_predicted"]) == {n for n, c in results["vocabulary"]["predicted_pixels"].items() if c == 0}
+    assert set(results["vocabulary"]["never_predicted"]) == {
+        n for n, c in results["vocabulary"]["predicted_pixels"].items() if c == 0
+    }
     assert results["vocabulary"]["prompts"] > 1 and sorted(gallery) == [0, 1, 2, 3] and gallery[0].shape == (32, 32)

@@ -1,4 +1,5 @@
 """The attention explorer: its data against a store whose right answer is known, and the page in headless Chromium."""
+
 import os
 import re
 from pathlib import Path
@@ -34,17 +35,30 @@ def known_store(prepared: xr.Dataset) -> xr.Dataset:
             maps[s, 2, :, :, k] += mask
             maps[s, 1, :, :, k] += 0.5 * mask + 0.5 * mask.mean()
         prompts.append(" and ".join(names[c] for c in classes))
-    return xr.Dataset({"image_to_text": (("sample", "layer", "head", "timestep", "token", "y", "x"), maps),
-                       "token_class": (("sample", "token"), token_class), "token_text": (("sample", "token"), texts),
-                       "prompt": ("sample", np.array(prompts, dtype=object))},
-                      coords={"sample": np.arange(n), "layer": LAYERS, "head": HEADS, "timestep": np.asarray(SIGMAS) * 1000,
-                              "sigma": ("timestep", SIGMAS)},
-                      attrs={"model": "known", "split": "val"})
+    return xr.Dataset(
+        {
+            "image_to_text": (("sample", "layer", "head", "timestep", "token", "y", "x"), maps),
+            "token_class": (("sample", "token"), token_class),
+            "token_text": (("sample", "token"), texts),
+            "prompt": ("sample", np.array(prompts, dtype=object)),
+        },
+        coords={
+            "sample": np.arange(n),
+            "layer": LAYERS,
+            "head": HEADS,
+            "timestep": np.asarray(SIGMAS) * 1000,
+            "sigma": ("timestep", SIGMAS),
+        },
+        attrs={"model": "known", "split": "val"},
+    )
 
 
 def scores_table() -> pd.DataFrame:
-    rows = [(l, t, "mean", "image_to_text", "miou", 0.2 + 0.3 * l + 0.01 * i, 0.1 + 0.3 * l, 0.3 + 0.3 * l)
-            for l in LAYERS for i, t in enumerate(SIGMAS)]
+    rows = [
+        (l, t, "mean", "image_to_text", "miou", 0.2 + 0.3 * l + 0.01 * i, 0.1 + 0.3 * l, 0.3 + 0.3 * l)
+        for l in LAYERS
+        for i, t in enumerate(SIGMAS)
+    ]
     return pd.DataFrame(rows, columns=["layer", "sigma", "head", "direction", "metric", "value", "ci_low", "ci_high"])
 
 
@@ -52,8 +66,9 @@ def scores_table() -> pd.DataFrame:
 def page(tmp_path_factory):
     root = prepared_shapes(tmp_path_factory.mktemp("explorer"), ["val"], 32, 64, seed=5, num_val=5)
     prepared = open_prepared(root / "val.zarr")
-    data = explorer_data(known_store(prepared), prepared, scores_table(), {"layer": 2, "sigma": 0.3}, samples=4,
-                         background_threshold=0.2)
+    data = explorer_data(
+        known_store(prepared), prepared, scores_table(), {"layer": 2, "sigma": 0.3}, samples=4, background_threshold=0.2
+    )
     path = root / "explorer.html"
     path.write_text(render_html(data, "seg4diff attention explorer (test)"))
     return data, path, prepared
@@ -70,11 +85,16 @@ def test_the_page_shows_what_scoring_counts_on_a_store_with_a_known_answer(page)
     assert first["size"] == [64, 64]
     import base64
     import zlib
+
     prediction = np.frombuffer(zlib.decompress(base64.b64decode(first["pred"])), np.uint8).reshape(3, 3, 2, 64, 64)
-    np.testing.assert_array_equal(prediction[2, 0, 0], native_label(prepared, 0))  # layer 2, head mean, σ 0.3 = the label
+    np.testing.assert_array_equal(
+        prediction[2, 0, 0], native_label(prepared, 0)
+    )  # layer 2, head mean, σ 0.3 = the label
     assert data["grounding"]["miou"][2][0] == pytest.approx(0.8) and data["expert"] == {"layer": 2, "sigma": 0.3}
     html = path.read_text()
-    assert not re.search(r"""(src|href)=["'](https?:)?//""", html) and "fetch(" not in html  # nothing loaded from elsewhere
+    assert (
+        not re.search(r"""(src|href)=["'](https?:)?//""", html) and "fetch(" not in html
+    )  # nothing loaded from elsewhere
     assert path.stat().st_size < 2 * 2**20
 
 
@@ -82,7 +102,9 @@ def test_the_page_shows_what_scoring_counts_on_a_store_with_a_known_answer(page)
 def browser():
     executable = ensure_chromium()
     if executable is None:
-        pytest.skip("Debian's chromium is not installed and apt-get could not install it (no root or no package source)")
+        pytest.skip(
+            "Debian's chromium is not installed and apt-get could not install it (no root or no package source)"
+        )
     chromium = Browser(executable)
     yield chromium
     chromium.close()
@@ -93,12 +115,17 @@ def test_the_page_in_headless_chromium_follows_its_controls_without_errors(page,
     browser.open(path.as_uri())
     browser.wait_for("document.body.dataset.ready === '1'")  # the embedded arrays inflated
     attention = "document.getElementById('attention').toDataURL()"
-    select = "(id, value) => { const s = document.getElementById(id); s.value = value; s.dispatchEvent(new Event('change')); }"
+    select = (
+        "(id, value) => { const s = document.getElementById(id); s.value = value; "
+        "s.dispatchEvent(new Event('change')); }"
+    )
     assert browser.evaluate("document.getElementById('layer').value") == "2"  # opens on the expert
     before = browser.evaluate(attention)
     browser.evaluate(f"({select})('layer', '0')")
     after_layer = browser.evaluate(attention)
-    assert after_layer != before and browser.evaluate("document.getElementById('attcaption').textContent").endswith("layer 0")
+    assert after_layer != before and browser.evaluate("document.getElementById('attcaption').textContent").endswith(
+        "layer 0"
+    )
     words = browser.evaluate("document.getElementById('word').options.length")
     assert words >= 1
     if words > 1:
@@ -107,10 +134,14 @@ def test_the_page_in_headless_chromium_follows_its_controls_without_errors(page,
     browser.evaluate("document.dispatchEvent(new KeyboardEvent('keydown', {key: 'ArrowRight'}))")
     assert browser.evaluate("document.getElementById('layer').value") == "1"  # arrows step through layers
     browser.evaluate("document.querySelectorAll('#heatmap rect')[2 * 2 + 1].dispatchEvent(new MouseEvent('click'))")
-    assert browser.evaluate("[document.getElementById('layer').value, document.getElementById('sigma').value]") == ["2", "1"]
+    assert browser.evaluate("[document.getElementById('layer').value, document.getElementById('sigma').value]") == [
+        "2",
+        "1",
+    ]
     browser.evaluate("document.querySelectorAll('#thumbs img')[3].click()")
     assert "3" in browser.evaluate("document.getElementById('sampleid').textContent") or browser.evaluate(
-        "document.querySelectorAll('#thumbs img')[3].classList.contains('current')")
+        "document.querySelectorAll('#thumbs img')[3].classList.contains('current')"
+    )
     rows = browser.evaluate("document.querySelectorAll('#iou tr').length")
     assert rows >= 2
     shot = browser.screenshot(Path(os.environ.get("EXPLORER_SCREENSHOT", tmp_path / "explorer.png")))

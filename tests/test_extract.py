@@ -26,11 +26,17 @@ def test_prompts_and_class_spans():
     present = np.array([True, False, True, True])
     prompt, spans = build_prompt(PromptStyle("gt_classes", " ", "word", "all"), present, NAMES, "")
     assert prompt == "background blue square potted"
-    assert [(s.class_id, prompt[s.start:s.end]) for s in spans] == [(0, "background"), (2, "blue square"), (3, "potted")]
+    assert [(s.class_id, prompt[s.start : s.end]) for s in spans] == [
+        (0, "background"),
+        (2, "blue square"),
+        (3, "potted"),
+    ]
     prompt, spans = build_prompt(PromptStyle("vocabulary", " ", "word", "all"), present, NAMES, "")
     assert prompt == "background red circle blue square potted" and len(spans) == 4
-    prompt, spans = build_prompt(PromptStyle("caption", " ", "word", "all"), present, NAMES, "a blue square and a red circle, not a red square")
-    assert [(s.class_id, prompt[s.start:s.end]) for s in spans] == [(2, "blue square"), (1, "red circle")]
+    prompt, spans = build_prompt(
+        PromptStyle("caption", " ", "word", "all"), present, NAMES, "a blue square and a red circle, not a red square"
+    )
+    assert [(s.class_id, prompt[s.start : s.end]) for s in spans] == [(2, "blue square"), (1, "red circle")]
 
 
 def test_ranges_are_batch_aligned_and_cover_everything():
@@ -53,7 +59,9 @@ def _extract(model_dir, prepared_path, out, ranges, params=PARAMS):
     backbone = load_backbone(ModelParams(path=str(model_dir), text_length=24))
     prepared = open_prepared(prepared_path)
     sigmas = resolve_sigmas(backbone, params, 64)
-    layout = StoreLayout(6, [0, 1, 2], [0, 1], sigmas, params.max_tokens, (8, 8), tuple(params.directions), params.diagnostics)
+    layout = StoreLayout(
+        6, [0, 1, 2], [0, 1], sigmas, params.max_tokens, (8, 8), tuple(params.directions), params.diagnostics
+    )
     open_or_create(out, layout, {"fingerprint": "test"})
     for start, stop in ranges:
         extract_range(backbone, prepared, out, start, stop, sigmas, [0, 1, 2], params, STYLE)
@@ -66,7 +74,9 @@ def test_store_holds_what_a_direct_capture_gives(tiny_model_dirs, prepared_val, 
     assert completed(tmp_path / "a.zarr").all()
     assert store.image_to_text.dims == ("sample", "layer", "head", "timestep", "token", "y", "x")
     assert store.image_to_text.dtype == np.float16 and list(store.sigma.values) == [0.5, 0.8]
-    assert list(store.timestep.values) == [500.0, 800.0] and store.sigma.dims == ("timestep",)  # what the transformer got
+    assert list(store.timestep.values) == [500.0, 800.0] and store.sigma.dims == (
+        "timestep",
+    )  # what the transformer got
     # independent recomputation of sample 4 at sigma 0.8, layer 2
     row = prepared.isel(sample=4).load()
     prompt = str(store.prompt.values[4])
@@ -78,12 +88,15 @@ def test_store_holds_what_a_direct_capture_gives(tiny_model_dirs, prepared_val, 
     encoding = backbone.encode_prompts([prompt])
     positions = store.token_position.values[4]
     kept = positions[positions >= 0]
-    with torch.no_grad(), capture_attention(backbone.transformer, [2], text_tokens=kept.tolist(), diagnostics=True) as cap:
+    with (
+        torch.no_grad(),
+        capture_attention(backbone.transformer, [2], text_tokens=kept.tolist(), diagnostics=True) as cap,
+    ):
         backbone.transformer(**backbone.transformer_inputs(0.8 * noise + 0.2 * latents, 0.8, encoding))
     expected = cap.image_to_text.values[0, 0]  # (head, image_token, token)
     got = store.image_to_text.sel(layer=2, timestep=800.0).isel(sample=4).values[:, : len(kept)]
     np.testing.assert_allclose(got.reshape(2, len(kept), 64).transpose(0, 2, 1), expected, atol=2e-3)
-    assert (store.image_to_text.isel(sample=4).values[..., len(kept):, :, :] == 0).all()  # empty slots
+    assert (store.image_to_text.isel(sample=4).values[..., len(kept) :, :, :] == 0).all()  # empty slots
     mass = store.image_to_text_mass.sel(layer=2, timestep=800.0).isel(sample=4).values.reshape(2, 64)
     np.testing.assert_allclose(mass, cap.diagnostic("image_to_text_mass").values[0, 0], atol=1e-5)
     assert np.all(mass >= expected.sum(-1) - 1e-3)  # all text keys hold at least the kept ones' mass
@@ -123,7 +136,9 @@ def test_kill_minus_9_then_resume_gives_the_uninterrupted_store(tiny_model_dirs,
     reference = tmp_path / "ref.zarr"
     _extract(tiny_model_dirs["sd3"], prepared_val, reference, [(0, 6)], PARAMS.model_copy(update={"batch_size": 1}))
     out = tmp_path / "killed.zarr"
-    script = KILL_SCRIPT.format(tests=str(REPO / "tests"), model=str(tiny_model_dirs["sd3"]), prepared=str(prepared_val), out=str(out))
+    script = KILL_SCRIPT.format(
+        tests=str(REPO / "tests"), model=str(tiny_model_dirs["sd3"]), prepared=str(prepared_val), out=str(out)
+    )
     process = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env={**os.environ, "TQDM_DISABLE": "1"})
     deadline = time.time() + 120
     while time.time() < deadline and process.poll() is None:
@@ -140,12 +155,18 @@ def test_kill_minus_9_then_resume_gives_the_uninterrupted_store(tiny_model_dirs,
 
 def test_a_failure_names_the_split_and_samples(tiny_model_dirs, prepared_val, tmp_path):
     tight = PARAMS.model_copy(update={"max_tokens": 3})
-    with pytest.raises(ConfigError, match=r"^extract: split 'val', samples \[0, 1\]: sample val/0: \d+ tokens to keep but extract.max_tokens is 3: raise"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^extract: split 'val', samples \[0, 1\]: sample val/0: \d+ tokens to keep but extract.max_tokens is 3: "
+        r"raise",
+    ):
         _extract(tiny_model_dirs["sd3"], prepared_val, tmp_path / "t.zarr", [(0, 6)], tight)
     assert not completed(tmp_path / "t.zarr").any()  # nothing marked done
 
 
-def test_storage_plan_counts_bytes_before_writing_and_refuses_what_cannot_fit(tiny_model_dirs, prepared_val, tmp_path, monkeypatch):
+def test_storage_plan_counts_bytes_before_writing_and_refuses_what_cannot_fit(
+    tiny_model_dirs, prepared_val, tmp_path, monkeypatch
+):
     from collections import namedtuple
 
     from seg4diff.capture.extract import kept_token_counts, storage_plan
@@ -163,5 +184,8 @@ def test_storage_plan_counts_bytes_before_writing_and_refuses_what_cannot_fit(ti
     assert plan["expected_gb"] < plan["upper_bound_gb"] and plan["free_gb"] > 0
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr("shutil.disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))
-    with pytest.raises(ConfigError, match=r"^extraction would write about .* GB to .* but 0.0 GB are free: keep less \(extract.head_mean"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^extraction would write about .* GB to .* but 0.0 GB are free: keep less \(extract.head_mean",
+    ):
         storage_plan(layout, counts, tmp_path / "new.zarr")

@@ -19,8 +19,15 @@ from seg4diff.segmentation.masks import class_maps
 from seg4diff.training.losses import predictor_loss
 from seg4diff.training.magnet import MagnetConfig, latest_checkpoint, magnet_loss, sample_sigmas, train_magnet
 
-ARCH = Architecture(num_layers=3, num_attention_heads=2, attention_head_dim=8, image_size=16, text_length=10, text_layers=0,
-                    pooled="mean")
+ARCH = Architecture(
+    num_layers=3,
+    num_attention_heads=2,
+    attention_head_dim=8,
+    image_size=16,
+    text_length=10,
+    text_layers=0,
+    pooled="mean",
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +42,20 @@ def _backbone(root):
     return load_backbone(ModelParams(path=str(root / "organism")))
 
 
-FINETUNE = FinetuneParams(rank=4, alpha=4, steps=4, batch_size=2, lr=1e-2, warmup_steps=1, checkpoint_every=2, validate_every=100,
-                          validation_samples=4, seed=1, lambda_flow=1.0, mask_max_sigma=None)
+FINETUNE = FinetuneParams(
+    rank=4,
+    alpha=4,
+    steps=4,
+    batch_size=2,
+    lr=1e-2,
+    warmup_steps=1,
+    checkpoint_every=2,
+    validate_every=100,
+    validation_samples=4,
+    seed=1,
+    lambda_flow=1.0,
+    mask_max_sigma=None,
+)
 PROMPT = PromptParams(separator=" ", background="word")
 
 
@@ -50,8 +69,14 @@ def test_one_step_changes_only_lora_parameters(setup):
     backbone = _backbone(setup)
     before = {k: v.clone() for k, v in backbone.transformer.state_dict().items()}
     text_before = {k: v.clone() for k, v in backbone.pipe.text_encoder.state_dict().items()}
-    train_magnet(backbone, open_prepared(setup / "train.zarr"), open_prepared(setup / "val.zarr"),
-                 _config(setup, steps=1), setup / "one", progress=False)
+    train_magnet(
+        backbone,
+        open_prepared(setup / "train.zarr"),
+        open_prepared(setup / "val.zarr"),
+        _config(setup, steps=1),
+        setup / "one",
+        progress=False,
+    )
     after = backbone.transformer.state_dict()
     base = {k.replace(".base_layer", ""): v for k, v in after.items() if "lora_" not in k}
     assert base.keys() == before.keys() and all(torch.equal(before[k], base[k]) for k in before)  # frozen backbone
@@ -76,7 +101,9 @@ def test_mask_losses_come_from_the_expert_block_with_gradients(setup):
     mask_only = _config(setup, lambda_flow=0.0)
     magnet_loss(backbone, rows, mask_only, torch.Generator().manual_seed(0))[0].backward()
     late = [p.grad for n, p in backbone.transformer.named_parameters() if "transformer_blocks.2." in n and "lora_" in n]
-    early = [p.grad for n, p in backbone.transformer.named_parameters() if "transformer_blocks.0." in n and "lora_B" in n]
+    early = [
+        p.grad for n, p in backbone.transformer.named_parameters() if "transformer_blocks.0." in n and "lora_B" in n
+    ]
     assert all(g is None or g.abs().sum() == 0 for g in late)
     assert any(g is not None and g.abs().sum() > 0 for g in early)
     assert grads
@@ -87,7 +114,10 @@ def test_predictor_loss_is_the_cross_entropy_of_the_zero_shot_predictor_on_the_c
     probabilities at the same noise and σ, head-mean, token-mean (masks.class_maps), upsampled to the label."""
     backbone = _backbone(setup)
     rows = open_prepared(setup / "train.zarr").isel(sample=[0, 1, 2]).load()
-    config = replace(_config(setup, mask_loss="predictor", lambda_predictor=0.5), prompt=PromptParams(separator=" ", background="threshold"))
+    config = replace(
+        _config(setup, mask_loss="predictor", lambda_predictor=0.5),
+        prompt=PromptParams(separator=" ", background="threshold"),
+    )
     loss, parts = magnet_loss(backbone, rows, config, torch.Generator().manual_seed(0))
     assert parts["focal"] == parts["dice"] == 0 and parts["predictor"] > 0
     assert loss.item() == pytest.approx(parts["flow"] + 0.5 * parts["predictor"], rel=1e-5)
@@ -95,7 +125,10 @@ def test_predictor_loss_is_the_cross_entropy_of_the_zero_shot_predictor_on_the_c
     names = [str(n) for n in rows.class_name.values]
     built = [build_prompt(config.style, rows.present.values[k], names, "") for k in range(3)]
     encoding = backbone.encode_prompts([p for p, _ in built])
-    slots = [token_slots(encoding, k, spans, "class", len(encoding.tokens[0]), str(k), "all") for k, (_, spans) in enumerate(built)]
+    slots = [
+        token_slots(encoding, k, spans, "class", len(encoding.tokens[0]), str(k), "all")
+        for k, (_, spans) in enumerate(built)
+    ]
     used = max(int((slot.position >= 0).sum()) for slot in slots)
     positions = torch.from_numpy(np.stack([slot.position[:used] for slot in slots]).astype(np.int64)).clamp_min(0)
     x0 = backbone.encode_images(torch.from_numpy(rows.image.values).permute(0, 3, 1, 2).float() / 255)
@@ -103,16 +136,23 @@ def test_predictor_loss_is_the_cross_entropy_of_the_zero_shot_predictor_on_the_c
     noise = torch.randn(x0.shape, generator=generator)
     sigma = sample_sigmas(generator, 3, config)
     with torch.no_grad(), capture_attention(backbone.transformer, [1], ("image_to_text",), positions) as cap:
-        backbone.transformer(**backbone.transformer_inputs(sigma.view(-1, 1, 1, 1) * noise + (1 - sigma.view(-1, 1, 1, 1)) * x0,
-                                                           sigma, encoding))
+        backbone.transformer(
+            **backbone.transformer_inputs(
+                sigma.view(-1, 1, 1, 1) * noise + (1 - sigma.view(-1, 1, 1, 1)) * x0, sigma, encoding
+            )
+        )
     maps = cap.maps().isel(layer=0).mean("head").transpose("batch", "text_token", "y", "x").values
     expected = []
     for k, slot in enumerate(slots):
         token_class = np.where(slot.position[:used] >= 0, slot.class_id[:used], -1)
         classes = np.unique(token_class[token_class >= 0])
         label = torch.from_numpy(rows.label.values[k].astype(np.int64))
-        up = F.interpolate(torch.from_numpy(class_maps(maps[k], token_class, classes))[None], size=label.shape, mode="bilinear",
-                           align_corners=False)[0]
+        up = F.interpolate(
+            torch.from_numpy(class_maps(maps[k], token_class, classes))[None],
+            size=label.shape,
+            mode="bilinear",
+            align_corners=False,
+        )[0]
         expected.append(predictor_loss(up, label, classes, 0.2).item())
     assert parts["predictor"] == pytest.approx(np.mean(expected), rel=1e-4)
     with pytest.raises(ValueError, match="needs mode 'gt_classes'"):
@@ -120,12 +160,17 @@ def test_predictor_loss_is_the_cross_entropy_of_the_zero_shot_predictor_on_the_c
 
 
 def test_mask_max_sigma_keeps_mask_losses_to_less_noisy_samples(setup):
-    """Same generator → same σ per sample: with a cap below every drawn σ no mask term remains, above all they all do."""
+    """Same generator → same σ per sample: with a cap below every drawn σ no mask term remains, above all they all
+    do."""
     backbone = _backbone(setup)
     rows = open_prepared(setup / "train.zarr").isel(sample=[0, 1]).load()
-    parts = {cap: magnet_loss(backbone, rows, _config(setup, mask_max_sigma=cap),
-                              torch.Generator().manual_seed(0))[1] for cap in (None, 1e-6, 1.0)}
-    assert parts[1e-6]["focal"] == parts[1e-6]["dice"] == 0 and parts[1e-6]["loss"] == pytest.approx(parts[None]["flow"])
+    parts = {
+        cap: magnet_loss(backbone, rows, _config(setup, mask_max_sigma=cap), torch.Generator().manual_seed(0))[1]
+        for cap in (None, 1e-6, 1.0)
+    }
+    assert parts[1e-6]["focal"] == parts[1e-6]["dice"] == 0 and parts[1e-6]["loss"] == pytest.approx(
+        parts[None]["flow"]
+    )
     assert parts[1.0] == pytest.approx(parts[None]) and parts[None]["focal"] > 0
 
 
@@ -143,7 +188,15 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(setup, tmp_path):
 
     interrupted = _backbone(setup)
     with pytest.raises(Stop):
-        train_magnet(interrupted, train, val, _config(setup), tmp_path / "resumed", on_metrics=stop_after_checkpoint, progress=False)
+        train_magnet(
+            interrupted,
+            train,
+            val,
+            _config(setup),
+            tmp_path / "resumed",
+            on_metrics=stop_after_checkpoint,
+            progress=False,
+        )
     assert latest_checkpoint(tmp_path / "resumed").name == "checkpoint-000002"
     resumed = _backbone(setup)
     result = train_magnet(resumed, train, val, _config(setup), tmp_path / "resumed", progress=False)
@@ -159,8 +212,14 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(setup, tmp_path):
 
 def test_an_adapter_for_another_base_model_is_refused_in_one_line(setup, tmp_path):
     backbone = _backbone(setup)
-    train_magnet(backbone, open_prepared(setup / "train.zarr"), open_prepared(setup / "val.zarr"),
-                 replace(_config(setup, steps=1), base_model="0123456789abcdef"), tmp_path / "other", progress=False)
+    train_magnet(
+        backbone,
+        open_prepared(setup / "train.zarr"),
+        open_prepared(setup / "val.zarr"),
+        replace(_config(setup, steps=1), base_model="0123456789abcdef"),
+        tmp_path / "other",
+        progress=False,
+    )
     with pytest.raises(ConfigError) as refused:
         load_backbone(ModelParams(path=str(setup / "organism")), lora=tmp_path / "other" / "best")
     message = str(refused.value)

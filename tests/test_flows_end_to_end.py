@@ -1,4 +1,5 @@
 """The stage flows chained on a tiny configuration under Prefect's test harness: real files, MLflow runs, artifacts."""
+
 import json
 
 import mlflow
@@ -26,19 +27,53 @@ def test_prepare_pretrain_extract_score_select(prefect_harness, tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     raw = base_params(tmp_path)
     raw["model"] = {"path": str(tmp_path / "organism")}
-    raw["pretrain"] = {"output": str(tmp_path / "organism"), "steps": 30, "batch_size": 8, "warmup_steps": 5, "log_every": 10,
-                       "architecture": {"num_layers": 3, "num_attention_heads": 2, "attention_head_dim": 8, "text_length": 12},
-                       "num_samples": 4, "sample_steps": 2}
-    raw["extract"] = {"split": "val", "output": str(tmp_path / "attention.zarr"), "sigmas": [0.5, 0.7], "max_tokens": 8,
-                      "batch_size": 2, "workers": 2}
+    raw["pretrain"] = {
+        "output": str(tmp_path / "organism"),
+        "steps": 30,
+        "batch_size": 8,
+        "warmup_steps": 5,
+        "log_every": 10,
+        "architecture": {"num_layers": 3, "num_attention_heads": 2, "attention_head_dim": 8, "text_length": 12},
+        "num_samples": 4,
+        "sample_steps": 2,
+    }
+    raw["extract"] = {
+        "split": "val",
+        "output": str(tmp_path / "attention.zarr"),
+        "sigmas": [0.5, 0.7],
+        "max_tokens": 8,
+        "batch_size": 2,
+        "workers": 2,
+    }
     raw["score"] = {"bootstrap_resamples": 50, "examples": 2, "output": str(tmp_path / "results/layer_scores.csv")}
     raw["select"] = {"output": str(tmp_path / "results/expert.json")}
-    raw["causal"] = {"layers": [0, 2], "perturbations": ["blur", "shuffle"], "captions": 4, "generation_steps": 2,
-                     "flow_samples": 4, "bootstrap_resamples": 100, "output": str(tmp_path / "results/causal.csv")}
+    raw["causal"] = {
+        "layers": [0, 2],
+        "perturbations": ["blur", "shuffle"],
+        "captions": 4,
+        "generation_steps": 2,
+        "flow_samples": 4,
+        "bootstrap_resamples": 100,
+        "output": str(tmp_path / "results/causal.csv"),
+    }
     raw["explore"] = {"samples": 3, "output": str(tmp_path / "results/explorer.html")}
-    raw["finetune"] = {"steps": 4, "batch_size": 2, "rank": 4, "alpha": 4, "checkpoint_every": 2, "validate_every": 2,
-                       "validation_samples": 4, "work_dir": str(tmp_path / "ft"), "output": str(tmp_path / "lora")}
-    raw["evaluate"] = {"batch_size": 4, "gallery": 2, "generation_samples": 2, "output": str(tmp_path / "metrics/evaluate.json")}
+    raw["finetune"] = {
+        "steps": 4,
+        "batch_size": 2,
+        "rank": 4,
+        "alpha": 4,
+        "checkpoint_every": 2,
+        "validate_every": 2,
+        "validation_samples": 4,
+        "work_dir": str(tmp_path / "ft"),
+        "output": str(tmp_path / "lora"),
+    }
+    raw["evaluate"] = {
+        "batch_size": 4,
+        "gallery": 2,
+        "generation_samples": 2,
+        "output": str(tmp_path / "metrics/evaluate.json"),
+    }
     raw["orchestration"] = {"local_workers": 2}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
 
@@ -78,8 +113,13 @@ def test_prepare_pretrain_extract_score_select(prefect_harness, tmp_path, monkey
     assert page["samples"] == 3 and page["layers"] == 3 and page["heads"] == 3 and page["sigmas"] == 2
     html = (tmp_path / "results/explorer.html").read_text()
     recall = table[table.metric == "object_recall"]
-    kind = recall.groupby("perturbation").delta.apply(lambda d: d.abs().max()).idxmax()  # the clearest contrast is drawn
-    assert f'"expert":{{"layer":{expert["layer"]},' in html and '"causal":[{"layer":0,"metric":' + json.dumps(f"{kind}: Δ object_recall") in html
+    kind = (
+        recall.groupby("perturbation").delta.apply(lambda d: d.abs().max()).idxmax()
+    )  # the clearest contrast is drawn
+    assert (
+        f'"expert":{{"layer":{expert["layer"]},' in html
+        and '"causal":[{"layer":0,"metric":' + json.dumps(f"{kind}: Δ object_recall") in html
+    )
 
     best = finetune()
     assert 0 <= best["val_miou"] <= 1 and (tmp_path / "lora/adapter_model.safetensors").exists()
@@ -89,7 +129,9 @@ def test_prepare_pretrain_extract_score_select(prefect_harness, tmp_path, monkey
         assert set(metrics[variant]) == {"gt_classes", "vocabulary", "unsupervised_per_image_matching", "fidelity"}
         low, high = metrics[variant]["gt_classes"]["miou_ci"]
         assert low <= metrics[variant]["gt_classes"]["miou"] <= high
-        assert 0 <= metrics[variant]["gt_classes"]["miou"] <= 1 and metrics[variant]["fidelity"]["heldout_flow_loss"] > 0
+        assert (
+            0 <= metrics[variant]["gt_classes"]["miou"] <= 1 and metrics[variant]["fidelity"]["heldout_flow_loss"] > 0
+        )
     for protocol, d in metrics["finetuned_vs_base"].items():
         assert d["ci"][0] <= d.get("delta_miou", d.get("delta")) <= d["ci"][1], protocol
     chosen = metrics["base"]["unsupervised_per_image_matching"]
@@ -103,11 +145,26 @@ def test_prepare_pretrain_extract_score_select(prefect_harness, tmp_path, monkey
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = {r.info.run_name: r for r in mlflow.search_runs(experiment_names=["seg4diff"], output_format="list")}
-    assert set(runs) == {"prepare", "pretrain", "extract", "score", "select", "causal", "explore", "finetune", "evaluate"}
+    assert set(runs) == {
+        "prepare",
+        "pretrain",
+        "extract",
+        "score",
+        "select",
+        "causal",
+        "explore",
+        "finetune",
+        "evaluate",
+    }
     assert "explorer.html" in {a.path for a in mlflow.MlflowClient().list_artifacts(runs["explore"].info.run_id)}
     assert "gallery.png" in {a.path for a in mlflow.MlflowClient().list_artifacts(runs["evaluate"].info.run_id)}
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(runs["score"].info.run_id)}
-    assert {"layer_curve.png", "example_maps.png", "layer_sigma_image_to_text.png", "layer_head_image_to_text.png"} <= artifacts
+    assert {
+        "layer_curve.png",
+        "example_maps.png",
+        "layer_sigma_image_to_text.png",
+        "layer_head_image_to_text.png",
+    } <= artifacts
 
 
 def _sequential_store(tmp_path):

@@ -1,6 +1,7 @@
 """Interventions on the same block stack: a capture inside (or around) a perturbation records the attention the block
 used (the naive softmax with its image×text block perturbed), the output is the perturbation's, and leaving puts the
 stock processors back — in any nesting order, on error, and when contexts are left out of order."""
+
 import contextlib
 
 import pytest
@@ -9,8 +10,7 @@ from test_attention_capture import TEXT, _flux_inputs, _sd3_inputs
 from tiny_pipelines import tiny_flux_transformer, tiny_sd3_transformer
 
 from seg4diff.capture.attention import capture_attention
-from seg4diff.capture.families import joint_attention_modules
-from seg4diff.capture.families import FAMILIES, family_of
+from seg4diff.capture.families import FAMILIES, family_of, joint_attention_modules
 from seg4diff.capture.intervention import intervene
 from seg4diff.capture.perturb import perturb, perturb_attention
 from seg4diff.testing.reference import naive_flux_attention, naive_sd3_attention
@@ -50,12 +50,16 @@ def _run(transformer, inputs, block, contexts):
 def _naive(name, attn, kwargs):
     """Returns the naive (batch, head, query, key) joint probabilities and the (image, text) slices, no library code."""
     if name.startswith("flux"):
-        probs = naive_flux_attention(attn, kwargs["hidden_states"], kwargs.get("encoder_hidden_states"),
-                                     kwargs["image_rotary_emb"])
+        probs = naive_flux_attention(
+            attn, kwargs["hidden_states"], kwargs.get("encoder_hidden_states"), kwargs["image_rotary_emb"]
+        )
         return probs, slice(TEXT, None), slice(0, TEXT)
     n_image = kwargs["hidden_states"].shape[1]
-    return naive_sd3_attention(attn, kwargs["hidden_states"], kwargs["encoder_hidden_states"]), \
-        slice(0, n_image), slice(n_image, None)
+    return (
+        naive_sd3_attention(attn, kwargs["hidden_states"], kwargs["encoder_hidden_states"]),
+        slice(0, n_image),
+        slice(n_image, None),
+    )
 
 
 def _naive_perturbed(probs, image, text, grid, kind):
@@ -78,14 +82,20 @@ def test_a_capture_of_a_perturbed_block_records_the_perturbed_attention_in_eithe
     stock = [m.processor for m in modules]
     perturbation = lambda: perturb_attention(transformer, block, kind, blur_sigma=1.0, seed=SEED)  # noqa: E731
     capture = lambda: capture_attention(transformer, layers=[block], diagnostics=True)  # noqa: E731
-    logits = lambda: capture_attention(transformer, layers=[block], output="logits",  # noqa: E731
-                                       directions=("image_to_text",))
+    logits = lambda: capture_attention(
+        transformer,
+        layers=[block],
+        output="logits",  # noqa: E731
+        directions=("image_to_text",),
+    )
 
     alone, seen_alone, (p_alone,) = _run(transformer, inputs, block, [perturbation])
-    inside, seen_inside, (p_inside, cap_inside, logits_inside) = _run(transformer, inputs, block,
-                                                                      [perturbation, capture, logits])
-    around, seen_around, (cap_around, logits_around, p_around) = _run(transformer, inputs, block,
-                                                                      [capture, logits, perturbation])
+    inside, seen_inside, (p_inside, cap_inside, logits_inside) = _run(
+        transformer, inputs, block, [perturbation, capture, logits]
+    )
+    around, seen_around, (cap_around, logits_around, p_around) = _run(
+        transformer, inputs, block, [capture, logits, perturbation]
+    )
     assert all(m.processor is p for m, p in zip(modules, stock))  # the stock processors themselves are back
 
     # the captures only observe: the output is the perturbation's, bit for bit, whichever context is outside
@@ -113,8 +123,9 @@ def test_a_capture_of_a_perturbed_block_records_the_perturbed_attention_in_eithe
     # diagnostics of the rows the block used: the perturbation keeps each row's text mass, changes its entropy
     entropy = -torch.special.xlogy(replaced, replaced).sum(-1)
     torch.testing.assert_close(cap_inside.tensor("image_entropy")[:, 0], entropy[:, :, image], atol=2e-6, rtol=1e-5)
-    torch.testing.assert_close(cap_inside.tensor("image_to_text_mass")[:, 0], replaced[:, :, image, text].sum(-1),
-                               atol=2e-7, rtol=1e-5)
+    torch.testing.assert_close(
+        cap_inside.tensor("image_to_text_mass")[:, 0], replaced[:, :, image, text].sum(-1), atol=2e-7, rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize("name", ["sd3", "flux_single_stream"])

@@ -13,7 +13,7 @@ def test_focal_loss_against_hand_computation():
     logits = torch.tensor([[2.0, -1.0]])
     targets = torch.tensor([[1.0, 0.0]])
     p1, p2 = 1 / (1 + math.exp(-2)), 1 / (1 + math.exp(1))
-    expected = (0.25 * (1 - p1) ** 2 * -math.log(p1) + 0.75 * p2 ** 2 * -math.log(1 - p2)) / 2
+    expected = (0.25 * (1 - p1) ** 2 * -math.log(p1) + 0.75 * p2**2 * -math.log(1 - p2)) / 2
     assert sigmoid_focal_loss(logits, targets).item() == pytest.approx(expected, rel=1e-6)
     assert sigmoid_focal_loss(torch.tensor([[20.0]]), torch.tensor([[1.0]])).item() < 1e-9  # confident and right
 
@@ -32,8 +32,10 @@ def test_pairwise_costs_equal_the_losses():
     logits, masks = torch.randn(3, 4, 4, generator=g), (torch.rand(2, 4, 4, generator=g) > 0.5).float()
     focal, dice = pairwise_costs(logits, masks)
     for i, j in itertools.product(range(3), range(2)):
-        assert focal[i, j].item() == pytest.approx(sigmoid_focal_loss(logits[i:i + 1], masks[j:j + 1]).item(), rel=1e-5)
-        assert dice[i, j].item() == pytest.approx(dice_loss(logits[i:i + 1], masks[j:j + 1]).item(), rel=1e-5)
+        assert focal[i, j].item() == pytest.approx(
+            sigmoid_focal_loss(logits[i : i + 1], masks[j : j + 1]).item(), rel=1e-5
+        )
+        assert dice[i, j].item() == pytest.approx(dice_loss(logits[i : i + 1], masks[j : j + 1]).item(), rel=1e-5)
 
 
 def test_matcher_against_brute_force():
@@ -58,8 +60,11 @@ def test_predictor_loss_is_the_cross_entropy_of_the_predictors_own_decision():
     p = probabilities.numpy().astype(np.float64)
     scores = np.concatenate([np.log(p), np.full((1, 6, 5), np.log(0.2 * p.max()))])
     column = {3: 0, 7: 1, 0: 2}
-    terms = [np.log(np.exp(scores[:, y, x]).sum()) - scores[column[int(v)], y, x]
-             for (y, x), v in np.ndenumerate(label.numpy()) if int(v) in column]
+    terms = [
+        np.log(np.exp(scores[:, y, x]).sum()) - scores[column[int(v)], y, x]
+        for (y, x), v in np.ndenumerate(label.numpy())
+        if int(v) in column
+    ]
     assert loss.item() == pytest.approx(np.mean(terms), rel=1e-5)
 
     # the class its scores rank first is exactly what the zero-shot predictor outputs (same maps, already at label size)
@@ -67,6 +72,9 @@ def test_predictor_loss_is_the_cross_entropy_of_the_predictors_own_decision():
     np.testing.assert_array_equal(decision, predict(p, classes, (6, 5), 0.2))
     # background a prompted word: no background column, argmax over the classes only
     only = predictor_loss(probabilities, label, classes, None)
-    terms = [np.log(np.exp(np.log(p[:, y, x])).sum()) - np.log(p[column[int(v)], y, x])
-             for (y, x), v in np.ndenumerate(label.numpy()) if int(v) in (3, 7)]
+    terms = [
+        np.log(np.exp(np.log(p[:, y, x])).sum()) - np.log(p[column[int(v)], y, x])
+        for (y, x), v in np.ndenumerate(label.numpy())
+        if int(v) in (3, 7)
+    ]
     assert only.item() == pytest.approx(np.mean(terms), rel=1e-5)

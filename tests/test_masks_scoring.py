@@ -42,7 +42,8 @@ def test_full_resolution_beats_latent_resolution_on_a_thin_structure():
 
 
 def test_class_statistics_equal_the_confusion_matrix_and_add_up():
-    """Per class [TP, label area, prediction area] read off a hand-checked confusion matrix, for many predictions at once."""
+    """Per class [TP, label area, prediction area] read off a hand-checked confusion matrix, for many predictions at
+    once."""
     rng = np.random.default_rng(2)
     target = rng.integers(0, 4, (6, 5))
     target[0, :2] = 255
@@ -106,6 +107,15 @@ def test_scoring_memory_does_not_grow_with_the_samples():
         tables = score_store(store, labels, 150, progress=False)
         peaks[samples] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
-        assert tables.per_sample.shape == (samples, 1, 24, 1, 3, 150) and tables.per_head.shape == (1, 24, 24, 1, 3, 150)
+        assert tables.per_sample.shape == (samples, 1, 24, 1, 3, 150) and tables.per_head.shape == (
+            1,
+            24,
+            24,
+            1,
+            3,
+            150,
+        )
     per_sample_stats = 24 * 3 * 150 * 4
-    assert peaks[16] - peaks[4] < 12 * per_sample_stats + 2 * 2**20, peaks  # 12 more samples: their statistics, and noise
+    assert peaks[16] - peaks[4] < 12 * per_sample_stats + 2 * 2**20, (
+        peaks
+    )  # 12 more samples: their statistics, and noise

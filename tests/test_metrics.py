@@ -14,7 +14,8 @@ def test_confusion_matrix_and_summary_against_hand_computation():
     expected[2, 2], expected[2, 0] = 1, 1  # GT 2: one right, one called 0 (the 255 pixel is ignored)
     np.testing.assert_array_equal(confusion, expected)
     result = summarize(confusion)
-    # IoU: class 0: 1 / (2 + 2 - 1) = 1/3; class 1: 3 / (3 + 4 - 3) = 3/4; class 2: 1 / (2 + 1 - 1) = 1/2; class 3 absent → NaN
+    # IoU: class 0: 1 / (2 + 2 - 1) = 1/3; class 1: 3 / (3 + 4 - 3) = 3/4; class 2: 1 / (2 + 1 - 1) = 1/2;
+    # class 3 absent → NaN
     np.testing.assert_allclose(result["iou"], [1 / 3, 3 / 4, 1 / 2, np.nan])
     assert result["miou"] == pytest.approx((1 / 3 + 3 / 4 + 1 / 2) / 3)
     np.testing.assert_allclose(result["acc"], [1 / 2, 1, 1 / 2, np.nan])

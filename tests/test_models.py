@@ -89,8 +89,10 @@ def test_model_digest_follows_the_weights_not_the_path_or_mtime(tiny_model_dirs,
     data[-1] ^= 1  # one bit of the last tensor: a model retrained in place
     weights.write_bytes(bytes(data))
     assert model_digest(ModelParams(path=str(copy))) != model_digest(original)
-    assert model_digest(ModelParams(path="stabilityai/stable-diffusion-3-medium-diffusers")) == \
-        "stabilityai/stable-diffusion-3-medium-diffusers"
+    assert (
+        model_digest(ModelParams(path="stabilityai/stable-diffusion-3-medium-diffusers"))
+        == "stabilityai/stable-diffusion-3-medium-diffusers"
+    )
 
 
 def test_steps_are_counted_from_the_end_as_the_authors_do(tiny_model_dirs):
@@ -126,7 +128,9 @@ def test_sd3_without_t5_as_the_authors_and_clip_columns(tiny_model_dirs):
     inputs = backbone.transformer_inputs(backbone.encode_images(torch.zeros(1, 3, 32, 32)), 0.5, encoding)
     assert inputs["encoder_hidden_states"].shape[1] == 154
     present = np.array([True, True])
-    prompt, spans = build_prompt(PromptStyle("gt_classes", " ", "word", "clip"), present, ["red circle", "background"], "")
+    prompt, spans = build_prompt(
+        PromptStyle("gt_classes", " ", "word", "clip"), present, ["red circle", "background"], ""
+    )
     encoding = backbone.encode_prompts([prompt])
     slots = token_slots(encoding, 0, spans, "class", 16, "s", "clip")
     kept = slots.position[slots.position >= 0]
@@ -134,8 +138,18 @@ def test_sd3_without_t5_as_the_authors_and_clip_columns(tiny_model_dirs):
     with_t5 = load_backbone(ModelParams(path=str(tiny_model_dirs["sd3"]), text_length=16))
     both = token_slots(with_t5.encode_prompts([prompt]), 0, spans, "class", 16, "s", "all")
     assert set(both.encoder[both.position >= 0]) == {"clip", "t5"}
-    with pytest.raises(ConfigError, match=r"prompt.columns is 'clip' but this model's text positions come from \['t5'\]"):
-        token_slots(load_backbone(ModelParams(path=str(tiny_model_dirs["flux"]))).encode_prompts([prompt]), 0, spans, "class", 16, "s", "clip")
+    with pytest.raises(
+        ConfigError, match=r"prompt.columns is 'clip' but this model's text positions come from \['t5'\]"
+    ):
+        token_slots(
+            load_backbone(ModelParams(path=str(tiny_model_dirs["flux"]))).encode_prompts([prompt]),
+            0,
+            spans,
+            "class",
+            16,
+            "s",
+            "clip",
+        )
     with pytest.raises(ModelLoadError, match="model.t5 is false but .* is a FluxPipeline"):
         load_backbone(ModelParams(path=str(tiny_model_dirs["flux"]), t5=False))
 

@@ -1,5 +1,6 @@
 """Native label size: every image keeps its own label size in the prepared store, masks are upsampled to it and every
 metric is computed there; the working resolution may be non-square. Checked against a hand-computed reference."""
+
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,13 @@ from seg4diff.data.prepared import label_sizes, native_label, open_prepared
 from seg4diff.evaluation.metrics import confusion_matrix, summarize
 from seg4diff.prompts import PromptStyle, build_prompt, token_slots
 from seg4diff.segmentation.masks import class_maps
-from seg4diff.segmentation.zero_shot import Readout, choose_predictor, expert_maps, segment_batch, segmentation_confusion
+from seg4diff.segmentation.zero_shot import (
+    Readout,
+    choose_predictor,
+    expert_maps,
+    segment_batch,
+    segmentation_confusion,
+)
 
 SIZES = {"ADE_val_00000001": (24, 40), "ADE_val_00000002": (37, 21), "ADE_val_00000003": (30, 30)}  # (height, width)
 
@@ -30,10 +37,12 @@ def ade_of_mixed_sizes(root: Path) -> dict[str, np.ndarray]:
     for name, (height, width) in SIZES.items():
         for folder in ("images/validation", "annotations/validation"):
             (base / folder).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(base / "images/validation" / f"{name}.jpg")
+        Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(
+            base / "images/validation" / f"{name}.jpg"
+        )
         raw = np.zeros((height, width), np.uint8)  # 0 = "other", ignored after reduce-zero-label
-        raw[height // 3:, : width // 2] = 3  # ids 1..150 → 0..149
-        raw[: height // 2, width // 2:] = 13
+        raw[height // 3 :, : width // 2] = 3  # ids 1..150 → 0..149
+        raw[: height // 2, width // 2 :] = 13
         Image.fromarray(raw, mode="L").save(base / "annotations/validation" / f"{name}.png")
         labels[name] = np.where(raw == 0, 255, raw - 1).astype(np.uint8)
     return labels
@@ -41,10 +50,15 @@ def ade_of_mixed_sizes(root: Path) -> dict[str, np.ndarray]:
 
 def _prepare(tmp_path: Path, resolution):
     raw = ade_of_mixed_sizes(tmp_path / "raw")
-    params = load_params(REPO / "params.yaml", {"data": {"root": str(tmp_path / "raw/ADEChallengeData2016")},
-                                                "prepare": {"resolution": resolution}}, ["ade150"])
+    params = load_params(
+        REPO / "params.yaml",
+        {"data": {"root": str(tmp_path / "raw/ADEChallengeData2016")}, "prepare": {"resolution": resolution}},
+        ["ade150"],
+    )
     assert params.prepare.label_resolution == "native"  # the default
-    summary = prepare_split(build_source(params.data, ["val"]), "val", tmp_path / "val.zarr", params.prepare, progress=False)
+    summary = prepare_split(
+        build_source(params.data, ["val"]), "val", tmp_path / "val.zarr", params.prepare, progress=False
+    )
     assert summary.kept == 3 and not summary.skipped
     return raw, open_prepared(tmp_path / "val.zarr")
 
@@ -64,8 +78,11 @@ def test_labels_are_kept_at_their_native_size_and_the_store_maps_back(tmp_path):
 
 def test_predictions_are_upsampled_to_each_native_size_and_scored_there(tiny_model_dirs, tmp_path):
     raw, prepared = _prepare(tmp_path, [32, 48])
-    backbone = load_backbone(load_params(REPO / "params.yaml", {"model": {"path": str(tiny_model_dirs["sd3"]),
-                                                                          "dtype": "float32", "device": "cpu"}}).model)
+    backbone = load_backbone(
+        load_params(
+            REPO / "params.yaml", {"model": {"path": str(tiny_model_dirs["sd3"]), "dtype": "float32", "device": "cpu"}}
+        ).model
+    )
     rows = prepared.load()
     style = PromptStyle("gt_classes", " ", "word", "all")
     indices = list(range(3))
@@ -76,7 +93,10 @@ def test_predictions_are_upsampled_to_each_native_size_and_scored_there(tiny_mod
     names = [str(n) for n in rows.class_name.values]
     built = [build_prompt(style, rows.present.values[k], names, "") for k in indices]
     encoding = backbone.encode_prompts([p for p, _ in built])
-    slots = [token_slots(encoding, k, spans, "class", len(encoding.tokens[0]), str(k), "all") for k, (_, spans) in enumerate(built)]
+    slots = [
+        token_slots(encoding, k, spans, "class", len(encoding.tokens[0]), str(k), "all")
+        for k, (_, spans) in enumerate(built)
+    ]
     used = max(int((s.position >= 0).sum()) for s in slots)
     positions = torch.from_numpy(np.stack([s.position[:used] for s in slots]).astype(np.int64))
     maps = expert_maps(backbone, rows, indices, Readout(1, 0.5, 0, style, None), encoding, positions.clamp_min(0))
@@ -92,9 +112,13 @@ def test_predictions_are_upsampled_to_each_native_size_and_scored_there(tiny_mod
         np.testing.assert_array_equal(predictions[k, :height, :width], expected)
         assert (predictions[k, height:, :] == 255).all() and (predictions[k, :, width:] == 255).all()
         valid = raw[name] != 255
-        expected_confusion += np.bincount(raw[name][valid].astype(np.int64) * 150 + expected[valid], minlength=150 * 150).reshape(150, 150)
+        expected_confusion += np.bincount(
+            raw[name][valid].astype(np.int64) * 150 + expected[valid], minlength=150 * 150
+        ).reshape(150, 150)
     np.testing.assert_array_equal(confusion_matrix(predictions, rows.label.values, 150), expected_confusion)
-    assert expected_confusion.sum() == sum(int((raw[n] != 255).sum()) for n in SIZES)  # every native pixel, nothing else
+    assert expected_confusion.sum() == sum(
+        int((raw[n] != 255).sum()) for n in SIZES
+    )  # every native pixel, nothing else
 
 
 @pytest.mark.parametrize("resolution", [32, [32, 48]])
@@ -113,8 +137,9 @@ def test_mask_losses_and_every_evaluation_protocol_run_on_mixed_native_sizes(tin
     _, prepared = _prepare(tmp_path, [32, 48])
     model = ModelParams(path=str(tiny_model_dirs["sd3"]))
     backbone = load_backbone(model)
-    config = MagnetConfig.from_params(FinetuneParams(mask_max_sigma=None), PromptParams(separator=" ", background="word"),
-                                      1, 0.5, model_digest(model))
+    config = MagnetConfig.from_params(
+        FinetuneParams(mask_max_sigma=None), PromptParams(separator=" ", background="word"), 1, 0.5, model_digest(model)
+    )
     loss, parts = magnet_loss(backbone, prepared.load(), config, torch.Generator().manual_seed(0))
     assert np.isfinite(loss.item()) and parts["focal"] > 0 and 0 < parts["dice"] < 1  # three sizes, padding not scored
     readout = Readout(1, 0.5, 0, PromptStyle("gt_classes", " ", "word", "all"), None)
@@ -126,14 +151,20 @@ def test_mask_losses_and_every_evaluation_protocol_run_on_mixed_native_sizes(tin
 
 def test_logit_predictor_reads_head_mean_logits_at_sigmoid_half_and_is_chosen_on_val(tiny_model_dirs, tmp_path):
     _, prepared = _prepare(tmp_path, [32, 48])
-    backbone = load_backbone(load_params(REPO / "params.yaml", {"model": {"path": str(tiny_model_dirs["sd3"]),
-                                                                          "dtype": "float32", "device": "cpu"}}).model)
+    backbone = load_backbone(
+        load_params(
+            REPO / "params.yaml", {"model": {"path": str(tiny_model_dirs["sd3"]), "dtype": "float32", "device": "cpu"}}
+        ).model
+    )
     rows, indices = prepared.load(), [0, 1, 2]
     style = PromptStyle("gt_classes", " ", "word", "all")
     names = [str(n) for n in rows.class_name.values]
     built = [build_prompt(style, rows.present.values[k], names, "") for k in indices]
     encoding = backbone.encode_prompts([p for p, _ in built])
-    slots = [token_slots(encoding, k, spans, "class", len(encoding.tokens[0]), str(k), "all") for k, (_, spans) in enumerate(built)]
+    slots = [
+        token_slots(encoding, k, spans, "class", len(encoding.tokens[0]), str(k), "all")
+        for k, (_, spans) in enumerate(built)
+    ]
     used = max(int((s.position >= 0).sum()) for s in slots)
     positions = torch.from_numpy(np.stack([s.position[:used] for s in slots]).astype(np.int64)).clamp_min(0)
     logits = expert_maps(backbone, rows, indices, Readout(1, 0.5, 0, style, None, "logit"), encoding, positions)
@@ -143,7 +174,10 @@ def test_logit_predictor_reads_head_mean_logits_at_sigmoid_half_and_is_chosen_on
     images = torch.from_numpy(rows.image.values).permute(0, 3, 1, 2).float() / 255
     latents = backbone.encode_images(images)
     noise = torch.stack([sample_noise(latents.shape[1:], 0, i) for i in indices])
-    with torch.no_grad(), capture_attention(backbone.transformer, [1], ("image_to_text",), positions, output="logits") as cap:
+    with (
+        torch.no_grad(),
+        capture_attention(backbone.transformer, [1], ("image_to_text",), positions, output="logits") as cap,
+    ):
         backbone.transformer(**backbone.transformer_inputs(0.5 * noise + 0.5 * latents, 0.5, encoding))
     per_head = cap.tensor("image_to_text")[:, 0]  # (batch, head, image_token, token)
     lse = cap.tensor("image_lse")[:, 0]
@@ -156,8 +190,12 @@ def test_logit_predictor_reads_head_mean_logits_at_sigmoid_half_and_is_chosen_on
     for k, name in enumerate(SIZES):
         token_class = np.where(slots[k].position[:used] >= 0, slots[k].class_id[:used], -1)
         classes = np.unique(token_class[token_class >= 0])
-        upsampled = F.interpolate(torch.from_numpy(class_maps(logits[k], token_class, classes))[None], size=SIZES[name],
-                                  mode="bilinear", align_corners=False)[0]
+        upsampled = F.interpolate(
+            torch.from_numpy(class_maps(logits[k], token_class, classes))[None],
+            size=SIZES[name],
+            mode="bilinear",
+            align_corners=False,
+        )[0]
         best, index = upsampled.max(0)
         expected = np.where(best.numpy() < 0, 0, classes[index.numpy()])  # sigmoid(logit) < ½ → background (id 0)
         height, width = SIZES[name]
@@ -167,5 +205,10 @@ def test_logit_predictor_reads_head_mean_logits_at_sigmoid_half_and_is_chosen_on
 
     chosen, curve = choose_predictor(backbone, prepared, Readout(1, 0.5, 0, style, 0.2), 2, ["probability", "logit"])
     for predictor, miou in curve.items():
-        assert miou == summarize(segmentation_confusion(backbone, prepared, Readout(1, 0.5, 0, style, 0.2, predictor), 2))["miou"]
+        assert (
+            miou
+            == summarize(segmentation_confusion(backbone, prepared, Readout(1, 0.5, 0, style, 0.2, predictor), 2))[
+                "miou"
+            ]
+        )
     assert curve[chosen] == max(curve.values())

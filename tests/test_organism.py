@@ -9,8 +9,15 @@ from seg4diff.organism.sampling import sample
 from seg4diff.training.pretrain import flow_matching_loss, train
 
 WORDS = ["red", "blue", "circle", "square", "and"]
-ARCH = Architecture(num_layers=2, num_attention_heads=2, attention_head_dim=8, image_size=16, text_length=8, text_layers=0,
-                    pooled="mean")
+ARCH = Architecture(
+    num_layers=2,
+    num_attention_heads=2,
+    attention_head_dim=8,
+    image_size=16,
+    text_length=8,
+    text_layers=0,
+    pooled="mean",
+)
 
 
 def _data(n=32, seed=0):
@@ -27,8 +34,17 @@ def _data(n=32, seed=0):
 def test_short_training_lowers_the_loss_and_round_trips_through_the_loader(tmp_path):
     pipe = OrganismPipeline.build(WORDS, ARCH, seed=0)
     images, captions = _data()
-    schedule = PretrainParams(steps=60, batch_size=16, lr=3e-3, warmup_steps=5, weight_decay=0.0, grad_clip=1.0,
-                              caption_dropout=0.1, seed=0, log_every=10)
+    schedule = PretrainParams(
+        steps=60,
+        batch_size=16,
+        lr=3e-3,
+        warmup_steps=5,
+        weight_decay=0.0,
+        grad_clip=1.0,
+        caption_dropout=0.1,
+        seed=0,
+        log_every=10,
+    )
     log = train(pipe, images, captions, schedule, progress=False)
     assert log.losses[-1] < 0.7 * log.losses[0]
     pipe.save_pretrained(tmp_path / "organism")
@@ -37,8 +53,10 @@ def test_short_training_lowers_the_loss_and_round_trips_through_the_loader(tmp_p
     noise = torch.randn(images[:4].shape, generator=torch.Generator().manual_seed(1))
     s = torch.full((4,), 0.5)
     with torch.no_grad():
-        torch.testing.assert_close(flow_matching_loss(backbone.pipe, images[:4], captions[:4], s, noise),
-                                   flow_matching_loss(pipe, images[:4], captions[:4], s, noise))
+        torch.testing.assert_close(
+            flow_matching_loss(backbone.pipe, images[:4], captions[:4], s, noise),
+            flow_matching_loss(pipe, images[:4], captions[:4], s, noise),
+        )
     encoding = backbone.encode_prompts(["red circle and blue square"])
     assert encoding.positions(0, 0, 10) == [0, 1] and encoding.positions(0, 15, 26) == [3, 4]
     assert [t.token for t in encoding.tokens[0][:5]] == ["red", "circle", "and", "blue", "square"]
@@ -46,11 +64,22 @@ def test_short_training_lowers_the_loss_and_round_trips_through_the_loader(tmp_p
 
 def test_training_is_deterministic():
     images, captions = _data(16)
-    schedule = PretrainParams(steps=5, batch_size=8, lr=1e-3, warmup_steps=1, weight_decay=0.0, grad_clip=1.0,
-                              caption_dropout=0.5, seed=3, log_every=1)
+    schedule = PretrainParams(
+        steps=5,
+        batch_size=8,
+        lr=1e-3,
+        warmup_steps=1,
+        weight_decay=0.0,
+        grad_clip=1.0,
+        caption_dropout=0.5,
+        seed=3,
+        log_every=1,
+    )
     a, b = OrganismPipeline.build(WORDS, ARCH, seed=0), OrganismPipeline.build(WORDS, ARCH, seed=0)
-    assert train(a, images, captions, schedule, progress=False).losses == \
-        train(b, images, captions, schedule, progress=False).losses
+    assert (
+        train(a, images, captions, schedule, progress=False).losses
+        == train(b, images, captions, schedule, progress=False).losses
+    )
 
 
 def test_sampler_and_colour_check():
@@ -67,8 +96,15 @@ def test_sampler_and_colour_check():
 
 
 def test_text_layers_bind_words_and_pooled_none_leaves_attention_as_the_only_text_path(tmp_path):
-    arch = Architecture(num_layers=2, num_attention_heads=2, attention_head_dim=8, image_size=16, text_length=8,
-                        text_layers=1, pooled="none")
+    arch = Architecture(
+        num_layers=2,
+        num_attention_heads=2,
+        attention_head_dim=8,
+        image_size=16,
+        text_length=8,
+        text_layers=1,
+        pooled="none",
+    )
     pipe = OrganismPipeline.build(WORDS, arch, seed=0)
     with torch.no_grad():
         embeds, pooled = pipe.encode_prompt(["red circle", "blue circle"])

@@ -1,4 +1,5 @@
 """Tracked text outputs: floats at 6 significant digits, and a file whose content is unchanged is not rewritten."""
+
 import json
 import os
 
@@ -9,7 +10,11 @@ from seg4diff.reporting.outputs import round_floats, write_csv, write_json
 
 
 def test_floats_rounded_to_six_significant_digits_everywhere():
-    data = {"a": 0.123456789, "b": [1234.56789, np.float32(2.5e-7) * 1.0000001], "c": {"d": 3, "e": float("nan"), "f": 0.0}}
+    data = {
+        "a": 0.123456789,
+        "b": [1234.56789, np.float32(2.5e-7) * 1.0000001],
+        "c": {"d": 3, "e": float("nan"), "f": 0.0},
+    }
     rounded = round_floats(data)
     assert rounded["a"] == 0.123457 and rounded["b"][0] == 1234.57 and rounded["b"][1] == 2.5e-07
     assert rounded["c"]["d"] == 3 and np.isnan(rounded["c"]["e"]) and rounded["c"]["f"] == 0.0

@@ -1,5 +1,6 @@
 """Dataset presets read each benchmark as distributed: small replicas with the real folder nesting and file naming,
 prepared with nothing skipped. Backbone presets hold the paper's protocol."""
+
 import json
 import os
 import subprocess
@@ -22,7 +23,9 @@ H, W = 24, 32  # not square, as real photos
 
 def _image(path: Path, suffix: str = ".jpg") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(RNG.integers(0, 255, (H, W, 3), dtype=np.uint8)).save(path.with_name(path.name + suffix) if suffix else path)
+    Image.fromarray(RNG.integers(0, 255, (H, W, 3), dtype=np.uint8)).save(
+        path.with_name(path.name + suffix) if suffix else path
+    )
 
 
 def _label(path: Path, ids: list[int], palette: bool = False) -> np.ndarray:
@@ -33,7 +36,9 @@ def _label(path: Path, ids: list[int], palette: bool = False) -> np.ndarray:
     return label
 
 
-def _listed_layout(base: Path, labels_folder: str, ids_file: str, names: list[str], ids: list[int], palette: bool = False) -> Path:
+def _listed_layout(
+    base: Path, labels_folder: str, ids_file: str, names: list[str], ids: list[int], palette: bool = False
+) -> Path:
     """JPEGImages/<id>.jpg, <labels_folder>/<id>.png and an ids file: the VOC and Pascal-Context layout."""
     for name in names:
         _image(base / "JPEGImages" / name)
@@ -44,13 +49,24 @@ def _listed_layout(base: Path, labels_folder: str, ids_file: str, names: list[st
 
 
 def voc(root: Path) -> Path:
-    return _listed_layout(root / "VOCdevkit/VOC2012", "SegmentationClass", "ImageSets/Segmentation/val.txt",
-                          ["2007_000032", "2007_000039"], [0, 1, 15, 255], palette=True)
+    return _listed_layout(
+        root / "VOCdevkit/VOC2012",
+        "SegmentationClass",
+        "ImageSets/Segmentation/val.txt",
+        ["2007_000032", "2007_000039"],
+        [0, 1, 15, 255],
+        palette=True,
+    )
 
 
 def pascal_context(root: Path) -> Path:
-    return _listed_layout(root / "VOCdevkit/VOC2010", "SegmentationClassContext", "ImageSets/SegmentationContext/val.txt",
-                          ["2008_000002", "2008_000008"], [0, 1, 33, 59])
+    return _listed_layout(
+        root / "VOCdevkit/VOC2010",
+        "SegmentationClassContext",
+        "ImageSets/SegmentationContext/val.txt",
+        ["2008_000002", "2008_000008"],
+        [0, 1, 33, 59],
+    )
 
 
 def ade(root: Path) -> Path:
@@ -78,20 +94,36 @@ def cityscapes(root: Path) -> tuple[Path, dict[str, np.ndarray]]:
 def coco(root: Path) -> Path:
     base = root / "coco"
     _image(base / "val2017" / "000000000139", suffix=".jpg")
-    annotations = {"images": [{"id": 139, "file_name": "000000000139.jpg", "height": H, "width": W}],
-                   "categories": [{"id": 1, "name": "person"}, {"id": 62, "name": "chair"}],
-                   "annotations": [{"id": 1, "image_id": 139, "category_id": 62, "iscrowd": 0, "area": 80.0,
-                                    "segmentation": [[2, 2, 12, 2, 12, 10, 2, 10]], "bbox": [2, 2, 10, 8]}]}
+    annotations = {
+        "images": [{"id": 139, "file_name": "000000000139.jpg", "height": H, "width": W}],
+        "categories": [{"id": 1, "name": "person"}, {"id": 62, "name": "chair"}],
+        "annotations": [
+            {
+                "id": 1,
+                "image_id": 139,
+                "category_id": 62,
+                "iscrowd": 0,
+                "area": 80.0,
+                "segmentation": [[2, 2, 12, 2, 12, 10, 2, 10]],
+                "bbox": [2, 2, 10, 8],
+            }
+        ],
+    }
     (base / "annotations").mkdir(parents=True)
     (base / "annotations/instances_val2017.json").write_text(json.dumps(annotations))
-    captions = {"annotations": [{"id": 5, "image_id": 139, "caption": "A living room with a chair. "},
-                                {"id": 2, "image_id": 139, "caption": " A person sits on a chair."}]}
+    captions = {
+        "annotations": [
+            {"id": 5, "image_id": 139, "caption": "A living room with a chair. "},
+            {"id": 2, "image_id": 139, "caption": " A person sits on a chair."},
+        ]
+    }
     (base / "annotations/captions_val2017.json").write_text(json.dumps(captions))
     return base
 
 
 def coco_stuff(root: Path) -> Path:
-    """COCO's val2017/ images and stuffthingmaps_trainval2017/val2017/ label PNGs (COCO-Stuff id − 1, 255 unlabelled)."""
+    """COCO's val2017/ images and stuffthingmaps_trainval2017/val2017/ label PNGs (COCO-Stuff id − 1, 255
+    unlabelled)."""
     base = root / "cocostuff"
     for name in ("000000000139", "000000000285"):
         _image(base / "val2017" / name)
@@ -99,9 +131,16 @@ def coco_stuff(root: Path) -> Path:
     return base
 
 
-LAYOUTS = {"voc21": (voc, 21), "voc20": (voc, 20), "pc60": (pascal_context, 60), "pc59": (pascal_context, 59),
-           "ade150": (ade, 150), "cityscapes": (lambda root: cityscapes(root)[0], 19), "coco-object": (coco, 3),
-           "coco-stuff27": (coco_stuff, 27)}  # the replica's JSON holds 2 of the 80 categories, + background
+LAYOUTS = {
+    "voc21": (voc, 21),
+    "voc20": (voc, 20),
+    "pc60": (pascal_context, 60),
+    "pc59": (pascal_context, 59),
+    "ade150": (ade, 150),
+    "cityscapes": (lambda root: cityscapes(root)[0], 19),
+    "coco-object": (coco, 3),
+    "coco-stuff27": (coco_stuff, 27),
+}  # the replica's JSON holds 2 of the 80 categories, + background
 
 
 @pytest.mark.parametrize("preset", LAYOUTS)
@@ -151,8 +190,21 @@ def test_backbone_presets_hold_the_papers_protocol():
     assert sd3.data.mask_folder.reduce_zero_label and sd3.model.dtype == "bfloat16"
     flux = load_params(REPO / "params.yaml", presets=["flux-dev"])
     assert flux.prompt.columns == "t5" and flux.model.t5
-    assert {"sd3-medium", "sd35-medium", "sd35-large", "flux-dev", "flux-schnell", "voc20", "voc21", "pc59", "pc60",
-            "coco-object", "coco-stuff27", "ade150", "cityscapes"} <= set(preset_names())
+    assert {
+        "sd3-medium",
+        "sd35-medium",
+        "sd35-large",
+        "flux-dev",
+        "flux-schnell",
+        "voc20",
+        "voc21",
+        "pc59",
+        "pc60",
+        "coco-object",
+        "coco-stuff27",
+        "ade150",
+        "cityscapes",
+    } <= set(preset_names())
 
 
 @pytest.mark.slow
@@ -160,9 +212,28 @@ def test_prepare_flow_with_a_preset_from_the_command_line(tmp_path):
     root, _ = cityscapes(tmp_path / "raw")
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "TQDM_DISABLE": "1"}
     env.pop("PREFECT_API_URL", None)
-    result = subprocess.run([sys.executable, "-m", "flows.prepare", "--params", str(REPO / "params.yaml"), "--preset", "cityscapes", "--set", f"data.root={root}",
-                             "--set", f"prepare.output={tmp_path / 'prepared'}", "--set", f"tracking.mlflow_db={tmp_path / 'mlflow.db'}"],
-                            cwd=tmp_path, env={**env, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flows.prepare",
+            "--params",
+            str(REPO / "params.yaml"),
+            "--preset",
+            "cityscapes",
+            "--set",
+            f"data.root={root}",
+            "--set",
+            f"prepare.output={tmp_path / 'prepared'}",
+            "--set",
+            f"tracking.mlflow_db={tmp_path / 'mlflow.db'}",
+        ],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     prepared = open_prepared(tmp_path / "prepared/val.zarr")
     assert prepared.sizes["sample"] == 2 and prepared.sizes["class"] == 19
@@ -170,20 +241,39 @@ def test_prepare_flow_with_a_preset_from_the_command_line(tmp_path):
 
 def test_captions_joined_by_image_id_and_a_stage_needing_none_found_stops(tmp_path):
     coco_params = load_params(REPO / "params.yaml", {"data": {"root": str(coco(tmp_path / "raw"))}}, ["coco-object"])
-    prepare_split(build_source(coco_params.data, ["val"]), "val", tmp_path / "coco.zarr", coco_params.prepare, progress=False)
+    prepare_split(
+        build_source(coco_params.data, ["val"]), "val", tmp_path / "coco.zarr", coco_params.prepare, progress=False
+    )
     prepared = open_prepared(tmp_path / "coco.zarr")
     assert str(prepared.caption.values[0]) == "A person sits on a chair."  # the first caption by annotation id
     require_captions(prepared, "val", "evaluate.generation_samples > 0")
 
     root = voc(tmp_path / "voc")
     (root / "captions.json").write_text(json.dumps({"2007_000039": "a cat on a sofa"}))
-    with_file = {"data": {"root": str(root), "mask_folder": {"splits": {"val": {
-        "images": "JPEGImages", "labels": "SegmentationClass", "ids_file": "ImageSets/Segmentation/val.txt", "captions": "captions.json"}}}}}
+    with_file = {
+        "data": {
+            "root": str(root),
+            "mask_folder": {
+                "splits": {
+                    "val": {
+                        "images": "JPEGImages",
+                        "labels": "SegmentationClass",
+                        "ids_file": "ImageSets/Segmentation/val.txt",
+                        "captions": "captions.json",
+                    }
+                }
+            },
+        }
+    }
     params = load_params(REPO / "params.yaml", with_file, ["voc21"])
     assert build_source(params.data, ["val"]).load("val", "2007_000039").caption == "a cat on a sofa"
     params = load_params(REPO / "params.yaml", {"data": {"root": str(root)}}, ["voc21"])
     prepare_split(build_source(params.data, ["val"]), "val", tmp_path / "voc.zarr", params.prepare, progress=False)
-    with pytest.raises(DataError, match=r"^split 'val' has no captions but finetune.mode 'caption' needs them: .*data.mask_folder.splits.val.captions"):
+    with pytest.raises(
+        DataError,
+        match=r"^split 'val' has no captions but finetune.mode 'caption' needs them: "
+        r".*data.mask_folder.splits.val.captions",
+    ):
         require_captions(open_prepared(tmp_path / "voc.zarr"), "val", "finetune.mode 'caption'")
 
 
@@ -195,9 +285,11 @@ def test_extract_with_the_sd3_medium_preset_on_a_tiny_sd3(tiny_model_dirs, tmp_p
     from tasks.extract import extract_range_task, plan_extraction_task
 
     prepared_shapes(tmp_path / "prepared", ["val"], 32, 32, seed=4, num_val=3)
-    overrides = {"model": {"path": str(tiny_model_dirs["sd3"]), "dtype": "float32", "device": "cpu"},
-                 "prepare": {"output": str(tmp_path / "prepared"), "resolution": 32, "label_resolution": 32},
-                 "extract": {"output": str(tmp_path / "attention.zarr"), "batch_size": 2, "diagnostics": False}}
+    overrides = {
+        "model": {"path": str(tiny_model_dirs["sd3"]), "dtype": "float32", "device": "cpu"},
+        "prepare": {"output": str(tmp_path / "prepared"), "resolution": 32, "label_resolution": 32},
+        "extract": {"output": str(tmp_path / "attention.zarr"), "batch_size": 2, "diagnostics": False},
+    }
     params = load_params(REPO / "params.yaml", overrides, ["sd3-medium"])
     plan = plan_extraction_task.fn(params)
     assert plan["sigmas"] == [pytest.approx(0.5151, abs=1e-4)]
@@ -205,6 +297,10 @@ def test_extract_with_the_sd3_medium_preset_on_a_tiny_sd3(tiny_model_dirs, tmp_p
         extract_range_task.fn(params, start, stop, plan["sigmas"], plan["layers"])
     store = open_attention(tmp_path / "attention.zarr")
     kept = store.token_position.values >= 0
-    assert kept.any() and set(store.token_encoder.values[kept]) == {"clip"} and (store.token_position.values[kept] < 77).all()
+    assert (
+        kept.any()
+        and set(store.token_encoder.values[kept]) == {"clip"}
+        and (store.token_position.values[kept] < 77).all()
+    )
     prompt = str(store.prompt.values[0])
     assert "background" in prompt.split(" ") and " and " not in prompt  # names joined by spaces, background a word

@@ -1,4 +1,5 @@
 """Retries only for failures a second try can fix; configuration and data errors fail at once."""
+
 import pytest
 
 from seg4diff.errors import ConfigError, DataError
@@ -19,8 +20,14 @@ def test_transient_and_permanent_failures():
     assert is_transient(ConnectionResetError("peer went away")) and is_transient(TimeoutError())
     assert is_transient(_raised_from(RuntimeError, OSError("disk hiccup")))  # a wrapped I/O error
     assert is_transient(type("KilledWorker", (Exception,), {})("worker died"))
-    for permanent in (ConfigError("extract.max_tokens too small"), DataError("corrupt image"), FileNotFoundError("x"),
-                      ValueError("bad"), KeyError("k"), RuntimeError("size mismatch")):
+    for permanent in (
+        ConfigError("extract.max_tokens too small"),
+        DataError("corrupt image"),
+        FileNotFoundError("x"),
+        ValueError("bad"),
+        KeyError("k"),
+        RuntimeError("size mismatch"),
+    ):
         assert not is_transient(permanent), permanent
     assert not is_transient(_raised_from(OSError, ConfigError("a setting")))  # permanent anywhere in the chain wins
 

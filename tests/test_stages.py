@@ -1,4 +1,5 @@
 """The one stage skeleton: settings and cross-field checks before the body, its MLflow run, its metrics file, errors."""
+
 import json
 
 import mlflow
@@ -16,7 +17,9 @@ def _runs(tmp_path) -> dict:
     return {r.info.run_name: r for r in mlflow.search_runs(experiment_names=["seg4diff"], output_format="list")}
 
 
-def test_the_skeleton_runs_the_body_in_its_mlflow_run_and_writes_its_metrics_file(prefect_harness, tmp_path, monkeypatch):
+def test_the_skeleton_runs_the_body_in_its_mlflow_run_and_writes_its_metrics_file(
+    prefect_harness, tmp_path, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(base_params(tmp_path)))
     seen = {}
@@ -45,6 +48,7 @@ def test_the_skeleton_keeps_setting_errors_and_names_the_stage_of_any_other(pref
         def body(params, run):
             ran.append(error)
             raise error
+
         return body
 
     with pytest.raises(DataError, match="^corrupt image$"):  # one line, unchanged

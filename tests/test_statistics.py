@@ -1,4 +1,6 @@
-"""The library's statistics against hand-computed values: one IoU, paired intervals, the evaluate and score summaries."""
+"""The library's statistics against hand-computed values: one IoU, paired intervals, the evaluate and score
+summaries."""
+
 import numpy as np
 import pytest
 
@@ -44,14 +46,19 @@ def test_paired_intervals_hold_the_point_difference_and_are_exact_for_one_unit()
     means = paired_mean_difference(np.array([1.0, 2.0, np.nan]), np.array([1.5, 3.0, 4.0]), resamples=2000, seed=1)
     assert means["n"] == 2 and means["delta"] == pytest.approx(0.75)  # the NaN unit is left out
     assert 0.5 <= means["ci_low"] <= 0.75 <= means["ci_high"] <= 1.0  # resampled means of {0.5, 1.0}
-    assert paired_mean_difference([1.0, 2.0], [1.5, 3.0], 200, 7) == paired_mean_difference([1.0, 2.0], [1.5, 3.0], 200, 7)
+    assert paired_mean_difference([1.0, 2.0], [1.5, 3.0], 200, 7) == paired_mean_difference(
+        [1.0, 2.0], [1.5, 3.0], 200, 7
+    )
 
 
 def _result(stats: np.ndarray, flow: list[float]) -> dict:
     segmentation = {p: summarize_statistics(stats) | {"stats": stats} for p in PROTOCOLS}
     segmentation["gt_classes"] |= {"predictor": "probability"}
-    return {"segmentation": segmentation, "fidelity": {"heldout_flow_loss": float(np.mean(flow))},
-            "per_sample_flow_loss": np.array(flow)}
+    return {
+        "segmentation": segmentation,
+        "fidelity": {"heldout_flow_loss": float(np.mean(flow))},
+        "per_sample_flow_loss": np.array(flow),
+    }
 
 
 def test_evaluate_numbers_per_model_and_paired_between_models():
@@ -76,8 +83,16 @@ def test_headline_scores_name_the_best_layer_and_sigma():
     # one sample, one direction, two layers × two sigmas; layer 1 at σ 0.5 is perfect, everything else half right
     half, perfect = np.array([[1, 1], [2, 2], [2, 2]]), np.array([[2, 2], [2, 2], [2, 2]])
     per_sample = np.array([[[[half, half], [half, perfect]]]])  # (sample, direction, layer, sigma, 3, C)
-    tables = ScoreTables(per_sample, np.zeros((1, 2, 1, 2, 3, 2), np.int64), np.stack([[half, half]]), {},
-                         ("image_to_text",), [0, 1], [-1], [0.1, 0.5])
+    tables = ScoreTables(
+        per_sample,
+        np.zeros((1, 2, 1, 2, 3, 2), np.int64),
+        np.stack([[half, half]]),
+        {},
+        ("image_to_text",),
+        [0, 1],
+        [-1],
+        [0.1, 0.5],
+    )
     headline = headline_scores(tables)
     assert headline["image_to_text.best_layer"] == 1 and headline["image_to_text.best_sigma"] == 0.5
     assert headline["image_to_text.best_miou"] == 1.0

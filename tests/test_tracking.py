@@ -1,4 +1,6 @@
-"""A stage that DVC calls up to date still gets its MLflow run: params, the numbers of its metrics files, its outputs."""
+"""A stage that DVC calls up to date still gets its MLflow run: params, the numbers of its metrics files, its
+outputs."""
+
 import json
 
 import mlflow
@@ -11,11 +13,17 @@ from seg4diff.config import parse_params
 def test_reused_stage_run_logs_what_dvc_yaml_declares(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "metrics").mkdir()
-    (tmp_path / "metrics/score.json").write_text(json.dumps({"image_to_text.best_miou": 0.634, "note": "text", "nested": {"x": 2}}))
+    (tmp_path / "metrics/score.json").write_text(
+        json.dumps({"image_to_text.best_miou": 0.634, "note": "text", "nested": {"x": 2}})
+    )
     (tmp_path / "results").mkdir()
     (tmp_path / "results/layer_scores.csv").write_text("layer,value\n0,0.5\n")
-    spec = {"params": ["score", "prompt", "extract.output"], "outs": [{"results/layer_scores.csv": {"cache": False}}],
-            "metrics": [{"metrics/score.json": {"cache": False}}], "plots": ["results/absent.csv"]}
+    spec = {
+        "params": ["score", "prompt", "extract.output"],
+        "outs": [{"results/layer_scores.csv": {"cache": False}}],
+        "metrics": [{"metrics/score.json": {"cache": False}}],
+        "plots": ["results/absent.csv"],
+    }
     params = parse_params(base_params(tmp_path))
     log_reused_stage("score", params, spec)
 

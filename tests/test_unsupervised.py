@@ -16,7 +16,9 @@ def test_per_image_matching_ignores_cluster_ids_across_images_and_handles_unmatc
     per_image = match_per_image(swapped, [label, label], 2)
     assert per_image["miou"] == 1.0 and per_image["clusters_per_image"] == 2
     np.testing.assert_array_equal(per_image["stats"][0], [[4, 4], [4, 4], [4, 4]])
-    extra = match_per_image([np.array([[0, 5, 1, 1]] * 2)], [label], 2)  # cluster 5 has no class left: counted as missed
+    extra = match_per_image(
+        [np.array([[0, 5, 1, 1]] * 2)], [label], 2
+    )  # cluster 5 has no class left: counted as missed
     assert extra["pacc"] == pytest.approx(6 / 8) and extra["iou"][0] == pytest.approx(0.5)
 
 

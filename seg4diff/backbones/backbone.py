@@ -4,6 +4,7 @@ A `Backbone` exposes what the stages need and nothing else: images → latents (
 scale), prompts → embeddings with each text position's source tokenizer and character span, the scheduler's
 sigmas, and the inputs of one transformer forward at a given sigma.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -42,8 +43,14 @@ class PromptEncoding:
 
     def positions(self, index: int, start: int, end: int, encoder: str | None = None) -> list[int]:
         """Returns the text positions of prompt `index` whose characters overlap [start, end)."""
-        return [pos for pos, tok in enumerate(self.tokens[index])
-                if tok.end > tok.start and tok.start < end and tok.end > start and (encoder is None or tok.encoder == encoder)]
+        return [
+            pos
+            for pos, tok in enumerate(self.tokens[index])
+            if tok.end > tok.start
+            and tok.start < end
+            and tok.end > start
+            and (encoder is None or tok.encoder == encoder)
+        ]
 
 
 def _token_spans(tokenizer, prompts: list[str], max_length: int, encoder: str) -> list[list[TextToken]]:
@@ -80,19 +87,32 @@ def load_pipeline(params: ModelParams) -> DiffusionPipeline | OrganismPipeline:
     """Returns the pipeline at params.path (a local directory or a hub id), on params.device/dtype."""
     location = str(Path(params.path).expanduser()) if _looks_like_path(params.path) else params.path
     if _looks_like_path(params.path) and not Path(location).is_dir():
-        raise ModelLoadError(f"model directory {location!r} does not exist: set model.path in params.yaml to a "
-                             "diffusers pipeline directory or a hub id")
+        raise ModelLoadError(
+            f"model directory {location!r} does not exist: set model.path in params.yaml to a "
+            "diffusers pipeline directory or a hub id"
+        )
     if is_organism(location):
         return OrganismPipeline.from_pretrained(location, DTYPES[params.dtype]).to(params.device)
     without_t5 = {} if params.t5 else {"text_encoder_3": None, "tokenizer_3": None}
     try:
-        pipe = DiffusionPipeline.from_pretrained(location, dtype=DTYPES[params.dtype], use_safetensors=True,
-                                                 local_files_only=params.local_files_only, trust_remote_code=False, **without_t5)
+        pipe = DiffusionPipeline.from_pretrained(
+            location,
+            dtype=DTYPES[params.dtype],
+            use_safetensors=True,
+            local_files_only=params.local_files_only,
+            trust_remote_code=False,
+            **without_t5,
+        )
     except (OSError, ValueError, EnvironmentError) as error:
-        hint = ("it is not in the local Hugging Face cache and model.local_files_only is true (offline)"
-                if params.local_files_only else "it could not be fetched or read")
-        raise ModelLoadError(f"cannot load model {location!r}: {hint}. Set model.path to a local pipeline directory "
-                             f"(or download it on a connected machine first). Cause: {error}") from None
+        hint = (
+            "it is not in the local Hugging Face cache and model.local_files_only is true (offline)"
+            if params.local_files_only
+            else "it could not be fetched or read"
+        )
+        raise ModelLoadError(
+            f"cannot load model {location!r}: {hint}. Set model.path to a local pipeline directory "
+            f"(or download it on a connected machine first). Cause: {error}"
+        ) from None
     return pipe.to(params.device)
 
 
@@ -142,7 +162,8 @@ class Backbone:
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Returns latents (batch, channel, h, w) for images (batch, 3, H, W) in [0, 1]: posterior mean, shifted, scaled."""
+        """Returns latents (batch, channel, h, w) for images (batch, 3, H, W) in [0, 1]: posterior mean, shifted,
+        scaled."""
         if self.family == "organism":  # pixel space: the image in [−1, 1] is the latent
             return (2 * images - 1).to(self.device, self.dtype)
         vae = self.pipe.vae
@@ -157,8 +178,11 @@ class Backbone:
             return _token_spans(pipe.tokenizer, prompts, self.text_length, "word")
         if self.family == "sd3":
             clip = _token_spans(pipe.tokenizer, prompts, pipe.tokenizer_max_length, "clip")
-            t5 = _token_spans(pipe.tokenizer_3, prompts, self.text_length, "t5") if pipe.text_encoder_3 is not None else [
-                [TextToken("t5", "", 0, 0)] * self.text_length for _ in prompts]  # zeros stand in for T5 when absent
+            t5 = (
+                _token_spans(pipe.tokenizer_3, prompts, self.text_length, "t5")
+                if pipe.text_encoder_3 is not None
+                else [[TextToken("t5", "", 0, 0)] * self.text_length for _ in prompts]
+            )  # zeros stand in for T5 when absent
             return [c + t for c, t in zip(clip, t5)]
         return _token_spans(pipe.tokenizer_2, prompts, self.text_length, "t5")
 
@@ -169,13 +193,23 @@ class Backbone:
         if self.family == "organism":
             embeds, pooled = pipe.encode_prompt(prompts)
         elif self.family == "sd3":
-            embeds, _, pooled, _ = pipe.encode_prompt(prompts, prompts, prompts, device=device, do_classifier_free_guidance=False,
-                                                       max_sequence_length=self.text_length)
+            embeds, _, pooled, _ = pipe.encode_prompt(
+                prompts,
+                prompts,
+                prompts,
+                device=device,
+                do_classifier_free_guidance=False,
+                max_sequence_length=self.text_length,
+            )
         else:
-            embeds, pooled, _ = pipe.encode_prompt(prompts, prompts, device=device, max_sequence_length=self.text_length)
+            embeds, pooled, _ = pipe.encode_prompt(
+                prompts, prompts, device=device, max_sequence_length=self.text_length
+            )
         tokens = self.prompt_tokens(prompts)
         if embeds.shape[1] != len(tokens[0]):
-            raise RuntimeError(f"prompt embeddings have {embeds.shape[1]} positions but the tokenizers give {len(tokens[0])}")
+            raise RuntimeError(
+                f"prompt embeddings have {embeds.shape[1]} positions but the tokenizers give {len(tokens[0])}"
+            )
         return PromptEncoding(embeds.to(self.dtype), pooled.to(self.dtype), tokens)
 
     def sigmas(self, num_steps: int, image_tokens: int) -> np.ndarray:
@@ -184,7 +218,8 @@ class Backbone:
         if scheduler.config.get("use_dynamic_shifting", False):
             config = scheduler.config
             slope = (config.get("max_shift", 1.15) - config.get("base_shift", 0.5)) / (
-                config.get("max_image_seq_len", 4096) - config.get("base_image_seq_len", 256))
+                config.get("max_image_seq_len", 4096) - config.get("base_image_seq_len", 256)
+            )
             mu = config.get("base_shift", 0.5) + slope * (image_tokens - config.get("base_image_seq_len", 256))
             scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps), mu=mu)
         else:
@@ -199,18 +234,32 @@ class Backbone:
         batch = latents.shape[0]
         sigmas = torch.as_tensor(sigma, dtype=torch.float32, device=self.device).expand(batch)
         if self.family in ("sd3", "organism"):
-            return {"hidden_states": latents, "timestep": sigmas * 1000.0,
-                    "encoder_hidden_states": prompt.prompt_embeds, "pooled_projections": prompt.pooled, "return_dict": False}
+            return {
+                "hidden_states": latents,
+                "timestep": sigmas * 1000.0,
+                "encoder_hidden_states": prompt.prompt_embeds,
+                "pooled_projections": prompt.pooled,
+                "return_dict": False,
+            }
         _, channels, height, width = latents.shape
         packed = FluxPipeline._pack_latents(latents, batch, channels, height, width)
         image_ids = FluxPipeline._prepare_latent_image_ids(batch, height // 2, width // 2, self.device, self.dtype)
         text_ids = torch.zeros(prompt.prompt_embeds.shape[1], 3, device=self.device, dtype=self.dtype)
-        guidance = (torch.full((batch,), 3.5, device=self.device, dtype=torch.float32)
-                    if self.transformer.config.guidance_embeds else None)
-        return {"hidden_states": packed, "timestep": sigmas.to(self.dtype),
-                "guidance": guidance, "pooled_projections": prompt.pooled, "encoder_hidden_states": prompt.prompt_embeds,
-                "txt_ids": text_ids, "img_ids": image_ids, "return_dict": False}
-
+        guidance = (
+            torch.full((batch,), 3.5, device=self.device, dtype=torch.float32)
+            if self.transformer.config.guidance_embeds
+            else None
+        )
+        return {
+            "hidden_states": packed,
+            "timestep": sigmas.to(self.dtype),
+            "guidance": guidance,
+            "pooled_projections": prompt.pooled,
+            "encoder_hidden_states": prompt.prompt_embeds,
+            "txt_ids": text_ids,
+            "img_ids": image_ids,
+            "return_dict": False,
+        }
 
     def velocity(self, latents: torch.Tensor, sigma: float | torch.Tensor, prompt: PromptEncoding) -> torch.Tensor:
         """Returns the transformer's flow-matching prediction for noisy latents at `sigma`, in the latents' own
@@ -218,7 +267,9 @@ class Backbone:
         out = self.transformer(**self.transformer_inputs(latents, sigma, prompt))[0]
         if self.family == "flux":
             height, width = latents.shape[-2:]
-            out = FluxPipeline._unpack_latents(out, height * self.vae_scale_factor, width * self.vae_scale_factor, self.vae_scale_factor)
+            out = FluxPipeline._unpack_latents(
+                out, height * self.vae_scale_factor, width * self.vae_scale_factor, self.vae_scale_factor
+            )
         return out
 
 
@@ -230,7 +281,9 @@ def backbone_from_pipeline(pipe: DiffusionPipeline, text_length: int | None = No
         return Backbone("flux", pipe, text_length or 512)
     if isinstance(pipe, OrganismPipeline):
         return Backbone("organism", pipe, pipe.text_length)
-    raise ModelLoadError(f"{type(pipe).__name__} is not a supported MM-DiT pipeline (StableDiffusion3Pipeline, FluxPipeline)")
+    raise ModelLoadError(
+        f"{type(pipe).__name__} is not a supported MM-DiT pipeline (StableDiffusion3Pipeline, FluxPipeline)"
+    )
 
 
 def load_backbone(params: ModelParams, lora: str | Path | None = None) -> Backbone:
@@ -239,7 +292,9 @@ def load_backbone(params: ModelParams, lora: str | Path | None = None) -> Backbo
     text_length = params.text_length
     if not params.t5:
         if not isinstance(pipe, StableDiffusion3Pipeline):
-            raise ModelLoadError(f"model.t5 is false but {params.path} is a {type(pipe).__name__}: only SD3/SD3.5 run without T5")
+            raise ModelLoadError(
+                f"model.t5 is false but {params.path} is a {type(pipe).__name__}: only SD3/SD3.5 run without T5"
+            )
         text_length = text_length or pipe.tokenizer_max_length  # the authors' 77 zero rows
     backbone = backbone_from_pipeline(pipe, text_length)
     if lora is not None:

@@ -1,4 +1,5 @@
 """LoRA adapters (peft) on an MM-DiT transformer: add, save as safetensors, load onto a base model."""
+
 from __future__ import annotations
 
 import json
@@ -40,16 +41,27 @@ def image_stream_targets(target_modules: tuple[str, ...]) -> str:
 
 
 def add_lora(transformer: torch.nn.Module, spec: LoraSpec) -> list[torch.nn.Parameter]:
-    """Freezes the transformer and adds the adapter on the image stream; returns the adapter's (trainable) parameters."""
+    """Freezes the transformer and adds the adapter on the image stream; returns the adapter's (trainable)
+    parameters."""
     transformer.requires_grad_(False)
-    transformer.add_adapter(LoraConfig(r=spec.rank, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
-                                       target_modules=image_stream_targets(spec.target_modules), init_lora_weights=True),
-                            adapter_name=ADAPTER)
+    transformer.add_adapter(
+        LoraConfig(
+            r=spec.rank,
+            lora_alpha=spec.alpha,
+            lora_dropout=spec.dropout,
+            target_modules=image_stream_targets(spec.target_modules),
+            init_lora_weights=True,
+        ),
+        adapter_name=ADAPTER,
+    )
     return [p for name, p in transformer.named_parameters() if "lora_" in name and p.requires_grad]
 
 
 def lora_state(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().contiguous().cpu() for k, v in get_peft_model_state_dict(transformer, adapter_name=ADAPTER).items()}
+    return {
+        k: v.detach().contiguous().cpu()
+        for k, v in get_peft_model_state_dict(transformer, adapter_name=ADAPTER).items()
+    }
 
 
 def set_lora_state(transformer: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -57,9 +69,13 @@ def set_lora_state(transformer: torch.nn.Module, state: dict[str, torch.Tensor],
         result = set_peft_model_state_dict(transformer, state, adapter_name=ADAPTER)
     except RuntimeError as error:  # size mismatches: one line, not torch's dump of every tensor
         first = str(error).split("\n")[1].strip() if "\n" in str(error) else str(error)
-        raise ConfigError(f"adapter {source} does not fit this transformer (trained for another base model?): {first}") from None
+        raise ConfigError(
+            f"adapter {source} does not fit this transformer (trained for another base model?): {first}"
+        ) from None
     if getattr(result, "unexpected_keys", None):
-        raise ConfigError(f"adapter {source} does not fit this transformer: unexpected keys {result.unexpected_keys[:3]}")
+        raise ConfigError(
+            f"adapter {source} does not fit this transformer: unexpected keys {result.unexpected_keys[:3]}"
+        )
 
 
 def save_lora(transformer: torch.nn.Module, directory: Path, spec: LoraSpec, extra: dict | None = None) -> None:
@@ -73,7 +89,8 @@ def save_lora(transformer: torch.nn.Module, directory: Path, spec: LoraSpec, ext
 def load_lora(transformer: torch.nn.Module, directory: str | Path, base_model: str | None = None) -> dict:
     """Adds the adapter saved in `directory` to a base transformer (in place); returns its config.
 
-    `base_model`: the digest of the model being adapted (seg4diff.backbones.backbone.model_digest); an adapter that records
+    `base_model`: the digest of the model being adapted (seg4diff.backbones.backbone.model_digest); an adapter that
+    records
     another base model is refused in one line, before any weight is touched.
     """
     directory = Path(directory)
@@ -82,8 +99,10 @@ def load_lora(transformer: torch.nn.Module, directory: str | Path, base_model: s
     config = json.loads((directory / CONFIG).read_text())
     trained_on = config.get("base_model")
     if base_model is not None and trained_on is not None and trained_on != base_model:
-        raise ConfigError(f"adapter {directory} was trained on another base model (digest {trained_on}, this model.path "
-                          f"has {base_model}): set model.path to its base model or retrain it (dvc repro finetune)")
+        raise ConfigError(
+            f"adapter {directory} was trained on another base model (digest {trained_on}, this model.path "
+            f"has {base_model}): set model.path to its base model or retrain it (dvc repro finetune)"
+        )
     add_lora(transformer, LoraSpec(config["rank"], config["alpha"], config["dropout"], tuple(config["target_modules"])))
     set_lora_state(transformer, load_file(directory / WEIGHTS), str(directory))
     transformer.eval()

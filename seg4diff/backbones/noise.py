@@ -1,4 +1,5 @@
 """The noising protocol: seeded per-sample noise, the same whatever the batching."""
+
 from __future__ import annotations
 
 import numpy as np

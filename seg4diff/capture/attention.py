@@ -9,6 +9,7 @@ stock diffusers one line for line, taking the attention output and the per-row l
 fused kernel. Only the image×text and text×image logits that are kept are formed, so the N×N joint matrix (and its
 image×image block) never exists. Inside a perturbation of the same block it records the attention the block used.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -83,8 +84,9 @@ class Recorder(Intervention):
                 q, k = self._keep(query[:, :, text_slice]), key[:, :, image_slice]
                 row_lse = self._keep(lse[:, :, text_slice, None])[..., 0]
             logits = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
-            self._store(direction, layer,
-                        logits if self.output == "logits" else torch.exp(logits - row_lse.float()[..., None]))
+            self._store(
+                direction, layer, logits if self.output == "logits" else torch.exp(logits - row_lse.float()[..., None])
+            )
             if self.output == "logits" and direction == "image_to_text":  # softmax denominators, to renormalise
                 self._store("image_lse", layer, row_lse.float())
         if self.diagnostics:
@@ -116,22 +118,26 @@ class Recorder(Intervention):
             image_entropy, image_mass = entropy[:, :, image_slice], torch.exp(to_text - lse[:, :, image_slice].float())
             if edited is not None:
                 stock, used = edited
-                image_entropy = image_entropy + (torch.special.xlogy(stock, stock)
-                                                 - torch.special.xlogy(used, used)).sum(-1)
+                image_entropy = image_entropy + (
+                    torch.special.xlogy(stock, stock) - torch.special.xlogy(used, used)
+                ).sum(-1)
                 image_mass = used.sum(-1)
             self._store("image_entropy", layer, image_entropy)
             self._store("text_entropy", layer, self._keep(entropy[:, :, text_slice, None])[..., 0])
             self._store("image_to_text_mass", layer, image_mass)
-            self._store("text_to_image_mass", layer,
-                        self._keep(torch.exp(to_image - lse[:, :, text_slice].float())[..., None])[..., 0])
+            self._store(
+                "text_to_image_mass",
+                layer,
+                self._keep(torch.exp(to_image - lse[:, :, text_slice].float())[..., None])[..., 0],
+            )
 
 
 def _unflatten(array: xr.DataArray, dim: str, grid: tuple[int, int]) -> xr.DataArray:
     """Returns `array` with its `dim` axis (row-major image tokens) split into (y, x)."""
     axis = array.dims.index(dim)
-    values = array.values.reshape(array.shape[:axis] + tuple(grid) + array.shape[axis + 1:])
+    values = array.values.reshape(array.shape[:axis] + tuple(grid) + array.shape[axis + 1 :])
     coords = {name: coord for name, coord in array.coords.items() if dim not in coord.dims}
-    dims = array.dims[:axis] + ("y", "x") + array.dims[axis + 1:]
+    dims = array.dims[:axis] + ("y", "x") + array.dims[axis + 1 :]
     return xr.DataArray(values, dims=dims, coords=coords, name=array.name)
 
 
@@ -155,8 +161,9 @@ class AttentionCapture:
         """Returns the record `name` stacked over layers: (batch, layer, head, ...) for one forward (or `step`),
         (step, batch, layer, head, ...) for several — with gradients if not detached."""
         if name not in self.recorder.records:
-            raise KeyError(f"nothing recorded for '{name}': was the transformer called inside the capture, "
-                           "with it requested?")
+            raise KeyError(
+                f"nothing recorded for '{name}': was the transformer called inside the capture, with it requested?"
+            )
         per_layer = self.recorder.records[name]
         calls = len(per_layer[self.layers[0]])
         if step is not None:
@@ -168,8 +175,9 @@ class AttentionCapture:
         values = self.tensor(name)
         dims = (("step",) if values.ndim > len(dims) else ()) + dims
         head = [-1] if self.recorder.head_mean else list(range(values.shape[dims.index("head")]))
-        return xr.DataArray(values.detach().float().cpu().numpy(), dims=dims, name=name,
-                            coords={"layer": self.layers, "head": head})
+        return xr.DataArray(
+            values.detach().float().cpu().numpy(), dims=dims, name=name, coords={"layer": self.layers, "head": head}
+        )
 
     @property
     def image_to_text(self) -> xr.DataArray:
@@ -192,11 +200,16 @@ class AttentionCapture:
 
 
 @contextlib.contextmanager
-def capture_attention(transformer: torch.nn.Module, layers: Sequence[int] | None = None,
-                      directions: Sequence[Direction] = DIRECTIONS,
-                      text_tokens: Sequence[int] | torch.Tensor | None = None, head_mean: bool = False,
-                      output: Literal["probabilities", "logits"] = "probabilities", detach: bool = True,
-                      diagnostics: bool = False) -> Iterator[AttentionCapture]:
+def capture_attention(
+    transformer: torch.nn.Module,
+    layers: Sequence[int] | None = None,
+    directions: Sequence[Direction] = DIRECTIONS,
+    text_tokens: Sequence[int] | torch.Tensor | None = None,
+    head_mean: bool = False,
+    output: Literal["probabilities", "logits"] = "probabilities",
+    detach: bool = True,
+    diagnostics: bool = False,
+) -> Iterator[AttentionCapture]:
     """Records the attention of `layers` (None: every block) for every forward inside the context; on exit (even on
     error) the blocks' processors are as they were.
 

@@ -1,4 +1,5 @@
 """Attention extraction: prompts from class names, seeded noise at chosen sigmas, one forward each, into the store."""
+
 from __future__ import annotations
 
 import hashlib
@@ -39,14 +40,25 @@ def resolve_sigmas(backbone: Backbone, params: ExtractParams, image_tokens: int)
     schedule = backbone.sigmas(params.num_inference_steps, image_tokens)
     bad = [k for k in params.steps_from_end if not 1 <= k <= len(schedule)]
     if bad:
-        raise ConfigError(f"extract.steps_from_end {bad} outside a {params.num_inference_steps}-step schedule (1…{len(schedule)})")
+        raise ConfigError(
+            f"extract.steps_from_end {bad} outside a {params.num_inference_steps}-step schedule (1…{len(schedule)})"
+        )
     return [round(float(schedule[len(schedule) - k]), 6) for k in params.steps_from_end]
 
 
 @torch.no_grad()
-def extract_batch(backbone: Backbone, images: np.ndarray, encoding: PromptEncoding, slots: list[TokenSlots], sample_indices: list[int],
-                  sigmas: list[float], params: ExtractParams, layers: list[int]) -> dict[str, np.ndarray]:
-    """Returns {direction: (batch, layer, head, timestep, token, y, x)} attention for a batch of uint8 images (b, H, W, 3)."""
+def extract_batch(
+    backbone: Backbone,
+    images: np.ndarray,
+    encoding: PromptEncoding,
+    slots: list[TokenSlots],
+    sample_indices: list[int],
+    sigmas: list[float],
+    params: ExtractParams,
+    layers: list[int],
+) -> dict[str, np.ndarray]:
+    """Returns {direction: (batch, layer, head, timestep, token, y, x)} attention for a batch of uint8 images (b, H, W,
+    3)."""
     pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
     grid = backbone.token_grid(*images.shape[1:3])
     latents = backbone.encode_images(pixels)
@@ -57,8 +69,14 @@ def extract_batch(backbone: Backbone, images: np.ndarray, encoding: PromptEncodi
     per_sigma = {name: [] for name in names}
     for sigma in sigmas:
         noisy = sigma * noise + (1 - sigma) * latents
-        with capture_attention(backbone.transformer, layers, params.directions, positions.clamp_min(0), params.head_mean,
-                               diagnostics=params.diagnostics) as cap:
+        with capture_attention(
+            backbone.transformer,
+            layers,
+            params.directions,
+            positions.clamp_min(0),
+            params.head_mean,
+            diagnostics=params.diagnostics,
+        ) as cap:
             backbone.transformer(**backbone.transformer_inputs(noisy, sigma, encoding))
         for name in names:
             values = cap.tensor(name).float()
@@ -75,12 +93,16 @@ def extract_batch(backbone: Backbone, images: np.ndarray, encoding: PromptEncodi
 
 
 def plan_ranges(samples: int, batch_size: int, workers: int) -> list[tuple[int, int]]:
-    """Returns contiguous, batch-aligned sample ranges, one per worker: the batches are the same for any worker count."""
+    """Returns contiguous, batch-aligned sample ranges, one per worker: the batches are the same for any worker
+    count."""
     batches = [(start, min(start + batch_size, samples)) for start in range(0, samples, batch_size)]
     if not batches:
         return []
     per_worker = int(np.ceil(len(batches) / workers))
-    return [(group[0][0], group[-1][1]) for group in (batches[i:i + per_worker] for i in range(0, len(batches), per_worker))]
+    return [
+        (group[0][0], group[-1][1])
+        for group in (batches[i : i + per_worker] for i in range(0, len(batches), per_worker))
+    ]
 
 
 def fingerprint(*groups: dict) -> str:
@@ -96,23 +118,42 @@ def open_or_create(path: Path, layout: StoreLayout, attrs: dict) -> bool:
     return True
 
 
-def _compute(backbone: Backbone, rows: xr.Dataset, indices: list[int], names: list[str], sigmas: list[float],
-             layers: list[int], params: ExtractParams, style: PromptStyle) -> list[SampleRecord]:
+def _compute(
+    backbone: Backbone,
+    rows: xr.Dataset,
+    indices: list[int],
+    names: list[str],
+    sigmas: list[float],
+    layers: list[int],
+    params: ExtractParams,
+    style: PromptStyle,
+) -> list[SampleRecord]:
     """Returns the records of one loaded batch: prompts, token slots, and attention at every sigma."""
-    built = [build_prompt(style, rows["present"].values[k], names, str(rows["caption"].values[k])) for k in range(len(indices))]
+    built = [
+        build_prompt(style, rows["present"].values[k], names, str(rows["caption"].values[k]))
+        for k in range(len(indices))
+    ]
     prompts = [prompt for prompt, _ in built]
     encoding = backbone.encode_prompts(prompts)
-    slots = [token_slots(encoding, k, spans, params.tokens, params.max_tokens, f"{params.split}/{indices[k]}", style.columns)
-             for k, (_, spans) in enumerate(built)]
+    slots = [
+        token_slots(encoding, k, spans, params.tokens, params.max_tokens, f"{params.split}/{indices[k]}", style.columns)
+        for k, (_, spans) in enumerate(built)
+    ]
     attention = extract_batch(backbone, rows["image"].values, encoding, slots, indices, sigmas, params, layers)
     records = []
     for run_start, run_stop in _runs(indices):  # consecutive runs map to one region write each
         part = slice(indices.index(run_start), indices.index(run_stop - 1) + 1)
-        records.append(SampleRecord(
-            start=run_start, attention={d: a[part] for d, a in attention.items()},
-            token_position=np.stack([s.position for s in slots[part]]), token_class=np.stack([s.class_id for s in slots[part]]),
-            token_encoder=np.stack([s.encoder for s in slots[part]]), token_text=np.stack([s.text for s in slots[part]]),
-            prompt=np.array(prompts[part], dtype=object)))
+        records.append(
+            SampleRecord(
+                start=run_start,
+                attention={d: a[part] for d, a in attention.items()},
+                token_position=np.stack([s.position for s in slots[part]]),
+                token_class=np.stack([s.class_id for s in slots[part]]),
+                token_encoder=np.stack([s.encoder for s in slots[part]]),
+                token_text=np.stack([s.text for s in slots[part]]),
+                prompt=np.array(prompts[part], dtype=object),
+            )
+        )
     return records
 
 
@@ -121,9 +162,20 @@ def _write(path: Path, records: list[SampleRecord]) -> None:
         write_samples(path, record)  # data first, complete flags last
 
 
-def extract_range(backbone: Backbone, prepared: xr.Dataset, path: Path, start: int, stop: int, sigmas: list[float],
-                  layers: list[int], params: ExtractParams, style: PromptStyle, progress=None) -> int:
-    """Extracts samples [start, stop) not yet complete, batch by batch, prompting as `style` says; returns how many were computed.
+def extract_range(
+    backbone: Backbone,
+    prepared: xr.Dataset,
+    path: Path,
+    start: int,
+    stop: int,
+    sigmas: list[float],
+    layers: list[int],
+    params: ExtractParams,
+    style: PromptStyle,
+    progress=None,
+) -> int:
+    """Extracts samples [start, stop) not yet complete, batch by batch, prompting as `style` says; returns how many were
+    computed.
 
     Three stages overlap: the next batch is read from the prepared store and the previous one written to the
     attention store (compression included) on their own threads while the transformer runs. One write is in flight
@@ -132,10 +184,16 @@ def extract_range(backbone: Backbone, prepared: xr.Dataset, path: Path, start: i
     """
     done = completed(path)
     names = class_names(prepared)
-    batches = [indices for batch_start in range(start, stop, params.batch_size)
-               if (indices := [i for i in range(batch_start, min(batch_start + params.batch_size, stop)) if not done[i]])]
+    batches = [
+        indices
+        for batch_start in range(start, stop, params.batch_size)
+        if (indices := [i for i in range(batch_start, min(batch_start + params.batch_size, stop)) if not done[i]])
+    ]
     computed = 0
-    with ThreadPoolExecutor(1, thread_name_prefix="extract-read") as reader, ThreadPoolExecutor(1, thread_name_prefix="extract-write") as writer:
+    with (
+        ThreadPoolExecutor(1, thread_name_prefix="extract-read") as reader,
+        ThreadPoolExecutor(1, thread_name_prefix="extract-write") as writer,
+    ):
         load = lambda indices: prepared.isel(sample=indices).load()  # noqa: E731
         next_rows = reader.submit(load, batches[0]) if batches else None
         writing: Future | None = None
@@ -170,15 +228,28 @@ def _runs(indices: list[int]) -> list[tuple[int, int]]:
     return runs
 
 
-def kept_token_counts(backbone: Backbone, prepared: xr.Dataset, samples: int, params: ExtractParams, style: PromptStyle) -> np.ndarray:
+def kept_token_counts(
+    backbone: Backbone, prepared: xr.Dataset, samples: int, params: ExtractParams, style: PromptStyle
+) -> np.ndarray:
     """Returns how many text tokens each of the first `samples` samples keeps, from tokenization alone (no forward);
     raises ConfigError, naming the sample, when one needs more than extract.max_tokens."""
     names = class_names(prepared)
     present, captions = prepared["present"].values[:samples], prepared["caption"].values[:samples]
     built = [build_prompt(style, present[k], names, str(captions[k])) for k in range(samples)]
     tokens = PromptEncoding(None, None, backbone.prompt_tokens([prompt for prompt, _ in built]))  # no embeddings needed
-    return np.array([int((token_slots(tokens, k, spans, params.tokens, params.max_tokens, f"{params.split}/{k}", style.columns)
-                          .position >= 0).sum()) for k, (_, spans) in enumerate(built)])
+    return np.array(
+        [
+            int(
+                (
+                    token_slots(
+                        tokens, k, spans, params.tokens, params.max_tokens, f"{params.split}/{k}", style.columns
+                    ).position
+                    >= 0
+                ).sum()
+            )
+            for k, (_, spans) in enumerate(built)
+        ]
+    )
 
 
 def storage_plan(layout: StoreLayout, token_counts: np.ndarray, output: Path) -> dict:
@@ -189,10 +260,17 @@ def storage_plan(layout: StoreLayout, token_counts: np.ndarray, output: Path) ->
     target = Path(output).resolve()
     existing = next(p for p in (target, *target.parents) if p.exists())
     free = shutil.disk_usage(existing).free
-    plan = {"expected_gb": expected / 1e9, "upper_bound_gb": upper / 1e9, "free_gb": free / 1e9, "samples": layout.samples,
-            "mean_tokens": float(np.mean(token_counts)) if len(token_counts) else 0.0}
+    plan = {
+        "expected_gb": expected / 1e9,
+        "upper_bound_gb": upper / 1e9,
+        "free_gb": free / 1e9,
+        "samples": layout.samples,
+        "mean_tokens": float(np.mean(token_counts)) if len(token_counts) else 0.0,
+    }
     if expected > 0.95 * free:
-        raise ConfigError(f"extraction would write about {expected / 1e9:.1f} GB to {output} but {free / 1e9:.1f} GB are free: "
-                          "keep less (extract.head_mean: true, extract.layers, extract.directions: [image_to_text], "
-                          "extract.diagnostics: false, extract.max_samples) or free disk")
+        raise ConfigError(
+            f"extraction would write about {expected / 1e9:.1f} GB to {output} but {free / 1e9:.1f} GB are free: "
+            "keep less (extract.head_mean: true, extract.layers, extract.directions: [image_to_text], "
+            "extract.diagnostics: false, extract.max_samples) or free disk"
+        )
     return plan

@@ -7,6 +7,7 @@ and how one forward's image token grid and text length are read. A new family is
     qkv(attn, hidden_states, encoder_hidden_states, attention_mask, *rest) → Joint
     output(attn, out, image, text, dtype) → the stock processor's return value
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -28,8 +29,14 @@ class Joint(NamedTuple):
     text_length: int | None  # None: the block sees one joint sequence, split by the forward's text length
 
 
-def sd3_joint_qkv(attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                  attention_mask=None, *args, **kwargs) -> Joint:
+def sd3_joint_qkv(
+    attn,
+    hidden_states: torch.Tensor,
+    encoder_hidden_states: torch.Tensor | None = None,
+    attention_mask=None,
+    *args,
+    **kwargs,
+) -> Joint:
     """Returns SD3's joint attention inputs, order [image, text], as JointAttnProcessor2_0 forms them."""
     batch_size = hidden_states.shape[0]
     query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
@@ -41,18 +48,25 @@ def sd3_joint_qkv(attn, hidden_states: torch.Tensor, encoder_hidden_states: torc
         key = attn.norm_k(key)
     if encoder_hidden_states is None:
         raise ValueError("SD3 joint attention needs encoder_hidden_states (the text tokens); the block got none")
-    text_q, text_k, text_v = (p(encoder_hidden_states).view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-                              for p in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj))
+    text_q, text_k, text_v = (
+        p(encoder_hidden_states).view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        for p in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj)
+    )
     if attn.norm_added_q is not None:
         text_q = attn.norm_added_q(text_q)
     if attn.norm_added_k is not None:
         text_k = attn.norm_added_k(text_k)
-    return Joint(torch.cat([query, text_q], dim=2), torch.cat([key, text_k], dim=2),
-                 torch.cat([value, text_v], dim=2), encoder_hidden_states.shape[1])
+    return Joint(
+        torch.cat([query, text_q], dim=2),
+        torch.cat([key, text_k], dim=2),
+        torch.cat([value, text_v], dim=2),
+        encoder_hidden_states.shape[1],
+    )
 
 
-def sd3_joint_output(attn, out: torch.Tensor, image: slice, text: slice,
-                     dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def sd3_joint_output(
+    attn, out: torch.Tensor, image: slice, text: slice, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (image, text) hidden states from the joint attention output (batch, head, image + text, dim)."""
     n_image = image.stop
     batch_size, heads, _, head_dim = out.shape
@@ -63,8 +77,9 @@ def sd3_joint_output(attn, out: torch.Tensor, image: slice, text: slice,
     return attn.to_out[1](attn.to_out[0](hidden_states)), encoder_hidden_states
 
 
-def flux_joint_qkv(attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
-                   image_rotary_emb=None) -> Joint:
+def flux_joint_qkv(
+    attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None
+) -> Joint:
     """Returns a FLUX block's joint attention inputs, order [text, image], as FluxAttnProcessor forms them; a
     single-stream block gets the joint sequence (its text length: None)."""
     if attention_mask is not None:
@@ -152,20 +167,37 @@ class Family:
         return [getattr(block, self.attention) for blocks in self.blocks for block in getattr(transformer, blocks)]
 
 
-FAMILIES: dict[str, Family] = {family.name: family for family in (
-    Family("SD3Transformer2DModel", ("image", "text"), sd3_joint_qkv, sd3_joint_output,
-           blocks=("transformer_blocks",), token_grid=latent_grid),
-    Family("FluxTransformer2DModel", ("text", "image"), flux_joint_qkv, flux_joint_output,
-           blocks=("transformer_blocks", "single_transformer_blocks"), token_grid=image_ids_grid),
-)}
+FAMILIES: dict[str, Family] = {
+    family.name: family
+    for family in (
+        Family(
+            "SD3Transformer2DModel",
+            ("image", "text"),
+            sd3_joint_qkv,
+            sd3_joint_output,
+            blocks=("transformer_blocks",),
+            token_grid=latent_grid,
+        ),
+        Family(
+            "FluxTransformer2DModel",
+            ("text", "image"),
+            flux_joint_qkv,
+            flux_joint_output,
+            blocks=("transformer_blocks", "single_transformer_blocks"),
+            token_grid=image_ids_grid,
+        ),
+    )
+}
 
 
 def family_of(transformer: torch.nn.Module) -> Family:
     """Returns the FAMILIES row of `transformer`'s class."""
     name = type(transformer).__name__
     if name not in FAMILIES:
-        raise TypeError(f"seg4diff's attention hooks support {' and '.join(FAMILIES)}, not {name}: add a row to "
-                        "FAMILIES in seg4diff/capture/families.py")
+        raise TypeError(
+            f"seg4diff's attention hooks support {' and '.join(FAMILIES)}, not {name}: add a row to "
+            "FAMILIES in seg4diff/capture/families.py"
+        )
     return FAMILIES[name]
 
 

@@ -9,6 +9,7 @@ call the processor hands the hooks one `JointAttention`: editors first, in the o
 an observer records what the block used whatever the nesting. On exit each context takes its hook off again, even on
 error, and the last one to leave a block puts back the processor that was there before the first.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -37,8 +38,10 @@ class JointAttention:
         """Returns the (batch, head, image query, text key) fp32 probabilities the block uses now (softmax over all
         joint keys), formed from q, k and the log-sum-exp only."""
         if self._image_to_text is None:
-            logits = torch.matmul(self.query[:, :, self.image].float(),
-                                  self.key[:, :, self.text].float().transpose(-1, -2)) * self.scale
+            logits = (
+                torch.matmul(self.query[:, :, self.image].float(), self.key[:, :, self.text].float().transpose(-1, -2))
+                * self.scale
+            )
             self._unedited = self._image_to_text = torch.exp(logits - self.lse[:, :, self.image, None].float())
         return self._image_to_text
 
@@ -87,8 +90,9 @@ class InterventionProcessor:
         self.hooks: list[Intervention] = []
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, *args, **kwargs):
-        query, key, value, text_length = self.family.qkv(attn, hidden_states, encoder_hidden_states, attention_mask,
-                                                         *args, **kwargs)
+        query, key, value, text_length = self.family.qkv(
+            attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs
+        )
         if text_length is None:  # every hook was installed before this forward began: they agree
             text_length = self.hooks[0].text_length
         image, text = self.family.split(query.shape[2], text_length)
@@ -110,8 +114,9 @@ def check_blocks(blocks: Sequence[int], modules: Sequence[torch.nn.Module]) -> l
 
 
 @contextlib.contextmanager
-def intervene(transformer: torch.nn.Module, blocks: Sequence[int],
-              intervention: Intervention) -> Iterator[Intervention]:
+def intervene(
+    transformer: torch.nn.Module, blocks: Sequence[int], intervention: Intervention
+) -> Iterator[Intervention]:
     """Hooks `intervention` on `blocks` (numbered as `joint_attention_modules`) for every forward inside the context,
     stacked on whatever interventions are already there; takes it off on exit, even on error."""
     family = family_of(transformer)

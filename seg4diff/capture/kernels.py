@@ -3,6 +3,7 @@
 The log-sum-exp is what lets a hook form only the small image×text logits it keeps and still normalise them over the
 whole joint sequence: exp(q·k·scale − lse) is the probability the block used, without the N×N matrix.
 """
+
 from __future__ import annotations
 
 import torch
@@ -10,13 +11,14 @@ import torch
 QUERY_CHUNK = 1024
 
 
-def chunked_attention_with_lse(query, key, value, scale: float,
-                               chunk: int = QUERY_CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
+def chunked_attention_with_lse(
+    query, key, value, scale: float, chunk: int = QUERY_CHUNK
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (output, logsumexp) of softmax attention, (batch, head, query, ·), materialising chunk × keys at a
     time."""
     outputs, lses = [], []
     for start in range(0, query.shape[2], chunk):
-        logits = torch.matmul(query[:, :, start:start + chunk], key.transpose(-1, -2)).float() * scale
+        logits = torch.matmul(query[:, :, start : start + chunk], key.transpose(-1, -2)).float() * scale
         lse = torch.logsumexp(logits, dim=-1)
         outputs.append(torch.matmul(torch.exp(logits - lse[..., None]).to(value.dtype), value))
         lses.append(lse)
@@ -37,17 +39,20 @@ def _cuda_attention_with_lse(query, key, value, scale: float) -> tuple[torch.Ten
     setting = (query.device, query.dtype, query.shape[-1])
     candidates = ("cudnn", "flash", "efficient") if _low_precision(query) else ("efficient",)
     aten = torch.ops.aten
-    for kernel in candidates[candidates.index(_CUDA_KERNEL.get(setting, candidates[0])):]:
+    for kernel in candidates[candidates.index(_CUDA_KERNEL.get(setting, candidates[0])) :]:
         try:
             if kernel == "cudnn":
-                out, lse = aten._scaled_dot_product_cudnn_attention(query, key, value, None, True, 0.0, False, False,
-                                                                    scale=scale)[:2]
+                out, lse = aten._scaled_dot_product_cudnn_attention(
+                    query, key, value, None, True, 0.0, False, False, scale=scale
+                )[:2]
             elif kernel == "flash":
-                out, lse = aten._scaled_dot_product_flash_attention(query, key, value, 0.0, False, False,
-                                                                    scale=scale)[:2]
+                out, lse = aten._scaled_dot_product_flash_attention(query, key, value, 0.0, False, False, scale=scale)[
+                    :2
+                ]
             else:
-                out, lse = aten._scaled_dot_product_efficient_attention(query, key, value, None, True, 0.0, False,
-                                                                        scale=scale)[:2]
+                out, lse = aten._scaled_dot_product_efficient_attention(
+                    query, key, value, None, True, 0.0, False, scale=scale
+                )[:2]
         except RuntimeError:  # this build, card or shape lacks the kernel: try the next one
             if kernel == candidates[-1]:
                 raise

@@ -14,6 +14,7 @@ exists. Every perturbation keeps each image query's total mass on the text (so t
 A perturbation is an editing intervention (`seg4diff.capture.intervention`): it stacks with captures and other
 perturbations of the same block, and a capture there records P', the attention the block used.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -40,13 +41,18 @@ def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     x = maps.reshape(-1, 1, height, width)
     pad_y, pad_x = min(radius, height - 1), min(radius, width - 1)
     x = F.pad(x, (pad_x, pad_x, pad_y, pad_y), mode="reflect" if min(height, width) > 1 else "replicate")
-    x = F.conv2d(x, kernel[radius - pad_x: radius + pad_x + 1].view(1, 1, 1, -1))
-    x = F.conv2d(x, kernel[radius - pad_y: radius + pad_y + 1].view(1, 1, -1, 1))
+    x = F.conv2d(x, kernel[radius - pad_x : radius + pad_x + 1].view(1, 1, 1, -1))
+    x = F.conv2d(x, kernel[radius - pad_y : radius + pad_y + 1].view(1, 1, -1, 1))
     return x.reshape(*lead, height, width)
 
 
-def perturb(probabilities: torch.Tensor, grid: tuple[int, int], kind: Kind, blur_sigma: float = 1.0,
-            permutation: torch.Tensor | None = None) -> torch.Tensor:
+def perturb(
+    probabilities: torch.Tensor,
+    grid: tuple[int, int],
+    kind: Kind,
+    blur_sigma: float = 1.0,
+    permutation: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Returns P' for P = (batch, head, image query, text key) image→text attention; each row's text mass kept."""
     if kind == "shuffle":
         if permutation is None:
@@ -93,8 +99,9 @@ class Perturbation(Intervention):
 
 
 @contextlib.contextmanager
-def perturb_attention(transformer: torch.nn.Module, layer: int, kind: Kind, blur_sigma: float = 1.0,
-                      seed: int = 0) -> Iterator[Perturbation]:
+def perturb_attention(
+    transformer: torch.nn.Module, layer: int, kind: Kind, blur_sigma: float = 1.0, seed: int = 0
+) -> Iterator[Perturbation]:
     """Perturbs block `layer`'s image→text attention for every forward inside the context; takes it off on exit.
     SD3/SD3.5 blocks, and FLUX's double- then single-stream blocks (numbered as `joint_attention_modules`)."""
     with intervene(transformer, [layer], Perturbation(layer, kind, blur_sigma, seed)) as perturbation:

@@ -1,10 +1,11 @@
 """Trace a whole generation, as DAAM's `trace` does for UNets: every denoising step's joint attention, by word.
 
-    with trace(pipe) as tc:                  # a StableDiffusion3Pipeline or FluxPipeline
-        image = pipe("a red cat on a mat", num_inference_steps=28).images[0]
-    tc.capture.image_to_text                 # (step, batch, layer, head, image_token, text_token)
-    tc.word_maps("cat")                      # (step, layer, head, y, x): the word's sub-word maps averaged
+with trace(pipe) as tc:                  # a StableDiffusion3Pipeline or FluxPipeline
+    image = pipe("a red cat on a mat", num_inference_steps=28).images[0]
+tc.capture.image_to_text                 # (step, batch, layer, head, image_token, text_token)
+tc.word_maps("cat")                      # (step, layer, head, y, x): the word's sub-word maps averaged
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -39,9 +40,13 @@ class Trace:
         if not spans:
             raise KeyError(f"'{word}' is not a word of the traced prompt {text!r}")
         tokens = self._tokens(text)
-        return [pos for pos, tok in enumerate(tokens)
-                if tok.end > tok.start and (encoder is None or tok.encoder == encoder)
-                and any(tok.start < end and tok.end > start for start, end in spans)]
+        return [
+            pos
+            for pos, tok in enumerate(tokens)
+            if tok.end > tok.start
+            and (encoder is None or tok.encoder == encoder)
+            and any(tok.start < end and tok.end > start for start, end in spans)
+        ]
 
     def word_maps(self, word: str, prompt: int = 0, encoder: str | None = None) -> xr.DataArray:
         """Returns image→text attention to `word` in (y, x) for every step, layer and head: the mean of its tokens'
@@ -69,8 +74,9 @@ def trace(pipe, layers=None, head_mean: bool = False, diagnostics: bool = False)
 
     pipe.encode_prompt = remember
     try:
-        with capture_attention(pipe.transformer, layers, ("image_to_text",), head_mean=head_mean,
-                               diagnostics=diagnostics) as capture:
+        with capture_attention(
+            pipe.transformer, layers, ("image_to_text",), head_mean=head_mean, diagnostics=diagnostics
+        ) as capture:
             traced.capture = capture
             yield traced
     finally:

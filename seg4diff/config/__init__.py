@@ -1,14 +1,16 @@
-"""The typed model of `params.yaml` (`params`: one pydantic model per params group) and how it is read (`loading`:
-presets, --set assignments, one validation with one-line errors)."""
+"""The typed model of `params.yaml` (`params`: one pydantic model per params group, `data`: the dataset sources'
+groups) and how it is read (`loading`: presets, --set assignments, one validation with one-line errors)."""
+
+from seg4diff.config.data import *  # every params group, as `seg4diff.config.<Group>`
 from seg4diff.config.loading import (
-                                     ParamsError,
-                                     deep_merge,
-                                     load_params,
-                                     merged_yaml,
-                                     parse_assignments,
-                                     parse_params,
-                                     preset_names,
-                                     read_preset,
+    ParamsError,
+    deep_merge,
+    load_params,
+    merged_yaml,
+    parse_assignments,
+    parse_params,
+    preset_names,
+    read_preset,
 )
-from seg4diff.config.params import *  # noqa: F403 - every params group, as `seg4diff.config.<Group>`
+from seg4diff.config.params import *
 from seg4diff.config.params import check_stage

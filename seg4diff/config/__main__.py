@@ -1,4 +1,6 @@
-"""`python -m seg4diff.config`: prints params.yaml with presets and --set overrides merged in (a params file for DVC)."""
+"""`python -m seg4diff.config`: prints params.yaml with presets and --set overrides merged in (a params file for
+DVC)."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,8 +11,10 @@ from seg4diff.errors import ConfigError
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m seg4diff.config",
-                                     description="Prints params.yaml with presets and --set overrides merged in (for DVC).")
+    parser = argparse.ArgumentParser(
+        prog="python -m seg4diff.config",
+        description="Prints params.yaml with presets and --set overrides merged in (for DVC).",
+    )
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--preset", action="append", default=[])
     parser.add_argument("--set", action="append", default=[], dest="assignments")

@@ -1,4 +1,5 @@
 """Reading params.yaml: presets merged in order, --set assignments, one validation, one-line errors."""
+
 from __future__ import annotations
 
 import re
@@ -63,7 +64,9 @@ def read_preset(name: str) -> dict:
     return _read_yaml(path, "a preset")
 
 
-def load_params(path: str | Path = "params.yaml", overrides: dict | None = None, presets: list[str] | tuple[str, ...] = ()) -> Params:
+def load_params(
+    path: str | Path = "params.yaml", overrides: dict | None = None, presets: list[str] | tuple[str, ...] = ()
+) -> Params:
     """Returns the validated Params of a YAML file, with each preset merged over it in order, then `overrides`."""
     path = Path(path)
     if not path.is_file():
@@ -108,12 +111,17 @@ def deep_merge(base: dict, override: dict) -> dict:
     """Returns `base` with `override` merged in, recursing into nested dicts."""
     merged = dict(base)
     for key, value in override.items():
-        merged[key] = deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        merged[key] = (
+            deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+        )
     return merged
 
 
-def merged_yaml(path: str | Path = "params.yaml", overrides: dict | None = None, presets: list[str] | tuple[str, ...] = ()) -> str:
-    """Returns params.yaml with the presets and overrides merged in (validated), as YAML: a params file DVC can track."""
+def merged_yaml(
+    path: str | Path = "params.yaml", overrides: dict | None = None, presets: list[str] | tuple[str, ...] = ()
+) -> str:
+    """Returns params.yaml with the presets and overrides merged in (validated), as YAML: a params file DVC can
+    track."""
     raw = _read_yaml(Path(path), "params")
     for name in presets:
         raw = deep_merge(raw, read_preset(name))

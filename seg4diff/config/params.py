@@ -1,16 +1,14 @@
 """The typed model of `params.yaml`: one pydantic model per params group, validated once at the edge."""
+
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from seg4diff.config.data import DataParams
+from seg4diff.config.group import Group
 from seg4diff.errors import ConfigError
-
-
-class Group(BaseModel):
-    # strict: YAML gives real types, so "1" for an int or 1.5 for an int is a mistake worth reporting.
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
 class ModelParams(Group):
@@ -18,87 +16,30 @@ class ModelParams(Group):
     local_files_only: bool = True
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     device: str = "cpu"
-    text_length: int | None = Field(None, ge=1, description="T5 tokens in the joint sequence (None: 256 SD3, 512 FLUX; "
-                                    "77 zero rows for SD3 without T5)")
-    t5: bool = Field(True, description="SD3/SD3.5: load the T5 encoder; false runs without it as the authors do "
-                     "(text_encoder_3=None: 77 CLIP + 77 zero rows, 4096 + 154 tokens at 1024²)")
-
-
-class ShapesParams(Group):
-    image_size: int = Field(64, ge=16)
-    num_train: int = Field(ge=1)
-    num_val: int = Field(ge=1)
-    num_test: int = Field(ge=1)
-    min_objects: int = Field(1, ge=1)
-    max_objects: int = Field(3, ge=1)
-    texture: bool = False
-    mask_format: Literal["polygon", "rle"] = "polygon"
-    caption_background: bool = Field(True, description="captions also name 'background' (at a random place), as "
-                                     "the prompts that name it as a class do")
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _objects_range(self) -> ShapesParams:
-        if self.min_objects > self.max_objects:
-            raise ValueError(f"min_objects ({self.min_objects}) must not exceed max_objects ({self.max_objects})")
-        return self
-
-
-class CocoSplit(Group):
-    annotations: str
-    images: str
-    captions: str | None = Field(None, description="a COCO captions file (captions_val2017.json) joined by image id: "
-                                 "each image's first caption (by annotation id)")
-
-
-class CocoParams(Group):
-    splits: dict[str, CocoSplit]
-    background: bool = Field(True, description="unlabelled pixels are a 'background' class (else ignored)")
-
-
-class MaskFolderSplit(Group):
-    images: str
-    labels: str
-    ids_file: str | None = Field(None, description="text file of sample ids, one a line (default: every image)")
-    captions: str | None = Field(None, description="JSON file mapping sample ids to captions")
-
-
-class MaskFolderParams(Group):
-    splits: dict[str, MaskFolderSplit]
-    class_names: list[str]
-    reduce_zero_label: bool = False
-    image_suffix: str = Field(".jpg", description="what follows the sample id in an image's file name (Cityscapes: _leftImg8bit.png)")
-    label_suffix: str = Field(".png", description="what follows the sample id in its label's file name")
-    fallback_label_suffix: str | None = Field(None, description=(
-        "a second label file tried when the first is absent (Cityscapes as distributed: _gtFine_labelIds.png)"))
-    label_map: dict[int, int] | None = Field(None, description=(
-        "ids of the label files (after reduce_zero_label) → class ids; unlisted ids are ignored (COCO-Stuff: 171 → 27)"))
-    fallback_label_map: dict[int, int] | None = Field(None, description=(
-        "ids of the fallback labels → class ids; unlisted ids are ignored (Cityscapes: labelIds → the 19 train ids)"))
-
-
-class DataParams(Group):
-    source: Literal["shapes", "coco", "mask_folder"]
-    root: str = Field(description="directory of the raw dataset (Shapes is generated there)")
-    shapes: ShapesParams | None = None
-    coco: CocoParams | None = None
-    mask_folder: MaskFolderParams | None = None
-
-    @model_validator(mode="after")
-    def _source_section(self) -> DataParams:
-        if getattr(self, self.source) is None:
-            raise ValueError(f"data.source is '{self.source}' but the section data.{self.source} is missing")
-        return self
+    text_length: int | None = Field(
+        None,
+        ge=1,
+        description="T5 tokens in the joint sequence (None: 256 SD3, 512 FLUX; 77 zero rows for SD3 without T5)",
+    )
+    t5: bool = Field(
+        True,
+        description="SD3/SD3.5: load the T5 encoder; false runs without it as the authors do "
+        "(text_encoder_3=None: 77 CLIP + 77 zero rows, 4096 + 154 tokens at 1024²)",
+    )
 
 
 class PrepareParams(Group):
     splits: list[str] = ["train", "val", "test"]
     resolution: int | list[int] = Field(
-        32, description="working resolution of images: N (square, as the authors) or [height, width] (e.g. Cityscapes' "
-                        "2:1 as [512, 1024]); multiples of 16")
+        32,
+        description="working resolution of images: N (square, as the authors) or [height, width] (e.g. Cityscapes' "
+        "2:1 as [512, 1024]); multiples of 16",
+    )
     label_resolution: int | Literal["native"] = Field(
-        "native", description="native: label maps kept at each image's own size, masks upsampled to it and every metric "
-                              "computed there; N: resized to N×N (nearest)")
+        "native",
+        description="native: label maps kept at each image's own size, masks upsampled to it and every metric "
+        "computed there; N: resized to N×N (nearest)",
+    )
     max_samples: int | None = Field(None, ge=1, description="cap per split (None: all)")
     on_error: Literal["skip", "fail"] = "skip"
     output: str = "data/prepared"
@@ -123,7 +64,11 @@ class PrepareParams(Group):
     @property
     def size(self) -> tuple[int, int]:
         """The working (height, width)."""
-        return (self.resolution, self.resolution) if isinstance(self.resolution, int) else (self.resolution[0], self.resolution[1])
+        return (
+            (self.resolution, self.resolution)
+            if isinstance(self.resolution, int)
+            else (self.resolution[0], self.resolution[1])
+        )
 
 
 class ArchitectureParams(Group):
@@ -131,8 +76,12 @@ class ArchitectureParams(Group):
     num_attention_heads: int = Field(4, ge=1)
     attention_head_dim: int = Field(16, ge=4)
     text_length: int = Field(16, ge=4, description="word tokens in the joint sequence")
-    text_layers: int = Field(1, ge=0, description="causal transformer layers of the text encoder (0: token + position embeddings)")
-    pooled: Literal["mean", "none"] = Field("none", description="pooled text vector for AdaLN: mean of the words, or none (zeros)")
+    text_layers: int = Field(
+        1, ge=0, description="causal transformer layers of the text encoder (0: token + position embeddings)"
+    )
+    pooled: Literal["mean", "none"] = Field(
+        "none", description="pooled text vector for AdaLN: mean of the words, or none (zeros)"
+    )
 
 
 class PretrainParams(Group):
@@ -155,17 +104,32 @@ class PretrainParams(Group):
 class PromptParams(Group):
     """How prompts are built from class names: read by extract, score, finetune and evaluate alike."""
 
-    separator: str = Field(" and ", description="between class names in a prompt (Seg4Diff: a space; the organism reads "
-                           "'red circle and blue square', as in its captions)")
+    separator: str = Field(
+        " and ",
+        description="between class names in a prompt (Seg4Diff: a space; the organism reads "
+        "'red circle and blue square', as in its captions)",
+    )
     background: Literal["word", "threshold"] = Field(
-        "threshold", description="prompt 'background' as a word, or leave it out and predict it by background_threshold")
-    background_threshold: float = Field(0.2, ge=0, le=1, description=(
-        "with background 'threshold': a pixel is background when its best class map is below this fraction of the "
-        "image's highest class-map value (chosen on val for the organism)"))
+        "threshold", description="prompt 'background' as a word, or leave it out and predict it by background_threshold"
+    )
+    background_threshold: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description=(
+            "with background 'threshold': a pixel is background when its best class map is below this fraction of the "
+            "image's highest class-map value (chosen on val for the organism)"
+        ),
+    )
 
-    columns: Literal["all", "clip", "t5"] = Field("all", description=(
-        "whose token columns make a class map: every encoder's, or only CLIP's (the authors' SD3/SD3.5 setup) or T5's; "
-        "the unsupervised protocol reads the same columns"))
+    columns: Literal["all", "clip", "t5"] = Field(
+        "all",
+        description=(
+            "whose token columns make a class map: every encoder's, or only CLIP's (the authors' SD3/SD3.5 setup) or "
+            "T5's; "
+            "the unsupervised protocol reads the same columns"
+        ),
+    )
 
     @property
     def threshold(self) -> float | None:
@@ -174,14 +138,22 @@ class PromptParams(Group):
 
 
 class ExtractParams(Group):
-    split: str = Field("val", description="prepared split whose attention is extracted (layer selection never sees test)")
+    split: str = Field(
+        "val", description="prepared split whose attention is extracted (layer selection never sees test)"
+    )
     output: str = "data/attention.zarr"
     prompt: Literal["gt_classes", "vocabulary", "caption"] = "gt_classes"
     num_inference_steps: int = Field(28, ge=1)
-    steps_from_end: list[int] = Field([8], description=(
-        "denoising steps of a num_inference_steps schedule counted FROM THE END, as the authors' timesteps[-8] "
-        "(SD3, 28 steps, shift 3: σ = 0.5151)"))
-    sigmas: list[float] | None = Field([0.1, 0.3, 0.5, 0.7], description="noise levels in (0, 1]; when set, used instead of steps_from_end")
+    steps_from_end: list[int] = Field(
+        [8],
+        description=(
+            "denoising steps of a num_inference_steps schedule counted FROM THE END, as the authors' timesteps[-8] "
+            "(SD3, 28 steps, shift 3: σ = 0.5151)"
+        ),
+    )
+    sigmas: list[float] | None = Field(
+        [0.1, 0.3, 0.5, 0.7], description="noise levels in (0, 1]; when set, used instead of steps_from_end"
+    )
     layers: list[int] | None = Field(None, description="layers to capture (None: all)")
     directions: list[Literal["image_to_text", "text_to_image"]] = ["image_to_text", "text_to_image"]
     head_mean: bool = False
@@ -211,7 +183,8 @@ class ScoreParams(Group):
 
 class SelectParams(Group):
     rule: Literal["best_miou", "best_lower_bound"] = Field(
-        "best_miou", description="highest head-mean mIoU, or highest lower end of its 95% interval")
+        "best_miou", description="highest head-mean mIoU, or highest lower end of its 95% interval"
+    )
     direction: Literal["image_to_text", "text_to_image"] = "image_to_text"
     force_layer: int | None = Field(None, description="pin the expert layer (e.g. 9 for SD3, as in the paper)")
     force_sigma: float | None = Field(None, description="pin the noise level σ (must be one of the scored sigmas)")
@@ -222,10 +195,15 @@ class CausalParams(Group):
     split: str = Field("val", description="captions generated from and images the flow loss is measured on")
     layers: list[int] | None = Field(None, description="layers perturbed one at a time (None: every layer)")
     perturbations: list[Literal["blur", "mean", "shuffle"]] = Field(
-        ["blur", "mean", "shuffle"], min_length=1,
-        description="blur: the paper's Gaussian blur of each word's map; mean: its spatial mean; shuffle: words permuted")
+        ["blur", "mean", "shuffle"],
+        min_length=1,
+        description="blur: the paper's Gaussian blur of each word's map; mean: its spatial mean; shuffle: words "
+        "permuted",
+    )
     blur_sigma: float = Field(2.0, gt=0, description="Gaussian σ of the blur, in image tokens")
-    captions: int = Field(48, ge=2, description="captions generated, each with and without the perturbation (same noise)")
+    captions: int = Field(
+        48, ge=2, description="captions generated, each with and without the perturbation (same noise)"
+    )
     generation_steps: int = Field(20, ge=1)
     guidance: float = 4.0
     flow_samples: int = Field(64, ge=2, description="held-out images for the flow-loss increase at fixed noise")
@@ -247,17 +225,27 @@ class FinetuneParams(Group):
     alpha: int = Field(16, ge=1)
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] = ["to_q", "to_k", "to_v", "to_out.0"]
-    lambda_flow: float = Field(3.0, ge=0, description="the paper: 1.0; on the organism 3.0 keeps the flow loss within 2%")
-    mask_loss: Literal["focal_dice", "predictor"] = Field("focal_dice", description=(
-        "focal_dice: the paper's focal + dice on the expert layer's head-mean logits; predictor (gt_classes mode): the "
-        "cross-entropy of the zero-shot predictor's decision (argmax class, background below prompt.background_threshold "
-        "× the peak) on its head-mean probabilities"))
+    lambda_flow: float = Field(
+        3.0, ge=0, description="the paper: 1.0; on the organism 3.0 keeps the flow loss within 2%"
+    )
+    mask_loss: Literal["focal_dice", "predictor"] = Field(
+        "focal_dice",
+        description=(
+            "focal_dice: the paper's focal + dice on the expert layer's head-mean logits; predictor (gt_classes mode): "
+            "the "
+            "cross-entropy of the zero-shot predictor's decision (argmax class, background below "
+            "prompt.background_threshold "
+            "× the peak) on its head-mean probabilities"
+        ),
+    )
     lambda_focal: float = Field(0.1, ge=0)
     lambda_dice: float = Field(0.2, ge=0)
     lambda_predictor: float = Field(1.0, ge=0, description="weight of the predictor loss (mask_loss: predictor)")
     focal_alpha: float = Field(0.25, ge=0, le=1, description="focal loss class weight (the paper's)")
     focal_gamma: float = Field(2.0, ge=0, description="focal loss focusing exponent (the paper's)")
-    min_mask_fraction: float = Field(0.005, ge=0, description="caption mode: ground-truth masks smaller than this are dropped")
+    min_mask_fraction: float = Field(
+        0.005, ge=0, description="caption mode: ground-truth masks smaller than this are dropped"
+    )
     steps: int = Field(1500, ge=1)
     batch_size: int = Field(8, ge=1)
     grad_accumulation: int = Field(1, ge=1)
@@ -268,14 +256,24 @@ class FinetuneParams(Group):
     timestep_mean: float = 0.0
     timestep_std: float = Field(0.5, gt=0)
     timestep_shift: float = Field(1.0, gt=0, description="3.0 for SD3's schedule")
-    mask_max_sigma: float | None = Field(0.5, gt=0, le=1, description=(
-        "mask losses only on samples noised at σ ≤ this (null: all); attention cannot segment pure noise"))
+    mask_max_sigma: float | None = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description=("mask losses only on samples noised at σ ≤ this (null: all); attention cannot segment pure noise"),
+    )
     checkpoint_every: int = Field(100, ge=1)
     validate_every: int = Field(100, ge=1)
     validation_samples: int = Field(100, ge=1)
-    max_flow_increase: float | None = Field(0.02, ge=0, description=(
-        "the best checkpoint is the highest val mIoU among those whose val flow loss is within this fraction of the "
-        "base model's (None: mIoU alone)"))
+    max_flow_increase: float | None = Field(
+        0.02,
+        ge=0,
+        description=(
+            "the best checkpoint is the highest val mIoU among those whose val flow loss is within this fraction of "
+            "the "
+            "base model's (None: mIoU alone)"
+        ),
+    )
     seed: int = 0
     work_dir: str = "models/finetune"
     output: str = "models/lora"
@@ -291,12 +289,26 @@ class EvaluateParams(Group):
     split: str = "test"
     batch_size: int = Field(16, ge=1)
     max_samples: int | None = Field(None, ge=1)
-    kl_thresholds: list[float] = Field([0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.1, 0.2], min_length=1, description=(
-        "unsupervised: candidate thresholds of the anchor grouping (symmetric KL), the best chosen on val_split"))
-    predictors: list[Literal["probability", "logit"]] = Field(["probability", "logit"], min_length=1, description=(
-        "GT-class protocol: how the expert layer's maps become a prediction, the best chosen on val_split for each model "
-        "(probability: head-mean softmax, as the paper; logit: head-mean logits, sigmoid > ½, what MAGNET's losses train)"))
-    val_split: str = Field("val", description="split the unsupervised threshold and the predictor are chosen on (never the evaluated one)")
+    kl_thresholds: list[float] = Field(
+        [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.1, 0.2],
+        min_length=1,
+        description=(
+            "unsupervised: candidate thresholds of the anchor grouping (symmetric KL), the best chosen on val_split"
+        ),
+    )
+    predictors: list[Literal["probability", "logit"]] = Field(
+        ["probability", "logit"],
+        min_length=1,
+        description=(
+            "GT-class protocol: how the expert layer's maps become a prediction, the best chosen on val_split for each "
+            "model "
+            "(probability: head-mean softmax, as the paper; logit: head-mean logits, sigmoid > ½, what MAGNET's losses "
+            "train)"
+        ),
+    )
+    val_split: str = Field(
+        "val", description="split the unsupervised threshold and the predictor are chosen on (never the evaluated one)"
+    )
     val_samples: int = Field(100, ge=1, description="samples of val_split used to choose them")
     bootstrap_resamples: int = Field(1000, ge=100, description="paired bootstrap over test images for every interval")
     seed: int = 0
@@ -311,7 +323,9 @@ class EvaluateParams(Group):
 class OrchestrationParams(Group):
     dask_address: str | None = Field(None, description="scheduler of an existing Dask cluster (None: a local cluster)")
     local_workers: int = Field(2, ge=1, description="workers of the local Dask cluster")
-    gpus_per_task: int = Field(1, ge=0, description="GPU resources an extraction/evaluation shard requests from a worker")
+    gpus_per_task: int = Field(
+        1, ge=0, description="GPU resources an extraction/evaluation shard requests from a worker"
+    )
 
 
 class TrackingParams(Group):
@@ -340,5 +354,7 @@ def check_stage(params: Params, stage: str) -> None:
     """Raises ConfigError, in one line, when the settings cannot work for `stage`: the cross-field checks of one
     stage, run before it loads anything (a preset pair valid for prepare may still be unusable for evaluate)."""
     if stage == "evaluate" and params.evaluate.val_split == params.evaluate.split:
-        raise ConfigError(f"evaluate.val_split '{params.evaluate.val_split}' is the evaluated split (evaluate.split): "
-                          "the unsupervised threshold and the predictor must be chosen on another split")
+        raise ConfigError(
+            f"evaluate.val_split '{params.evaluate.val_split}' is the evaluated split (evaluate.split): "
+            "the unsupervised threshold and the predictor must be chosen on another split"
+        )

@@ -1,1 +1,2 @@
-"""Evaluation: metrics (one IoU), bootstrap statistics, layer scoring and selection, protocols, fidelity, the causal test."""
+"""Evaluation: metrics (one IoU), bootstrap statistics, layer scoring and selection, protocols, fidelity, the causal
+test."""

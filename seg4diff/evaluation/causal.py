@@ -9,6 +9,7 @@ Measured per (layer, perturbation), each as the perturbed value, the unperturbed
 - the flow-matching loss at fixed noise on held-out images (its relative increase);
 - the perturbation's size: mean L1 change of an image query's attention over the text keys.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,7 +30,9 @@ from seg4diff.prompts import PromptStyle
 COLUMNS = ["layer", "perturbation", "metric", "value", "baseline", "delta", "ci_low", "ci_high", "n"]
 
 
-def generation_scores(images: np.ndarray, captions: list[str], clip_model: str | None, organism: bool) -> dict[str, np.ndarray]:
+def generation_scores(
+    images: np.ndarray, captions: list[str], clip_model: str | None, organism: bool
+) -> dict[str, np.ndarray]:
     """Per caption: what a generated image keeps of it (organism: colour agreement, object recall; CLIP score)."""
     scores = {}
     if organism:
@@ -40,16 +43,31 @@ def generation_scores(images: np.ndarray, captions: list[str], clip_model: str |
     return scores
 
 
-def _measure(backbone: Backbone, captions: list[str], prepared: xr.Dataset, style: PromptStyle, settings: CausalParams,
-             clip_model: str | None, size: int) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+def _measure(
+    backbone: Backbone,
+    captions: list[str],
+    prepared: xr.Dataset,
+    style: PromptStyle,
+    settings: CausalParams,
+    clip_model: str | None,
+    size: int,
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     images = generate(backbone, captions, settings.generation_steps, settings.guidance, settings.seed, size)
     scores = generation_scores(images, captions, clip_model, backbone.family == "organism")
     losses = flow_losses(backbone, prepared, settings.seed, settings.flow_samples, style, tuple(settings.flow_sigmas))
     return scores, losses, images
 
 
-def causal_table(backbone: Backbone, captions: list[str], prepared: xr.Dataset, style: PromptStyle, settings: CausalParams,
-                 layers: list[int], clip_model: str | None = None, progress: bool = True) -> tuple[pd.DataFrame, dict]:
+def causal_table(
+    backbone: Backbone,
+    captions: list[str],
+    prepared: xr.Dataset,
+    style: PromptStyle,
+    settings: CausalParams,
+    layers: list[int],
+    clip_model: str | None = None,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, dict]:
     """Returns the tidy table (COLUMNS) for every layer of `layers` × perturbation, and generated examples
     {"baseline": images, (layer, kind): images} for the figure; `clip_model` adds the CLIP score."""
     size = prepared.sizes["y"]
@@ -66,20 +84,36 @@ def causal_table(backbone: Backbone, captions: list[str], prepared: xr.Dataset, 
         increase = (losses - base_losses) / base_losses  # relative, per held-out image
         d = paired_mean_difference(np.zeros_like(increase), increase, settings.bootstrap_resamples, settings.seed)
         rows.append((layer, kind, "flow_loss_increase", d["delta"], 0.0, d["delta"], d["ci_low"], d["ci_high"], d["n"]))
-        rows.append((layer, kind, "perturbation_l1", processor.strength / max(processor.calls, 1), 0.0, np.nan, np.nan, np.nan, 0))
+        rows.append(
+            (
+                layer,
+                kind,
+                "perturbation_l1",
+                processor.strength / max(processor.calls, 1),
+                0.0,
+                np.nan,
+                np.nan,
+                np.nan,
+                0,
+            )
+        )
     return pd.DataFrame(rows, columns=COLUMNS), examples
 
 
 def causal_summary(table: pd.DataFrame, expert_layer: int) -> dict:
-    """Per perturbation and metric: the layer whose perturbation costs most, and the expert's cost and rank (1 = most)."""
+    """Per perturbation and metric: the layer whose perturbation costs most, and the expert's cost and rank (1 =
+    most)."""
     summary = {}
     for (kind, metric), group in table[table.metric != "perturbation_l1"].groupby(["perturbation", "metric"]):
         harm = -group.delta if metric != "flow_loss_increase" else group.delta  # larger = more damage
         order = group.assign(harm=harm.values).sort_values("harm", ascending=False).reset_index(drop=True)
         expert = order[order.layer == expert_layer]
         summary[f"{kind}.{metric}"] = {
-            "most_harmful_layer": int(order.layer.iloc[0]), "most_harmful_delta": float(order.delta.iloc[0]),
+            "most_harmful_layer": int(order.layer.iloc[0]),
+            "most_harmful_delta": float(order.delta.iloc[0]),
             "expert_delta": float(expert.delta.iloc[0]) if len(expert) else float("nan"),
             "expert_ci": [float(expert.ci_low.iloc[0]), float(expert.ci_high.iloc[0])] if len(expert) else None,
-            "expert_rank": int(expert.index[0]) + 1 if len(expert) else None, "layers": int(len(order))}
+            "expert_rank": int(expert.index[0]) + 1 if len(expert) else None,
+            "layers": int(len(order)),
+        }
     return summary

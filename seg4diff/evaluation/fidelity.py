@@ -1,4 +1,5 @@
 """Generation fidelity: images from captions with any backbone, and CLIP score against their captions."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,12 +14,22 @@ from seg4diff.organism.sampling import sample
 
 @torch.no_grad()
 def generate(backbone: Backbone, captions: list[str], steps: int, guidance: float, seed: int, size: int) -> np.ndarray:
-    """Returns generated images (n, H, W, 3) in [0, 1]: the organism's Euler sampler, or the diffusers pipeline's call."""
+    """Returns generated images (n, H, W, 3) in [0, 1]: the organism's Euler sampler, or the diffusers pipeline's
+    call."""
     if backbone.family == "organism":
-        return sample(backbone.pipe, captions, steps=steps, guidance=guidance, seed=seed).permute(0, 2, 3, 1).cpu().numpy()
+        return (
+            sample(backbone.pipe, captions, steps=steps, guidance=guidance, seed=seed).permute(0, 2, 3, 1).cpu().numpy()
+        )
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    return backbone.pipe(prompt=captions, num_inference_steps=steps, guidance_scale=guidance, height=size, width=size,
-                         generator=generator, output_type="np").images
+    return backbone.pipe(
+        prompt=captions,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        height=size,
+        width=size,
+        generator=generator,
+        output_type="np",
+    ).images
 
 
 def clip_score(images: np.ndarray, captions: list[str], model_dir: str | Path) -> float:

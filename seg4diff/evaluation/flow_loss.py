@@ -1,4 +1,6 @@
-"""Flow-matching loss at fixed (seeded) noise on held-out images: the same numbers for the same model, so two models (or a model and its perturbed self) compare per sample."""
+"""Flow-matching loss at fixed (seeded) noise on held-out images: the same numbers for the same model, so two models (or
+a model and its perturbed self) compare per sample."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,15 +15,24 @@ from seg4diff.prompts import PromptStyle, build_prompt
 HELDOUT_SIGMAS = (0.1, 0.3, 0.5, 0.7, 0.9)
 
 
-def heldout_flow_loss(backbone: Backbone, prepared: xr.Dataset, seed: int, limit: int, style: PromptStyle,
-                      batch_size: int = 16) -> float:
-    """Returns the mean flow-matching MSE on held-out samples at fixed noise and fixed σ ∈ {0.1, …, 0.9} (gt-class prompts)."""
+def heldout_flow_loss(
+    backbone: Backbone, prepared: xr.Dataset, seed: int, limit: int, style: PromptStyle, batch_size: int = 16
+) -> float:
+    """Returns the mean flow-matching MSE on held-out samples at fixed noise and fixed σ ∈ {0.1, …, 0.9} (gt-class
+    prompts)."""
     return float(flow_losses(backbone, prepared, seed, limit, style, HELDOUT_SIGMAS, batch_size).mean())
 
 
 @torch.no_grad()
-def flow_losses(backbone: Backbone, prepared: xr.Dataset, seed: int, limit: int, style: PromptStyle,
-                sigmas: tuple[float, ...] = HELDOUT_SIGMAS, batch_size: int = 16) -> np.ndarray:
+def flow_losses(
+    backbone: Backbone,
+    prepared: xr.Dataset,
+    seed: int,
+    limit: int,
+    style: PromptStyle,
+    sigmas: tuple[float, ...] = HELDOUT_SIGMAS,
+    batch_size: int = 16,
+) -> np.ndarray:
     """Returns each of the first `limit` samples' flow-matching MSE averaged over `sigmas`, at fixed (seeded) noise:
     the same numbers for the same model, so two models (or a model and its perturbed self) compare per sample."""
     names = class_names(prepared)
@@ -37,5 +48,5 @@ def flow_losses(backbone: Backbone, prepared: xr.Dataset, seed: int, limit: int,
             noise = torch.randn(x0.shape, generator=generator).to(x0)
             out = backbone.velocity(sigma * noise + (1 - sigma) * x0, sigma, encoding)
             per_sample = F.mse_loss(out.float(), (noise - x0).float(), reduction="none").flatten(1).mean(1)
-            losses[start:start + x0.shape[0]] += per_sample.double().cpu().numpy() / len(sigmas)
+            losses[start : start + x0.shape[0]] += per_sample.double().cpu().numpy() / len(sigmas)
     return losses

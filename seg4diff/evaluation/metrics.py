@@ -1,4 +1,5 @@
 """Segmentation metrics over a dataset-level confusion matrix (mmsegmentation's IoU metric definitions)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +7,9 @@ import numpy as np
 from seg4diff.data.sample import IGNORE_INDEX
 
 
-def confusion_matrix(pred: np.ndarray, target: np.ndarray, num_classes: int, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+def confusion_matrix(
+    pred: np.ndarray, target: np.ndarray, num_classes: int, ignore_index: int = IGNORE_INDEX
+) -> np.ndarray:
     """Returns the (num_classes, num_classes) int64 matrix, rows = ground truth, columns = prediction.
 
     Pixels whose target is `ignore_index` are skipped. Matrices of several images add up to the dataset's.
@@ -22,8 +25,13 @@ def confusion_matrix(pred: np.ndarray, target: np.ndarray, num_classes: int, ign
     return np.bincount(target * num_classes + pred, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
-def class_statistics(pred: np.ndarray, target: np.ndarray, num_classes: int, ignore_index: int = IGNORE_INDEX,
-                     predicted_classes: np.ndarray | None = None) -> np.ndarray:
+def class_statistics(
+    pred: np.ndarray,
+    target: np.ndarray,
+    num_classes: int,
+    ignore_index: int = IGNORE_INDEX,
+    predicted_classes: np.ndarray | None = None,
+) -> np.ndarray:
     """Returns (…, 3, num_classes) int64 per-class [true positives, label area, prediction area] of every leading
     prediction (…, H, W) against one target (H, W): O(classes) where a confusion matrix is O(classes²), and as additive
     over images (IoU_c = TP / (label + prediction − TP) of the sums).
@@ -32,7 +40,7 @@ def class_statistics(pred: np.ndarray, target: np.ndarray, num_classes: int, ign
     only those are counted, a few passes over the pixels instead of a histogram of every prediction.
     """
     pred, target = np.asarray(pred), np.asarray(target)
-    if pred.shape[-target.ndim:] != target.shape:
+    if pred.shape[-target.ndim :] != target.shape:
         raise ValueError(f"prediction shape {pred.shape} does not end with target shape {target.shape}")
     leading = pred.shape[: pred.ndim - target.ndim]
     valid = target != ignore_index
@@ -63,7 +71,8 @@ def class_iou(stats: np.ndarray) -> np.ndarray:
 
 
 def confusion_statistics(confusion: np.ndarray) -> np.ndarray:
-    """Returns (3, C) [true positives, label area, prediction area] of a (C, C) confusion matrix (rows: ground truth)."""
+    """Returns (3, C) [true positives, label area, prediction area] of a (C, C) confusion matrix (rows: ground
+    truth)."""
     confusion = np.asarray(confusion)
     return np.stack([np.diag(confusion), confusion.sum(axis=1), confusion.sum(axis=0)])
 
@@ -81,8 +90,13 @@ def summarize_statistics(stats: np.ndarray) -> dict:
     with np.errstate(invalid="ignore", divide="ignore"):
         acc = np.where(labelled > 0, tp / labelled, np.nan)
     nan_mean = lambda values: float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")  # noqa: E731
-    return {"miou": nan_mean(iou), "macc": nan_mean(acc),
-            "pacc": float(tp.sum() / labelled.sum()) if labelled.sum() else float("nan"), "iou": iou, "acc": acc}
+    return {
+        "miou": nan_mean(iou),
+        "macc": nan_mean(acc),
+        "pacc": float(tp.sum() / labelled.sum()) if labelled.sum() else float("nan"),
+        "iou": iou,
+        "acc": acc,
+    }
 
 
 def summarize(confusion: np.ndarray) -> dict:

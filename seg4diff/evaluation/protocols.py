@@ -1,5 +1,7 @@
 """Evaluation on the test split: open-vocabulary (two prompt protocols) and unsupervised segmentation at the expert
-layer, with per-image class statistics for paired intervals, at each image's label size (native by default), plus generation fidelity — for the base model and the fine-tuned one."""
+layer, with per-image class statistics for paired intervals, at each image's label size (native by default), plus
+generation fidelity — for the base model and the fine-tuned one."""
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -20,9 +22,13 @@ from seg4diff.segmentation.unsupervised import match_per_image, merge_token_maps
 from seg4diff.segmentation.zero_shot import Readout, expert_maps, segment_batch
 
 
-def vocabulary_prompts(backbone: Backbone, class_names: list[str], style: PromptStyle) -> list[tuple[str, list[ClassSpan]]]:
+def vocabulary_prompts(
+    backbone: Backbone, class_names: list[str], style: PromptStyle
+) -> list[tuple[str, list[ClassSpan]]]:
     """Returns the whole vocabulary as few prompts as fit every tokenizer (no class cut between two prompts)."""
-    style = PromptStyle("gt_classes", style.separator, style.background, style.columns)  # each prompt names its chunk of classes
+    style = PromptStyle(
+        "gt_classes", style.separator, style.background, style.columns
+    )  # each prompt names its chunk of classes
     skip = {0} if style.background == "threshold" and class_names[0] == "background" else set()
     prompts, current = [], []
     for class_id in (c for c in range(len(class_names)) if c not in skip):
@@ -52,15 +58,18 @@ def _ends_inside(encoding, span: ClassSpan) -> bool:
 
 
 @torch.no_grad()
-def prompt_logits(backbone: Backbone, rows: xr.Dataset, indices: list[int], readout: Readout,
-                  encoding, positions: list[int]) -> tuple[np.ndarray, np.ndarray]:
+def prompt_logits(
+    backbone: Backbone, rows: xr.Dataset, indices: list[int], readout: Readout, encoding, positions: list[int]
+) -> tuple[np.ndarray, np.ndarray]:
     """Returns one layer's image→text logits (batch, head, token, y, x) and each image query's log-sum-exp over all
     joint keys (batch, head, y, x), with the seeded noise of `zero_shot.expert_maps`."""
     images = torch.from_numpy(rows["image"].values).permute(0, 3, 1, 2).float() / 255
     latents = backbone.encode_images(images)
     noise = torch.stack([sample_noise(latents.shape[1:], readout.seed, i) for i in indices]).to(latents)
     sigma = readout.sigma
-    with capture_attention(backbone.transformer, [readout.layer], ("image_to_text",), positions, output="logits") as cap:
+    with capture_attention(
+        backbone.transformer, [readout.layer], ("image_to_text",), positions, output="logits"
+    ) as cap:
         backbone.transformer(**backbone.transformer_inputs(sigma * noise + (1 - sigma) * latents, sigma, encoding))
     grid = backbone.token_grid(*images.shape[2:])
     logits = cap.tensor("image_to_text")[:, 0].transpose(-1, -2)  # (batch, head, token, image_token)
@@ -68,8 +77,13 @@ def prompt_logits(backbone: Backbone, rows: xr.Dataset, indices: list[int], read
     return (logits.reshape(*logits.shape[:3], *grid).cpu().numpy(), lse.reshape(*lse.shape[:2], *grid).cpu().numpy())
 
 
-def vocabulary_predictions(backbone: Backbone, rows: xr.Dataset, indices: list[int], readout: Readout,
-                           prompts: list[tuple[str, list[ClassSpan]]]) -> np.ndarray:
+def vocabulary_predictions(
+    backbone: Backbone,
+    rows: xr.Dataset,
+    indices: list[int],
+    readout: Readout,
+    prompts: list[tuple[str, list[ClassSpan]]],
+) -> np.ndarray:
     """Returns predictions over the whole vocabulary with ONE normalisation across the prompts it is split over.
 
     One forward per prompt (same noise). Every token's probability is renormalised with a single softmax over the
@@ -91,8 +105,12 @@ def vocabulary_predictions(backbone: Backbone, rows: xr.Dataset, indices: list[i
     joint_lse = np.logaddexp.reduce(np.stack(lses), axis=0)[:, :, None]  # (batch, head, 1, y, x)
     maps = [class_maps(np.exp(l - joint_lse).mean(axis=1), t, c) for l, t, c in zip(logits, token_classes, ids)]
     maps, classes = np.concatenate(maps, axis=1), np.concatenate(ids)
-    return np.stack([pad_label(predict(maps[k], classes, size, background_threshold), rows["label"].shape[1:])
-                     for k, size in enumerate(label_sizes(rows))])
+    return np.stack(
+        [
+            pad_label(predict(maps[k], classes, size, background_threshold), rows["label"].shape[1:])
+            for k, size in enumerate(label_sizes(rows))
+        ]
+    )
 
 
 @torch.no_grad()
@@ -109,8 +127,14 @@ def image_statistics(predictions: np.ndarray, targets: np.ndarray, num_classes: 
     return np.stack([class_statistics(p, t, num_classes) for p, t in zip(predictions, targets)])
 
 
-def choose_kl_threshold(backbone: Backbone, val: xr.Dataset, readout: Readout, batch_size: int, thresholds: list[float],
-                        limit: int | None = None) -> tuple[float, dict[float, float]]:
+def choose_kl_threshold(
+    backbone: Backbone,
+    val: xr.Dataset,
+    readout: Readout,
+    batch_size: int,
+    thresholds: list[float],
+    limit: int | None = None,
+) -> tuple[float, dict[float, float]]:
     """Returns the grouping threshold with the best per-image-matched mIoU on (the first `limit` of) `val`, and each
     threshold's mIoU: the test split never chooses it."""
     num_classes = val.sizes["class"]
@@ -122,13 +146,22 @@ def choose_kl_threshold(backbone: Backbone, val: xr.Dataset, readout: Readout, b
         maps += list(empty_prompt_maps(backbone, rows, indices, readout))
         sizes += label_sizes(rows)
         labels += [native_label(rows, k) for k in range(len(indices))]
-    curve = {t: match_per_image([merge_token_maps(m, t, s) for m, s in zip(maps, sizes)], labels, num_classes)["miou"]
-             for t in thresholds}
+    curve = {
+        t: match_per_image([merge_token_maps(m, t, s) for m, s in zip(maps, sizes)], labels, num_classes)["miou"]
+        for t in thresholds
+    }
     return max(curve, key=curve.get), curve
 
 
-def evaluate_segmentation(backbone: Backbone, test: xr.Dataset, readout: Readout, batch_size: int, kl_threshold: float,
-                          limit: int | None = None, progress: bool = True) -> tuple[dict, dict]:
+def evaluate_segmentation(
+    backbone: Backbone,
+    test: xr.Dataset,
+    readout: Readout,
+    batch_size: int,
+    kl_threshold: float,
+    limit: int | None = None,
+    progress: bool = True,
+) -> tuple[dict, dict]:
     """Returns ({protocol: summary with per-image `stats` (image, 3, C)}, {sample index: gt_classes prediction}):
     the GT-class and vocabulary protocols read `readout`, the unsupervised one groups the empty prompt's maps at
     `kl_threshold`."""
@@ -155,7 +188,12 @@ def evaluate_segmentation(backbone: Backbone, test: xr.Dataset, readout: Readout
         per_image = np.concatenate(parts)
         results[protocol] = summarize_statistics(per_image) | {"stats": per_image}
     predicted = results["vocabulary"]["stats"][:, 2].sum(0)
-    results["vocabulary"] |= {"prompts": len(prompts), "predicted_pixels": {name: int(c) for name, c in zip(names, predicted)},
-                              "never_predicted": [name for name, c in zip(names, predicted) if c == 0]}
-    results["unsupervised_per_image_matching"] = match_per_image(clusters, labels, num_classes) | {"kl_threshold": kl_threshold}
+    results["vocabulary"] |= {
+        "prompts": len(prompts),
+        "predicted_pixels": {name: int(c) for name, c in zip(names, predicted)},
+        "never_predicted": [name for name, c in zip(names, predicted) if c == 0],
+    }
+    results["unsupervised_per_image_matching"] = match_per_image(clusters, labels, num_classes) | {
+        "kl_threshold": kl_threshold
+    }
     return results, gallery

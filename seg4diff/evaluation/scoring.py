@@ -5,6 +5,7 @@ O(classes) statistics per (layer, σ): each class's true positives, label area a
 up over samples, so the dataset mIoU and a seeded bootstrap over samples (a 95% interval for every layer) come from
 them exactly as from confusion matrices, at 3·C numbers where a confusion matrix holds C².
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,7 +33,9 @@ class ScoreTables:
     sigmas: list[float]
 
 
-def _sample_predictions(maps: np.ndarray, token_class: np.ndarray, size: tuple[int, int], background_threshold: float | None) -> np.ndarray:
+def _sample_predictions(
+    maps: np.ndarray, token_class: np.ndarray, size: tuple[int, int], background_threshold: float | None
+) -> np.ndarray:
     """(…, token, y, x) → (…, H, W) predictions over the classes the prompt named."""
     prompted = np.unique(token_class[token_class >= 0])
     return predict(class_maps(maps, token_class, prompted), prompted, size, background_threshold)
@@ -44,20 +47,36 @@ def _predictable(token_class: np.ndarray, background_threshold: float | None) ->
     return np.union1d(prompted, [0]) if background_threshold is not None else prompted
 
 
-def score_store(store: xr.Dataset, labels: xr.DataArray, num_classes: int, background_threshold: float | None = None,
-                progress: bool = True, sizes: list[tuple[int, int]] | None = None) -> ScoreTables:
+def score_store(
+    store: xr.Dataset,
+    labels: xr.DataArray,
+    num_classes: int,
+    background_threshold: float | None = None,
+    progress: bool = True,
+    sizes: list[tuple[int, int]] | None = None,
+) -> ScoreTables:
     """Returns class statistics for every sample, direction, layer, σ and head of a complete attention store.
 
     `background_threshold`: for stores whose prompts left background out (see masks.predict). `sizes`: each sample's
     valid label (height, width) inside the padded `labels` (prepared.label_sizes; None: the whole label)."""
     directions = [d for d in ATTENTION if d in store]
-    layers, heads, sigmas = store["layer"].values.tolist(), store["head"].values.tolist(), store["sigma"].values.tolist()
+    layers, heads, sigmas = (
+        store["layer"].values.tolist(),
+        store["head"].values.tolist(),
+        store["sigma"].values.tolist(),
+    )
     n = store.sizes["sample"]
     sizes = sizes or [(labels.sizes["label_y"], labels.sizes["label_x"])] * n
-    per_sample = np.zeros((n, len(directions), len(layers), len(sigmas), 3, num_classes), np.int32)  # pixel counts < 2³¹
+    per_sample = np.zeros(
+        (n, len(directions), len(layers), len(sigmas), 3, num_classes), np.int32
+    )  # pixel counts < 2³¹
     per_head = np.zeros((len(directions), len(layers), len(heads), len(sigmas), 3, num_classes), np.int64)
     layer_mean = np.zeros((len(directions), len(sigmas), 3, num_classes), np.int64)
-    sums = {name: np.zeros((len(layers), len(sigmas))) for name in ("image_to_text_mass", "image_entropy", "text_entropy") if name in store}
+    sums = {
+        name: np.zeros((len(layers), len(sigmas)))
+        for name in ("image_to_text_mass", "image_entropy", "text_entropy")
+        if name in store
+    }
     for s in tqdm(range(n), desc="score", unit="sample", disable=not progress):
         sample = store.isel(sample=s).load()
         token_class = sample.token_class.values
@@ -65,14 +84,22 @@ def score_store(store: xr.Dataset, labels: xr.DataArray, num_classes: int, backg
         target = labels.isel(sample=s).values[: size[0], : size[1]]
         classes = _predictable(token_class, background_threshold)
         for d, direction in enumerate(directions):
-            maps = sample[direction].values.astype(np.float32)  # (layer, head, timestep, token, y, x): one timestep per σ
+            maps = sample[direction].values.astype(
+                np.float32
+            )  # (layer, head, timestep, token, y, x): one timestep per σ
             head_mean = maps.mean(axis=1)
-            predictions = _sample_predictions(head_mean, token_class, size, background_threshold)  # (layer, sigma, H, W)
+            predictions = _sample_predictions(
+                head_mean, token_class, size, background_threshold
+            )  # (layer, sigma, H, W)
             per_sample[s, d] = class_statistics(predictions, target, num_classes, predicted_classes=classes)
             if len(heads) > 1:
-                by_head = _sample_predictions(maps, token_class, size, background_threshold)  # (layer, head, sigma, H, W)
+                by_head = _sample_predictions(
+                    maps, token_class, size, background_threshold
+                )  # (layer, head, sigma, H, W)
                 per_head[d] += class_statistics(by_head, target, num_classes, predicted_classes=classes)
-            averaged = _sample_predictions(head_mean.mean(axis=0), token_class, size, background_threshold)  # (sigma, H, W)
+            averaged = _sample_predictions(
+                head_mean.mean(axis=0), token_class, size, background_threshold
+            )  # (sigma, H, W)
             layer_mean[d] += class_statistics(averaged, target, num_classes, predicted_classes=classes)
         valid = token_class >= 0
         for name in sums:
@@ -81,8 +108,9 @@ def score_store(store: xr.Dataset, labels: xr.DataArray, num_classes: int, backg
                 sums[name] += values[..., valid].mean(axis=-1) if valid.any() else 0
             else:
                 sums[name] += values.reshape(*values.shape[:2], -1).mean(axis=-1)
-    return ScoreTables(per_sample, per_head, layer_mean, {k: v / max(n, 1) for k, v in sums.items()},
-                       directions, layers, heads, sigmas)
+    return ScoreTables(
+        per_sample, per_head, layer_mean, {k: v / max(n, 1) for k, v in sums.items()}, directions, layers, heads, sigmas
+    )
 
 
 def stats_path(scores_csv: str | Path) -> Path:
@@ -117,12 +145,33 @@ def tidy_scores(tables: ScoreTables, resamples: int, seed: int) -> pd.DataFrame:
                 rows.append((layer, sigma, "mean", direction, "miou", miou[d, l, t], low[d, l, t], high[d, l, t]))
                 if len(tables.heads) > 1:
                     for h, head in enumerate(tables.heads):
-                        rows.append((layer, sigma, str(head), direction, "miou", miou_of(tables.per_head[d, l, h, t]), np.nan, np.nan))
+                        rows.append(
+                            (
+                                layer,
+                                sigma,
+                                str(head),
+                                direction,
+                                "miou",
+                                miou_of(tables.per_head[d, l, h, t]),
+                                np.nan,
+                                np.nan,
+                            )
+                        )
     for name, values in tables.diagnostics.items():
         for l, layer in enumerate(tables.layers):
             for t, sigma in enumerate(tables.sigmas):
-                rows.append((layer, sigma, "mean", "image_to_text" if name.startswith("image") else "text_to_image",
-                             name, values[l, t], np.nan, np.nan))
+                rows.append(
+                    (
+                        layer,
+                        sigma,
+                        "mean",
+                        "image_to_text" if name.startswith("image") else "text_to_image",
+                        name,
+                        values[l, t],
+                        np.nan,
+                        np.nan,
+                    )
+                )
     return pd.DataFrame(rows, columns=["layer", "sigma", "head", "direction", "metric", "value", "ci_low", "ci_high"])
 
 
@@ -134,13 +183,18 @@ def headline_scores(tables: ScoreTables) -> dict:
     for d, direction in enumerate(tables.directions):
         grid = miou_of(tables.per_sample[:, d].sum(axis=0, dtype=np.int64))  # (layer, sigma)
         l, t = np.unravel_index(np.nanargmax(grid), grid.shape)
-        headline |= {f"{direction}.best_layer": tables.layers[l], f"{direction}.best_sigma": tables.sigmas[t],
-                     f"{direction}.best_miou": float(grid[l, t]), f"{direction}.median_layer_miou": float(np.median(grid[:, t])),
-                     f"{direction}.all_layers_mean_maps_miou": float(np.nanmax(reference[d]))}
+        headline |= {
+            f"{direction}.best_layer": tables.layers[l],
+            f"{direction}.best_sigma": tables.sigmas[t],
+            f"{direction}.best_miou": float(grid[l, t]),
+            f"{direction}.median_layer_miou": float(np.median(grid[:, t])),
+            f"{direction}.all_layers_mean_maps_miou": float(np.nanmax(reference[d])),
+        }
     return headline
 
 
 def head_mean_curve(scores: pd.DataFrame, sigma: float, direction: str = "image_to_text") -> pd.DataFrame:
-    """Returns the tidy table's head-mean mIoU rows of `direction` at noise level `sigma`, one per layer, in layer order."""
+    """Returns the tidy table's head-mean mIoU rows of `direction` at noise level `sigma`, one per layer, in layer
+    order."""
     rows = scores[(scores.metric == "miou") & (scores["head"].astype(str) == "mean") & (scores.direction == direction)]
     return rows[(rows.sigma - sigma).abs() < 1e-9].sort_values("layer")

@@ -1,4 +1,5 @@
 """Expert-layer selection from the tidy layer scores: a rule from params, the runner-up, and whether they overlap."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,12 +8,15 @@ import pandas as pd
 from seg4diff.evaluation.statistics import paired_miou_difference
 
 
-def select_expert(scores: pd.DataFrame, rule: str, direction: str, force_layer: int | None = None,
-                  force_sigma: float | None = None) -> dict:
+def select_expert(
+    scores: pd.DataFrame, rule: str, direction: str, force_layer: int | None = None, force_sigma: float | None = None
+) -> dict:
     """Returns the expert (layer, sigma) with its mIoU and interval, the runner-up layer, and the rule used."""
     if "sigma" not in scores.columns:
-        raise ValueError(f"the layer scores have no 'sigma' column (columns {list(scores.columns)}): they were written by an "
-                         "older seg4diff; re-run the score stage (dvc repro score)")
+        raise ValueError(
+            f"the layer scores have no 'sigma' column (columns {list(scores.columns)}): they were written by an "
+            "older seg4diff; re-run the score stage (dvc repro score)"
+        )
     rows = scores[(scores.metric == "miou") & (scores["head"] == "mean") & (scores.direction == direction)]
     if rows.empty:
         raise ValueError(f"no head-mean mIoU rows for direction '{direction}' in the layer scores")
@@ -21,17 +25,31 @@ def select_expert(scores: pd.DataFrame, rule: str, direction: str, force_layer: 
         if rows.empty:
             raise ValueError(f"select.force_sigma {force_sigma} is not a scored sigma")
     key = {"best_miou": "value", "best_lower_bound": "ci_low"}[rule]
-    per_layer = rows.loc[rows.groupby("layer")[key].idxmax()].sort_values(key, ascending=False)  # each layer at its best σ
+    per_layer = rows.loc[rows.groupby("layer")[key].idxmax()].sort_values(
+        key, ascending=False
+    )  # each layer at its best σ
     if force_layer is not None:
         if force_layer not in per_layer.layer.values:
-            raise ValueError(f"select.force_layer {force_layer} is not a scored layer ({sorted(per_layer.layer.tolist())})")
+            raise ValueError(
+                f"select.force_layer {force_layer} is not a scored layer ({sorted(per_layer.layer.tolist())})"
+            )
         expert = per_layer[per_layer.layer == force_layer].iloc[0]
     else:
         expert = per_layer.iloc[0]
     others = per_layer[per_layer.layer != expert.layer]
-    describe = lambda row: {"layer": int(row.layer), "sigma": float(row.sigma), "miou": float(row.value),  # noqa: E731
-                            "ci_low": float(row.ci_low), "ci_high": float(row.ci_high)}
-    result = {**describe(expert), "direction": direction, "rule": rule, "forced": force_layer is not None or force_sigma is not None}
+    describe = lambda row: {
+        "layer": int(row.layer),
+        "sigma": float(row.sigma),
+        "miou": float(row.value),  # noqa: E731
+        "ci_low": float(row.ci_low),
+        "ci_high": float(row.ci_high),
+    }
+    result = {
+        **describe(expert),
+        "direction": direction,
+        "rule": rule,
+        "forced": force_layer is not None or force_sigma is not None,
+    }
     if not others.empty:
         runner_up = others.iloc[0]
         result["runner_up"] = describe(runner_up)
@@ -42,10 +60,12 @@ def select_expert(scores: pd.DataFrame, rule: str, direction: str, force_layer: 
 def paired_vs_runner_up(expert: dict, stats: dict, resamples: int, seed: int) -> dict:
     """Expert − runner-up mIoU on the same resampled images (a 95% paired interval), from the score stage's per-sample
     statistics `stats` (per_sample (sample, direction, layer, sigma, 3, C), directions, layers, sigmas)."""
+
     def pick(choice: dict) -> np.ndarray:
         d = list(stats["directions"]).index(expert["direction"])
         l = list(stats["layers"]).index(choice["layer"])
         t = int(np.argmin(np.abs(np.asarray(stats["sigmas"]) - choice["sigma"])))
         return stats["per_sample"][:, d, l, t]
+
     d = paired_miou_difference(pick(expert["runner_up"]), pick(expert), resamples, seed)
     return {"delta_miou": d["delta"], "ci": [d["ci_low"], d["ci_high"]], "n": d["n"]}

@@ -3,6 +3,7 @@
 A difference between two models on one test set is judged by resampling the test units once per draw and scoring
 both models on the SAME draw, so the interval is of the difference itself (not of two overlapping intervals).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,11 +22,24 @@ def paired_mean_difference(a: np.ndarray, b: np.ndarray, resamples: int = 1000, 
     keep = np.isfinite(a) & np.isfinite(b)
     delta = b[keep] - a[keep]
     if delta.size == 0:
-        return {"a": float("nan"), "b": float("nan"), "delta": float("nan"), "ci_low": float("nan"), "ci_high": float("nan"), "n": 0}
+        return {
+            "a": float("nan"),
+            "b": float("nan"),
+            "delta": float("nan"),
+            "ci_low": float("nan"),
+            "ci_high": float("nan"),
+            "n": 0,
+        }
     weights = resample_weights(delta.size, resamples, seed)
     means = weights @ delta / delta.size
-    return {"a": float(a[keep].mean()), "b": float(b[keep].mean()), "delta": float(delta.mean()),
-            "ci_low": float(np.quantile(means, 0.025)), "ci_high": float(np.quantile(means, 0.975)), "n": int(delta.size)}
+    return {
+        "a": float(a[keep].mean()),
+        "b": float(b[keep].mean()),
+        "delta": float(delta.mean()),
+        "ci_low": float(np.quantile(means, 0.025)),
+        "ci_high": float(np.quantile(means, 0.975)),
+        "n": int(delta.size),
+    }
 
 
 def paired_miou_difference(stats_a: np.ndarray, stats_b: np.ndarray, resamples: int = 1000, seed: int = 0) -> dict:
@@ -42,8 +56,14 @@ def paired_miou_difference(stats_a: np.ndarray, stats_b: np.ndarray, resamples: 
     draws_b = miou_of((weights @ flat_b).reshape(-1, *shape))
     delta = draws_b - draws_a
     miou_a, miou_b = float(miou_of(stats_a.sum(0))), float(miou_of(stats_b.sum(0)))
-    return {"a": miou_a, "b": miou_b, "delta": miou_b - miou_a, "ci_low": float(np.quantile(delta, 0.025)),
-            "ci_high": float(np.quantile(delta, 0.975)), "n": int(n)}
+    return {
+        "a": miou_a,
+        "b": miou_b,
+        "delta": miou_b - miou_a,
+        "ci_low": float(np.quantile(delta, 0.025)),
+        "ci_high": float(np.quantile(delta, 0.975)),
+        "n": int(n),
+    }
 
 
 def miou_interval(stats: np.ndarray, resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
@@ -52,4 +72,3 @@ def miou_interval(stats: np.ndarray, resamples: int = 1000, seed: int = 0) -> tu
     n = stats.shape[0]
     draws = miou_of((resample_weights(n, resamples, seed) @ stats.reshape(n, -1)).reshape(-1, *stats.shape[1:]))
     return float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))
-

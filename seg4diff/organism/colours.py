@@ -1,4 +1,5 @@
 """Colour readers of the organism's images: the palette colour of the largest blob, and whether a caption names it."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,7 +22,9 @@ def largest_blob_colour(image: np.ndarray, saturation: float = 0.25) -> str | No
 
 def colour_hits(images: np.ndarray, captions: list[str]) -> np.ndarray:
     """Per image: 1.0 when its largest blob has a colour named in its caption, else 0.0."""
-    return np.array([float(largest_blob_colour(image) in _colours_of(caption)) for image, caption in zip(images, captions)])
+    return np.array(
+        [float(largest_blob_colour(image) in _colours_of(caption)) for image, caption in zip(images, captions)]
+    )
 
 
 def caption_colour_agreement(images: np.ndarray, captions: list[str]) -> tuple[float, float]:

@@ -8,6 +8,7 @@ Saved in a standard layout that `seg4diff.backbones.backbone` loads like SD3 and
     scheduler/           diffusers FlowMatchEulerDiscreteScheduler
 Positions matter: without them "red circle and blue square" would equal "blue circle and red square".
 """
+
 from __future__ import annotations
 
 import json
@@ -57,9 +58,15 @@ class Architecture:
 class OrganismPipeline:
     """Transformer + text encoder + tokenizer + scheduler of the organism, with SD3-like prompt encoding."""
 
-    def __init__(self, transformer: SD3Transformer2DModel, text_encoder: CLIPTextModel,
-                 tokenizer: PreTrainedTokenizerFast, scheduler: FlowMatchEulerDiscreteScheduler, text_length: int,
-                 pooled: str = "mean"):
+    def __init__(
+        self,
+        transformer: SD3Transformer2DModel,
+        text_encoder: CLIPTextModel,
+        tokenizer: PreTrainedTokenizerFast,
+        scheduler: FlowMatchEulerDiscreteScheduler,
+        text_length: int,
+        pooled: str = "mean",
+    ):
         self.transformer, self.text_encoder, self.tokenizer = transformer, text_encoder, tokenizer
         self.scheduler, self.text_length, self.pooled = scheduler, text_length, pooled
 
@@ -69,16 +76,40 @@ class OrganismPipeline:
         torch.manual_seed(seed)
         width = arch.num_attention_heads * arch.attention_head_dim  # caption_projection_dim must equal heads × dim
         tokenizer = word_tokenizer(words, arch.text_length)
-        text_encoder = CLIPTextModel(CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=width, num_hidden_layers=arch.text_layers,
-                                                    num_attention_heads=arch.num_attention_heads, intermediate_size=4 * width,
-                                                    max_position_embeddings=arch.text_length, pad_token_id=0,
-                                                    bos_token_id=0, eos_token_id=0))
-        transformer = SD3Transformer2DModel(sample_size=arch.image_size, patch_size=arch.patch_size, in_channels=3, out_channels=3,
-                                            num_layers=arch.num_layers, num_attention_heads=arch.num_attention_heads,
-                                            attention_head_dim=arch.attention_head_dim, joint_attention_dim=width,
-                                            caption_projection_dim=width, pooled_projection_dim=width,
-                                            pos_embed_max_size=arch.image_size // arch.patch_size)
-        return cls(transformer, text_encoder, tokenizer, FlowMatchEulerDiscreteScheduler(shift=1.0), arch.text_length, arch.pooled)
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=width,
+                num_hidden_layers=arch.text_layers,
+                num_attention_heads=arch.num_attention_heads,
+                intermediate_size=4 * width,
+                max_position_embeddings=arch.text_length,
+                pad_token_id=0,
+                bos_token_id=0,
+                eos_token_id=0,
+            )
+        )
+        transformer = SD3Transformer2DModel(
+            sample_size=arch.image_size,
+            patch_size=arch.patch_size,
+            in_channels=3,
+            out_channels=3,
+            num_layers=arch.num_layers,
+            num_attention_heads=arch.num_attention_heads,
+            attention_head_dim=arch.attention_head_dim,
+            joint_attention_dim=width,
+            caption_projection_dim=width,
+            pooled_projection_dim=width,
+            pos_embed_max_size=arch.image_size // arch.patch_size,
+        )
+        return cls(
+            transformer,
+            text_encoder,
+            tokenizer,
+            FlowMatchEulerDiscreteScheduler(shift=1.0),
+            arch.text_length,
+            arch.pooled,
+        )
 
     @property
     def modules(self) -> list[torch.nn.Module]:
@@ -90,8 +121,14 @@ class OrganismPipeline:
         return self
 
     def tokenize(self, prompts: list[str]) -> dict:
-        return self.tokenizer(prompts, padding="max_length", max_length=self.text_length, truncation=True,
-                              return_offsets_mapping=True, return_tensors="pt")
+        return self.tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=self.text_length,
+            truncation=True,
+            return_offsets_mapping=True,
+            return_tensors="pt",
+        )
 
     def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (embeddings (batch, text_length, width), pooled = mean of the non-padding embeddings)."""
@@ -111,17 +148,30 @@ class OrganismPipeline:
         self.text_encoder.save_pretrained(directory / "text_encoder", safe_serialization=True)
         self.tokenizer.save_pretrained(directory / "tokenizer")
         self.scheduler.save_pretrained(directory / "scheduler")
-        (directory / MARKER).write_text(json.dumps({"_class_name": "OrganismPipeline", "text_length": self.text_length, "pooled": self.pooled}, indent=2))
+        (directory / MARKER).write_text(
+            json.dumps(
+                {"_class_name": "OrganismPipeline", "text_length": self.text_length, "pooled": self.pooled}, indent=2
+            )
+        )
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, dtype: torch.dtype = torch.float32) -> OrganismPipeline:
         directory = Path(directory)
         meta = json.loads((directory / MARKER).read_text())
-        transformer = SD3Transformer2DModel.from_pretrained(directory / "transformer", torch_dtype=dtype, use_safetensors=True)
+        transformer = SD3Transformer2DModel.from_pretrained(
+            directory / "transformer", torch_dtype=dtype, use_safetensors=True
+        )
         text_encoder = CLIPTextModel.from_pretrained(directory / "text_encoder", dtype=dtype, use_safetensors=True)
         tokenizer = PreTrainedTokenizerFast.from_pretrained(directory / "tokenizer")
         scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(directory / "scheduler")
-        return cls(transformer.eval(), text_encoder.eval(), tokenizer, scheduler, meta["text_length"], meta.get("pooled", "mean"))
+        return cls(
+            transformer.eval(),
+            text_encoder.eval(),
+            tokenizer,
+            scheduler,
+            meta["text_length"],
+            meta.get("pooled", "mean"),
+        )
 
 
 def is_organism(directory: str | Path) -> bool:

@@ -4,6 +4,7 @@ caption's objects an image shows. Used to measure what generated images keep of 
 Shape from the blob's area relative to the disc through its farthest pixel (radius r from the centroid): a circle
 fills it (1), a square 2/π ≈ 0.64, an equilateral triangle 3√3/(4π) ≈ 0.41; the thresholds sit between.
 """
+
 from __future__ import annotations
 
 import numpy as np

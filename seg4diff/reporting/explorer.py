@@ -5,6 +5,7 @@ prediction it makes, the layer × σ mIoU heatmap and the per-layer grounding cu
 Predictions are made here by the scoring code itself (masks.class_maps + masks.predict at each image's label size),
 so the page shows exactly what the metrics counted; the browser only draws.
 """
+
 from __future__ import annotations
 
 import base64
@@ -37,7 +38,8 @@ def _png(image: np.ndarray) -> str:
 
 
 def display_size(height: int, width: int, longest: int) -> tuple[int, int]:
-    """The (height, width) a label of height×width is drawn at: its own size, or shrunk to `longest` on its long side."""
+    """The (height, width) a label of height×width is drawn at: its own size, or shrunk to `longest` on its long
+    side."""
     scale = min(1.0, longest / max(height, width))
     return max(1, round(height * scale)), max(1, round(width * scale))
 
@@ -58,8 +60,15 @@ def _quantise(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.round(scaled * 255).astype(np.uint8), np.concatenate([low, high], axis=-1)[..., 0, :]
 
 
-def _sample_entry(store_sample: xr.Dataset, prepared: xr.Dataset, index: int, names: list[str], heads: list,
-                  background_threshold: float | None, longest: int) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
+def _sample_entry(
+    store_sample: xr.Dataset,
+    prepared: xr.Dataset,
+    index: int,
+    names: list[str],
+    heads: list,
+    background_threshold: float | None,
+    longest: int,
+) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
     """One sample's page data, and (its predictions (layer, head, σ, H, W) at label size, its label, its classes)."""
     token_class = store_sample.token_class.values
     prompted = np.unique(token_class[token_class >= 0])
@@ -72,17 +81,29 @@ def _sample_entry(store_sample: xr.Dataset, prepared: xr.Dataset, index: int, na
     size = display_size(*label.shape, longest)
     quantised, ranges = _quantise(per_class)
     image = prepared.image.values[index]
-    entry = {"id": str(prepared.source_id.values[index]), "prompt": str(store_sample.prompt.values), "image": _png(image),
-             "classes": prompted.tolist(), "size": list(size), "label": _b64(_shrink(label, size)),
-             "maps": _b64(quantised), "ranges": np.round(ranges, 6).tolist(), "pred": _b64(_shrink(predictions, size)),
-             "words": {str(c): " ".join(str(t) for t, k in zip(store_sample.token_text.values, token_class) if k == c)
-                       for c in prompted}}
+    entry = {
+        "id": str(prepared.source_id.values[index]),
+        "prompt": str(store_sample.prompt.values),
+        "image": _png(image),
+        "classes": prompted.tolist(),
+        "size": list(size),
+        "label": _b64(_shrink(label, size)),
+        "maps": _b64(quantised),
+        "ranges": np.round(ranges, 6).tolist(),
+        "pred": _b64(_shrink(predictions, size)),
+        "words": {
+            str(c): " ".join(str(t) for t, k in zip(store_sample.token_text.values, token_class) if k == c)
+            for c in prompted
+        },
+    }
     return entry, predictions, label, np.union1d(prompted, [0]) if background_threshold is not None else prompted
 
 
 def grounding_table(scores: pd.DataFrame, layers: list[int], sigmas: list[float]) -> dict:
     """The layer × σ head-mean image→text mIoU with its 95% interval, as nested lists [layer][σ] (NaN → None)."""
-    rows = scores[(scores["metric"] == "miou") & (scores["head"].astype(str) == "mean") & (scores["direction"] == "image_to_text")]
+    rows = scores[
+        (scores["metric"] == "miou") & (scores["head"].astype(str) == "mean") & (scores["direction"] == "image_to_text")
+    ]
     table = {name: [[None] * len(sigmas) for _ in layers] for name in ("miou", "ci_low", "ci_high")}
     for row in rows.itertuples():
         if row.layer in layers and any(np.isclose(row.sigma, sigmas)):
@@ -92,8 +113,16 @@ def grounding_table(scores: pd.DataFrame, layers: list[int], sigmas: list[float]
     return table
 
 
-def explorer_data(store: xr.Dataset, prepared: xr.Dataset, scores: pd.DataFrame, expert: dict, samples: int,
-                  background_threshold: float | None, longest: int = 128, causal: pd.DataFrame | None = None) -> dict:
+def explorer_data(
+    store: xr.Dataset,
+    prepared: xr.Dataset,
+    scores: pd.DataFrame,
+    expert: dict,
+    samples: int,
+    background_threshold: float | None,
+    longest: int = 128,
+    causal: pd.DataFrame | None = None,
+) -> dict:
     """Returns everything the page shows for the first `samples` samples of a complete attention store.
 
     `prepared`: the prepared split the store was extracted from, rows aligned with the store's samples.
@@ -106,18 +135,28 @@ def explorer_data(store: xr.Dataset, prepared: xr.Dataset, scores: pd.DataFrame,
     entries, totals = [], np.zeros((len(layers), len(heads), len(sigmas), 3, len(names)), np.int64)
     for s in range(count):
         sample = store.isel(sample=s).load()
-        entry, predictions, label, classes = _sample_entry(sample, prepared, s, names, heads, background_threshold, longest)
+        entry, predictions, label, classes = _sample_entry(
+            sample, prepared, s, names, heads, background_threshold, longest
+        )
         entries.append(entry)
         totals += class_statistics(predictions, label, len(names), predicted_classes=classes)
     iou = class_iou(totals)
     colormap = np.round(plt.get_cmap("magma")(np.linspace(0, 1, 256))[:, :3] * 255).astype(int)
-    return {"classes": names, "palette": np.round(palette(len(names))[: len(names)] * 255).astype(int).tolist(),
-            "colormap": colormap.tolist(),
-            "layers": layers, "heads": heads, "sigmas": sigmas, "grid": [store.sizes["y"], store.sizes["x"]],
-            "expert": {"layer": expert["layer"], "sigma": expert["sigma"]}, "background": background_threshold,
-            "grounding": grounding_table(scores, layers, sigmas), "samples": entries,
-            "class_iou": np.where(np.isnan(iou), -1, np.round(iou, 4)).tolist(),
-            "causal": None if causal is None else causal.to_dict(orient="records")}
+    return {
+        "classes": names,
+        "palette": np.round(palette(len(names))[: len(names)] * 255).astype(int).tolist(),
+        "colormap": colormap.tolist(),
+        "layers": layers,
+        "heads": heads,
+        "sigmas": sigmas,
+        "grid": [store.sizes["y"], store.sizes["x"]],
+        "expert": {"layer": expert["layer"], "sigma": expert["sigma"]},
+        "background": background_threshold,
+        "grounding": grounding_table(scores, layers, sigmas),
+        "samples": entries,
+        "class_iou": np.where(np.isnan(iou), -1, np.round(iou, 4)).tolist(),
+        "causal": None if causal is None else causal.to_dict(orient="records"),
+    }
 
 
 def render_html(data: dict, title: str) -> str:

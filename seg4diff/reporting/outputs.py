@@ -3,6 +3,7 @@
 Numbers computed on another machine differ in their last bits (BLAS kernels, instruction sets); rounded to
 SIGNIFICANT_DIGITS they are the same text, so `git status` and `dvc status` stay clean when the science did not change.
 """
+
 from __future__ import annotations
 
 import json

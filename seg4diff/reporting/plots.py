@@ -1,4 +1,5 @@
 """Figures logged to MLflow: curves, heatmaps and image grids (matplotlib, headless)."""
+
 from __future__ import annotations
 
 import textwrap
@@ -55,7 +56,15 @@ def heatmap(values: np.ndarray, rows: list, columns: list, title: str, row_label
     axis.set_xticks(range(len(columns)), [f"{c:g}" if isinstance(c, float) else str(c) for c in columns], fontsize=7)
     axis.set_yticks(range(len(rows)), [str(r) for r in rows], fontsize=7)
     for (i, j), value in np.ndenumerate(values):
-        axis.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6, color="white" if value < np.nanmean(values) else "black")
+        axis.text(
+            j,
+            i,
+            f"{value:.2f}",
+            ha="center",
+            va="center",
+            fontsize=6,
+            color="white" if value < np.nanmean(values) else "black",
+        )
     axis.set(title=title, xlabel=column_label, ylabel=row_label)
     figure.colorbar(image, ax=axis, fraction=0.04)
     figure.tight_layout()
@@ -75,7 +84,12 @@ def overlay(image: np.ndarray, label: np.ndarray, num_classes: int, alpha: float
     """Returns the RGB image (uint8 or [0, 1]) blended with the colour-coded label map, at the label's resolution."""
     from PIL import Image
 
-    rgb = np.asarray(Image.fromarray(np.asarray(image, dtype=np.uint8)).resize(label.shape[::-1], Image.Resampling.BILINEAR)) / 255
+    rgb = (
+        np.asarray(
+            Image.fromarray(np.asarray(image, dtype=np.uint8)).resize(label.shape[::-1], Image.Resampling.BILINEAR)
+        )
+        / 255
+    )
     return (1 - alpha) * rgb + alpha * palette(num_classes)[label]
 
 
@@ -83,9 +97,14 @@ def attention_examples(images, labels, predictions, maps, map_titles, num_classe
     """Returns one row per sample: image | ground truth | prediction | each prompted class's attention map."""
     columns = 3 + max(len(m) for m in maps)
     figure, axes = plt.subplots(len(images), columns, figsize=(1.7 * columns, 1.8 * len(images)), squeeze=False)
-    for row, (image, label, prediction, sample_maps, names) in enumerate(zip(images, labels, predictions, maps, map_titles)):
-        panels = [(image, "image"), (overlay(image, label, num_classes), "ground truth"),
-                  (overlay(image, prediction, num_classes), "prediction")] + list(zip(sample_maps, names))
+    for row, (image, label, prediction, sample_maps, names) in enumerate(
+        zip(images, labels, predictions, maps, map_titles)
+    ):
+        panels = [
+            (image, "image"),
+            (overlay(image, label, num_classes), "ground truth"),
+            (overlay(image, prediction, num_classes), "prediction"),
+        ] + list(zip(sample_maps, names))
         for axis in axes[row]:
             axis.axis("off")
         for axis, (panel, name) in zip(axes[row], panels):
@@ -111,8 +130,15 @@ def causal_figure(table, grounding, expert_layer: int) -> plt.Figure:
         kinds = list(rows.perturbation.unique())
         for k, (kind, group) in enumerate(rows.groupby("perturbation", sort=False)):
             x = group.layer + (k - (len(kinds) - 1) / 2) * 0.18
-            axis.errorbar(x, group.delta, yerr=[group.delta - group.ci_low, group.ci_high - group.delta], fmt="o", ms=4,
-                          capsize=2, label=kind)
+            axis.errorbar(
+                x,
+                group.delta,
+                yerr=[group.delta - group.ci_low, group.ci_high - group.delta],
+                fmt="o",
+                ms=4,
+                capsize=2,
+                label=kind,
+            )
         axis.axhline(0, color="grey", lw=0.8)
         axis.set(title=("Δ " if metric != "flow_loss_increase" else "") + metric.replace("_", " "), xlabel="layer")
     for axis in axes:

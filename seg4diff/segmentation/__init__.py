@@ -1,1 +1,2 @@
-"""Segmentation from attention maps: class maps and prediction, zero-shot readout of one layer, unsupervised grouping."""
+"""Segmentation from attention maps: class maps and prediction, zero-shot readout of one layer, unsupervised
+grouping."""

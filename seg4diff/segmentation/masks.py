@@ -1,4 +1,5 @@
 """Attention → semantic prediction, as Seg4Diff does it: per-class token means, bilinear upsampling, argmax."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -37,8 +38,14 @@ def _upsample(maps: np.ndarray, size: int | tuple[int, int]) -> torch.Tensor:
     return resized.reshape(*lead, *resized.shape[-3:])
 
 
-def predict(maps: np.ndarray, class_ids: np.ndarray, size: int | tuple[int, int], background_threshold: float | None = None,
-            background_id: int = 0, background_logit: float | None = None) -> np.ndarray:
+def predict(
+    maps: np.ndarray,
+    class_ids: np.ndarray,
+    size: int | tuple[int, int],
+    background_threshold: float | None = None,
+    background_id: int = 0,
+    background_logit: float | None = None,
+) -> np.ndarray:
     """Returns (…, H, W) class ids: argmax over the upsampled class maps.
 
     With `background_threshold` (when background is not a prompted word), pixels whose best map value falls below

@@ -6,6 +6,7 @@ threshold in its group, repeat; each group's map is the mean of its softmax-norm
 Cluster ids mean nothing across images, so the only valid protocol without a shared codebook is per-image Hungarian
 matching of clusters to the image's own classes (DiffSeg, DiffCut), summed into one dataset confusion matrix.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -32,7 +33,8 @@ def symmetric_kl(p: np.ndarray, q: np.ndarray, eps: float = 1e-8) -> np.ndarray:
 
 
 def anchor_groups(distributions: np.ndarray, kl_threshold: float) -> list[list[int]]:
-    """Returns the groups of the authors' anchor rule: every ungrouped map within the threshold of the anchor joins it."""
+    """Returns the groups of the authors' anchor rule: every ungrouped map within the threshold of the anchor joins
+    it."""
     ungrouped, groups = list(range(len(distributions))), []
     while ungrouped:
         distances = symmetric_kl(distributions[ungrouped[0]], distributions[ungrouped])
@@ -43,7 +45,8 @@ def anchor_groups(distributions: np.ndarray, kl_threshold: float) -> list[list[i
 
 
 def merge_token_maps(maps: np.ndarray, kl_threshold: float, size: int | tuple[int, int]) -> np.ndarray:
-    """Returns a cluster map of `size` (height, width) for one image's (token, y, x) attention; values are group indices."""
+    """Returns a cluster map of `size` (height, width) for one image's (token, y, x) attention; values are group
+    indices."""
     distributions = softmax_maps(maps)
     groups = anchor_groups(distributions, kl_threshold)
     group_maps = np.stack([distributions[g].mean(axis=0) for g in groups]).reshape(len(groups), *maps.shape[-2:])
@@ -63,7 +66,9 @@ def image_confusion(cluster: np.ndarray, label: np.ndarray, num_classes: int) ->
     ids = np.unique(cluster)
     local = np.searchsorted(ids, cluster)
     valid = label != IGNORE_INDEX
-    overlap = np.bincount(local[valid] * num_classes + label[valid], minlength=len(ids) * num_classes).reshape(len(ids), num_classes)
+    overlap = np.bincount(local[valid] * num_classes + label[valid], minlength=len(ids) * num_classes).reshape(
+        len(ids), num_classes
+    )
     rows, cols = linear_sum_assignment(-overlap)
     mapping = np.full(len(ids), num_classes)
     mapping[rows] = cols
@@ -72,7 +77,9 @@ def image_confusion(cluster: np.ndarray, label: np.ndarray, num_classes: int) ->
 
 def confusion_statistics(confusion: np.ndarray, num_classes: int) -> np.ndarray:
     """(3, C) true positives, label area, prediction area of the real classes (metrics.class_statistics' layout)."""
-    return np.stack([np.diag(confusion)[:num_classes], confusion[:num_classes].sum(1), confusion[:, :num_classes].sum(0)])
+    return np.stack(
+        [np.diag(confusion)[:num_classes], confusion[:num_classes].sum(1), confusion[:, :num_classes].sum(0)]
+    )
 
 
 def match_per_image(clusters: list[np.ndarray], labels: list[np.ndarray], num_classes: int) -> dict:

@@ -4,6 +4,7 @@ Two predictors read the layer: `probability` (the paper's: head-mean softmax pro
 background below `background_threshold` × the image's peak) and `logit` (what MAGNET's focal and dice losses are trained
 on: head-mean pre-softmax logits, argmax over classes, background where the best class's sigmoid is below ½).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -41,13 +42,25 @@ class Readout:
     @classmethod
     def for_expert(cls, expert: dict, prompt: PromptParams, seed: int, predictor: Predictor = "probability") -> Readout:
         """The readout of the selected expert (results/expert.json) with GT-class prompts built as `prompt` says."""
-        return cls(int(expert["layer"]), float(expert["sigma"]), seed, prompt_style(prompt, "gt_classes"), prompt.threshold,
-                   predictor)
+        return cls(
+            int(expert["layer"]),
+            float(expert["sigma"]),
+            seed,
+            prompt_style(prompt, "gt_classes"),
+            prompt.threshold,
+            predictor,
+        )
 
 
 @torch.no_grad()
-def expert_maps(backbone: Backbone, rows: xr.Dataset, sample_indices: list[int], readout: Readout,
-                encoding: PromptEncoding, positions: torch.Tensor | list[int] | None = None) -> np.ndarray:
+def expert_maps(
+    backbone: Backbone,
+    rows: xr.Dataset,
+    sample_indices: list[int],
+    readout: Readout,
+    encoding: PromptEncoding,
+    positions: torch.Tensor | list[int] | None = None,
+) -> np.ndarray:
     """Returns head-mean image→text maps (batch, token, y, x) of one layer for a loaded batch, with seeded noise at σ:
     softmax probabilities, or pre-softmax logits for the `logit` predictor (readout.predictor).
 
@@ -58,8 +71,9 @@ def expert_maps(backbone: Backbone, rows: xr.Dataset, sample_indices: list[int],
     noise = torch.stack([sample_noise(latents.shape[1:], readout.seed, i) for i in sample_indices]).to(latents)
     output = "logits" if readout.predictor == "logit" else "probabilities"
     sigma = readout.sigma
-    with capture_attention(backbone.transformer, [readout.layer], ("image_to_text",), positions, head_mean=True,
-                           output=output) as cap:
+    with capture_attention(
+        backbone.transformer, [readout.layer], ("image_to_text",), positions, head_mean=True, output=output
+    ) as cap:
         backbone.transformer(**backbone.transformer_inputs(sigma * noise + (1 - sigma) * latents, sigma, encoding))
     maps = cap.tensor("image_to_text")[:, 0, 0].transpose(-1, -2)  # (batch, token, image_token)
     return maps.reshape(*maps.shape[:2], *backbone.token_grid(*images.shape[2:])).float().cpu().numpy()
@@ -71,12 +85,16 @@ def segment_batch(backbone: Backbone, rows: xr.Dataset, sample_indices: list[int
     size, padded with the ignore index to the store's label shape."""
     style, background_threshold = readout.style, readout.background_threshold
     names = class_names(rows)
-    built = [build_prompt(style, rows["present"].values[k], names, str(rows["caption"].values[k]))
-             for k in range(len(sample_indices))]
+    built = [
+        build_prompt(style, rows["present"].values[k], names, str(rows["caption"].values[k]))
+        for k in range(len(sample_indices))
+    ]
     encoding = backbone.encode_prompts([prompt for prompt, _ in built])
     width = max(len(encoding.tokens[0]), 1)
-    slots = [token_slots(encoding, k, spans, "class", width, str(i), style.columns)
-             for k, ((_, spans), i) in enumerate(zip(built, sample_indices))]
+    slots = [
+        token_slots(encoding, k, spans, "class", width, str(i), style.columns)
+        for k, ((_, spans), i) in enumerate(zip(built, sample_indices))
+    ]
     used = max(int((s.position >= 0).sum()) for s in slots) or 1
     positions = torch.from_numpy(np.stack([s.position[:used] for s in slots]).astype(np.int64))
     maps = expert_maps(backbone, rows, sample_indices, readout, encoding, positions.clamp_min(0))
@@ -94,23 +112,35 @@ def segment_batch(backbone: Backbone, rows: xr.Dataset, sample_indices: list[int
     return np.stack(predictions)
 
 
-def segmentation_confusion(backbone: Backbone, prepared: xr.Dataset, readout: Readout, batch_size: int,
-                           limit: int | None = None) -> np.ndarray:
-    """Returns the dataset-level confusion matrix of zero-shot segmentation over (the first `limit` of) a prepared split."""
+def segmentation_confusion(
+    backbone: Backbone, prepared: xr.Dataset, readout: Readout, batch_size: int, limit: int | None = None
+) -> np.ndarray:
+    """Returns the dataset-level confusion matrix of zero-shot segmentation over (the first `limit` of) a prepared
+    split."""
     num_classes = prepared.sizes["class"]
     n = min(prepared.sizes["sample"], limit or prepared.sizes["sample"])
     confusion = np.zeros((num_classes, num_classes), np.int64)
     for start in range(0, n, batch_size):
         indices = list(range(start, min(start + batch_size, n)))
         rows = prepared.isel(sample=indices).load()
-        confusion += confusion_matrix(segment_batch(backbone, rows, indices, readout), rows["label"].values, num_classes)
+        confusion += confusion_matrix(
+            segment_batch(backbone, rows, indices, readout), rows["label"].values, num_classes
+        )
     return confusion
 
 
-def choose_predictor(backbone: Backbone, val: xr.Dataset, readout: Readout, batch_size: int, predictors: list[Predictor],
-                     limit: int | None = None) -> tuple[Predictor, dict[str, float]]:
+def choose_predictor(
+    backbone: Backbone,
+    val: xr.Dataset,
+    readout: Readout,
+    batch_size: int,
+    predictors: list[Predictor],
+    limit: int | None = None,
+) -> tuple[Predictor, dict[str, float]]:
     """Returns the predictor with the best mIoU on (the first `limit` of) `val` when it reads `readout`'s layer, and
     each predictor's mIoU there: the test split never chooses it."""
-    curve = {p: summarize(segmentation_confusion(backbone, val, replace(readout, predictor=p), batch_size, limit))["miou"]
-             for p in predictors}
+    curve = {
+        p: summarize(segmentation_confusion(backbone, val, replace(readout, predictor=p), batch_size, limit))["miou"]
+        for p in predictors
+    }
     return max(curve, key=curve.get), curve

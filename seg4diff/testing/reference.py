@@ -3,6 +3,7 @@ layers.
 
 These materialise the N×N matrix on purpose (tests and benchmarks only); they share no code with the capture.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,8 +26,9 @@ def naive_sd3_attention(attn, hidden_states: torch.Tensor, encoder_hidden_states
     return torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
 
 
-def naive_flux_attention(attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None,
-                         image_rotary_emb) -> torch.Tensor:
+def naive_flux_attention(
+    attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None, image_rotary_emb
+) -> torch.Tensor:
     """Returns the joint probabilities of a FLUX block, order [text, image]; a single-stream block gets the joint
     sequence."""
     q = attn.norm_q(attn.to_q(hidden_states).unflatten(-1, (-1, attn.head_dim)))

@@ -1,1 +1,2 @@
-"""Training: the organism from scratch (pretrain), MAGNET fine-tuning, their losses and the one optimiser and schedule."""
+"""Training: the organism from scratch (pretrain), MAGNET fine-tuning, their losses and the one optimiser and
+schedule."""

@@ -1,4 +1,5 @@
 """MAGNET's mask losses on attention logits: sigmoid focal and dice, and the Hungarian matcher for caption mode."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,8 +8,13 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
 
-def sigmoid_focal_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0,
-                       valid: torch.Tensor | None = None) -> torch.Tensor:
+def sigmoid_focal_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Returns the mean focal loss −α_t (1 − p_t)^γ log p_t with p = sigmoid(logits) (the sigmoid applied — the
     authors' code modulated with the raw logits), over `valid` pixels when given."""
     p = torch.sigmoid(logits)
@@ -31,8 +37,13 @@ def dice_loss(logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor |
     return (1 - (2 * (p * m).sum(-1) + 1) / (p.sum(-1) + m.sum(-1) + 1)).mean()
 
 
-def predictor_loss(probabilities: torch.Tensor, label: torch.Tensor, classes: np.ndarray,
-                   background_threshold: float | None, background_id: int = 0) -> torch.Tensor:
+def predictor_loss(
+    probabilities: torch.Tensor,
+    label: torch.Tensor,
+    classes: np.ndarray,
+    background_threshold: float | None,
+    background_id: int = 0,
+) -> torch.Tensor:
     """Returns the pixel cross-entropy of the zero-shot predictor's own decision (segment.segment_batch, `probability`).
 
     `probabilities` (class, H, W): each prompted class's attention map at label size. The predictor takes the argmax
@@ -54,18 +65,23 @@ def predictor_loss(probabilities: torch.Tensor, label: torch.Tensor, classes: np
     return F.cross_entropy(scores[None], target[None], ignore_index=-100)
 
 
-def pairwise_costs(logits: torch.Tensor, masks: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns (focal, dice) cost matrices (candidates × masks) for candidate logit maps (n, H, W) and masks (m, H, W)."""
+def pairwise_costs(
+    logits: torch.Tensor, masks: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (focal, dice) cost matrices (candidates × masks) for candidate logit maps (n, H, W) and masks (m, H,
+    W)."""
     x, m = logits.flatten(1).float(), masks.flatten(1).float()
     p = torch.sigmoid(x)
     pos = alpha * (1 - p) ** gamma * F.binary_cross_entropy_with_logits(x, torch.ones_like(x), reduction="none")
-    neg = (1 - alpha) * p ** gamma * F.binary_cross_entropy_with_logits(x, torch.zeros_like(x), reduction="none")
+    neg = (1 - alpha) * p**gamma * F.binary_cross_entropy_with_logits(x, torch.zeros_like(x), reduction="none")
     focal = (pos @ m.T + neg @ (1 - m).T) / x.shape[1]
     dice = 1 - (2 * p @ m.T + 1) / (p.sum(-1)[:, None] + m.sum(-1)[None, :] + 1)
     return focal, dice
 
 
-def hungarian_match(logits: torch.Tensor, masks: torch.Tensor, focal_weight: float = 0.02, dice_weight: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def hungarian_match(
+    logits: torch.Tensor, masks: torch.Tensor, focal_weight: float = 0.02, dice_weight: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Returns (candidate indices, mask indices) of the assignment minimising focal_weight·focal + dice_weight·dice."""
     with torch.no_grad():
         focal, dice = pairwise_costs(logits, masks)

@@ -1,6 +1,8 @@
 """MAGNET: LoRA on a frozen MM-DiT, trained with flow matching plus focal + dice losses on the expert layer's
 pre-softmax image→text logits (the paper's), or the cross-entropy of the zero-shot predictor's own decision on its
-head-mean probabilities (`mask_loss: predictor`). Checkpoints carry optimizer and RNG state, so a restarted run resumes exactly."""
+head-mean probabilities (`mask_loss: predictor`). Checkpoints carry optimizer and RNG state, so a restarted run resumes
+exactly."""
+
 from __future__ import annotations
 
 import json
@@ -33,17 +35,19 @@ from seg4diff.training.optim import adamw_warmup_cosine
 
 @dataclass(frozen=True)
 class MagnetConfig:
-    """Everything a MAGNET run depends on; built from the params groups by `from_params` (their fields are the defaults)."""
+    """Everything a MAGNET run depends on; built from the params groups by `from_params` (their fields are the
+    defaults)."""
 
     expert_layer: int
     expert_sigma: float
-    base_model: str  # digest of the base model's weights (seg4diff.backbones.backbone.model_digest): an adapter fits that model only
+    base_model: str  # digest of the base model's weights (backbones.backbone.model_digest): an adapter fits it only
     finetune: FinetuneParams
     prompt: PromptParams
 
     @classmethod
-    def from_params(cls, finetune: FinetuneParams, prompt: PromptParams, expert_layer: int, expert_sigma: float,
-                    base_model: str) -> MagnetConfig:
+    def from_params(
+        cls, finetune: FinetuneParams, prompt: PromptParams, expert_layer: int, expert_sigma: float, base_model: str
+    ) -> MagnetConfig:
         return cls(int(expert_layer), float(expert_sigma), base_model, finetune, prompt)
 
     @property
@@ -60,21 +64,34 @@ class MagnetConfig:
         return Readout(self.expert_layer, self.expert_sigma, self.finetune.seed, self.style, self.threshold)
 
     def as_dict(self) -> dict:
-        return {"expert_layer": self.expert_layer, "expert_sigma": self.expert_sigma, "base_model": self.base_model,
-                "finetune": self.finetune.model_dump(exclude={"work_dir", "output"}), "prompt": self.prompt.model_dump()}
+        return {
+            "expert_layer": self.expert_layer,
+            "expert_sigma": self.expert_sigma,
+            "base_model": self.base_model,
+            "finetune": self.finetune.model_dump(exclude={"work_dir", "output"}),
+            "prompt": self.prompt.model_dump(),
+        }
 
     @property
     def lora(self) -> LoraSpec:
-        return LoraSpec(self.finetune.rank, self.finetune.alpha, self.finetune.dropout, tuple(self.finetune.target_modules))
+        return LoraSpec(
+            self.finetune.rank, self.finetune.alpha, self.finetune.dropout, tuple(self.finetune.target_modules)
+        )
 
     def save(self, transformer: torch.nn.Module, directory: Path) -> None:
-        save_lora(transformer, directory, self.lora, {"expert_layer": self.expert_layer, "expert_sigma": self.expert_sigma,
-                                                      "base_model": self.base_model})
+        save_lora(
+            transformer,
+            directory,
+            self.lora,
+            {"expert_layer": self.expert_layer, "expert_sigma": self.expert_sigma, "base_model": self.base_model},
+        )
 
 
 def sample_sigmas(generator: torch.Generator, n: int, config: MagnetConfig) -> torch.Tensor:
     """Returns logit-normal noise levels on the shifted schedule σ = shift·u / (1 + (shift − 1)·u)."""
-    u = torch.sigmoid(config.finetune.timestep_mean + config.finetune.timestep_std * torch.randn(n, generator=generator))
+    u = torch.sigmoid(
+        config.finetune.timestep_mean + config.finetune.timestep_std * torch.randn(n, generator=generator)
+    )
     return config.finetune.timestep_shift * u / (1 + (config.finetune.timestep_shift - 1) * u)
 
 
@@ -83,26 +100,41 @@ def _class_maps(maps: torch.Tensor, slot_class: np.ndarray, classes: np.ndarray)
     return torch.stack([maps[torch.from_numpy(np.flatnonzero(slot_class == c))].mean(0) for c in classes])
 
 
-def magnet_loss(backbone: Backbone, rows: xr.Dataset, config: MagnetConfig, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
-    """Returns (weighted loss, parts) for one micro-batch of prepared samples: flow + focal + dice at the expert layer."""
+def magnet_loss(
+    backbone: Backbone, rows: xr.Dataset, config: MagnetConfig, generator: torch.Generator
+) -> tuple[torch.Tensor, dict]:
+    """Returns (weighted loss, parts) for one micro-batch of prepared samples: flow + focal + dice at the expert
+    layer."""
     names = class_names(rows)
     mode = config.style.mode
-    built = [build_prompt(config.style, rows["present"].values[k], names, str(rows["caption"].values[k])) for k in range(rows.sizes["sample"])]
+    built = [
+        build_prompt(config.style, rows["present"].values[k], names, str(rows["caption"].values[k]))
+        for k in range(rows.sizes["sample"])
+    ]
     with torch.no_grad():
         encoding = backbone.encode_prompts([prompt for prompt, _ in built])
         images = torch.from_numpy(rows["image"].values).permute(0, 3, 1, 2).float() / 255
         x0 = backbone.encode_images(images)
     width = len(encoding.tokens[0])
     keep = "class" if mode == "gt_classes" else "all"
-    slots = [token_slots(encoding, k, spans, keep, width, str(k), config.style.columns) for k, (_, spans) in enumerate(built)]
+    slots = [
+        token_slots(encoding, k, spans, keep, width, str(k), config.style.columns) for k, (_, spans) in enumerate(built)
+    ]
     used = max(int((s.position >= 0).sum()) for s in slots)
     positions = torch.from_numpy(np.stack([s.position[:used] for s in slots]).astype(np.int64)).clamp_min(0)
     noise = torch.randn(x0.shape, generator=generator).to(x0)
     sigma = sample_sigmas(generator, x0.shape[0], config).to(x0)
     noisy = sigma.view(-1, 1, 1, 1) * noise + (1 - sigma.view(-1, 1, 1, 1)) * x0
     on_predictor = config.finetune.mask_loss == "predictor"
-    with capture_attention(backbone.transformer, [config.expert_layer], ("image_to_text",), positions,
-                           head_mean=mode == "gt_classes" and not on_predictor, output="logits", detach=False) as cap:
+    with capture_attention(
+        backbone.transformer,
+        [config.expert_layer],
+        ("image_to_text",),
+        positions,
+        head_mean=mode == "gt_classes" and not on_predictor,
+        output="logits",
+        detach=False,
+    ) as cap:
         prediction = backbone.velocity(noisy, sigma, encoding)
     flow = F.mse_loss(prediction.float(), (noise - x0).float())
     scores = cap.tensor("image_to_text")[:, 0]  # (batch, head, image_token, slot): logits
@@ -127,8 +159,11 @@ def magnet_loss(backbone: Backbone, rows: xr.Dataset, config: MagnetConfig, gene
                 continue
             sample_targets = torch.stack([(labels[k] == c).float() for c in classes])
         else:  # every head × token map is a candidate, Hungarian-matched to the present classes' masks
-            present = [c for c in np.flatnonzero(rows["present"].values[k])
-                       if (labels[k] == c).float().mean() >= config.finetune.min_mask_fraction]
+            present = [
+                c
+                for c in np.flatnonzero(rows["present"].values[k])
+                if (labels[k] == c).float().mean() >= config.finetune.min_mask_fraction
+            ]
             if not present:
                 continue
             candidates = up(sample_scores[:, slot.position[:used] >= 0].flatten(0, 1))
@@ -142,32 +177,59 @@ def magnet_loss(backbone: Backbone, rows: xr.Dataset, config: MagnetConfig, gene
         height, width = max(m.shape[-2] for m in maps), max(m.shape[-1] for m in maps)
         pad = lambda x: F.pad(x, (0, width - x.shape[-1], 0, height - x.shape[-2]))  # noqa: E731
         maps, targets, valid = (torch.cat([pad(x) for x in group]) for group in (maps, targets, valid))
-        focal = sigmoid_focal_loss(maps.float(), targets, config.finetune.focal_alpha, config.finetune.focal_gamma, valid)
+        focal = sigmoid_focal_loss(
+            maps.float(), targets, config.finetune.focal_alpha, config.finetune.focal_gamma, valid
+        )
         dice = dice_loss(maps.float(), targets, valid)
     else:
         focal = dice = torch.zeros((), device=flow.device)
     on_prediction = torch.stack(predictor_terms).mean() if predictor_terms else torch.zeros((), device=flow.device)
-    loss = (config.finetune.lambda_flow * flow + config.finetune.lambda_focal * focal + config.finetune.lambda_dice * dice
-            + config.finetune.lambda_predictor * on_prediction)
-    return loss, {"flow": flow.item(), "focal": focal.item(), "dice": dice.item(), "predictor": on_prediction.item(), "loss": loss.item()}
+    loss = (
+        config.finetune.lambda_flow * flow
+        + config.finetune.lambda_focal * focal
+        + config.finetune.lambda_dice * dice
+        + config.finetune.lambda_predictor * on_prediction
+    )
+    return loss, {
+        "flow": flow.item(),
+        "focal": focal.item(),
+        "dice": dice.item(),
+        "predictor": on_prediction.item(),
+        "loss": loss.item(),
+    }
 
 
 def validate(backbone: Backbone, val: xr.Dataset, config: MagnetConfig) -> dict:
     """Returns expert-layer mIoU and held-out flow loss on the validation split."""
     confusion = segmentation_confusion(backbone, val, config.readout, 16, limit=config.finetune.validation_samples)
-    return {"val_miou": summarize(confusion)["miou"],
-            "val_flow_loss": heldout_flow_loss(backbone, val, config.finetune.seed, config.finetune.validation_samples, style=config.style)}
+    return {
+        "val_miou": summarize(confusion)["miou"],
+        "val_flow_loss": heldout_flow_loss(
+            backbone, val, config.finetune.seed, config.finetune.validation_samples, style=config.style
+        ),
+    }
 
 
-def _save_checkpoint(directory: Path, step: int, transformer, optimizer, scheduler, generator, config, history, best) -> None:
+def _save_checkpoint(
+    directory: Path, step: int, transformer, optimizer, scheduler, generator, config, history, best
+) -> None:
     """Writes checkpoint-<step> atomically (to a temp dir, then renamed) and keeps only the newest."""
     final = directory / f"checkpoint-{step:06d}"
     tmp = directory / f".tmp-{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
     config.save(transformer, tmp)
-    torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(), "history": history, "best": best},
-               tmp / "state.pt")
+    torch.save(
+        {
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "generator": generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "history": history,
+            "best": best,
+        },
+        tmp / "state.pt",
+    )
     tmp.rename(final)
     for old in sorted(directory.glob("checkpoint-*"))[:-1]:
         shutil.rmtree(old)
@@ -188,15 +250,28 @@ def latest_checkpoint(directory: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def train_magnet(backbone: Backbone, train: xr.Dataset, val: xr.Dataset, config: MagnetConfig, work_dir: Path,
-                 on_metrics: Callable[[int, dict], None] | None = None, progress: bool = True) -> dict:
-    """Trains the adapter (resuming from work_dir's latest checkpoint); the best-on-validation adapter goes to work_dir/best."""
+def train_magnet(
+    backbone: Backbone,
+    train: xr.Dataset,
+    val: xr.Dataset,
+    config: MagnetConfig,
+    work_dir: Path,
+    on_metrics: Callable[[int, dict], None] | None = None,
+    progress: bool = True,
+) -> dict:
+    """Trains the adapter (resuming from work_dir's latest checkpoint); the best-on-validation adapter goes to
+    work_dir/best."""
     work_dir = Path(work_dir)
     _forget_other_runs(work_dir, config)
     torch.manual_seed(config.finetune.seed)
     parameters = add_lora(backbone.transformer, config.lora)
-    optimizer, scheduler = adamw_warmup_cosine(parameters, config.finetune.lr, config.finetune.weight_decay,
-                                               config.finetune.warmup_steps, config.finetune.steps)
+    optimizer, scheduler = adamw_warmup_cosine(
+        parameters,
+        config.finetune.lr,
+        config.finetune.weight_decay,
+        config.finetune.warmup_steps,
+        config.finetune.steps,
+    )
     generator = torch.Generator().manual_seed(config.finetune.seed)
     step, history, best = 0, [], {"val_miou": -1.0, "val_flow_loss": float("nan"), "step": 0}
     checkpoint = latest_checkpoint(work_dir)
@@ -215,14 +290,20 @@ def train_magnet(backbone: Backbone, train: xr.Dataset, val: xr.Dataset, config:
         config.save(backbone.transformer, work_dir / "best")  # until a step beats the base model, the no-op adapter
         if on_metrics:
             on_metrics(0, history[-1])
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if backbone.device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if backbone.device.type == "cuda"
+        else torch.autocast("cpu", enabled=False)
+    )
     n = train.sizes["sample"]
     started = time.perf_counter()
     bar = tqdm(total=config.finetune.steps, initial=step, desc="finetune", unit="step", disable=not progress)
     while step < config.finetune.steps:
         backbone.transformer.train()
         parts = []
-        for _ in range(config.finetune.grad_accumulation):  # gradients of all micro-batches add up before one optimizer step
+        for _ in range(
+            config.finetune.grad_accumulation
+        ):  # gradients of all micro-batches add up before one optimizer step
             indices = torch.randint(n, (config.finetune.batch_size,), generator=generator).tolist()
             with autocast:
                 loss, part = magnet_loss(backbone, train.isel(sample=indices).load(), config, generator)
@@ -239,7 +320,10 @@ def train_magnet(backbone: Backbone, train: xr.Dataset, val: xr.Dataset, config:
             backbone.transformer.eval()
             metrics |= validate(backbone, val, config)
             base_flow = history[0]["val_flow_loss"]
-            keeps_generation = config.finetune.max_flow_increase is None or metrics["val_flow_loss"] <= (1 + config.finetune.max_flow_increase) * base_flow
+            keeps_generation = (
+                config.finetune.max_flow_increase is None
+                or metrics["val_flow_loss"] <= (1 + config.finetune.max_flow_increase) * base_flow
+            )
             if keeps_generation and metrics["val_miou"] > best["val_miou"]:
                 best = {"val_miou": metrics["val_miou"], "val_flow_loss": metrics["val_flow_loss"], "step": step}
                 config.save(backbone.transformer, work_dir / "best")
@@ -247,7 +331,9 @@ def train_magnet(backbone: Backbone, train: xr.Dataset, val: xr.Dataset, config:
         if on_metrics:
             on_metrics(step, metrics)
         if step % config.finetune.checkpoint_every == 0 or step == config.finetune.steps:
-            _save_checkpoint(work_dir, step, backbone.transformer, optimizer, scheduler, generator, config, history, best)
+            _save_checkpoint(
+                work_dir, step, backbone.transformer, optimizer, scheduler, generator, config, history, best
+            )
     bar.close()
     backbone.transformer.eval()
     return {"best": best, "history": history, "seconds": time.perf_counter() - started}

@@ -1,4 +1,5 @@
 """Training the Shapes organism from scratch with SD3's rectified-flow objective, and sampling from it."""
+
 from __future__ import annotations
 
 import time
@@ -19,14 +20,26 @@ def logit_normal(generator: torch.Generator, n: int, mean: float = 0.0, std: flo
     return torch.sigmoid(mean + std * torch.randn(n, generator=generator))
 
 
-def flow_matching_loss(pipe: OrganismPipeline, x0: torch.Tensor, captions: list[str], s: torch.Tensor, noise: torch.Tensor,
-                       reduce: bool = True) -> torch.Tensor:
-    """Returns the rectified-flow MSE: x_s = (1−s)·x0 + s·ε, target ε − x0, timestep s·1000 (per sample if not reduce)."""
+def flow_matching_loss(
+    pipe: OrganismPipeline,
+    x0: torch.Tensor,
+    captions: list[str],
+    s: torch.Tensor,
+    noise: torch.Tensor,
+    reduce: bool = True,
+) -> torch.Tensor:
+    """Returns the rectified-flow MSE: x_s = (1−s)·x0 + s·ε, target ε − x0, timestep s·1000 (per sample if not
+    reduce)."""
     s4 = s.view(-1, 1, 1, 1)
     noisy = (1 - s4) * x0 + s4 * noise
     embeds, pooled = pipe.encode_prompt(captions)
-    prediction = pipe.transformer(hidden_states=noisy, encoder_hidden_states=embeds, pooled_projections=pooled,
-                                  timestep=s * 1000, return_dict=False)[0]
+    prediction = pipe.transformer(
+        hidden_states=noisy,
+        encoder_hidden_states=embeds,
+        pooled_projections=pooled,
+        timestep=s * 1000,
+        return_dict=False,
+    )[0]
     error = (prediction.float() - (noise - x0).float()).pow(2).mean(dim=(1, 2, 3))
     return error.mean() if reduce else error
 
@@ -38,16 +51,23 @@ class TrainingLog:
     seconds: float = 0.0
 
 
-def train(pipe: OrganismPipeline, images: torch.Tensor, captions: list[str], schedule: PretrainParams,
-          on_log: Callable[[int, float], None] | None = None, progress: bool = True) -> TrainingLog:
+def train(
+    pipe: OrganismPipeline,
+    images: torch.Tensor,
+    captions: list[str],
+    schedule: PretrainParams,
+    on_log: Callable[[int, float], None] | None = None,
+    progress: bool = True,
+) -> TrainingLog:
     """Trains transformer and text encoder in place on images (n, 3, H, W) in [−1, 1] with the steps, batch size,
     optimiser settings, caption dropout and seed of `schedule`, logging the mean loss every `schedule.log_every`
     steps; returns the loss log."""
     torch.manual_seed(schedule.seed)
     generator = torch.Generator().manual_seed(schedule.seed)
     parameters = [p for module in pipe.modules for p in module.parameters()]
-    optimizer, scheduler = adamw_warmup_cosine(parameters, schedule.lr, schedule.weight_decay, schedule.warmup_steps,
-                                               schedule.steps)
+    optimizer, scheduler = adamw_warmup_cosine(
+        parameters, schedule.lr, schedule.weight_decay, schedule.warmup_steps, schedule.steps
+    )
     for module in pipe.modules:
         module.train()
     log, running, start = TrainingLog(), [], time.perf_counter()
@@ -77,5 +97,3 @@ def train(pipe: OrganismPipeline, images: torch.Tensor, captions: list[str], sch
         module.eval()
     log.seconds = time.perf_counter() - start
     return log
-
-
