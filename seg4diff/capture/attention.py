@@ -4,10 +4,10 @@
         transformer(**inputs)
     cap.image_to_text   # xarray (batch, layer, head, image_token, text_token): softmax over ALL joint keys
 
-The capture is an observing intervention (`seg4diff.capture.intervention`): each block's processor replicates the
+The capture is an observing intervention (`seg4diff.capture.intervention`): each layer's processor replicates the
 stock diffusers one line for line, taking the attention output and the per-row log-sum-exp over all keys from one
 fused kernel. Only the image×text and text×image logits that are kept are formed, so the N×N joint matrix (and its
-image×image block) never exists. Inside a perturbation of the same block it records the attention the block used.
+image×image part) never exists. Inside a perturbation of the same layer it records the attention the layer used.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 import xarray as xr
 
 from seg4diff.capture.families import Grid, joint_attention_modules
-from seg4diff.capture.intervention import Intervention, JointAttention, check_blocks, intervene
+from seg4diff.capture.intervention import Intervention, JointAttention, check_layers, intervene
 from seg4diff.capture.kernels import attention_with_lse
 
 Direction = Literal["image_to_text", "text_to_image"]
@@ -38,7 +38,7 @@ class Recorder(Intervention):
     output: Literal["probabilities", "logits"]
     detach: bool
     diagnostics: bool
-    text_length: int | None = None  # set per forward (FLUX single-stream blocks see one joint sequence)
+    text_length: int | None = None  # set per forward (FLUX single-stream layers see one joint sequence)
     grid: Grid | None = None  # image tokens as (rows, columns), set per forward
     forwards: int = 0  # forward passes seen (denoising steps when a whole generation is captured)
     records: dict[str, dict[int, list[torch.Tensor]]] = field(default_factory=dict)  # name → layer → one per call
@@ -52,7 +52,7 @@ class Recorder(Intervention):
         """Returns the kept text rows of (batch, head, text, dim)."""
         if self.text_tokens is None:
             return text
-        if self.text_tokens.device != text.device:  # moved once, not once per block (a host-to-device copy syncs)
+        if self.text_tokens.device != text.device:  # moved once, not once per layer (a host-to-device copy syncs)
             self.text_tokens = self.text_tokens.to(text.device)
         index = self.text_tokens
         if index.ndim == 1:
@@ -70,9 +70,9 @@ class Recorder(Intervention):
 
         The logits are formed in fp32 from fp32 copies of the (small) kept slices, whatever the model's dtype: a bf16
         product would round each score to 8 bits of mantissa before the softmax. Where an editor changed the image→text
-        attention, that direction records what the block used instead.
+        attention, that direction records what the layer used instead.
         """
-        layer, query, key, lse, scale = attention.block, attention.query, attention.key, attention.lse, attention.scale
+        layer, query, key, lse, scale = attention.layer, attention.query, attention.key, attention.lse, attention.scale
         text_slice, image_slice, edited = attention.text, attention.image, attention.edited
         for direction in self.directions:
             if direction == "image_to_text" and edited is not None:
@@ -93,7 +93,7 @@ class Recorder(Intervention):
             self._diagnostics(layer, query, key, lse, scale, text_slice, image_slice, edited)
 
     def _record_edited(self, layer: int, used: torch.Tensor, row_lse: torch.Tensor) -> None:
-        """Records the image→text probabilities an editor made the block use; as logits, log P' + lse, so that
+        """Records the image→text probabilities an editor made the layer use; as logits, log P' + lse, so that
         logit − image_lse is still the log-probability."""
         probabilities = self._keep(used.transpose(-1, -2)).transpose(-1, -2)
         if self.output == "logits":
@@ -210,8 +210,8 @@ def capture_attention(
     detach: bool = True,
     diagnostics: bool = False,
 ) -> Iterator[AttentionCapture]:
-    """Records the attention of `layers` (None: every block) for every forward inside the context; on exit (even on
-    error) the blocks' processors are as they were.
+    """Records the attention of `layers` (None: every layer) for every forward inside the context; on exit (even on
+    error) the layers' processors are as they were.
 
     `text_tokens`: positions in the text sequence to keep, (kept,) for the whole batch or (batch, kept) per sample.
     `output="logits"` keeps the pre-softmax scores (for losses) and, as `image_lse`, each image query's log-sum-exp
@@ -220,7 +220,7 @@ def capture_attention(
     full size, bound the memory with `layers`, `text_tokens` and `head_mean`.
     """
     modules = joint_attention_modules(transformer)
-    layers = list(range(len(modules))) if layers is None else check_blocks(layers, modules)
+    layers = list(range(len(modules))) if layers is None else check_layers(layers, modules)
     unknown = set(directions) - set(DIRECTIONS)
     if unknown:
         raise ValueError(f"unknown directions {sorted(unknown)}; choose from {DIRECTIONS}")

@@ -1,7 +1,7 @@
 """The diffusers transformer families whose joint attention seg4diff reads and edits: one row each in FAMILIES.
 
-A row says how a block's query, key and value over the joint image+text sequence are formed (as the stock diffusers
-processor forms them), how the joint attention output becomes what the stock processor returns, where the blocks are,
+A row says how a layer's query, key and value over the joint image+text sequence are formed (as the stock diffusers
+processor forms them), how the joint attention output becomes what the stock processor returns, where the layers are,
 and how one forward's image token grid and text length are read. A new family is a row and a qkv/output pair.
 
     qkv(attn, hidden_states, encoder_hidden_states, attention_mask, *rest) → Joint
@@ -21,12 +21,12 @@ Grid = tuple[int, int]
 
 
 class Joint(NamedTuple):
-    """A block's joint attention inputs, (batch, head, joint token, dim) in its family's order."""
+    """A layer's joint attention inputs, (batch, head, joint token, dim) in its family's order."""
 
     query: torch.Tensor
     key: torch.Tensor
     value: torch.Tensor
-    text_length: int | None  # None: the block sees one joint sequence, split by the forward's text length
+    text_length: int | None  # None: the layer sees one joint sequence, split by the forward's text length
 
 
 def sd3_joint_qkv(
@@ -47,7 +47,7 @@ def sd3_joint_qkv(
     if attn.norm_k is not None:
         key = attn.norm_k(key)
     if encoder_hidden_states is None:
-        raise ValueError("SD3 joint attention needs encoder_hidden_states (the text tokens); the block got none")
+        raise ValueError("SD3 joint attention needs encoder_hidden_states (the text tokens); the layer got none")
     text_q, text_k, text_v = (
         p(encoder_hidden_states).view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
         for p in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj)
@@ -80,8 +80,8 @@ def sd3_joint_output(
 def flux_joint_qkv(
     attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None
 ) -> Joint:
-    """Returns a FLUX block's joint attention inputs, order [text, image], as FluxAttnProcessor forms them; a
-    single-stream block gets the joint sequence (its text length: None)."""
+    """Returns a FLUX layer's joint attention inputs, order [text, image], as FluxAttnProcessor forms them; a
+    single-stream layer gets the joint sequence (its text length: None)."""
     if attention_mask is not None:
         raise NotImplementedError("FLUX attention masks are not supported by seg4diff's attention processors")
     from diffusers.models.transformers.transformer_flux import _get_qkv_projections
@@ -103,8 +103,8 @@ def flux_joint_qkv(
 
 
 def flux_joint_output(attn, out: torch.Tensor, image: slice, text: slice, dtype: torch.dtype):
-    """Returns a FLUX block's attention result from the joint output (batch, head, text + image, dim): (image, text)
-    hidden states for a double-stream block, the joint sequence for a single-stream one."""
+    """Returns a FLUX layer's attention result from the joint output (batch, head, text + image, dim): (image, text)
+    hidden states for a double-stream layer, the joint sequence for a single-stream one."""
     n_text = text.stop
     out = out.transpose(1, 2).flatten(2, 3).to(dtype)
     if attn.added_kv_proj_dim is not None:  # double-stream
@@ -150,10 +150,10 @@ class Family:
     order: tuple[Literal["image", "text"], Literal["image", "text"]]  # the joint sequence's order
     qkv: Callable[..., Joint]
     output: Callable[..., Any]
-    blocks: tuple[str, ...]  # the transformer's block lists, in depth order
+    layers: tuple[str, ...]  # the transformer's layer lists, in depth order
     token_grid: Callable[[torch.nn.Module, tuple, dict], Grid | None]
     text_length: Callable[[tuple, dict], int | None] = encoder_text_length
-    attention: str = "attn"  # a block's joint-attention module (SD3.5's attn2 is image-only and left alone)
+    attention: str = "attn"  # a layer's joint-attention module (SD3.5's attn2 is image-only and left alone)
 
     def split(self, joint_length: int, text_length: int) -> tuple[slice, slice]:
         """Returns the (image, text) token slices of the joint sequence."""
@@ -163,8 +163,8 @@ class Family:
         return slice(text_length, None), slice(0, text_length)
 
     def modules(self, transformer: torch.nn.Module) -> list[torch.nn.Module]:
-        """Returns the joint attention module of every block, in depth order."""
-        return [getattr(block, self.attention) for blocks in self.blocks for block in getattr(transformer, blocks)]
+        """Returns the joint attention module of every layer, in depth order."""
+        return [getattr(layer, self.attention) for layers in self.layers for layer in getattr(transformer, layers)]
 
 
 FAMILIES: dict[str, Family] = {
@@ -175,7 +175,7 @@ FAMILIES: dict[str, Family] = {
             ("image", "text"),
             sd3_joint_qkv,
             sd3_joint_output,
-            blocks=("transformer_blocks",),
+            layers=("transformer_blocks",),
             token_grid=latent_grid,
         ),
         Family(
@@ -183,7 +183,7 @@ FAMILIES: dict[str, Family] = {
             ("text", "image"),
             flux_joint_qkv,
             flux_joint_output,
-            blocks=("transformer_blocks", "single_transformer_blocks"),
+            layers=("transformer_blocks", "single_transformer_blocks"),
             token_grid=image_ids_grid,
         ),
     )
@@ -202,8 +202,8 @@ def family_of(transformer: torch.nn.Module) -> Family:
 
 
 def joint_attention_modules(transformer: torch.nn.Module) -> list[torch.nn.Module]:
-    """Returns the joint (image+text) attention module of every block, in depth order: SD3/SD3.5's
-    `transformer_blocks[i].attn`; FLUX's double-stream blocks, then its single-stream blocks."""
+    """Returns the joint (image+text) attention module of every layer, in depth order: SD3/SD3.5's
+    `transformer_blocks[i].attn`; FLUX's double-stream layers, then its single-stream layers."""
     return family_of(transformer).modules(transformer)
 
 

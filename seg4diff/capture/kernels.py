@@ -1,7 +1,7 @@
 """Softmax attention that also returns each query row's log-sum-exp over all keys, from a fused kernel.
 
 The log-sum-exp is what lets a hook form only the small image×text logits it keeps and still normalise them over the
-whole joint sequence: exp(q·k·scale − lse) is the probability the block used, without the N×N matrix.
+whole joint sequence: exp(q·k·scale − lse) is the probability the layer used, without the N×N matrix.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
-"""Causal interventions on one block's image-query → text-key attention, during any forward (a whole generation too).
+"""Causal interventions on one layer's image-query → text-key attention, during any forward (a whole generation too).
 
     with perturb_attention(transformer, layer=2, kind="blur", blur_sigma=1.0):
         images = generate(...)
 
-The block's attention is computed as usual (fused kernel); only the image×text part P (image queries × text keys,
+The layer's attention is computed as usual (fused kernel); only the image×text part P (image queries × text keys,
 softmax over ALL joint keys) is replaced by P' and the output corrected by (P' − P)·V_text — the N×N matrix never
 exists. Every perturbation keeps each image query's total mass on the text (so the image→image part is untouched):
 
@@ -12,7 +12,7 @@ exists. Every perturbation keeps each image query's total mass on the text (so t
 - `shuffle`: the text keys permuted (seeded): each query keeps its attention pattern but on the wrong words.
 
 A perturbation is an editing intervention (`seg4diff.capture.intervention`): it stacks with captures and other
-perturbations of the same block, and a capture there records P', the attention the block used.
+perturbations of the same layer, and a capture there records P', the attention the layer used.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def perturb(
 
 
 class Perturbation(Intervention):
-    """An editing intervention: a block's image→text attention replaced by a perturbed copy. `strength` sums mean
+    """An editing intervention: a layer's image→text attention replaced by a perturbed copy. `strength` sums mean
     |P' − P| per image query (L1 over the text keys) over calls, to compare perturbations' sizes."""
 
     edits = True
@@ -81,7 +81,7 @@ class Perturbation(Intervention):
         self.layer, self.kind, self.blur_sigma, self.seed = layer, kind, blur_sigma, seed
         self.permutation: torch.Tensor | None = None  # of the text keys, drawn at the first forward (its text length)
         self.grid: tuple[int, int] | None = None
-        self.text_length: int | None = None  # of the forward (FLUX single-stream blocks see one joint sequence)
+        self.text_length: int | None = None  # of the forward (FLUX single-stream layers see one joint sequence)
         self.forwards = 0
         self.strength, self.calls = 0.0, 0
 
@@ -90,7 +90,7 @@ class Perturbation(Intervention):
             self.permutation = torch.randperm(self.text_length, generator=torch.Generator().manual_seed(self.seed))
 
     def __call__(self, attention: JointAttention) -> None:
-        """Makes the block use P' for the image-query × text-key part of its attention."""
+        """Makes the layer use P' for the image-query × text-key part of its attention."""
         probabilities = attention.image_to_text()
         permutation = None if self.permutation is None else self.permutation.to(probabilities.device)
         delta = attention.edit_image_to_text(perturb(probabilities, self.grid, self.kind, self.blur_sigma, permutation))
@@ -102,7 +102,7 @@ class Perturbation(Intervention):
 def perturb_attention(
     transformer: torch.nn.Module, layer: int, kind: Kind, blur_sigma: float = 1.0, seed: int = 0
 ) -> Iterator[Perturbation]:
-    """Perturbs block `layer`'s image→text attention for every forward inside the context; takes it off on exit.
-    SD3/SD3.5 blocks, and FLUX's double- then single-stream blocks (numbered as `joint_attention_modules`)."""
+    """Perturbs layer `layer`'s image→text attention for every forward inside the context; takes it off on exit.
+    SD3/SD3.5 layers, and FLUX's double- then single-stream layers (numbered as `joint_attention_modules`)."""
     with intervene(transformer, [layer], Perturbation(layer, kind, blur_sigma, seed)) as perturbation:
         yield perturbation
