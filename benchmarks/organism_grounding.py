@@ -28,7 +28,7 @@ from seg4diff.capture.extract import extract_range, fingerprint, open_or_create,
 from seg4diff.config import load_params
 from seg4diff.data.attention_store import StoreLayout, open_attention
 from seg4diff.data.prepared import label_sizes, native_label, open_prepared
-from seg4diff.data.shapes import COLOURS, SHAPES
+from seg4diff.data.shapes_vocabulary import COLOURS, SHAPES
 from seg4diff.evaluation.metrics import class_statistics, miou_of
 from seg4diff.evaluation.scoring import score_store
 from seg4diff.evaluation.statistics import miou_interval, paired_miou_difference

@@ -3,9 +3,6 @@ perturbed during generation in turn; results/causal.csv, metrics/causal.json, a 
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import mlflow
 import pandas as pd
 from prefect.artifacts import create_markdown_artifact
@@ -15,16 +12,16 @@ from flows.runners import gpu_request
 from flows.stages import Outcome, stage_flow
 from seg4diff.config import Params
 from seg4diff.evaluation.causal import causal_summary
-from seg4diff.evaluation.scoring import head_mean_curve
+from seg4diff.evaluation.selection import head_mean_curve, read_expert
 from seg4diff.reporting.outputs import round_floats, write_csv
 from seg4diff.reporting.plots import causal_figure, image_grid
 from tasks.causal import causal_task, example_panels
 
 
 @stage_flow("causal")
-def causal(params: Params, run) -> dict:
+def causal(params: Params, run) -> Outcome:
     """Writes causal.output and metrics/causal.json; returns the summary."""
-    expert = json.loads(Path(params.select.output).read_text())
+    expert = read_expert(params.select.output)
     with gpu_request(params):
         table, examples = causal_task(params)
     summary = causal_summary(table, expert["layer"])

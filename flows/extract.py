@@ -20,7 +20,7 @@ def _size_bytes(path: Path) -> int:
 
 
 @stage_flow("extract")
-def extract(params: Params, run) -> dict:
+def extract(params: Params, run) -> Outcome:
     """Fills the attention store (resuming an interrupted run); returns counts, throughput and size."""
     plan = plan_extraction_task(params)
     with gpu_request(params):

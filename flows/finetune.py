@@ -13,7 +13,7 @@ from tasks.finetune import train_magnet_task
 
 
 @stage_flow("finetune")
-def finetune(params: Params, run) -> dict:
+def finetune(params: Params, run) -> Outcome:
     """Trains the adapter (resuming from the newest checkpoint); returns the best validation numbers."""
     summary = train_magnet_task(params, run.info.run_id)
     history = summary["history"]

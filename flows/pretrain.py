@@ -13,7 +13,7 @@ from tasks.pretrain import check_organism_task, train_organism_task
 
 
 @stage_flow("pretrain")
-def pretrain(params: Params, run) -> dict:
+def pretrain(params: Params, run) -> Outcome:
     """Trains and saves the organism; returns its held-out checks."""
     log = train_organism_task(params, run.info.run_id)
     mlflow.log_figure(loss_curve(log["steps"], log["losses"], "organism flow-matching loss"), "loss_curve.png")

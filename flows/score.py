@@ -12,7 +12,7 @@ from tasks.score import example_maps_task, score_layers_task, write_scores_task
 
 
 @stage_flow("score")
-def score(params: Params, run) -> dict:
+def score(params: Params, run) -> Outcome:
     """Scores every layer of the attention store; returns the headline numbers."""
     tables = score_layers_task(params)
     written = write_scores_task(params, tables)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from flows.stages import STAGES
 from flows.tracking import tracking_uri
 from seg4diff.config import load_params
+from seg4diff.evaluation.selection import read_expert
 
 ROWS = (
     ("gt_classes", "open vocabulary, GT-class prompts"),
@@ -23,7 +25,7 @@ def _read(path: str) -> dict | None:
 def main() -> None:
     params = load_params()
     print("\n== seg4diff results ==")
-    expert = _read(params.select.output)
+    expert = read_expert(params.select.output) if Path(params.select.output).exists() else None
     if expert:
         runner = expert.get("runner_up", {})
         print(
@@ -38,7 +40,7 @@ def main() -> None:
                 f"              expert − runner-up on the same val images: {paired['delta_miou']:+.3f} "
                 f"[{paired['ci'][0]:+.3f}, {paired['ci'][1]:+.3f}] (paired bootstrap)"
             )
-    causal = _read("metrics/causal.json")
+    causal = _read(STAGES["causal"].metrics)
     if causal and expert:
         print(
             f"\ncausal test (perturbing one layer's image→text attention during generation; {params.causal.split} "

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
-from pathlib import Path
 
 import dask
 import numpy as np
@@ -17,17 +15,11 @@ from seg4diff.data.prepared import open_split, require_captions
 from seg4diff.evaluation.fidelity import clip_score, generate
 from seg4diff.evaluation.flow_loss import flow_losses
 from seg4diff.evaluation.protocols import choose_kl_threshold, evaluate_segmentation
+from seg4diff.evaluation.selection import read_expert
 from seg4diff.organism.colours import caption_colour_agreement
 from seg4diff.prompts import prompt_style
 from seg4diff.segmentation.zero_shot import Readout, choose_predictor
 from tasks.retry import RETRY_TRANSIENT
-
-
-def expert_of(params: Params) -> dict:
-    path = Path(params.select.output)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: run the select stage first (dvc repro select)")
-    return json.loads(path.read_text())
 
 
 @task(name="evaluate-model", task_run_name="evaluate-{variant}", **RETRY_TRANSIENT)
@@ -39,7 +31,7 @@ def evaluate_model_task(params: Params, variant: str) -> dict:
 
 def _evaluate_model(params: Params, variant: str) -> dict:
     p = params.evaluate
-    expert = expert_of(params)
+    expert = read_expert(params.select.output)
     backbone = load_backbone(params.model, lora=params.finetune.output if variant == "finetuned" else None)
     test = open_split(params.prepare.output, p.split)
     style = prompt_style(params.prompt, "gt_classes")

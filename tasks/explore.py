@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 from prefect import task
 
 from seg4diff.config import Params
+from seg4diff.evaluation.scoring import open_scored, store_background_threshold
+from seg4diff.evaluation.selection import read_expert
 from seg4diff.reporting.explorer import explorer_data, render_html
-from tasks.score import background_threshold, load_inputs
 
 CAUSAL_METRICS = ("object_recall", "clip_score", "flow_loss_increase")  # the first present is drawn
 
@@ -34,16 +34,16 @@ def causal_curve(params: Params) -> pd.DataFrame | None:
 @task(name="build-explorer")
 def build_explorer_task(params: Params) -> dict:
     """Writes explore.output; returns its size and what it holds."""
-    store, prepared = load_inputs(params)
+    store, prepared = open_scored(params.extract.output, params.prepare.output, params.score.sigmas)
     scores = pd.read_csv(params.score.output)
-    expert = json.loads(Path(params.select.output).read_text())
+    expert = read_expert(params.select.output)
     data = explorer_data(
         store,
         prepared,
         scores,
         expert,
         params.explore.samples,
-        background_threshold(params, store),
+        store_background_threshold(store, params.prompt),
         params.explore.display_size,
         causal_curve(params),
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ from prefect import task
 from seg4diff.backbones.backbone import load_backbone, model_digest
 from seg4diff.config import Params
 from seg4diff.data.prepared import open_split, require_captions
+from seg4diff.evaluation.selection import read_expert
 from seg4diff.training.magnet import MagnetConfig, train_magnet
 
 
@@ -26,10 +26,7 @@ def magnet_config(params: Params, expert: dict) -> MagnetConfig:
 @task(name="train-magnet")
 def train_magnet_task(params: Params, run_id: str) -> dict:
     """Trains (or resumes) the adapter; copies the best-on-validation one to finetune.output; returns the summary."""
-    expert_path = Path(params.select.output)
-    if not expert_path.exists():
-        raise FileNotFoundError(f"{expert_path} does not exist: run the select stage first (dvc repro select)")
-    expert = json.loads(expert_path.read_text())
+    expert = read_expert(params.select.output)
     config = magnet_config(params, expert)
     client = MlflowClient()
 

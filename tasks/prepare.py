@@ -8,6 +8,7 @@ from prefect import task
 
 from seg4diff.config import Params
 from seg4diff.data.prepare import SplitSummary, build_source, prepare_split
+from seg4diff.data.prepared import split_path
 from seg4diff.data.shapes import generate_shapes
 
 
@@ -21,4 +22,4 @@ def generate_shapes_task(params: Params) -> None:
 def prepare_split_task(params: Params, split: str) -> SplitSummary:
     """Writes <prepare.output>/<split>.zarr and returns its summary."""
     source = build_source(params.data, params.prepare.splits)
-    return prepare_split(source, split, Path(params.prepare.output) / f"{split}.zarr", params.prepare)
+    return prepare_split(source, split, split_path(params.prepare.output, split), params.prepare)

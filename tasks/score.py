@@ -8,48 +8,33 @@ import numpy as np
 from prefect import task
 
 from seg4diff.config import Params
-from seg4diff.data.attention_store import open_attention, sigma_index
-from seg4diff.data.prepared import class_names, label_sizes, native_label, open_split
-from seg4diff.errors import ConfigError
+from seg4diff.data.attention_store import sigma_index
+from seg4diff.data.prepared import class_names, label_sizes, native_label
 from seg4diff.evaluation.metrics import miou_of
-from seg4diff.evaluation.scoring import ScoreTables, headline_scores, score_store, stats_path, tidy_scores
+from seg4diff.evaluation.scoring import (
+    ScoreTables,
+    headline_scores,
+    open_scored,
+    score_store,
+    store_background_threshold,
+    tidy_scores,
+)
+from seg4diff.evaluation.selection import stats_path
 from seg4diff.reporting.outputs import write_csv
 from seg4diff.reporting.plots import attention_examples, heatmap, layer_curve
 from seg4diff.segmentation.masks import class_maps, predict, upsample
 
 
-def load_inputs(params: Params):
-    """Returns (complete attention store restricted to score.sigmas, prepared split of the same samples)."""
-    store = open_attention(Path(params.extract.output))
-    if not bool(store.complete.all()):
-        missing = np.flatnonzero(~store.complete.values)[:10].tolist()
-        raise RuntimeError(
-            f"attention store {params.extract.output} is incomplete (samples {missing}…): re-run extract"
-        )
-    if params.score.sigmas is not None:
-        try:
-            store = store.isel(timestep=sigma_index(store, params.score.sigmas))
-        except ValueError as error:
-            raise ConfigError(f"score.sigmas: {error}") from None
-    prepared = open_split(params.prepare.output, store.attrs["split"]).isel(sample=store.sample.values)
-    return store, prepared
-
-
 @task(name="score-layers")
 def score_layers_task(params: Params) -> ScoreTables:
-    store, prepared = load_inputs(params)
+    store, prepared = open_scored(params.extract.output, params.prepare.output, params.score.sigmas)
     return score_store(
         store,
         prepared["label"],
         prepared.sizes["class"],
-        background_threshold(params, store),
+        store_background_threshold(store, params.prompt),
         sizes=label_sizes(prepared),
     )
-
-
-def background_threshold(params: Params, store) -> float | None:
-    """The score threshold when the store's prompts left background out, else None."""
-    return params.prompt.background_threshold if store.attrs.get("background") == "threshold" else None
 
 
 @task(name="write-scores")
@@ -95,7 +80,7 @@ def write_scores_task(params: Params, tables: ScoreTables) -> dict:
 @task(name="example-maps")
 def example_maps_task(params: Params, layer: int, sigma: float):
     """Returns the figure of example image→text maps at (layer, sigma) next to image, ground truth and prediction."""
-    store, prepared = load_inputs(params)
+    store, prepared = open_scored(params.extract.output, params.prepare.output, params.score.sigmas)
     names = class_names(prepared)
     count = min(params.score.examples, store.sizes["sample"])
     images, labels, predictions, maps, titles = [], [], [], [], []
@@ -107,7 +92,7 @@ def example_maps_task(params: Params, layer: int, sigma: float):
         images.append(prepared.image.values[s])
         labels.append(native_label(prepared, s))
         size = labels[-1].shape
-        predictions.append(predict(per_class, prompted, size, background_threshold(params, store)))
+        predictions.append(predict(per_class, prompted, size, store_background_threshold(store, params.prompt)))
         maps.append(list(upsample(per_class, size)))
         titles.append([names[c] for c in prompted])
     return attention_examples(

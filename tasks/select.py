@@ -9,8 +9,7 @@ import pandas as pd
 from prefect import get_run_logger, task
 
 from seg4diff.config import Params
-from seg4diff.evaluation.scoring import stats_path
-from seg4diff.evaluation.selection import paired_vs_runner_up, select_expert
+from seg4diff.evaluation.selection import paired_vs_runner_up, select_expert, stats_path
 
 
 @task(name="select-expert")

@@ -6,7 +6,8 @@ from seg4diff.config import PrepareParams, ShapesParams
 from seg4diff.data.coco import CocoSource
 from seg4diff.data.prepare import prepare_split
 from seg4diff.data.prepared import open_prepared
-from seg4diff.data.shapes import CLASS_NAMES, COLOURS, generate_shapes
+from seg4diff.data.shapes import generate_shapes
+from seg4diff.data.shapes_vocabulary import CLASS_NAMES, COLOURS
 
 
 def _shapes(root, **kw):

@@ -5,7 +5,7 @@ from conftest import prepared_shapes
 from seg4diff.backbones.backbone import load_backbone
 from seg4diff.config import ModelParams
 from seg4diff.data.prepared import open_prepared
-from seg4diff.data.shapes import CLASS_NAMES
+from seg4diff.data.shapes_vocabulary import CLASS_NAMES
 from seg4diff.evaluation.protocols import evaluate_segmentation, vocabulary_predictions, vocabulary_prompts
 from seg4diff.organism.pipeline import Architecture, OrganismPipeline
 from seg4diff.prompts import PromptStyle

@@ -11,7 +11,7 @@ from seg4diff.backbones.lora import lora_state
 from seg4diff.capture.attention import capture_attention
 from seg4diff.config import FinetuneParams, ModelParams, PromptParams
 from seg4diff.data.prepared import open_prepared
-from seg4diff.data.shapes import CLASS_NAMES
+from seg4diff.data.shapes_vocabulary import CLASS_NAMES
 from seg4diff.errors import ConfigError
 from seg4diff.organism.pipeline import Architecture, OrganismPipeline
 from seg4diff.prompts import build_prompt, token_slots

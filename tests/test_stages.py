@@ -78,6 +78,22 @@ def test_stage_checks_refuse_what_a_stage_cannot_use_and_only_for_that_stage(tmp
             check_stage(params, stage)  # prepare, extract, score … can still run
 
 
+def test_stage_checks_name_a_split_that_is_not_prepared_and_a_sigma_that_is_not_stored(tmp_path):
+    raw = base_params(tmp_path)
+    raw["prepare"]["splits"] = ["val", "test"]
+    raw["score"] = {"sigmas": [0.3, 0.9]}
+    raw["select"] = {"force_sigma": 0.2}
+    params = parse_params(raw)  # extract.sigmas: [0.1, 0.3, 0.5, 0.7] by default
+    with pytest.raises(ConfigError, match=r"finetune \(its train split\) reads split 'train', which prepare.splits"):
+        check_stage(params, "finetune")
+    with pytest.raises(ConfigError, match=r"score.sigmas \[0.9\] are not among extract.sigmas"):
+        check_stage(params, "score")
+    with pytest.raises(ConfigError, match=r"select.force_sigma 0.2 is not a scored sigma \[0.3, 0.9\]"):
+        check_stage(params, "select")
+    check_stage(params, "extract")  # val is prepared
+    check_stage(params, "evaluate")  # test and val are prepared and differ
+
+
 def test_the_registry_names_each_stage_once_in_pipeline_order():
     names = [stage.name for stage in REGISTRY]
     assert names == ["prepare", "pretrain", "extract", "score", "select", "causal", "explore", "finetune", "evaluate"]

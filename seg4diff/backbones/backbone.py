@@ -137,11 +137,6 @@ class Backbone:
         return self.transformer.dtype
 
     @property
-    def text_first(self) -> bool:
-        """True when the joint sequence is [text, image] (FLUX), False for [image, text] (SD3)."""
-        return self.family == "flux"
-
-    @property
     def vae_scale_factor(self) -> int:
         """Pixels per latent side (1 for the pixel-space organism)."""
         if self.family == "organism":

@@ -43,11 +43,6 @@ class Recorder(Intervention):
     forwards: int = 0  # forward passes seen (denoising steps when a whole generation is captured)
     records: dict[str, dict[int, list[torch.Tensor]]] = field(default_factory=dict)  # name → layer → one per call
 
-    @property
-    def calls(self) -> int:
-        """Forward passes seen."""
-        return self.forwards
-
     def _keep(self, text: torch.Tensor) -> torch.Tensor:
         """Returns the kept text rows of (batch, head, text, dim)."""
         if self.text_tokens is None:
@@ -155,7 +150,7 @@ class AttentionCapture:
     @property
     def steps(self) -> int:
         """Forward passes recorded."""
-        return self.recorder.calls
+        return self.recorder.forwards
 
     def tensor(self, name: str, step: int | None = None) -> torch.Tensor:
         """Returns the record `name` stacked over layers: (batch, layer, head, ...) for one forward (or `step`),

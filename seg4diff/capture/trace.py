@@ -63,7 +63,7 @@ class Trace:
 
 @contextlib.contextmanager
 def trace(pipe, layers=None, head_mean: bool = False, diagnostics: bool = False) -> Iterator[Trace]:
-    """Captures image→text attention (all text tokens) of every forward of `pipe`'s transformer inside the layer."""
+    """Captures image→text attention (all text tokens) of every forward of `pipe`'s transformer inside the context."""
     traced = Trace(pipe, None)  # type: ignore[arg-type]
     encode_prompt = pipe.encode_prompt
 

@@ -12,5 +12,4 @@ from seg4diff.config.loading import (
     preset_names,
     read_preset,
 )
-from seg4diff.config.params import *
-from seg4diff.config.params import check_stage
+from seg4diff.config.params import *  # and check_stage

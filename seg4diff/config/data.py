@@ -8,6 +8,8 @@ from pydantic import Field, model_validator
 
 from seg4diff.config.group import Group
 
+__all__ = ["CocoParams", "CocoSplit", "DataParams", "MaskFolderParams", "MaskFolderSplit", "ShapesParams"]
+
 
 class ShapesParams(Group):
     image_size: int = Field(64, ge=16)

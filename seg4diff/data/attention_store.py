@@ -15,6 +15,7 @@
 
 Select noise levels by σ with `store.swap_dims(timestep="sigma").sel(sigma=...)`, or through `sigma_index`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -71,7 +72,11 @@ class StoreLayout:
         planes = len(self.layers) * len(self.heads) * len(self.sigmas)
         pixels = self.grid[0] * self.grid[1]
         attention = len(self.directions) * planes * tokens * pixels
-        diagnostics = (len(IMAGE_DIAGNOSTICS) * planes * pixels + len(TEXT_DIAGNOSTICS) * planes * tokens) if self.diagnostics else 0
+        diagnostics = (
+            (len(IMAGE_DIAGNOSTICS) * planes * pixels + len(TEXT_DIAGNOSTICS) * planes * tokens)
+            if self.diagnostics
+            else 0
+        )
         return 2.0 * (attention + diagnostics)
 
 
@@ -87,30 +92,53 @@ def create_store(path: Path, layout: StoreLayout, attrs: dict) -> None:
     n = layout.samples
     shape = (n, *layout.sample_shape[1:])
     inner = (1, 1, *layout.sample_shape[2:])  # one chunk per (sample, layer) inside one shard per sample
-    variables = {name: (DIMS, da.zeros(shape, dtype=np.float16, chunks=layout.sample_shape)) for name in layout.directions}
+    variables = {
+        name: (DIMS, da.zeros(shape, dtype=np.float16, chunks=layout.sample_shape)) for name in layout.directions
+    }
     if layout.diagnostics:
         per_sample = layout.sample_shape
         image_shape, text_shape = (*per_sample[:4], *per_sample[5:]), per_sample[:5]
-        variables |= {name: (IMAGE_DIAGNOSTIC_DIMS, da.zeros((n, *image_shape[1:]), np.float32, chunks=image_shape))
-                      for name in IMAGE_DIAGNOSTICS}
-        variables |= {name: (TEXT_DIAGNOSTIC_DIMS, da.zeros((n, *text_shape[1:]), np.float32, chunks=text_shape))
-                      for name in TEXT_DIAGNOSTICS}
-    variables |= {name: (("sample", "token"), da.full((n, layout.tokens), -1, dtype=dtype, chunks=(1, layout.tokens)))
-                  for name, dtype in TOKEN_VARS.items()}
+        variables |= {
+            name: (IMAGE_DIAGNOSTIC_DIMS, da.zeros((n, *image_shape[1:]), np.float32, chunks=image_shape))
+            for name in IMAGE_DIAGNOSTICS
+        }
+        variables |= {
+            name: (TEXT_DIAGNOSTIC_DIMS, da.zeros((n, *text_shape[1:]), np.float32, chunks=text_shape))
+            for name in TEXT_DIAGNOSTICS
+        }
+    variables |= {
+        name: (("sample", "token"), da.full((n, layout.tokens), -1, dtype=dtype, chunks=(1, layout.tokens)))
+        for name, dtype in TOKEN_VARS.items()
+    }
     variables |= {name: (("sample", "token"), np.full((n, layout.tokens), "", dtype=object)) for name in TEXT_VARS}
-    variables |= {"prompt": (("sample",), np.full(n, "", dtype=object)),
-                  "complete": (("sample",), da.zeros(n, dtype=bool, chunks=1))}
-    dataset = xr.Dataset(variables, coords={"sample": np.arange(n), "layer": layout.layers, "head": layout.heads,
-                                            "timestep": scheduler_timesteps(layout.sigmas),
-                                            "sigma": ("timestep", np.asarray(layout.sigmas, dtype=np.float64)),
-                                            "token": np.arange(layout.tokens), "y": np.arange(layout.grid[0]),
-                                            "x": np.arange(layout.grid[1])},
-                         attrs={"schema_version": SCHEMA_VERSION, **attrs})
+    variables |= {
+        "prompt": (("sample",), np.full(n, "", dtype=object)),
+        "complete": (("sample",), da.zeros(n, dtype=bool, chunks=1)),
+    }
+    dataset = xr.Dataset(
+        variables,
+        coords={
+            "sample": np.arange(n),
+            "layer": layout.layers,
+            "head": layout.heads,
+            "timestep": scheduler_timesteps(layout.sigmas),
+            "sigma": ("timestep", np.asarray(layout.sigmas, dtype=np.float64)),
+            "token": np.arange(layout.tokens),
+            "y": np.arange(layout.grid[0]),
+            "x": np.arange(layout.grid[1]),
+        },
+        attrs={"schema_version": SCHEMA_VERSION, **attrs},
+    )
     compressor = zarr.codecs.ZstdCodec(level=3)
-    encoding = {name: {"chunks": inner, "shards": layout.sample_shape, "compressors": [compressor]} for name in layout.directions}
+    encoding = {
+        name: {"chunks": inner, "shards": layout.sample_shape, "compressors": [compressor]}
+        for name in layout.directions
+    }
     if layout.diagnostics:
-        encoding |= {name: {"chunks": variables[name][1].chunksize, "compressors": [compressor]}
-                     for name in (*IMAGE_DIAGNOSTICS, *TEXT_DIAGNOSTICS)}
+        encoding |= {
+            name: {"chunks": variables[name][1].chunksize, "compressors": [compressor]}
+            for name in (*IMAGE_DIAGNOSTICS, *TEXT_DIAGNOSTICS)
+        }
     encoding |= {name: {"chunks": (1, layout.tokens)} for name in (*TOKEN_VARS, *TEXT_VARS)}
     encoding |= {"prompt": {"chunks": (1,)}, "complete": {"chunks": (1,)}}
     with _quiet():  # dask-backed variables stay unwritten (compute=False); the small string ones are written empty
@@ -131,18 +159,26 @@ class SampleRecord:
 
 
 def write_samples(path: Path, record: SampleRecord) -> None:
-    """Writes the samples' data, then (last) their complete flags; each sample is its own shard, so writers never clash."""
+    """Writes the samples' data, then (last) their complete flags; each sample is its own shard, so writers never
+    clash."""
     n = len(record.prompt)
     region = {"sample": slice(record.start, record.start + n)}
-    dims = {**dict.fromkeys(ATTENTION, DIMS), **dict.fromkeys(IMAGE_DIAGNOSTICS, IMAGE_DIAGNOSTIC_DIMS),
-            **dict.fromkeys(TEXT_DIAGNOSTICS, TEXT_DIAGNOSTIC_DIMS)}
-    data = {name: (dims[name], values.astype(np.float16 if name in ATTENTION else np.float32))
-            for name, values in record.attention.items()}
-    data |= {"token_position": (("sample", "token"), record.token_position.astype(np.int32)),
-             "token_class": (("sample", "token"), record.token_class.astype(np.int16)),
-             "token_encoder": (("sample", "token"), record.token_encoder.astype(object)),
-             "token_text": (("sample", "token"), record.token_text.astype(object)),
-             "prompt": (("sample",), record.prompt.astype(object))}
+    dims = {
+        **dict.fromkeys(ATTENTION, DIMS),
+        **dict.fromkeys(IMAGE_DIAGNOSTICS, IMAGE_DIAGNOSTIC_DIMS),
+        **dict.fromkeys(TEXT_DIAGNOSTICS, TEXT_DIAGNOSTIC_DIMS),
+    }
+    data = {
+        name: (dims[name], values.astype(np.float16 if name in ATTENTION else np.float32))
+        for name, values in record.attention.items()
+    }
+    data |= {
+        "token_position": (("sample", "token"), record.token_position.astype(np.int32)),
+        "token_class": (("sample", "token"), record.token_class.astype(np.int16)),
+        "token_encoder": (("sample", "token"), record.token_encoder.astype(object)),
+        "token_text": (("sample", "token"), record.token_text.astype(object)),
+        "prompt": (("sample",), record.prompt.astype(object)),
+    }
     with _quiet():
         xr.Dataset(data).to_zarr(path, region=region, consolidated=False)
         xr.Dataset({"complete": (("sample",), np.ones(n, dtype=bool))}).to_zarr(path, region=region, consolidated=False)
@@ -157,8 +193,10 @@ def open_attention(path: Path) -> xr.Dataset:
         dataset = xr.open_zarr(path, consolidated=False, zarr_format=3)
     version = dataset.attrs.get("schema_version")
     if version != SCHEMA_VERSION:
-        raise StoreVersionError(f"attention store {path} has schema version {version}, this seg4diff reads version "
-                                f"{SCHEMA_VERSION}: rebuild it (delete {path}, then `dvc repro extract` or `python -m flows.extract`)")
+        raise StoreVersionError(
+            f"attention store {path} has schema version {version}, this seg4diff reads version "
+            f"{SCHEMA_VERSION}: rebuild it (delete {path}, then `dvc repro extract` or `python -m flows.extract`)"
+        )
     return dataset
 
 

@@ -1,4 +1,5 @@
 """COCO-format JSON (instances or stuff; polygons, RLE, iscrowd) read into semantic label maps via pycocotools."""
+
 from __future__ import annotations
 
 import contextlib
@@ -36,7 +37,9 @@ def index_coco(dataset: dict) -> COCO:
     return coco
 
 
-def semantic_label(coco: COCO, image_info: dict, class_of_category: dict[int, int], background: bool) -> tuple[np.ndarray, tuple[str, ...]]:
+def semantic_label(
+    coco: COCO, image_info: dict, class_of_category: dict[int, int], background: bool
+) -> tuple[np.ndarray, tuple[str, ...]]:
     """Returns (label map, notes): larger instances painted first and smaller on top, crowd regions → ignore."""
     height, width = image_info["height"], image_info["width"]
     label = np.full((height, width), 0 if background else IGNORE_INDEX, dtype=np.uint8)
@@ -45,7 +48,11 @@ def semantic_label(coco: COCO, image_info: dict, class_of_category: dict[int, in
     masks = []
     for ann in annotations:
         if ann["category_id"] not in class_of_category:
-            raise SampleError("unknown_category", f"annotation {ann.get('id')} of image {image_info['id']} has category_id {ann['category_id']}, not in 'categories'")
+            raise SampleError(
+                "unknown_category",
+                f"annotation {ann.get('id')} of image {image_info['id']} has category_id {ann['category_id']}, not in "
+                "'categories'",
+            )
         mask = coco.annToMask(ann).astype(bool)
         if not mask.any():
             notes.append("empty_mask")
@@ -59,7 +66,13 @@ def semantic_label(coco: COCO, image_info: dict, class_of_category: dict[int, in
 class CocoSource:
     """COCO-format splits; categories remapped to contiguous ids (background 0 when `background`)."""
 
-    def __init__(self, root: Path, splits: dict[str, tuple[str, str]], background: bool, captions: dict[str, str | None] | None = None):
+    def __init__(
+        self,
+        root: Path,
+        splits: dict[str, tuple[str, str]],
+        background: bool,
+        captions: dict[str, str | None] | None = None,
+    ):
         self.root = Path(root)
         self.background = background
         self.has_background = background
@@ -73,13 +86,17 @@ class CocoSource:
             if categories is None:
                 categories = cats
             elif [c["id"] for c in cats] != [c["id"] for c in categories]:
-                raise ValueError(f"split '{name}' has different categories from the first split; all splits must share them")
+                raise ValueError(
+                    f"split '{name}' has different categories from the first split; all splits must share them"
+                )
         categories = categories or []
         offset = 1 if background else 0
         self.class_of_category = {cat["id"]: index + offset for index, cat in enumerate(categories)}
         self.class_names = (["background"] if background else []) + [cat["name"] for cat in categories]
         if len(self.class_names) >= IGNORE_INDEX:
-            raise ValueError(f"{len(self.class_names)} classes do not fit uint8 label maps with ignore index {IGNORE_INDEX}")
+            raise ValueError(
+                f"{len(self.class_names)} classes do not fit uint8 label maps with ignore index {IGNORE_INDEX}"
+            )
 
     def _index(self, split: str) -> COCO:
         if split not in self._splits:
@@ -98,7 +115,9 @@ class CocoSource:
         if split not in self._captions:
             path = self._caption_files[split]
             if not path.is_file():
-                raise FileNotFoundError(f"captions file {path} of split '{split}' does not exist (data.coco.splits.{split}.captions)")
+                raise FileNotFoundError(
+                    f"captions file {path} of split '{split}' does not exist (data.coco.splits.{split}.captions)"
+                )
             first: dict[int, str] = {}
             for ann in sorted(json.loads(path.read_text())["annotations"], key=lambda a: a["id"]):
                 first.setdefault(ann["image_id"], ann["caption"].strip())
@@ -114,6 +133,16 @@ class CocoSource:
         info = coco.imgs[int(sample_id)]
         image = read_rgb(resolve_inside(self._splits[split][1], info["file_name"]))
         if image.shape[:2] != (info["height"], info["width"]):
-            raise SampleError("size_mismatch", f"{info['file_name']} is {image.shape[1]}x{image.shape[0]} but the JSON says {info['width']}x{info['height']}")
+            raise SampleError(
+                "size_mismatch",
+                f"{info['file_name']} is {image.shape[1]}x{image.shape[0]} but the JSON says "
+                f"{info['width']}x{info['height']}",
+            )
         label, notes = semantic_label(coco, info, self.class_of_category, self.background)
-        return RawSample(source_id=f"{split}/{info['file_name']}", image=image, label=label, caption=self._caption(split, info), notes=notes)
+        return RawSample(
+            source_id=f"{split}/{info['file_name']}",
+            image=image,
+            label=label,
+            caption=self._caption(split, info),
+            notes=notes,
+        )

@@ -1,4 +1,5 @@
 """Reading images and label maps from disk safely: paths confined to their root, any bit depth to 8-bit RGB."""
+
 from __future__ import annotations
 
 from pathlib import Path

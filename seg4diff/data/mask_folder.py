@@ -1,4 +1,5 @@
 """Semantic-mask folders (VOC, ADE20K, Pascal-Context, Cityscapes layouts): images + single-channel PNG labels."""
+
 from __future__ import annotations
 
 import json
@@ -93,11 +94,19 @@ class MaskFolderSource:
         image = read_rgb(resolve_inside(images, sample_id + self.params.image_suffix))
         label = self._label(labels, sample_id)
         if label.shape != image.shape[:2]:
-            raise SampleError("size_mismatch", f"label of {sample_id} is {label.shape[::-1]}, image is {image.shape[1::-1]}")
+            raise SampleError(
+                "size_mismatch", f"label of {sample_id} is {label.shape[::-1]}, image is {image.shape[1::-1]}"
+            )
         unknown = np.setdiff1d(np.unique(label), [*range(len(self.class_names)), IGNORE_INDEX])
         if unknown.size:
-            raise SampleError("unknown_class_id", f"label of {sample_id} holds ids {unknown.tolist()}; only 0..{len(self.class_names) - 1} and {IGNORE_INDEX} are known")
-        return RawSample(source_id=f"{split}/{sample_id}", image=image, label=label, caption=self._captions(split).get(sample_id, ""))
+            raise SampleError(
+                "unknown_class_id",
+                f"label of {sample_id} holds ids {unknown.tolist()}; only 0..{len(self.class_names) - 1} and "
+                f"{IGNORE_INDEX} are known",
+            )
+        return RawSample(
+            source_id=f"{split}/{sample_id}", image=image, label=label, caption=self._captions(split).get(sample_id, "")
+        )
 
     def _captions(self, split: str) -> dict[str, str]:
         """The split's captions file (JSON: sample id → caption), read once; empty when none is configured."""
@@ -108,5 +117,7 @@ class MaskFolderSource:
             elif not (self.root / path).is_file():
                 raise FileNotFoundError(f"captions file {self.root / path} of split '{split}' does not exist")
             else:
-                self._caption_cache[split] = {str(k): str(v) for k, v in json.loads((self.root / path).read_text()).items()}
+                self._caption_cache[split] = {
+                    str(k): str(v) for k, v in json.loads((self.root / path).read_text()).items()
+                }
         return self._caption_cache[split]

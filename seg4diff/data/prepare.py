@@ -1,4 +1,5 @@
 """Dataset preparation: any source → one prepared store per split, with a summary of what was kept and why not."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -21,10 +22,16 @@ def build_source(data: DataParams, splits: list[str]) -> DatasetSource:
     if data.source == "shapes":
         return CocoSource(root, {s: (f"annotations/{s}.json", f"images/{s}") for s in splits}, background=True)
     if data.source == "coco":
-        return CocoSource(root, {s: (c.annotations, c.images) for s, c in data.coco.splits.items()}, data.coco.background,
-                          {s: c.captions for s, c in data.coco.splits.items()})
+        return CocoSource(
+            root,
+            {s: (c.annotations, c.images) for s, c in data.coco.splits.items()},
+            data.coco.background,
+            {s: c.captions for s, c in data.coco.splits.items()},
+        )
     folder = data.mask_folder
-    return MaskFolderSource(root, {s: (c.images, c.labels, c.ids_file, c.captions) for s, c in folder.splits.items()}, folder)
+    return MaskFolderSource(
+        root, {s: (c.images, c.labels, c.ids_file, c.captions) for s, c in folder.splits.items()}, folder
+    )
 
 
 @dataclass
@@ -40,10 +47,16 @@ class SplitSummary:
 
     def as_dict(self, class_names: list[str]) -> dict:
         pixels = self.class_pixels / max(self.class_pixels.sum(), 1)
-        return {"split": self.split, "total": self.total, "kept": self.kept, "skipped": dict(self.skipped),
-                "skipped_examples": self.skipped_examples, "notes": dict(self.notes),
-                "class_pixel_share": {n: round(float(p), 5) for n, p in zip(class_names, pixels)},
-                "class_images": {n: int(c) for n, c in zip(class_names, self.class_images)}}
+        return {
+            "split": self.split,
+            "total": self.total,
+            "kept": self.kept,
+            "skipped": dict(self.skipped),
+            "skipped_examples": self.skipped_examples,
+            "notes": dict(self.notes),
+            "class_pixel_share": {n: round(float(p), 5) for n, p in zip(class_names, pixels)},
+            "class_images": {n: int(c) for n, c in zip(class_names, self.class_images)},
+        }
 
 
 def largest_label(source: DatasetSource, split: str, ids: list[str]) -> tuple[int, int]:
@@ -54,14 +67,27 @@ def largest_label(source: DatasetSource, split: str, ids: list[str]) -> tuple[in
     return max(h for h, _ in shapes), max(w for _, w in shapes)
 
 
-def prepare_split(source: DatasetSource, split: str, output: Path, params: PrepareParams, progress: bool = True) -> SplitSummary:
+def prepare_split(
+    source: DatasetSource, split: str, output: Path, params: PrepareParams, progress: bool = True
+) -> SplitSummary:
     """Writes `output` (a prepared zarr store) for one split and returns what was kept, skipped and noted."""
     ids = source.sample_ids(split)[: params.max_samples]
     num_classes = len(source.class_names)
-    summary = SplitSummary(split, total=len(ids), class_pixels=np.zeros(num_classes, np.int64), class_images=np.zeros(num_classes, np.int64))
-    writer = PreparedWriter(output, source.class_names, source.has_background, params.size, params.label_resolution,
-                            largest_label(source, split, ids) if params.label_resolution == "native" else (0, 0),
-                            attrs={"split": split})
+    summary = SplitSummary(
+        split,
+        total=len(ids),
+        class_pixels=np.zeros(num_classes, np.int64),
+        class_images=np.zeros(num_classes, np.int64),
+    )
+    writer = PreparedWriter(
+        output,
+        source.class_names,
+        source.has_background,
+        params.size,
+        params.label_resolution,
+        largest_label(source, split, ids) if params.label_resolution == "native" else (0, 0),
+        attrs={"split": split},
+    )
     batch = []
     for sample_id in tqdm(ids, desc=f"prepare {split}", unit="img", disable=not progress):
         try:
@@ -69,7 +95,10 @@ def prepare_split(source: DatasetSource, split: str, output: Path, params: Prepa
             writer.check(sample)
         except SampleError as error:
             if params.on_error == "fail":
-                raise SampleError(error.reason, f"split '{split}', sample '{sample_id}': {error.detail} (set prepare.on_error: skip to skip it)") from None
+                raise SampleError(
+                    error.reason,
+                    f"split '{split}', sample '{sample_id}': {error.detail} (set prepare.on_error: skip to skip it)",
+                ) from None
             summary.skipped[error.reason] += 1
             summary.skipped_examples.setdefault(error.reason, f"{sample_id}: {error.detail}")
             continue
@@ -95,8 +124,11 @@ def summary_markdown(summaries: list[SplitSummary], class_names: list[str]) -> s
         skipped = ", ".join(f"{k}: {v}" for k, v in sorted(s.skipped.items())) or "—"
         notes = ", ".join(f"{k}: {v}" for k, v in sorted(s.notes.items())) or "—"
         lines.append(f"| {s.split} | {s.total} | {s.kept} | {skipped} | {notes} |")
-    lines += ["", "| class | " + " | ".join(f"{s.split} images | {s.split} pixel %" for s in summaries) + " |",
-              "|---|" + "---:|---:|" * len(summaries)]
+    lines += [
+        "",
+        "| class | " + " | ".join(f"{s.split} images | {s.split} pixel %" for s in summaries) + " |",
+        "|---|" + "---:|---:|" * len(summaries),
+    ]
     for k, name in enumerate(class_names):
         cells = []
         for s in summaries:

@@ -6,6 +6,7 @@ largest — with label_height/label_width (sample) its valid size; native_height
 image's size; present (sample, class) bool; caption and source_id (sample) strings; class_name (class). A store is
 written to `<name>.tmp` and renamed when complete, so an interrupted run never leaves a store that looks finished.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -67,8 +68,16 @@ class PreparedWriter:
     `label_shape`: the padded (label_y, label_x) of the store, known before the first write (the split's largest label).
     """
 
-    def __init__(self, path: Path, class_names: list[str], has_background: bool, resolution: tuple[int, int],
-                 label_resolution: int | str, label_shape: tuple[int, int], attrs: dict):
+    def __init__(
+        self,
+        path: Path,
+        class_names: list[str],
+        has_background: bool,
+        resolution: tuple[int, int],
+        label_resolution: int | str,
+        label_shape: tuple[int, int],
+        attrs: dict,
+    ):
         self.path = Path(path)
         self.tmp = self.path.with_name(self.path.name + ".tmp")
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -76,16 +85,25 @@ class PreparedWriter:
         self.resolution = tuple(resolution)
         self.label_resolution = label_resolution
         self.label_shape = (label_resolution, label_resolution) if label_resolution != "native" else tuple(label_shape)
-        self.attrs = {"schema_version": SCHEMA_VERSION, "ignore_index": IGNORE_INDEX, "has_background": has_background,
-                      "resolution": list(self.resolution), "label_resolution": label_resolution, **attrs}
+        self.attrs = {
+            "schema_version": SCHEMA_VERSION,
+            "ignore_index": IGNORE_INDEX,
+            "has_background": has_background,
+            "resolution": list(self.resolution),
+            "label_resolution": label_resolution,
+            **attrs,
+        }
         self.count = 0
 
     def check(self, sample: RawSample) -> None:
         """Raises SampleError when the sample's label does not fit the store (its source announced a smaller size)."""
         height, width = sample.label.shape
         if self.label_resolution == "native" and (height > self.label_shape[0] or width > self.label_shape[1]):
-            raise SampleError("label_size_changed", f"label is {width}x{height}, larger than its source announced "
-                                                    f"({self.label_shape[1]}x{self.label_shape[0]} at most)")
+            raise SampleError(
+                "label_size_changed",
+                f"label is {width}x{height}, larger than its source announced "
+                f"({self.label_shape[1]}x{self.label_shape[0]} at most)",
+            )
 
     def to_dataset(self, samples: list[RawSample]) -> xr.Dataset:
         labels = [resize_label(s.label, self.label_resolution) for s in samples]
@@ -95,8 +113,14 @@ class PreparedWriter:
             present[row, ids[ids != IGNORE_INDEX]] = True
         return xr.Dataset(
             {
-                "image": (("sample", "y", "x", "channel"), np.stack([resize_image(s.image, self.resolution) for s in samples])),
-                "label": (("sample", "label_y", "label_x"), np.stack([pad_label(label, self.label_shape) for label in labels])),
+                "image": (
+                    ("sample", "y", "x", "channel"),
+                    np.stack([resize_image(s.image, self.resolution) for s in samples]),
+                ),
+                "label": (
+                    ("sample", "label_y", "label_x"),
+                    np.stack([pad_label(label, self.label_shape) for label in labels]),
+                ),
                 "label_height": ("sample", np.array([label.shape[0] for label in labels], np.int32)),
                 "label_width": ("sample", np.array([label.shape[1] for label in labels], np.int32)),
                 "native_height": ("sample", np.array([s.image.shape[0] for s in samples], np.int32)),
@@ -116,8 +140,10 @@ class PreparedWriter:
             if self.count == 0:
                 batch = batch.assign(class_name=("class", np.array(self.class_names, dtype=object)))
                 label_rows = max(1, min(BATCH, LABEL_CHUNK_BYTES // (self.label_shape[0] * self.label_shape[1])))
-                encoding = {"image": {"chunks": (BATCH, *self.resolution, 3)},
-                            "label": {"chunks": (label_rows, *self.label_shape)}}
+                encoding = {
+                    "image": {"chunks": (BATCH, *self.resolution, 3)},
+                    "label": {"chunks": (label_rows, *self.label_shape)},
+                }
                 batch.to_zarr(self.tmp, mode="w", zarr_format=3, consolidated=False, encoding=encoding)
             else:
                 batch.to_zarr(self.tmp, append_dim="sample", zarr_format=3, consolidated=False)
@@ -144,7 +170,10 @@ def open_prepared(path: Path) -> xr.Dataset:
         warnings.simplefilter("ignore", UserWarning)
         dataset = xr.open_zarr(path, consolidated=False, zarr_format=3)
     if dataset.attrs.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(f"{path} has schema version {dataset.attrs.get('schema_version')}, expected {SCHEMA_VERSION}: re-run prepare")
+        raise ValueError(
+            f"{path} has schema version {dataset.attrs.get('schema_version')}, expected {SCHEMA_VERSION}: re-run "
+            "prepare"
+        )
     return dataset
 
 
@@ -164,7 +193,10 @@ def class_names(dataset: xr.Dataset) -> list[str]:
 
 
 def require_captions(dataset: xr.Dataset, split: str, needed_by: str) -> None:
-    """Raises DataError, in one line, when a prepared split has no caption at all but `needed_by` (a setting) reads them."""
+    """Raises DataError, in one line, when a prepared split has no caption at all but `needed_by` (a setting) reads
+    them."""
     if not any(str(caption).strip() for caption in dataset["caption"].values):
-        raise DataError(f"split '{split}' has no captions but {needed_by} needs them: give the source a captions file "
-                        f"(data.coco.splits.{split}.captions or data.mask_folder.splits.{split}.captions) or change {needed_by}")
+        raise DataError(
+            f"split '{split}' has no captions but {needed_by} needs them: give the source a captions file "
+            f"(data.coco.splits.{split}.captions or data.mask_folder.splits.{split}.captions) or change {needed_by}"
+        )

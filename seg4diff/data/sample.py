@@ -1,4 +1,5 @@
 """What every dataset source yields: a sample, or a SampleError that names why it cannot be used."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -4,6 +4,7 @@ Each image holds 1–3 objects of distinct classes ("red circle", …); objects 
 with another object in the same image, so neither word alone identifies an object. Images are painted from
 the same COCO label composition the reader uses, so pixels and labels agree exactly.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,10 +17,8 @@ from tqdm import tqdm
 
 from seg4diff.config import ShapesParams
 from seg4diff.data.coco import index_coco, semantic_label
+from seg4diff.data.shapes_vocabulary import CLASS_NAMES, COLOURS, SHAPES
 
-COLOURS = {"red": (215, 45, 40), "green": (40, 175, 65), "blue": (45, 80, 225), "yellow": (235, 205, 35)}
-SHAPES = ("circle", "square", "triangle")
-CLASS_NAMES = [f"{colour} {shape}" for colour in COLOURS for shape in SHAPES]
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
 SHARE_PROBABILITY = 0.6  # chance that a further object shares the colour or the shape of an earlier one
 
@@ -68,7 +67,9 @@ def render_image(label: np.ndarray, rng: np.random.Generator, texture: bool) -> 
         if class_id == 0:
             continue
         colour = np.array(COLOURS[CLASS_NAMES[class_id - 1].split()[0]], dtype=float)
-        image[label == class_id] = colour * rng.uniform(0.85, 1.1) + rng.normal(0, 6, size=((label == class_id).sum(), 3))
+        image[label == class_id] = colour * rng.uniform(0.85, 1.1) + rng.normal(
+            0, 6, size=((label == class_id).sum(), 3)
+        )
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
@@ -80,8 +81,9 @@ def _caption(phrases: list[str], rng: np.random.Generator, background: bool) -> 
     return " and ".join(phrases)
 
 
-def _sample(rng: np.random.Generator, caption_rng: np.random.Generator, image_id: int,
-            params: ShapesParams) -> tuple[dict, list[dict]]:
+def _sample(
+    rng: np.random.Generator, caption_rng: np.random.Generator, image_id: int, params: ShapesParams
+) -> tuple[dict, list[dict]]:
     size = params.image_size
     count = int(rng.integers(params.min_objects, params.max_objects + 1))
     classes = _pick_classes(rng, count)
@@ -96,8 +98,16 @@ def _sample(rng: np.random.Generator, caption_rng: np.random.Generator, image_id
             segmentation = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
         area = float(mask_utils.area(mask_utils.merge(mask_utils.frPyObjects([polygon], size, size))))
         xs, ys = polygon[0::2], polygon[1::2]
-        annotations.append({"image_id": image_id, "category_id": class_index + 1, "segmentation": segmentation,
-                            "area": area, "bbox": [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)], "iscrowd": 0})
+        annotations.append(
+            {
+                "image_id": image_id,
+                "category_id": class_index + 1,
+                "segmentation": segmentation,
+                "area": area,
+                "bbox": [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)],
+                "iscrowd": 0,
+            }
+        )
     order = rng.permutation(count)
     caption = _caption([CLASS_NAMES[classes[i]] for i in order], caption_rng, params.caption_background)
     info = {"id": image_id, "file_name": f"{image_id:06d}.png", "height": size, "width": size, "caption": caption}
@@ -117,8 +127,12 @@ def generate_split(root: Path, split: str, count: int, params: ShapesParams) -> 
     for ann_id, ann in enumerate(annotations, start=1):
         ann["id"] = ann_id
     categories = [{"id": k + 1, "name": name, "supercategory": "shape"} for k, name in enumerate(CLASS_NAMES)]
-    dataset = {"info": {"description": "seg4diff Shapes", "seed": params.seed, "split": split},
-               "images": images, "annotations": annotations, "categories": categories}
+    dataset = {
+        "info": {"description": "seg4diff Shapes", "seed": params.seed, "split": split},
+        "images": images,
+        "annotations": annotations,
+        "categories": categories,
+    }
     coco = index_coco(dataset)
     class_of_category = {k + 1: k + 1 for k in range(len(CLASS_NAMES))}
     image_dir = root / "images" / split

@@ -16,7 +16,10 @@ import pandas as pd
 import xarray as xr
 from tqdm import tqdm
 
-from seg4diff.data.attention_store import ATTENTION
+from seg4diff.config import PromptParams
+from seg4diff.data.attention_store import ATTENTION, open_attention, sigma_index
+from seg4diff.data.prepared import open_split
+from seg4diff.errors import ConfigError, DataError
 from seg4diff.evaluation.metrics import class_statistics, miou_of
 from seg4diff.segmentation.masks import class_maps, predict
 
@@ -41,7 +44,7 @@ def _sample_predictions(
     return predict(class_maps(maps, token_class, prompted), prompted, size, background_threshold)
 
 
-def _predictable(token_class: np.ndarray, background_threshold: float | None) -> np.ndarray:
+def predictable_classes(token_class: np.ndarray, background_threshold: float | None) -> np.ndarray:
     """The class ids a sample's predictions can hold: its prompted classes, and background (0) by threshold."""
     prompted = np.unique(token_class[token_class >= 0])
     return np.union1d(prompted, [0]) if background_threshold is not None else prompted
@@ -82,7 +85,7 @@ def score_store(
         token_class = sample.token_class.values
         size = sizes[s]
         target = labels.isel(sample=s).values[: size[0], : size[1]]
-        classes = _predictable(token_class, background_threshold)
+        classes = predictable_classes(token_class, background_threshold)
         for d, direction in enumerate(directions):
             maps = sample[direction].values.astype(
                 np.float32
@@ -111,12 +114,6 @@ def score_store(
     return ScoreTables(
         per_sample, per_head, layer_mean, {k: v / max(n, 1) for k, v in sums.items()}, directions, layers, heads, sigmas
     )
-
-
-def stats_path(scores_csv: str | Path) -> Path:
-    """Where the score stage keeps per-sample head-mean class statistics of every (direction, layer, σ), next to its
-    CSV: what paired comparisons (expert vs runner-up) resample."""
-    return Path(scores_csv).with_name("layer_stats.npz")
 
 
 def bootstrap_miou(per_sample: np.ndarray, resamples: int, seed: int, chunk: int = 50) -> tuple[np.ndarray, np.ndarray]:
@@ -193,8 +190,24 @@ def headline_scores(tables: ScoreTables) -> dict:
     return headline
 
 
-def head_mean_curve(scores: pd.DataFrame, sigma: float, direction: str = "image_to_text") -> pd.DataFrame:
-    """Returns the tidy table's head-mean mIoU rows of `direction` at noise level `sigma`, one per layer, in layer
-    order."""
-    rows = scores[(scores.metric == "miou") & (scores["head"].astype(str) == "mean") & (scores.direction == direction)]
-    return rows[(rows.sigma - sigma).abs() < 1e-9].sort_values("layer")
+def open_scored(
+    store_path: str | Path, prepared: str | Path, sigmas: list[float] | None
+) -> tuple[xr.Dataset, xr.Dataset]:
+    """Returns (the attention store at `store_path` restricted to noise levels `sigmas` (None: all stored), the
+    prepared split of its samples under `prepared`); raises DataError when the store is not complete and ConfigError
+    naming `score.sigmas` when a level is not stored."""
+    store = open_attention(Path(store_path))
+    if not bool(store.complete.all()):
+        missing = np.flatnonzero(~store.complete.values)[:10].tolist()
+        raise DataError(f"attention store {store_path} is incomplete (samples {missing}…): re-run extract")
+    if sigmas is not None:
+        try:
+            store = store.isel(timestep=sigma_index(store, sigmas))
+        except ValueError as error:
+            raise ConfigError(f"score.sigmas: {error}") from None
+    return store, open_split(prepared, store.attrs["split"]).isel(sample=store.sample.values)
+
+
+def store_background_threshold(store: xr.Dataset, prompt: PromptParams) -> float | None:
+    """The background threshold of `prompt` when the store's prompts left background out, else None (a word)."""
+    return prompt.background_threshold if store.attrs.get("background") == "threshold" else None

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
+from seg4diff.errors import DataError
 from seg4diff.evaluation.statistics import paired_miou_difference
 
 
@@ -69,3 +73,35 @@ def paired_vs_runner_up(expert: dict, stats: dict, resamples: int, seed: int) ->
 
     d = paired_miou_difference(pick(expert["runner_up"]), pick(expert), resamples, seed)
     return {"delta_miou": d["delta"], "ci": [d["ci_low"], d["ci_high"]], "n": d["n"]}
+
+
+def stats_path(scores_csv: str | Path) -> Path:
+    """Where the score stage keeps per-sample head-mean class statistics of every (direction, layer, σ), next to its
+    CSV: what paired comparisons (expert vs runner-up) resample."""
+    return Path(scores_csv).with_name("layer_stats.npz")
+
+
+def head_mean_curve(scores: pd.DataFrame, sigma: float, direction: str = "image_to_text") -> pd.DataFrame:
+    """Returns the tidy table's head-mean mIoU rows of `direction` at noise level `sigma`, one per layer, in layer
+    order."""
+    rows = scores[(scores.metric == "miou") & (scores["head"].astype(str) == "mean") & (scores.direction == direction)]
+    return rows[(rows.sigma - sigma).abs() < 1e-9].sort_values("layer")
+
+
+EXPERT_KEYS = ("layer", "sigma", "miou", "direction", "rule")
+
+
+def read_expert(path: str | Path) -> dict:
+    """Returns the expert the select stage wrote to `path`; raises FileNotFoundError or DataError, in one line, when
+    it is missing or holds other keys (written by an older seg4diff), saying to run the select stage."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: run the select stage first (dvc repro select)")
+    expert = json.loads(path.read_text())
+    missing = [key for key in EXPERT_KEYS if key not in expert]
+    if missing:
+        raise DataError(
+            f"{path} has no {', '.join(missing)} (written by an older seg4diff?): re-run the select stage "
+            "(dvc repro select)"
+        )
+    return expert

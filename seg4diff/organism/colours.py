@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from seg4diff.data.shapes import COLOURS
+from seg4diff.data.shapes_vocabulary import COLOURS
 
 
 def largest_blob_colour(image: np.ndarray, saturation: float = 0.25) -> str | None:

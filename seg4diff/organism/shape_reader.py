@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from seg4diff.data.shapes import COLOURS, SHAPES
+from seg4diff.data.shapes_vocabulary import COLOURS, SHAPES
 
 FILL_THRESHOLDS = (0.52, 0.80)  # below: triangle; between: square; above: circle
 

@@ -21,7 +21,9 @@ import xarray as xr
 from PIL import Image
 
 from seg4diff.data.prepared import class_names, native_label
+from seg4diff.data.sample import IGNORE_INDEX
 from seg4diff.evaluation.metrics import class_iou, class_statistics
+from seg4diff.evaluation.scoring import predictable_classes
 from seg4diff.reporting.plots import palette
 from seg4diff.segmentation.masks import class_maps, predict
 
@@ -96,7 +98,7 @@ def _sample_entry(
             for c in prompted
         },
     }
-    return entry, predictions, label, np.union1d(prompted, [0]) if background_threshold is not None else prompted
+    return entry, predictions, label, predictable_classes(token_class, background_threshold)
 
 
 def grounding_table(scores: pd.DataFrame, layers: list[int], sigmas: list[float]) -> dict:
@@ -152,6 +154,7 @@ def explorer_data(
         "grid": [store.sizes["y"], store.sizes["x"]],
         "expert": {"layer": expert["layer"], "sigma": expert["sigma"]},
         "background": background_threshold,
+        "ignore": IGNORE_INDEX,
         "grounding": grounding_table(scores, layers, sigmas),
         "samples": entries,
         "class_iou": np.where(np.isnan(iou), -1, np.round(iou, 4)).tolist(),

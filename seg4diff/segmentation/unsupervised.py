@@ -13,7 +13,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from seg4diff.data.sample import IGNORE_INDEX
-from seg4diff.evaluation.metrics import confusion_matrix, summarize
+from seg4diff.evaluation.metrics import confusion_matrix, confusion_statistics, summarize
 from seg4diff.segmentation.masks import upsample
 
 
@@ -75,18 +75,11 @@ def image_confusion(cluster: np.ndarray, label: np.ndarray, num_classes: int) ->
     return confusion_matrix(mapping[local], label, num_classes + 1)
 
 
-def confusion_statistics(confusion: np.ndarray, num_classes: int) -> np.ndarray:
-    """(3, C) true positives, label area, prediction area of the real classes (metrics.class_statistics' layout)."""
-    return np.stack(
-        [np.diag(confusion)[:num_classes], confusion[:num_classes].sum(1), confusion[:, :num_classes].sum(0)]
-    )
-
-
 def match_per_image(clusters: list[np.ndarray], labels: list[np.ndarray], num_classes: int) -> dict:
     """DiffSeg's protocol: each image's clusters matched to its own classes, then one dataset-level confusion matrix.
     Also returns `stats`, (image, 3, C) per-image class statistics for paired intervals, and the clusters per image."""
     confusions = [image_confusion(c, l, num_classes) for c, l in zip(clusters, labels)]
     result = _matched_summary(sum(confusions), num_classes)
-    result["stats"] = np.stack([confusion_statistics(c, num_classes) for c in confusions])
+    result["stats"] = np.stack([confusion_statistics(c)[:, :num_classes] for c in confusions])  # real classes
     result["clusters_per_image"] = float(np.mean([len(np.unique(c)) for c in clusters]))
     return result

@@ -44,7 +44,8 @@ def predictor_loss(
     background_threshold: float | None,
     background_id: int = 0,
 ) -> torch.Tensor:
-    """Returns the pixel cross-entropy of the zero-shot predictor's own decision (segment.segment_batch, `probability`).
+    """Returns the pixel cross-entropy of the zero-shot predictor's own decision (zero_shot.segment_batch with the
+    `probability` predictor).
 
     `probabilities` (class, H, W): each prompted class's attention map at label size. The predictor takes the argmax
     class and calls a pixel background when its best map is below `background_threshold` × the image's peak; its

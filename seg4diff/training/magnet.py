@@ -90,9 +90,9 @@ class MagnetConfig:
 def sample_sigmas(generator: torch.Generator, n: int, config: MagnetConfig) -> torch.Tensor:
     """Returns logit-normal noise levels on the shifted schedule σ = shift·u / (1 + (shift − 1)·u)."""
     u = torch.sigmoid(
-        config.finetune.timestep_mean + config.finetune.timestep_std * torch.randn(n, generator=generator)
+        config.finetune.sigma_logit_mean + config.finetune.sigma_logit_std * torch.randn(n, generator=generator)
     )
-    return config.finetune.timestep_shift * u / (1 + (config.finetune.timestep_shift - 1) * u)
+    return config.finetune.sigma_shift * u / (1 + (config.finetune.sigma_shift - 1) * u)
 
 
 def _class_maps(maps: torch.Tensor, slot_class: np.ndarray, classes: np.ndarray) -> torch.Tensor:
