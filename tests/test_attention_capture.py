@@ -275,3 +275,44 @@ def test_single_forward_keeps_its_dims_and_two_forwards_add_a_step():
     assert two.image_to_text.dims[0] == "step" and two.steps == 2
     np.testing.assert_array_equal(two.image_to_text.isel(step=0).values, one.image_to_text.values)
     torch.testing.assert_close(two.tensor("image_to_text", step=1), two.tensor("image_to_text")[1])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_on_cuda_the_fused_kernels_capture_the_naive_softmax(family, dtype):
+    """The CUDA kernels (cuDNN / flash / memory-efficient, each with its log-sum-exp) give the naive joint softmax and
+    leave every output as the stock processor's: the path a GPU extraction takes."""
+    torch.manual_seed(0)
+    make, inputs_of, naive = (
+        (tiny_sd3_transformer, _sd3_inputs, naive_sd3_attention)
+        if family == "sd3"
+        else (tiny_flux_transformer, _flux_inputs, naive_flux_attention)
+    )
+    transformer = make().eval().to("cuda", dtype)
+    inputs = {
+        k: v.to("cuda", dtype) if torch.is_tensor(v) and v.is_floating_point() else v
+        for k, v in inputs_of(transformer).items()
+    }
+    with torch.no_grad():
+        stock = transformer(**inputs)[0]
+    seen, handles = _record_inputs(transformer)
+    with torch.no_grad(), capture_attention(transformer, layers=[1], directions=("image_to_text",)) as cap:
+        captured_out = transformer(**inputs)[0]
+    for h in handles:
+        h.remove()
+    kwargs = seen[1][0]
+    attn = joint_attention_modules(transformer)[1]
+    with torch.no_grad():
+        if family == "sd3":
+            probs = naive(attn, kwargs["hidden_states"], kwargs["encoder_hidden_states"])
+            n = kwargs["hidden_states"].shape[1]
+            expected = probs[:, :, :n, n:]
+        else:
+            probs = naive(attn, kwargs["hidden_states"], kwargs["encoder_hidden_states"], kwargs["image_rotary_emb"])
+            n_text = kwargs["encoder_hidden_states"].shape[1]
+            expected = probs[:, :, n_text:, :n_text]
+    captured = cap.tensor("image_to_text")[:, 0]
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-3  # bf16: the kernel's lse of bf16 q, k
+    assert (captured - expected).abs().max().item() < tolerance
+    torch.testing.assert_close(captured_out, stock)  # the block outputs are the stock ones
