@@ -7,7 +7,7 @@ import pandas as pd
 from prefect import task
 
 from seg4diff.backbones.backbone import load_backbone
-from seg4diff.capture.families import joint_attention_modules
+from seg4diff.capture.families import all_layers
 from seg4diff.config import Params
 from seg4diff.data.prepared import open_split, require_captions
 from seg4diff.evaluation.causal import causal_table
@@ -21,7 +21,7 @@ def causal_task(params: Params) -> tuple[pd.DataFrame, dict]:
     backbone = load_backbone(params.model)
     prepared = open_split(params.prepare.output, p.split)
     require_captions(prepared, p.split, "the causal stage (it generates from captions)")
-    layers = p.layers if p.layers is not None else list(range(len(joint_attention_modules(backbone.transformer))))
+    layers = p.layers if p.layers is not None else all_layers(backbone.transformer)
     captions = [str(c) for c in prepared["caption"].values[: p.captions]]
     return causal_table(
         backbone, captions, prepared, prompt_style(params.prompt, "gt_classes"), p, layers, params.evaluate.clip_model

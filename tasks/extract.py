@@ -19,7 +19,7 @@ from seg4diff.capture.extract import (
     resolve_sigmas,
     storage_plan,
 )
-from seg4diff.capture.families import joint_attention_modules
+from seg4diff.capture.families import all_layers
 from seg4diff.config import Params
 from seg4diff.data.attention_store import SCHEMA_VERSION, StoreLayout, completed
 from seg4diff.data.prepared import class_names, open_split, require_captions
@@ -43,7 +43,7 @@ def plan_extraction_task(params: Params) -> dict:
     resolution = [prepared.sizes["y"], prepared.sizes["x"]]
     grid = backbone.token_grid(*resolution)
     sigmas = resolve_sigmas(backbone, p, grid[0] * grid[1])
-    layers = list(range(len(joint_attention_modules(backbone.transformer)))) if p.layers is None else p.layers
+    layers = all_layers(backbone.transformer) if p.layers is None else p.layers
     heads = [-1] if p.head_mean else list(range(backbone.transformer.config.num_attention_heads))
     layout = StoreLayout(samples, layers, heads, sigmas, p.max_tokens, grid, tuple(p.directions), p.diagnostics)
     counts = kept_token_counts(backbone, prepared, samples, p, prompt_style(params.prompt, p.prompt))

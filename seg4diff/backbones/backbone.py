@@ -116,6 +116,11 @@ def load_pipeline(params: ModelParams) -> DiffusionPipeline | OrganismPipeline:
     return pipe.to(params.device)
 
 
+def pixels_of(images: np.ndarray) -> torch.Tensor:
+    """Returns uint8 images (batch, H, W, 3) as a float tensor (batch, 3, H, W) in [0, 1] (encode_images's input)."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+
+
 @dataclass
 class Backbone:
     """A loaded MM-DiT with the handful of operations the pipeline stages use."""

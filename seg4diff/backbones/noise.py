@@ -1,4 +1,5 @@
-"""The noising protocol: seeded per-sample noise, the same whatever the batching."""
+"""The noising protocol: seeded per-sample noise (the same whatever the batching), training noise levels, and the
+scheduler timesteps of noise levels."""
 
 from __future__ import annotations
 
@@ -16,3 +17,8 @@ def sample_noise(shape: tuple[int, ...], seed: int, sample_index: int) -> torch.
 def scheduler_timesteps(sigmas) -> np.ndarray:
     """Returns the scheduler timesteps of noise levels σ, what the transformer is given: σ · num_train_timesteps."""
     return np.asarray(sigmas, dtype=np.float64) * TRAIN_TIMESTEPS
+
+
+def logit_normal(generator: torch.Generator, n: int, mean: float = 0.0, std: float = 1.0) -> torch.Tensor:
+    """Returns n noise levels σ = sigmoid(N(mean, std)): SD3's logit-normal sampling of training noise levels."""
+    return torch.sigmoid(mean + std * torch.randn(n, generator=generator))

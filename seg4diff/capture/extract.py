@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from seg4diff.backbones.backbone import Backbone, PromptEncoding
+from seg4diff.backbones.backbone import Backbone, PromptEncoding, pixels_of
 from seg4diff.backbones.noise import sample_noise
 from seg4diff.capture.attention import capture_attention
 from seg4diff.config import ExtractParams
@@ -59,7 +59,7 @@ def extract_batch(
 ) -> dict[str, np.ndarray]:
     """Returns {direction: (batch, layer, head, timestep, token, y, x)} attention for a batch of uint8 images (b, H, W,
     3)."""
-    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    pixels = pixels_of(images)
     grid = backbone.token_grid(*images.shape[1:3])
     latents = backbone.encode_images(pixels)
     positions = torch.from_numpy(np.stack([s.position for s in slots]).astype(np.int64))

@@ -210,3 +210,8 @@ def joint_attention_modules(transformer: torch.nn.Module) -> list[torch.nn.Modul
 def token_grid(transformer: torch.nn.Module, args: tuple, kwargs: dict) -> Grid | None:
     """Returns the image token grid (rows, columns) of one forward call, or None if it cannot be read."""
     return family_of(transformer).token_grid(transformer, args, kwargs)
+
+
+def all_layers(transformer: torch.nn.Module) -> list[int]:
+    """Returns the index of every joint-attention layer of `transformer` (the default of every `layers` setting)."""
+    return list(range(len(joint_attention_modules(transformer))))

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 import xarray as xr
 
-from seg4diff.backbones.backbone import Backbone
+from seg4diff.backbones.backbone import Backbone, pixels_of
 from seg4diff.data.prepared import class_names
 from seg4diff.prompts import PromptStyle, build_prompt
 
@@ -42,7 +42,7 @@ def flow_losses(
         rows = prepared.isel(sample=list(range(start, min(start + batch_size, n)))).load()
         prompts = [build_prompt(style, rows["present"].values[k], names, "")[0] for k in range(rows.sizes["sample"])]
         encoding = backbone.encode_prompts(prompts)
-        x0 = backbone.encode_images(torch.from_numpy(rows["image"].values).permute(0, 3, 1, 2).float() / 255)
+        x0 = backbone.encode_images(pixels_of(rows["image"].values))
         generator = torch.Generator().manual_seed(seed * 7919 + start)
         for sigma in sigmas:
             noise = torch.randn(x0.shape, generator=generator).to(x0)

@@ -11,7 +11,7 @@ import torch
 import xarray as xr
 from tqdm import tqdm
 
-from seg4diff.backbones.backbone import Backbone
+from seg4diff.backbones.backbone import Backbone, pixels_of
 from seg4diff.backbones.noise import sample_noise
 from seg4diff.capture.attention import capture_attention
 from seg4diff.data.prepared import class_names, label_sizes, native_label, pad_label
@@ -63,7 +63,7 @@ def prompt_logits(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Returns one layer's image→text logits (batch, head, token, y, x) and each image query's log-sum-exp over all
     joint keys (batch, head, y, x), with the seeded noise of `zero_shot.expert_maps`."""
-    images = torch.from_numpy(rows["image"].values).permute(0, 3, 1, 2).float() / 255
+    images = pixels_of(rows["image"].values)
     latents = backbone.encode_images(images)
     noise = torch.stack([sample_noise(latents.shape[1:], readout.seed, i) for i in indices]).to(latents)
     sigma = readout.sigma

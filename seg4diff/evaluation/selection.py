@@ -21,7 +21,7 @@ def select_expert(
             f"the layer scores have no 'sigma' column (columns {list(scores.columns)}): they were written by an "
             "older seg4diff; re-run the score stage (dvc repro score)"
         )
-    rows = scores[(scores.metric == "miou") & (scores["head"] == "mean") & (scores.direction == direction)]
+    rows = head_mean_miou(scores, direction)
     if rows.empty:
         raise ValueError(f"no head-mean mIoU rows for direction '{direction}' in the layer scores")
     if force_sigma is not None:
@@ -84,8 +84,14 @@ def stats_path(scores_csv: str | Path) -> Path:
 def head_mean_curve(scores: pd.DataFrame, sigma: float, direction: str = "image_to_text") -> pd.DataFrame:
     """Returns the tidy table's head-mean mIoU rows of `direction` at noise level `sigma`, one per layer, in layer
     order."""
-    rows = scores[(scores.metric == "miou") & (scores["head"].astype(str) == "mean") & (scores.direction == direction)]
+    rows = head_mean_miou(scores, direction)
     return rows[(rows.sigma - sigma).abs() < 1e-9].sort_values("layer")
+
+
+def head_mean_miou(scores: pd.DataFrame, direction: str = "image_to_text") -> pd.DataFrame:
+    """Returns the rows of the score stage's tidy table (results/layer_scores.csv) that hold the head-mean mIoU of
+    `direction`, one per (layer, σ)."""
+    return scores[(scores.metric == "miou") & (scores["head"].astype(str) == "mean") & (scores.direction == direction)]
 
 
 EXPERT_KEYS = ("layer", "sigma", "miou", "direction", "rule")

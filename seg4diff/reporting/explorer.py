@@ -24,6 +24,7 @@ from seg4diff.data.prepared import class_names, native_label
 from seg4diff.data.sample import IGNORE_INDEX
 from seg4diff.evaluation.metrics import class_iou, class_statistics
 from seg4diff.evaluation.scoring import predictable_classes
+from seg4diff.evaluation.selection import head_mean_miou
 from seg4diff.reporting.plots import palette
 from seg4diff.segmentation.masks import class_maps, predict
 
@@ -103,9 +104,7 @@ def _sample_entry(
 
 def grounding_table(scores: pd.DataFrame, layers: list[int], sigmas: list[float]) -> dict:
     """The layer × σ head-mean image→text mIoU with its 95% interval, as nested lists [layer][σ] (NaN → None)."""
-    rows = scores[
-        (scores["metric"] == "miou") & (scores["head"].astype(str) == "mean") & (scores["direction"] == "image_to_text")
-    ]
+    rows = head_mean_miou(scores)
     table = {name: [[None] * len(sigmas) for _ in layers] for name in ("miou", "ci_low", "ci_high")}
     for row in rows.itertuples():
         if row.layer in layers and any(np.isclose(row.sigma, sigmas)):

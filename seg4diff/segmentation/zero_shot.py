@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from seg4diff.backbones.backbone import Backbone, PromptEncoding
+from seg4diff.backbones.backbone import Backbone, PromptEncoding, pixels_of
 from seg4diff.backbones.noise import sample_noise
 from seg4diff.capture.attention import capture_attention
 from seg4diff.config import PromptParams
@@ -66,7 +66,7 @@ def expert_maps(
 
     `positions`: the text positions to keep, (token,) or (batch, token); None keeps every text position.
     """
-    images = torch.from_numpy(rows["image"].values).permute(0, 3, 1, 2).float() / 255
+    images = pixels_of(rows["image"].values)
     latents = backbone.encode_images(images)
     noise = torch.stack([sample_noise(latents.shape[1:], readout.seed, i) for i in sample_indices]).to(latents)
     output = "logits" if readout.predictor == "logit" else "probabilities"

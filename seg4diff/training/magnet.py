@@ -19,8 +19,9 @@ import xarray as xr
 from safetensors.torch import load_file
 from tqdm import tqdm
 
-from seg4diff.backbones.backbone import Backbone
+from seg4diff.backbones.backbone import Backbone, pixels_of
 from seg4diff.backbones.lora import LoraSpec, add_lora, save_lora, set_lora_state
+from seg4diff.backbones.noise import logit_normal
 from seg4diff.capture.attention import capture_attention
 from seg4diff.config import FinetuneParams, PromptParams
 from seg4diff.data.prepared import class_names, native_label
@@ -89,9 +90,7 @@ class MagnetConfig:
 
 def sample_sigmas(generator: torch.Generator, n: int, config: MagnetConfig) -> torch.Tensor:
     """Returns logit-normal noise levels on the shifted schedule σ = shift·u / (1 + (shift − 1)·u)."""
-    u = torch.sigmoid(
-        config.finetune.sigma_logit_mean + config.finetune.sigma_logit_std * torch.randn(n, generator=generator)
-    )
+    u = logit_normal(generator, n, config.finetune.sigma_logit_mean, config.finetune.sigma_logit_std)
     return config.finetune.sigma_shift * u / (1 + (config.finetune.sigma_shift - 1) * u)
 
 
@@ -113,7 +112,7 @@ def magnet_loss(
     ]
     with torch.no_grad():
         encoding = backbone.encode_prompts([prompt for prompt, _ in built])
-        images = torch.from_numpy(rows["image"].values).permute(0, 3, 1, 2).float() / 255
+        images = pixels_of(rows["image"].values)
         x0 = backbone.encode_images(images)
     width = len(encoding.tokens[0])
     keep = "class" if mode == "gt_classes" else "all"

@@ -10,14 +10,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from seg4diff.backbones.noise import logit_normal
 from seg4diff.config import PretrainParams
 from seg4diff.organism.pipeline import OrganismPipeline
 from seg4diff.training.optim import adamw_warmup_cosine
-
-
-def logit_normal(generator: torch.Generator, n: int, mean: float = 0.0, std: float = 1.0) -> torch.Tensor:
-    """Returns n noise levels s = sigmoid(N(mean, std)) (SD3's logit-normal timestep sampling)."""
-    return torch.sigmoid(mean + std * torch.randn(n, generator=generator))
 
 
 def flow_matching_loss(
