@@ -1,6 +1,7 @@
 """The typed model of `params.yaml` (`params`: one pydantic model per params group, `data`: the dataset sources'
 groups) and how it is read (`loading`: presets, --set assignments, one validation with one-line errors)."""
 
+from seg4diff.config.checks import check_stage
 from seg4diff.config.data import *  # every params group, as `seg4diff.config.<Group>`
 from seg4diff.config.loading import (
     ParamsError,
@@ -12,4 +13,4 @@ from seg4diff.config.loading import (
     preset_names,
     read_preset,
 )
-from seg4diff.config.params import *  # and check_stage
+from seg4diff.config.params import *
