@@ -8,11 +8,32 @@ reproducible path (it records params, code and outputs in dvc.lock); this is for
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable
 
 from seg4diff.config import check_stage, load_params, parse_assignments, preset_names
-from seg4diff.errors import ConfigError, DataError
+from seg4diff.errors import ConfigError, DataError, ResourceError
+
+KNOWN_ERRORS = (ConfigError, DataError, ResourceError)  # their message names the problem and the fix
+
+
+class WithoutTracebackForKnownErrors(logging.Filter):
+    """Drops the traceback Prefect logs with a known error (its one line stays): a wrong setting, a bad input or a
+    full disk is told in one line, not in a hundred lines of engine frames."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], KNOWN_ERRORS):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def quiet_known_tracebacks() -> None:
+    """Installs WithoutTracebackForKnownErrors on Prefect's run loggers (once)."""
+    for name in ("prefect.task_runs", "prefect.flow_runs", "prefect.flow_engine", "prefect.task_engine"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, WithoutTracebackForKnownErrors) for f in logger.filters):
+            logger.addFilter(WithoutTracebackForKnownErrors())
 
 
 def parser_for(name: str, description: str) -> argparse.ArgumentParser:
@@ -66,6 +87,7 @@ def run(
     except ConfigError as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     kwargs = {"params_path": args.params, "presets": args.preset or None, "overrides": overrides or None}
+    quiet_known_tracebacks()
     with prefect_api():
         return for_stage(flow, params)(**kwargs, **(flow_kwargs(args) if flow_kwargs else {}))
 
@@ -74,5 +96,5 @@ def main(name: str, flow: Callable, extra: Callable | None = None, flow_kwargs: 
     """Entry point of `python -m flows.<name>`; a configuration or data error exits 1 with its one line."""
     try:
         return run(name, flow, extra=extra, flow_kwargs=flow_kwargs)
-    except (ConfigError, DataError) as error:
+    except KNOWN_ERRORS as error:
         sys.exit(f"{name}: {error}")

@@ -14,7 +14,7 @@ from flows.runners import gpu_request
 from flows.stages import stage_flow
 from flows.tracking import numeric_leaves
 from seg4diff.config import Params
-from seg4diff.data.prepared import native_label, open_split
+from seg4diff.data.prepared import native_label, prepared_split
 from seg4diff.evaluation.comparison import comparison_rows, paired_comparison, variant_metrics
 from seg4diff.reporting.outputs import round_floats, write_json
 from seg4diff.reporting.plots import image_grid, overlay
@@ -64,7 +64,7 @@ def evaluate(params: Params, run) -> dict:
         markdown=f"# Evaluation, {p.split} split, layer {metrics['expert']}, σ={metrics['sigma']:g}\n\n{table}",
         description="Segmentation in %; intervals: paired bootstrap over test images",
     )
-    test = open_split(params.prepare.output, params.evaluate.split)
+    test = prepared_split(params, params.evaluate.split)
     num_classes = test.sizes["class"]
     panels, titles = [], []
     for index in results["base"]["gallery"]:

@@ -35,6 +35,7 @@ def extract(params: Params, run) -> Outcome:
         "samples": plan["samples"],
         "computed": computed,
         "resumed_from": plan["already_complete"],
+        "repaired": plan["damaged"],
         "samples_per_second": computed / seconds if seconds else 0.0,
         "store_mb": _size_bytes(Path(params.extract.output)) / 2**20,
     }

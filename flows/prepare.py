@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import mlflow
+from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from flows.cli import main
 from flows.stages import Outcome, stage_flow
 from seg4diff.config import Params
-from seg4diff.data.prepare import build_source, summary_markdown
-from tasks.prepare import generate_shapes_task, prepare_split_task
+from seg4diff.data.prepare import build_source, skip_line, summary_markdown
+from tasks.prepare import generate_shapes_task, prepare_split_task, publish_splits_task
 
 
 @stage_flow("prepare")
@@ -18,6 +19,10 @@ def prepare(params: Params, run) -> Outcome:
     if params.data.source == "shapes":
         generate_shapes_task(params)
     summaries = [prepare_split_task(params, split) for split in params.prepare.splits]
+    publish_splits_task(params)
+    logger = get_run_logger()
+    for s in summaries:  # in the terminal, not only in the artifact: a skipped sample is never silent
+        (logger.warning if s.skipped else logger.info)(skip_line(s))
     names = build_source(params.data, params.prepare.splits).class_names
     report = {s.split: s.as_dict(names) for s in summaries}
     for s in summaries:

@@ -15,12 +15,13 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from prefect import flow
 
 from flows.tracking import stage_run
 from seg4diff.config import Params, check_stage, load_params
-from seg4diff.errors import ConfigError, DataError
+from seg4diff.errors import ConfigError, DataError, ResourceError
 from seg4diff.reporting.outputs import write_json
 
 
@@ -30,6 +31,16 @@ class Stage:
     logged: tuple[str, ...]  # params groups logged to the stage's MLflow run
     metrics: str | None = None  # the metrics file the skeleton writes (declared `metrics` in dvc.yaml)
     sharded: bool = False  # its tasks run as shards on Dask workers (flows.runners)
+
+    def metrics_path(self, params: Params) -> str | None:
+        """Returns where this run's metrics file goes: the tracked `metrics` path when the stage writes where dvc.yaml
+        says (its output setting at the default), else beside the redirected output, never over the tracked file."""
+        group = getattr(params, self.name, None)
+        if self.metrics is None or group is None or "output" not in type(group).model_fields:
+            return self.metrics
+        if group.output == type(group).model_fields["output"].default:
+            return self.metrics
+        return str(Path(group.output).parent / f"{self.name}.metrics.json")
 
     @property
     def module(self) -> str:
@@ -71,8 +82,9 @@ def stage_flow(name: str) -> Callable:
 
     The flow takes the command line's arguments (params file, presets, overrides), validates the settings and the
     stage's cross-field checks before anything loads, runs the body inside the stage's MLflow run (its groups
-    logged), writes the metrics file at 6 significant digits and returns the value. ConfigError and DataError pass
-    through unchanged (one line on the command line); any other failure is re-raised as StageError naming the stage.
+    logged), writes the metrics file at 6 significant digits (beside a redirected output: `Stage.metrics_path`) and
+    returns the value. ConfigError, DataError and ResourceError pass through unchanged (one line on the command line);
+    any other failure is re-raised as StageError naming the stage.
     """
     stage = STAGES[name]
 
@@ -85,13 +97,14 @@ def stage_flow(name: str) -> Callable:
             try:
                 with stage_run(name, params, stage.logged) as run:
                     outcome = body(params, run)
-            except (ConfigError, DataError):
+            except (ConfigError, DataError, ResourceError):
                 raise
             except Exception as error:
                 raise StageError(f"stage '{name}' failed: {error}") from error
             outcome = outcome if isinstance(outcome, Outcome) else Outcome(outcome)
-            if stage.metrics:
-                write_json(stage.metrics, outcome.value if outcome.metrics is None else outcome.metrics)
+            metrics = stage.metrics_path(params)
+            if metrics:
+                write_json(metrics, outcome.value if outcome.metrics is None else outcome.metrics)
             return outcome.value
 
         run_stage.__name__, run_stage.__qualname__ = body.__name__, body.__qualname__

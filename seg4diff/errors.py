@@ -10,3 +10,7 @@ class ConfigError(ValueError):
 
 class DataError(ValueError):
     """An input file or sample is missing, corrupt or inconsistent."""
+
+
+class ResourceError(RuntimeError):
+    """The machine lacks what the run needs (disk space, a device): no retry helps until the user frees or adds it."""

@@ -9,7 +9,7 @@ from prefect import task
 from seg4diff.backbones.backbone import load_backbone
 from seg4diff.capture.families import all_layers
 from seg4diff.config import Params
-from seg4diff.data.prepared import open_split, require_captions
+from seg4diff.data.prepared import prepared_split, require_captions
 from seg4diff.evaluation.causal import causal_table
 from seg4diff.prompts import prompt_style
 
@@ -19,7 +19,7 @@ def causal_task(params: Params) -> tuple[pd.DataFrame, dict]:
     """Returns the tidy causal table and the generated examples (baseline and per layer × perturbation)."""
     p = params.causal
     backbone = load_backbone(params.model)
-    prepared = open_split(params.prepare.output, p.split)
+    prepared = prepared_split(params, p.split)
     require_captions(prepared, p.split, "the causal stage (it generates from captions)")
     layers = p.layers if p.layers is not None else all_layers(backbone.transformer)
     captions = [str(c) for c in prepared["caption"].values[: p.captions]]

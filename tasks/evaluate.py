@@ -11,7 +11,7 @@ from prefect import task
 
 from seg4diff.backbones.backbone import load_backbone
 from seg4diff.config import Params
-from seg4diff.data.prepared import open_split, require_captions
+from seg4diff.data.prepared import prepared_split, require_captions
 from seg4diff.evaluation.fidelity import clip_score, generate
 from seg4diff.evaluation.flow_loss import flow_losses
 from seg4diff.evaluation.protocols import choose_kl_threshold, evaluate_segmentation
@@ -33,9 +33,9 @@ def _evaluate_model(params: Params, variant: str) -> dict:
     p = params.evaluate
     expert = read_expert(params.select.output)
     backbone = load_backbone(params.model, lora=params.finetune.output if variant == "finetuned" else None)
-    test = open_split(params.prepare.output, p.split)
+    test = prepared_split(params, p.split)
     style = prompt_style(params.prompt, "gt_classes")
-    val = open_split(params.prepare.output, p.val_split)
+    val = prepared_split(params, p.val_split)
     readout = Readout.for_expert(expert, params.prompt, p.seed)
     kl_threshold, kl_curve = choose_kl_threshold(backbone, val, readout, p.batch_size, p.kl_thresholds, p.val_samples)
     predictor, predictor_curve = choose_predictor(backbone, val, readout, p.batch_size, p.predictors, p.val_samples)

@@ -21,14 +21,14 @@ from seg4diff.capture.extract import (
 )
 from seg4diff.capture.families import all_layers
 from seg4diff.config import Params
-from seg4diff.data.attention_store import SCHEMA_VERSION, StoreLayout, completed
-from seg4diff.data.prepared import class_names, open_split, require_captions
+from seg4diff.data.attention_store import SCHEMA_VERSION, StoreLayout, completed, damaged_samples, discard_samples
+from seg4diff.data.prepared import class_names, prepared_split, require_captions
 from seg4diff.prompts import prompt_style
 from tasks.retry import RETRY_TRANSIENT
 
 
 def _prepared(params: Params):
-    return open_split(params.prepare.output, params.extract.split)
+    return prepared_split(params, params.extract.split)
 
 
 @task(name="plan-extraction", log_prints=True)
@@ -63,7 +63,9 @@ def plan_extraction_task(params: Params) -> dict:
             p.model_dump(exclude={"workers", "batch_size", "output"}),
             params.prompt.model_dump(),
             sigmas,
+            prepared.attrs["digest"],  # the prepared content itself: re-prepared data is re-extracted
         ),
+        "prepared_digest": prepared.attrs["digest"],
         "model": params.model.path,
         "family": backbone.family,
         "split": p.split,
@@ -76,14 +78,21 @@ def plan_extraction_task(params: Params) -> dict:
         "label_resolution": prepared.attrs["label_resolution"],
         "seed": p.seed,
     }
-    created = open_or_create(Path(p.output), layout, attrs)
+    print(open_or_create(Path(p.output), layout, attrs))
+    damaged = damaged_samples(Path(p.output))
+    if damaged:  # a missing or altered chunk is never taken as done: those samples are computed again, with the
+        # rest of their batch, so that every sample is computed in the batch it always is (bit-identical results)
+        batches = {i // p.batch_size * p.batch_size for i in damaged}
+        redo = sorted({i for b in batches for i in range(b, min(b + p.batch_size, samples))} | set(damaged))
+        discard_samples(Path(p.output), redo)
+        print(f"{len(damaged)} damaged sample(s), recomputed with their batch {redo}: " + "; ".join(damaged.values()))
     done = int(completed(Path(p.output))[:samples].sum())
     return {
         "ranges": plan_ranges(samples, p.batch_size, p.workers),
         "sigmas": sigmas,
         "layers": layers,
         "samples": samples,
-        "created": created,
+        "damaged": len(damaged),
         "already_complete": done,
         "storage": storage,
     }

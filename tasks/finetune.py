@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -14,7 +13,8 @@ from seg4diff.backbones.backbone import load_backbone, model_digest
 from seg4diff.config import Params
 from seg4diff.data.prepared import open_split, require_captions
 from seg4diff.evaluation.selection import read_expert
-from seg4diff.training.magnet import MagnetConfig, train_magnet
+from seg4diff.ownership import check_replaceable
+from seg4diff.training.magnet import MagnetConfig, publish_adapter, train_magnet
 
 
 def magnet_config(params: Params, expert: dict) -> MagnetConfig:
@@ -34,6 +34,8 @@ def train_magnet_task(params: Params, run_id: str) -> dict:
         now = int(time.time() * 1000)
         client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
 
+    output = Path(params.finetune.output)
+    check_replaceable(output, "finetune.output")  # refused before hours of training, not after
     train = open_split(params.prepare.output, "train")
     if params.finetune.mode == "caption":
         require_captions(train, "train", "finetune.mode 'caption'")
@@ -45,7 +47,5 @@ def train_magnet_task(params: Params, run_id: str) -> dict:
         Path(params.finetune.work_dir),
         on_metrics=log,
     )
-    output = Path(params.finetune.output)
-    shutil.rmtree(output, ignore_errors=True)
-    shutil.copytree(Path(params.finetune.work_dir) / "best", output)
+    publish_adapter(Path(params.finetune.work_dir) / "best", output)
     return {**summary, "expert": expert}

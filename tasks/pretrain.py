@@ -8,7 +8,7 @@ from mlflow.tracking import MlflowClient
 from prefect import task
 
 from seg4diff.config import Params
-from seg4diff.data.prepared import class_names, open_split
+from seg4diff.data.prepared import class_names, prepared_split
 from seg4diff.organism.colours import caption_colour_agreement
 from seg4diff.organism.pipeline import Architecture, OrganismPipeline
 from seg4diff.organism.sampling import sample
@@ -17,7 +17,7 @@ from seg4diff.training.pretrain import flow_matching_loss, train
 
 def load_split(params: Params, split: str) -> tuple[torch.Tensor, list[str], list[str]]:
     """Returns (images (n, 3, H, W) in [−1, 1], captions, class names) of a prepared split."""
-    store = open_split(params.prepare.output, split)
+    store = prepared_split(params, split)
     images = torch.from_numpy(store["image"].values).permute(0, 3, 1, 2).float() / 127.5 - 1
     return images, [str(c) for c in store["caption"].values], class_names(store)
 

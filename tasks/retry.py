@@ -3,11 +3,14 @@ or a wrong input, which fail at once with their one-line message."""
 
 from __future__ import annotations
 
+import errno
+
 from prefect.tasks import exponential_backoff
 
-from seg4diff.errors import ConfigError, DataError
+from seg4diff.errors import ConfigError, DataError, ResourceError
 
 PERMANENT_OS_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+PERMANENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}  # a full disk or quota, a read-only file system
 TRANSIENT_NAMES = {"KilledWorker", "CommClosedError", "StreamClosedError"}  # distributed's: the worker went away
 
 
@@ -18,7 +21,9 @@ def is_transient(error: BaseException | None) -> bool:
     while error is not None and error not in chain:
         chain.append(error)
         error = error.__cause__ or error.__context__
-    if any(isinstance(e, (ConfigError, DataError, *PERMANENT_OS_ERRORS)) for e in chain):
+    if any(isinstance(e, (ConfigError, DataError, ResourceError, *PERMANENT_OS_ERRORS)) for e in chain):
+        return False
+    if any(isinstance(e, OSError) and e.errno in PERMANENT_ERRNOS for e in chain):
         return False
     return any(
         isinstance(e, (OSError, TimeoutError, MemoryError)) or type(e).__name__ in TRANSIENT_NAMES for e in chain

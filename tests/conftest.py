@@ -48,8 +48,12 @@ def tiny_model_dirs(tmp_path_factory) -> dict[str, Path]:
     return dirs
 
 
-def prepared_shapes(root: Path, splits: list[str], resolution: int, label_resolution: int, seed: int, **counts) -> Path:
-    """Generates a small Shapes dataset under root and prepares `splits` as root/<split>.zarr; returns root."""
+def prepared_shapes(
+    root: Path, splits: list[str], resolution: int, label_resolution: int, seed: int, settings=None, **counts
+) -> Path:
+    """Generates a small Shapes dataset under root and prepares `splits` as root/<split>.zarr; returns root.
+
+    `settings`: the preparation_settings to record, for stores read back through a Params (prepared_split)."""
     from seg4diff.config import DataParams, PrepareParams, ShapesParams
     from seg4diff.data.prepare import build_source, prepare_split
     from seg4diff.data.shapes import generate_shapes
@@ -64,6 +68,7 @@ def prepared_shapes(root: Path, splits: list[str], resolution: int, label_resolu
             root / f"{split}.zarr",
             PrepareParams(resolution=resolution, label_resolution=label_resolution),
             progress=False,
+            settings=settings,
         )
     return root
 

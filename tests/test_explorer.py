@@ -1,5 +1,8 @@
 """The attention explorer: its data against a store whose right answer is known, and the page in headless Chromium."""
 
+import copy
+import html
+import json
 import os
 import re
 from pathlib import Path
@@ -148,3 +151,74 @@ def test_the_page_in_headless_chromium_follows_its_controls_without_errors(page,
     assert shot.stat().st_size > 10_000
     assert browser.console_errors == []
     assert all(url.startswith(("file:", "data:", "about:")) for url in browser.requests), browser.requests
+
+
+# Dataset strings that are markup: each would run (set window.__pwned) or break the page if it were parsed as HTML.
+HOSTILE_CLASSES = {  # class ids of sample 2, whose IoU rows, word options and captions show them
+    3: '<img src=x onerror="window.__pwned=1">',
+    5: "</script><script>window.__pwned=2</script>",
+    9: '"><svg onload=window.__pwned=3>',
+}
+HOSTILE_TITLE = '</title><img src=x onerror="window.__pwned=4"> /models/<b>sd3</b> & __DATA__'
+HOSTILE_PROMPT = '<img src=x onerror="window.__pwned=5"> and <!--<script>'
+HOSTILE_ID = "val/<svg onload=window.__pwned=6>.png"
+HOSTILE_WORD = "<iframe srcdoc='<script>parent.__pwned=7</script>'>"
+
+
+@pytest.fixture(scope="module")
+def hostile_page(page):
+    """The page's data with markup in its class names, captions, sample ids and words, and a title holding markup."""
+    data = copy.deepcopy(page[0])
+    for c, name in HOSTILE_CLASSES.items():
+        data["classes"][c] = name
+    for sample in data["samples"]:
+        sample["prompt"], sample["id"] = HOSTILE_PROMPT, HOSTILE_ID
+        sample["words"] = {c: HOSTILE_WORD for c in sample["words"]}
+    path = page[1].with_name("hostile.html")
+    path.write_text(render_html(data, HOSTILE_TITLE))
+    return data, path
+
+
+def test_dataset_strings_reach_the_page_as_escaped_text_and_come_back_from_its_json_unchanged(hostile_page):
+    data, path = hostile_page
+    text = path.read_text()
+    for markup in ("<img src=x", "</script><script>", "<svg onload", "<!--", "<iframe", "<b>sd3"):
+        assert markup not in text, markup
+    payload = re.search(r'<script id="data" type="application/json">(.*?)</script>', text, re.S)
+    assert json.loads(payload.group(1)) == data  # every string exactly as it was
+    titles = re.findall(r"<title>(.*?)</title>", text) + re.findall(r"<h1>(.*?)</h1>", text)
+    assert [html.unescape(title) for title in titles] == [HOSTILE_TITLE] * 2
+
+
+def test_the_page_in_headless_chromium_shows_markup_in_dataset_strings_as_text_and_runs_none_of_it(
+    hostile_page, browser
+):
+    data, path = hostile_page
+    errors = len(browser.console_errors)
+    browser.open(path.as_uri())
+    browser.wait_for("document.body.dataset.ready === '1'")
+    select = (
+        "(id, value) => { const s = document.getElementById(id); s.value = value; "
+        "s.dispatchEvent(new Event('change')); }"
+    )
+    browser.evaluate("document.querySelectorAll('#thumbs img')[2].click()")  # the sample with the hostile classes
+    names = list(HOSTILE_CLASSES.values())
+    assert browser.evaluate("[...document.getElementById('word').options].map(o => o.textContent)") == names
+    for k, name in enumerate(names):
+        browser.evaluate(f"({select})('word', '{k}')")
+        caption = browser.evaluate("document.getElementById('attcaption').textContent")
+        assert caption.startswith(f'"{name}" ({HOSTILE_WORD})'), caption
+    browser.evaluate(f"({select})('layer', '0')")  # the IoU table drawn again at another layer
+    iou_names = browser.evaluate("[...document.querySelectorAll('#iou td:first-child')].map(td => td.textContent)")
+    assert set(names) <= set(iou_names)
+    assert browser.evaluate("document.getElementById('prompt').textContent") == HOSTILE_PROMPT
+    assert browser.evaluate("document.getElementById('sampleid').textContent") == HOSTILE_ID
+    assert browser.evaluate("document.querySelectorAll('#thumbs img')[2].title") == HOSTILE_PROMPT
+    assert browser.evaluate("[document.title, document.querySelector('h1').textContent]") == [HOSTILE_TITLE] * 2
+    assert browser.evaluate("typeof window.__pwned") == "undefined"
+    injected = (
+        "[document.images.length, document.querySelectorAll('svg').length, "
+        "document.querySelectorAll('iframe, b, [onerror], [onload]').length]"
+    )
+    assert browser.evaluate(injected) == [len(data["samples"]), 2, 0]  # the thumbnails, the two charts, nothing else
+    assert browser.console_errors[errors:] == []

@@ -1,3 +1,6 @@
+import json
+import os
+import shlex
 from dataclasses import replace
 
 import numpy as np
@@ -12,12 +15,20 @@ from seg4diff.capture.attention import capture_attention
 from seg4diff.config import FinetuneParams, ModelParams, PromptParams
 from seg4diff.data.prepared import open_prepared
 from seg4diff.data.shapes_vocabulary import CLASS_NAMES
-from seg4diff.errors import ConfigError
+from seg4diff.errors import ConfigError, DataError
 from seg4diff.organism.pipeline import Architecture, OrganismPipeline
+from seg4diff.ownership import is_ours, mark
 from seg4diff.prompts import build_prompt, token_slots
 from seg4diff.segmentation.masks import class_maps
 from seg4diff.training.losses import predictor_loss
-from seg4diff.training.magnet import MagnetConfig, latest_checkpoint, magnet_loss, sample_sigmas, train_magnet
+from seg4diff.training.magnet import (
+    MagnetConfig,
+    latest_checkpoint,
+    magnet_loss,
+    publish_adapter,
+    sample_sigmas,
+    train_magnet,
+)
 
 ARCH = Architecture(
     num_layers=3,
@@ -240,3 +251,87 @@ def test_lora_adapts_the_image_stream_of_the_joint_attention_only(family):
     assert len(adapted) == 4 * blocks
     assert all(name.startswith("transformer_blocks.") and ".attn." in name for name in adapted)
     assert not any("attn2" in name or "single_transformer_blocks" in name or "add_" in name for name in adapted)
+
+
+def test_a_user_folder_as_work_dir_is_refused_not_replaced_by_checkpoints(setup, tmp_path):
+    """A finetune.work_dir holding a config.json seg4diff did not write used to be deleted and refilled."""
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "config.json").write_text('{"mine": true}')
+    (user / "private.txt").write_text("keep me")
+    with pytest.raises(ConfigError) as refused:
+        train_magnet(
+            _backbone(setup),
+            open_prepared(setup / "train.zarr"),
+            open_prepared(setup / "val.zarr"),
+            _config(setup, steps=1),
+            user,
+            progress=False,
+        )
+    assert "\n" not in str(refused.value) and f"finetune.work_dir: {user}" in str(refused.value)
+    assert sorted(p.name for p in user.iterdir()) == ["config.json", "private.txt"]
+    assert (user / "private.txt").read_text() == "keep me"
+
+
+def test_resuming_never_unpickles_a_crafted_state_file(setup, tmp_path):
+    """A state.pt planted in the newest checkpoint of a work folder of the same settings: refused, never run."""
+    config = _config(setup)
+    work = tmp_path / "work"
+    mark(work, "fine-tuning work folder")
+    (work / "config.json").write_text(json.dumps(config.as_dict(), sort_keys=True))
+    checkpoint = work / "checkpoint-000002"
+    mark(checkpoint, "fine-tuning checkpoint")
+    ran = tmp_path / "payload-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {shlex.quote(str(ran))}",)
+
+    torch.save({"step": 2, "optimizer": Payload()}, checkpoint / "state.pt")
+    with pytest.raises(DataError) as refused:
+        train_magnet(
+            _backbone(setup), open_prepared(setup / "train.zarr"), open_prepared(setup / "val.zarr"), config, work
+        )
+    assert "\n" not in str(refused.value) and str(checkpoint / "state.pt") in str(refused.value)
+    assert not ran.exists()
+
+
+def test_changed_settings_move_the_previous_checkpoints_aside_and_back(setup, tmp_path, capsys):
+    """Other settings in the same work_dir: the earlier run is moved to previous-<hash>, said in one line, and resumed
+    (not retrained) when its settings come back."""
+    train, val = open_prepared(setup / "train.zarr"), open_prepared(setup / "val.zarr")
+    first, second = _config(setup, steps=2), _config(setup, steps=1, lr=5e-3)
+    work = tmp_path / "work"
+    train_magnet(_backbone(setup), train, val, first, work, progress=False)
+    capsys.readouterr()
+    train_magnet(_backbone(setup), train, val, second, work, progress=False)
+    said = capsys.readouterr().out.strip().splitlines()
+    (moved,) = work.glob("previous-*")
+    assert len(said) == 1 and f"finetune.work_dir {work}: held a run of other settings: moved it to {moved}" in said[0]
+    assert (moved / "checkpoint-000002" / "state.safetensors").is_file() and (moved / "best").is_dir()
+    assert latest_checkpoint(work).name == "checkpoint-000001"
+    steps = []
+    result = train_magnet(_backbone(setup), train, val, first, work, lambda step, _: steps.append(step), False)
+    assert "resuming the run of these settings" in capsys.readouterr().out
+    assert steps == [] and [h["step"] for h in result["history"]] == [0, 1, 2]  # restored at its end: nothing rerun
+    assert latest_checkpoint(work).name == "checkpoint-000002" and len(list(work.glob("previous-*"))) == 1
+
+
+def test_publish_adapter_refuses_a_user_folder_as_finetune_output(tmp_path):
+    """finetune.output was deleted before the best adapter was copied there; now only a folder seg4diff wrote is."""
+    best = tmp_path / "work" / "best"
+    mark(best, "MAGNET adapter")
+    (best / "adapter_model.safetensors").write_text("weights")
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "config.json").write_text("{}")
+    (user / "private.txt").write_text("keep me")
+    with pytest.raises(ConfigError) as refused:
+        publish_adapter(best, user)
+    assert "\n" not in str(refused.value) and f"finetune.output: {user}" in str(refused.value)
+    assert sorted(p.name for p in user.iterdir()) == ["config.json", "private.txt"]
+    output = tmp_path / "lora"
+    publish_adapter(best, output)
+    (best / "adapter_model.safetensors").write_text("better weights")
+    publish_adapter(best, output)  # a folder seg4diff published is replaced
+    assert is_ours(output) and (output / "adapter_model.safetensors").read_text() == "better weights"

@@ -15,7 +15,8 @@ def test_prepare_flow_writes_stores_logs_mlflow_and_artifact(prefect_harness, tm
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(base_params(tmp_path)))
     report = prepare(params_path="params.yaml")
     assert {s: r["kept"] for s, r in report.items()} == {"train": 12, "val": 4, "test": 6}
-    assert json.loads((tmp_path / "metrics/prepare.json").read_text())["test"] == {"kept": 6, "skipped": 0}
+    metrics = tmp_path / "prepare.metrics.json"  # beside the redirected prepare.output
+    assert json.loads(metrics.read_text())["test"] == {"kept": 6, "skipped": 0}
     store = open_prepared(tmp_path / "prepared" / "val.zarr")
     assert store.sizes["sample"] == 4 and store.attrs["has_background"]
 

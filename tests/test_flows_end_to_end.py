@@ -108,7 +108,7 @@ def test_prepare_pretrain_extract_score_select(prefect_harness, tmp_path, monkey
     scored = table[table.metric != "perturbation_l1"]
     assert (scored.ci_low <= scored.delta + 1e-9).all() and (scored.delta <= scored.ci_high + 1e-9).all()
     assert (table[table.metric == "perturbation_l1"].value > 0).all()
-    assert summary["shuffle.flow_loss_increase"]["layers"] == 2 and (tmp_path / "metrics/causal.json").exists()
+    assert summary["shuffle.flow_loss_increase"]["layers"] == 2 and (tmp_path / "results/causal.metrics.json").exists()
     page = explore()
     assert page["samples"] == 3 and page["layers"] == 3 and page["heads"] == 3 and page["sigmas"] == 2
     html = (tmp_path / "results/explorer.html").read_text()

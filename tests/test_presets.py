@@ -282,15 +282,17 @@ def test_extract_with_the_sd3_medium_preset_on_a_tiny_sd3(tiny_model_dirs, tmp_p
     from conftest import prepared_shapes
 
     from seg4diff.data.attention_store import open_attention
+    from seg4diff.data.prepared import preparation_settings
     from tasks.extract import extract_range_task, plan_extraction_task
 
-    prepared_shapes(tmp_path / "prepared", ["val"], 32, 32, seed=4, num_val=3)
     overrides = {
         "model": {"path": str(tiny_model_dirs["sd3"]), "dtype": "float32", "device": "cpu"},
         "prepare": {"output": str(tmp_path / "prepared"), "resolution": 32, "label_resolution": 32},
         "extract": {"output": str(tmp_path / "attention.zarr"), "batch_size": 2, "diagnostics": False},
     }
     params = load_params(REPO / "params.yaml", overrides, ["sd3-medium"])
+    settings = preparation_settings(params.data, params.prepare)  # read back as these settings' prepared split
+    prepared_shapes(tmp_path / "prepared", ["val"], 32, 32, seed=4, settings=settings, num_val=3)
     plan = plan_extraction_task.fn(params)
     assert plan["sigmas"] == [pytest.approx(0.5151, abs=1e-4)]
     for start, stop in plan["ranges"]:

@@ -36,6 +36,10 @@ def test_the_skeleton_runs_the_body_in_its_mlflow_run_and_writes_its_metrics_fil
     assert json.loads((tmp_path / STAGES["score"].metrics).read_text()) == {"best": 0.123457}  # 6 significant digits
     run = _runs(tmp_path)["score"]
     assert run.info.status == "FINISHED" and run.data.params["score.bootstrap_resamples"] == "20"
+    tracked = (tmp_path / STAGES["score"].metrics).read_text()
+    body(overrides={"score": {"output": str(tmp_path / "elsewhere/scores.csv")}})  # a redirected output …
+    assert (tmp_path / STAGES["score"].metrics).read_text() == tracked  # … leaves the tracked metrics file alone
+    assert json.loads((tmp_path / "elsewhere/score.metrics.json").read_text()) == {"best": 0.123457}
 
 
 def test_the_skeleton_keeps_setting_errors_and_names_the_stage_of_any_other(prefect_harness, tmp_path, monkeypatch):

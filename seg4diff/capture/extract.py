@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import shutil
@@ -24,11 +25,13 @@ from seg4diff.data.attention_store import (
     StoreLayout,
     completed,
     create_store,
+    kept_path,
     store_fingerprint,
     write_samples,
 )
 from seg4diff.data.prepared import class_names
-from seg4diff.errors import ConfigError, DataError
+from seg4diff.errors import ConfigError, DataError, ResourceError
+from seg4diff.ownership import check_replaceable
 from seg4diff.prompts import PromptStyle, TokenSlots, build_prompt, token_slots
 
 
@@ -110,12 +113,36 @@ def fingerprint(*groups: dict) -> str:
     return hashlib.sha256(json.dumps(groups, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def open_or_create(path: Path, layout: StoreLayout, attrs: dict) -> bool:
-    """Creates the store unless one with the same fingerprint exists (then it resumes); returns True if created."""
-    if store_fingerprint(path) == attrs["fingerprint"]:
-        return False
+def open_or_create(path: Path, layout: StoreLayout, attrs: dict) -> str:
+    """Opens the store at `path` to resume it when its fingerprint is attrs["fingerprint"], else creates it; returns
+    one line saying what happened.
+
+    Nothing a user owns or paid for is deleted: a folder seg4diff did not write is refused (ConfigError naming
+    extract.output); a store of other settings is kept beside it (`<path>.kept-<its fingerprint>`), and one kept
+    earlier for these settings is moved back and resumed instead of recomputed."""
+    path = Path(path)
+    wanted = attrs["fingerprint"]
+    if store_fingerprint(path) == wanted:
+        return f"resuming the attention store {path} (same settings)"
+    said = []
+    if path.exists():
+        check_replaceable(path, "extract.output")
+        previous = store_fingerprint(path)
+        if previous is not None:
+            kept = kept_path(path, previous)
+            shutil.rmtree(kept, ignore_errors=True)  # an older copy of the same settings: this one supersedes it
+            path.rename(kept)
+            said.append(
+                f"the store of other settings (fingerprint {previous}) was kept at {kept} (delete it to free disk)"
+            )
+        else:
+            shutil.rmtree(path)  # an empty folder, or one seg4diff wrote without a store in it
+    earlier = kept_path(path, wanted)
+    if store_fingerprint(earlier) == wanted:
+        earlier.rename(path)
+        return "; ".join([*said, f"resuming the store kept earlier for these settings ({earlier} → {path})"])
     create_store(path, layout, attrs)
-    return True
+    return "; ".join([*said, f"created the attention store {path}"])
 
 
 def _compute(
@@ -196,7 +223,7 @@ def extract_range(
     ):
         load = lambda indices: prepared.isel(sample=indices).load()  # noqa: E731
         next_rows = reader.submit(load, batches[0]) if batches else None
-        writing: Future | None = None
+        writing: tuple[Future, list[int]] | None = None
         for number, indices in enumerate(batches):
             where = f"extract: split '{params.split}', samples {indices}"  # a failure must say where
             try:
@@ -204,19 +231,35 @@ def extract_range(
                 if number + 1 < len(batches):
                     next_rows = reader.submit(load, batches[number + 1])
                 records = _compute(backbone, rows, indices, names, sigmas, layers, params, style)
-                if writing is not None:
-                    writing.result()  # the previous batch is on disk before the next one is queued
-                writing = writer.submit(_write, path, records)
             except (ConfigError, DataError) as error:  # kept as they are: retrying cannot fix them
                 raise type(error)(f"{where}: {error}") from None
             except Exception as error:
                 raise RuntimeError(f"{where}: {error}") from error
+            if writing is not None:
+                _finish_write(path, *writing)  # the previous batch is on disk before the next one is queued
+            writing = (writer.submit(_write, path, records), indices)
             computed += len(indices)
             if progress is not None:
                 progress.update(len(indices))
         if writing is not None:
-            writing.result()
+            _finish_write(path, *writing)
     return computed
+
+
+def _finish_write(path: Path, writing: Future, indices: list[int]) -> None:
+    """Waits for one batch's write; a failure names the samples written (not the batch computed meanwhile), and a
+    full disk is a ResourceError (no retry frees disk)."""
+    try:
+        writing.result()
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ResourceError(
+                f"extract: no space left writing samples {indices} to {path}: free disk, or keep less (see the "
+                "storage plan's settings); re-running resumes from the samples already complete"
+            ) from None
+        raise OSError(error.errno, f"extract: writing samples {indices} to {path}: {error}") from error
+    except Exception as error:
+        raise RuntimeError(f"extract: writing samples {indices} to {path}: {error}") from error
 
 
 def _runs(indices: list[int]) -> list[tuple[int, int]]:

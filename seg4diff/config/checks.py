@@ -1,9 +1,18 @@
-"""Cross-field checks of the settings, per stage: run before a stage loads anything, each problem named in one line."""
+"""Checks of the settings, per stage, run before a stage loads anything, each problem named in one line: across
+fields, and against what is on disk and on the machine (the dataset's folder and splits, the model's layer count,
+the device)."""
 
 from __future__ import annotations
 
-from seg4diff.config.params import Params
+import json
+from pathlib import Path
+
+from seg4diff.capture.layer_count import declared_layer_count
+from seg4diff.config.params import ModelParams, Params
 from seg4diff.errors import ConfigError
+
+MODEL_STAGES = {"pretrain", "extract", "causal", "explore", "finetune", "evaluate"}  # they put a model on model.device
+SHAPES_SPLITS = ("train", "val", "test")
 
 
 def _stage_problems(params: Params, stage: str) -> list[str]:
@@ -37,7 +46,88 @@ def _stage_problems(params: Params, stage: str) -> list[str]:
         scored = params.score.sigmas if params.score.sigmas is not None else stored
         if params.select.force_sigma not in scored:
             problems.append(f"select.force_sigma {params.select.force_sigma} is not a scored sigma {scored}")
+    return problems + _input_problems(params, stage)
+
+
+def _input_problems(params: Params, stage: str) -> list[str]:
+    """The problems of the settings against the files and the machine, for `stage`."""
+    problems = []
+    if stage == "prepare":
+        problems += _data_problems(params)
+    if stage in MODEL_STAGES:
+        problems += _device_problems(params.model)
+    layer_settings = {
+        "extract": {"extract.layers": params.extract.layers},
+        "causal": {"causal.layers": params.causal.layers},
+        "select": {"select.force_layer": None if params.select.force_layer is None else [params.select.force_layer]},
+    }.get(stage, {})
+    layer_settings = {key: value for key, value in layer_settings.items() if value}
+    if layer_settings:
+        count = model_layer_count(params.model)
+        stored = params.extract.layers
+        for key, layers in layer_settings.items():
+            if count is not None and (bad := [x for x in layers if not 0 <= x < count]):
+                problems.append(f"{key} {bad} outside the model's layers 0…{count - 1} ({params.model.path})")
+            elif key != "extract.layers" and stored is not None and (bad := sorted(set(layers) - set(stored))):
+                problems.append(f"{key} {bad} are not among the extracted extract.layers {stored}")
     return problems
+
+
+def _data_problems(params: Params) -> list[str]:
+    """The prepare stage's problems: a dataset folder that is not there, splits its source does not configure."""
+    data, splits = params.data, params.prepare.splits
+    if data.source == "shapes":  # generated under data.root by prepare itself
+        unknown = [s for s in splits if s not in SHAPES_SPLITS]
+        return [f"prepare.splits {unknown}: Shapes has only the splits {list(SHAPES_SPLITS)}"] if unknown else []
+    root = Path(data.root).expanduser()
+    if not root.is_dir():
+        return [f"data.root {data.root} does not exist (the {data.source} dataset's folder)"]
+    configured = getattr(data, data.source).splits
+    unknown = [s for s in splits if s not in configured]
+    if unknown:
+        return [f"prepare.splits {unknown} are not configured in data.{data.source}.splits (it has {list(configured)})"]
+    problems = []
+    for split in splits:
+        entry = configured[split]
+        files = {"annotations": getattr(entry, "annotations", None), "images": entry.images}
+        files["labels"] = getattr(entry, "labels", None)
+        for name, relative in files.items():
+            if relative is not None and not (root / relative).exists():
+                problems.append(f"data.{data.source}.splits.{split}.{name}: {root / relative} does not exist")
+    return problems
+
+
+def _device_problems(model: ModelParams) -> list[str]:
+    """A device this machine does not have (a GPU preset on a CPU-only machine)."""
+    import torch
+
+    kind = model.device.split(":")[0]
+    if kind == "cuda" and not torch.cuda.is_available():
+        return [f"model.device is '{model.device}' but this machine has no CUDA device (set model.device: cpu)"]
+    if kind == "mps" and not torch.backends.mps.is_available():
+        return [f"model.device is '{model.device}' but MPS is not available here (set model.device: cpu)"]
+    return []
+
+
+def model_layer_count(model: ModelParams) -> int | None:
+    """Returns how many joint-attention layers the model's transformer config declares, from its config.json alone
+    (a local directory, or a hub id already in the local cache); None when it cannot be told without loading."""
+    path = Path(model.path).expanduser()
+    config = path / "transformer" / "config.json"
+    if not config.is_file():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(model.path, "transformer/config.json")
+        except Exception:  # noqa: BLE001 - not a hub id either: the loader names the problem later
+            return None
+        if not isinstance(cached, str):
+            return None
+        config = Path(cached)
+    try:
+        return declared_layer_count(json.loads(config.read_text()))
+    except (OSError, ValueError):
+        return None
 
 
 def check_stage(params: Params, stage: str) -> None:

@@ -10,8 +10,12 @@
         attention mass on all text keys, entropy of the full softmax row
     text_to_image_mass, text_entropy (sample, layer, head, timestep, token)   the same per kept text query
     prompt (sample) str;  complete (sample) bool  — written LAST for a sample, so a killed run never looks done
+    Every chunk carries a CRC-32C checksum and every chunk of a complete sample exists (empty ones are written too):
+    `damaged_samples` finds a complete sample whose file is missing, truncated or altered.
     coords: sample (index in the prepared split), layer, head (−1: head mean), timestep (the scheduler's timestep the
         transformer was given, σ·1000) with `sigma` (the noise level σ) along it, token (slot), y, x
+attrs: schema_version, fingerprint (of everything that decides the content, the prepared split's digest included),
+    prepared_digest (the digest of the prepared split it was made from), the settings readers need
 
 Select noise levels by σ with `store.swap_dims(timestep="sigma").sel(sigma=...)`, or through `sigma_index`.
 """
@@ -30,9 +34,10 @@ import xarray as xr
 import zarr
 
 from seg4diff.backbones.noise import scheduler_timesteps
-from seg4diff.errors import ConfigError
+from seg4diff.errors import ConfigError, DataError
+from seg4diff.ownership import STORE_ATTRS
 
-SCHEMA_VERSION = 2  # 2: the `timestep` dim holds scheduler timesteps, σ is its `sigma` coordinate
+SCHEMA_VERSION = 3  # 2: `timestep` holds scheduler timesteps, σ its `sigma` coordinate; 3: checksums, provenance
 DIMS = ("sample", "layer", "head", "timestep", "token", "y", "x")
 ATTENTION = ("image_to_text", "text_to_image")
 IMAGE_DIAGNOSTICS = ("image_to_text_mass", "image_entropy")
@@ -41,6 +46,7 @@ IMAGE_DIAGNOSTIC_DIMS = ("sample", "layer", "head", "timestep", "y", "x")
 TEXT_DIAGNOSTIC_DIMS = ("sample", "layer", "head", "timestep", "token")
 TOKEN_VARS = {"token_position": np.int32, "token_class": np.int16}
 TEXT_VARS = ("token_encoder", "token_text")
+PER_SAMPLE = (*ATTENTION, *IMAGE_DIAGNOSTICS, *TEXT_DIAGNOSTICS, *TOKEN_VARS, *TEXT_VARS, "prompt")  # "complete" aside
 
 
 class StoreVersionError(ConfigError):
@@ -82,7 +88,8 @@ class StoreLayout:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    with warnings.catch_warnings():
+    # every chunk written, even one equal to the fill value: a missing file then always means a damaged sample
+    with warnings.catch_warnings(), zarr.config.set({"array.write_empty_chunks": True}):
         warnings.simplefilter("ignore", UserWarning)  # zarr: string dtypes are not yet part of the v3 spec
         yield
 
@@ -127,20 +134,19 @@ def create_store(path: Path, layout: StoreLayout, attrs: dict) -> None:
             "y": np.arange(layout.grid[0]),
             "x": np.arange(layout.grid[1]),
         },
-        attrs={"schema_version": SCHEMA_VERSION, **attrs},
+        attrs={"schema_version": SCHEMA_VERSION, **STORE_ATTRS, **attrs},
     )
-    compressor = zarr.codecs.ZstdCodec(level=3)
+    checked = [zarr.codecs.ZstdCodec(level=3), zarr.codecs.Crc32cCodec()]  # a flipped byte fails its read
     encoding = {
-        name: {"chunks": inner, "shards": layout.sample_shape, "compressors": [compressor]}
-        for name in layout.directions
+        name: {"chunks": inner, "shards": layout.sample_shape, "compressors": checked} for name in layout.directions
     }
     if layout.diagnostics:
         encoding |= {
-            name: {"chunks": variables[name][1].chunksize, "compressors": [compressor]}
+            name: {"chunks": variables[name][1].chunksize, "compressors": checked}
             for name in (*IMAGE_DIAGNOSTICS, *TEXT_DIAGNOSTICS)
         }
-    encoding |= {name: {"chunks": (1, layout.tokens)} for name in (*TOKEN_VARS, *TEXT_VARS)}
-    encoding |= {"prompt": {"chunks": (1,)}, "complete": {"chunks": (1,)}}
+    encoding |= {name: {"chunks": (1, layout.tokens), "compressors": checked} for name in (*TOKEN_VARS, *TEXT_VARS)}
+    encoding |= {name: {"chunks": (1,), "compressors": checked} for name in ("prompt", "complete")}
     with _quiet():  # dask-backed variables stay unwritten (compute=False); the small string ones are written empty
         dataset.to_zarr(path, mode="w", zarr_format=3, consolidated=False, compute=False, encoding=encoding)
 
@@ -209,6 +215,63 @@ def sigma_index(store: xr.Dataset, sigmas: list[float]) -> list[int]:
     return [stored.index(s) for s in sigmas]
 
 
+def damaged_samples(path: Path, block: int = 16) -> dict[int, str]:
+    """Returns {sample: what is wrong, naming the file} for every complete sample of the store at `path` whose chunk
+    file is missing or does not decode (truncated, altered: a checksum or zstd error).
+
+    Reads every complete sample once, `block` samples at a time (one block at a time in memory), then sample by
+    sample only inside a block that failed."""
+    path = Path(path)
+    group = zarr.open_group(path, mode="r", zarr_format=3)
+    done = np.flatnonzero(np.asarray(group["complete"][:], dtype=bool)).tolist()
+    damaged: dict[int, str] = {}
+    for name in (n for n in PER_SAMPLE if n in group):
+        array = group[name]
+        key = lambda i: array.metadata.encode_chunk_key((i,) + (0,) * (array.ndim - 1))  # noqa: E731
+        for i in done:
+            if i not in damaged and not (path / name / key(i)).is_file():
+                damaged[i] = f"{path / name / key(i)} is missing"
+        todo = [i for i in done if i not in damaged]
+        for start in range(0, len(todo), block):
+            part = todo[start : start + block]
+            try:
+                with _quiet():
+                    array.get_orthogonal_selection((part,))
+            except Exception:  # noqa: BLE001 - which sample failed is what matters, found one by one
+                for i in part:
+                    try:
+                        with _quiet():
+                            array[i]
+                    except Exception as error:  # noqa: BLE001
+                        damaged[i] = f"{path / name / key(i)} does not decode ({type(error).__name__}: {error})"
+    return dict(sorted(damaged.items()))
+
+
+def refuse_damaged(path: Path) -> None:
+    """Raises DataError, in one line naming the samples and files, when complete samples of the store are damaged."""
+    damaged = damaged_samples(path)
+    if damaged:
+        first = "; ".join(f"sample {i}: {what}" for i, what in list(damaged.items())[:3])
+        raise DataError(
+            f"attention store {path} has {len(damaged)} damaged sample(s) ({first}): re-run extract, which "
+            "recomputes them"
+        )
+
+
+def discard_samples(path: Path, samples: list[int]) -> None:
+    """Clears the complete flags of `samples`, then deletes their chunk files (a damaged shard cannot even be
+    overwritten: zarr reads a shard before writing into it), so the next extraction recomputes them from scratch."""
+    path = Path(path)
+    group = zarr.open_group(path, mode="r+", zarr_format=3)
+    with _quiet():
+        for i in samples:
+            group["complete"][i] = False
+    for name in (n for n in PER_SAMPLE if n in group):
+        array = group[name]
+        for i in samples:
+            (path / name / array.metadata.encode_chunk_key((i,) + (0,) * (array.ndim - 1))).unlink(missing_ok=True)
+
+
 def completed(path: Path) -> np.ndarray:
     """Returns the per-sample complete flags (all False when the store does not exist yet)."""
     group = zarr.open_group(path, mode="r", zarr_format=3)
@@ -220,3 +283,19 @@ def store_fingerprint(path: Path) -> str | None:
     if not (Path(path) / "zarr.json").exists():
         return None
     return zarr.open_group(path, mode="r", zarr_format=3).attrs.get("fingerprint")
+
+
+def kept_path(path: Path, fingerprint: str) -> Path:
+    """Returns where a store of another `fingerprint` is kept when the settings change: beside it, named by it."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.kept-{fingerprint}")
+
+
+def check_provenance(store: xr.Dataset, path: Path, prepared: xr.Dataset, prepared_path: str | Path) -> None:
+    """Raises DataError, in one line, when the store was extracted from another version of the prepared split."""
+    made_from, now = store.attrs.get("prepared_digest"), prepared.attrs.get("digest")
+    if made_from != now:
+        raise DataError(
+            f"attention store {path} was extracted from another version of the prepared split {prepared_path} "
+            f"(digest {made_from}; it is now {now}): re-run extract (dvc repro extract, or python -m flows.extract)"
+        )

@@ -12,8 +12,9 @@ from tqdm import tqdm
 from seg4diff.config import DataParams, PrepareParams
 from seg4diff.data.coco import CocoSource
 from seg4diff.data.mask_folder import MaskFolderSource
-from seg4diff.data.prepared import BATCH, PreparedWriter, resize_label
+from seg4diff.data.prepared import BATCH, PreparedWriter, publish, resize_label, settings_digest
 from seg4diff.data.sample import IGNORE_INDEX, DatasetSource, SampleError
+from seg4diff.ownership import check_replaceable
 
 
 def build_source(data: DataParams, splits: list[str]) -> DatasetSource:
@@ -68,9 +69,20 @@ def largest_label(source: DatasetSource, split: str, ids: list[str]) -> tuple[in
 
 
 def prepare_split(
-    source: DatasetSource, split: str, output: Path, params: PrepareParams, progress: bool = True
+    source: DatasetSource,
+    split: str,
+    output: Path,
+    params: PrepareParams,
+    progress: bool = True,
+    settings: dict | None = None,
+    publish_now: bool = True,
 ) -> SplitSummary:
-    """Writes `output` (a prepared zarr store) for one split and returns what was kept, skipped and noted."""
+    """Writes `output` (a prepared zarr store) for one split and returns what was kept, skipped and noted.
+
+    `settings`: the preparation_settings recorded in the store (`made_with`, and their hash as `settings`). With
+    `publish_now` false the finished store stays at `<output>.tmp` until `publish(output)`, so that several splits are
+    published together."""
+    check_replaceable(output, "prepare.output")  # before any work: a folder seg4diff did not write is never replaced
     ids = source.sample_ids(split)[: params.max_samples]
     num_classes = len(source.class_names)
     summary = SplitSummary(
@@ -86,7 +98,7 @@ def prepare_split(
         params.size,
         params.label_resolution,
         largest_label(source, split, ids) if params.label_resolution == "native" else (0, 0),
-        attrs={"split": split},
+        attrs={"split": split, "made_with": settings, "settings": settings and settings_digest(settings)},
     )
     batch = []
     for sample_id in tqdm(ids, desc=f"prepare {split}", unit="img", disable=not progress):
@@ -113,8 +125,20 @@ def prepare_split(
             batch = []
     writer.write(batch)
     summary.kept = writer.count
-    writer.commit({"total": summary.total, "kept": summary.kept, "skipped": dict(summary.skipped)})
+    writer.finish({"total": summary.total, "kept": summary.kept, "skipped": dict(summary.skipped)})
+    if publish_now:
+        publish(output)
     return summary
+
+
+def skip_line(summary: SplitSummary) -> str:
+    """Returns one line saying how many samples of a split were kept and, if any were skipped, why (with an example)."""
+    line = f"prepare {summary.split}: kept {summary.kept} of {summary.total} samples"
+    if not summary.skipped:
+        return line
+    reasons = ", ".join(f"{reason}: {count}" for reason, count in summary.skipped.most_common())
+    example = next(iter(summary.skipped_examples.values()), "")
+    return f"{line}; SKIPPED {sum(summary.skipped.values())} ({reasons}), e.g. {example}"
 
 
 def summary_markdown(summaries: list[SplitSummary], class_names: list[str]) -> str:

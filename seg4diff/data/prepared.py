@@ -3,12 +3,19 @@
 Variables: image (sample, y, x, channel) uint8 at the working resolution; label (sample, label_y, label_x) uint8
 (255 = ignore) — at each image's native size when prepare.label_resolution is `native`, padded with 255 to the split's
 largest — with label_height/label_width (sample) its valid size; native_height/native_width (sample) the source
-image's size; present (sample, class) bool; caption and source_id (sample) strings; class_name (class). A store is
-written to `<name>.tmp` and renamed when complete, so an interrupted run never leaves a store that looks finished.
+image's size; present (sample, class) bool; caption and source_id (sample) strings; class_name (class).
+
+Provenance (attrs): `digest`, a hash of everything a sample holds (source ids, class names, images, labels, captions)
+that every store made from this one records and checks; `made_with`, the data and prepare settings that made it
+(`preparation_settings`), and `settings`, their hash, checked by every stage that reads it. A store is written to
+`<name>.tmp` and published (renamed into place) only when every split of the run is complete, so an interrupted run
+never leaves a store that looks finished, nor splits of two different runs side by side.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import warnings
 from pathlib import Path
@@ -17,10 +24,12 @@ import numpy as np
 import xarray as xr
 from PIL import Image
 
+from seg4diff.config import DataParams, Params, PrepareParams
 from seg4diff.data.sample import IGNORE_INDEX, RawSample, SampleError
 from seg4diff.errors import DataError
+from seg4diff.ownership import STORE_ATTRS, check_replaceable
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: provenance attrs (digest, settings)
 BATCH = 64
 LABEL_CHUNK_BYTES = 1 << 22
 
@@ -87,6 +96,7 @@ class PreparedWriter:
         self.label_shape = (label_resolution, label_resolution) if label_resolution != "native" else tuple(label_shape)
         self.attrs = {
             "schema_version": SCHEMA_VERSION,
+            **STORE_ATTRS,
             "ignore_index": IGNORE_INDEX,
             "has_background": has_background,
             "resolution": list(self.resolution),
@@ -94,6 +104,7 @@ class PreparedWriter:
             **attrs,
         }
         self.count = 0
+        self.digest = hashlib.sha256(json.dumps(class_names).encode())
 
     def check(self, sample: RawSample) -> None:
         """Raises SampleError when the sample's label does not fit the store (its source announced a smaller size)."""
@@ -131,10 +142,18 @@ class PreparedWriter:
             }
         )
 
+    def _update_digest(self, batch: xr.Dataset) -> None:
+        """Adds the batch's samples, in order, to the store's content digest."""
+        for name in ("source_id", "caption"):
+            self.digest.update("\0".join(str(v) for v in batch[name].values).encode() + b"\1")
+        for name in ("image", "label", "label_height", "label_width", "native_height", "native_width"):
+            self.digest.update(np.ascontiguousarray(batch[name].values).tobytes())
+
     def write(self, samples: list[RawSample]) -> None:
         if not samples:
             return
         batch = self.to_dataset(samples).assign_coords(sample=np.arange(self.count, self.count + len(samples)))
+        self._update_digest(batch)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # zarr's note that string dtypes are not yet in the v3 spec
             if self.count == 0:
@@ -149,16 +168,29 @@ class PreparedWriter:
                 batch.to_zarr(self.tmp, append_dim="sample", zarr_format=3, consolidated=False)
         self.count += len(samples)
 
-    def commit(self, attrs: dict) -> None:
-        """Records final attrs (counts, skipped) and moves the finished store into place."""
+    def finish(self, attrs: dict) -> None:
+        """Records the final attrs (counts, skipped, the content digest) in `<path>.tmp`; `publish` moves it into
+        place."""
         import zarr
 
         if self.count == 0:
-            raise ValueError(f"no usable sample for {self.path}: every sample was skipped (see the prepare summary)")
+            split, total = self.attrs.get("split", self.path.stem), attrs.get("total", 0)
+            if not total:
+                raise DataError(f"split '{split}' of the dataset source lists no samples: nothing to prepare")
+            raise DataError(
+                f"split '{split}': all {total} samples were skipped ({attrs.get('skipped')}): nothing usable to prepare"
+            )
         group = zarr.open_group(self.tmp, mode="r+", zarr_format=3)
-        group.attrs.update({**self.attrs, **attrs})  # xarray's appends reset group attrs
-        shutil.rmtree(self.path, ignore_errors=True)
-        self.tmp.rename(self.path)
+        group.attrs.update({**self.attrs, **attrs, "digest": self.digest.hexdigest()[:16]})  # appends reset attrs
+
+
+def publish(path: Path, setting: str = "prepare.output") -> None:
+    """Moves the finished `<path>.tmp` into place, replacing a previous store only if seg4diff wrote it."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    check_replaceable(path, setting)
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
 
 
 def open_prepared(path: Path) -> xr.Dataset:
@@ -170,11 +202,25 @@ def open_prepared(path: Path) -> xr.Dataset:
         warnings.simplefilter("ignore", UserWarning)
         dataset = xr.open_zarr(path, consolidated=False, zarr_format=3)
     if dataset.attrs.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(
+        raise DataError(
             f"{path} has schema version {dataset.attrs.get('schema_version')}, expected {SCHEMA_VERSION}: re-run "
             "prepare"
         )
     return dataset
+
+
+def preparation_settings(data: DataParams, prepare: PrepareParams) -> dict:
+    """Returns the settings that decide a prepared store's content (not which splits, where, or on_error), as the
+    store records them (`made_with`)."""
+    return {
+        "data": data.model_dump(mode="json"),
+        "prepare": prepare.model_dump(mode="json", exclude={"splits", "output", "on_error"}),
+    }
+
+
+def settings_digest(settings: dict) -> str:
+    """Returns a short hash of preparation settings (the store's `settings` attr)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def split_path(prepared: str | Path, split: str) -> Path:
@@ -185,6 +231,20 @@ def split_path(prepared: str | Path, split: str) -> Path:
 def open_split(prepared: str | Path, split: str) -> xr.Dataset:
     """Returns the prepared store of `split` under `prepared` (prepare.output), opened lazily."""
     return open_prepared(split_path(prepared, split))
+
+
+def prepared_split(params: Params, split: str) -> xr.Dataset:
+    """Returns the prepared store of `split` as the settings place it; raises DataError, in one line, when it was
+    prepared with other data or prepare settings (re-run prepare)."""
+    path = split_path(params.prepare.output, split)
+    dataset = open_prepared(path)
+    expected = settings_digest(preparation_settings(params.data, params.prepare))
+    if dataset.attrs.get("settings") != expected:
+        raise DataError(
+            f"prepared store {path} was made with other data/prepare settings (settings {dataset.attrs.get('settings')}"
+            f", these are {expected}): re-run prepare (dvc repro prepare, or python -m flows.prepare)"
+        )
+    return dataset
 
 
 def class_names(dataset: xr.Dataset) -> list[str]:

@@ -7,11 +7,14 @@ from typing import Protocol
 
 import numpy as np
 
+from seg4diff.errors import DataError
+
 IGNORE_INDEX = 255
 
 
-class SampleError(Exception):
-    """A sample that cannot be used; `reason` is a short stable name counted in the prepare summary."""
+class SampleError(DataError):
+    """A sample that cannot be used; `reason` is a short stable name counted in the prepare summary (a DataError:
+    with prepare.on_error 'fail' it stops the run in one line, never retried)."""
 
     def __init__(self, reason: str, detail: str):
         super().__init__(f"{reason}: {detail}")

@@ -17,8 +17,8 @@ import xarray as xr
 from tqdm import tqdm
 
 from seg4diff.config import PromptParams
-from seg4diff.data.attention_store import ATTENTION, open_attention, sigma_index
-from seg4diff.data.prepared import open_split
+from seg4diff.data.attention_store import ATTENTION, check_provenance, open_attention, refuse_damaged, sigma_index
+from seg4diff.data.prepared import open_split, split_path
 from seg4diff.errors import ConfigError, DataError
 from seg4diff.evaluation.metrics import class_statistics, miou_of
 from seg4diff.segmentation.masks import class_maps, predict
@@ -194,18 +194,22 @@ def open_scored(
     store_path: str | Path, prepared: str | Path, sigmas: list[float] | None
 ) -> tuple[xr.Dataset, xr.Dataset]:
     """Returns (the attention store at `store_path` restricted to noise levels `sigmas` (None: all stored), the
-    prepared split of its samples under `prepared`); raises DataError when the store is not complete and ConfigError
-    naming `score.sigmas` when a level is not stored."""
+    prepared split of its samples under `prepared`); raises DataError when the store is incomplete, damaged (a chunk
+    missing or altered) or was extracted from another version of the prepared split, and ConfigError naming
+    `score.sigmas` when a level is not stored."""
     store = open_attention(Path(store_path))
     if not bool(store.complete.all()):
         missing = np.flatnonzero(~store.complete.values)[:10].tolist()
         raise DataError(f"attention store {store_path} is incomplete (samples {missing}…): re-run extract")
+    refuse_damaged(Path(store_path))
+    split = open_split(prepared, store.attrs["split"])
+    check_provenance(store, Path(store_path), split, split_path(prepared, store.attrs["split"]))
     if sigmas is not None:
         try:
             store = store.isel(timestep=sigma_index(store, sigmas))
         except ValueError as error:
             raise ConfigError(f"score.sigmas: {error}") from None
-    return store, open_split(prepared, store.attrs["split"]).isel(sample=store.sample.values)
+    return store, split.isel(sample=store.sample.values)
 
 
 def store_background_threshold(store: xr.Dataset, prompt: PromptParams) -> float | None:

@@ -9,8 +9,10 @@ so the page shows exactly what the metrics counted; the browser only draws.
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
+import re
 import zlib
 from importlib import resources
 
@@ -161,8 +163,18 @@ def explorer_data(
     }
 
 
+# <, > and & only occur inside JSON strings, where these escapes mean the same characters: the payload can then never
+# close its <script> element or open a comment in it, whatever a class name, caption or path holds.
+_SCRIPT_SAFE = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 def render_html(data: dict, title: str) -> str:
-    """Returns the page: the template with `data` embedded as JSON (no script or file is fetched)."""
+    """Returns the page: the template with `data` embedded as JSON (no script or file is fetched) and `title` as text.
+
+    Every dataset string (class names, captions, sample ids, the model path in `title`) stays data: the title is
+    HTML-escaped, the JSON cannot end its script element, and the page's script writes strings with textContent only.
+    """
     template = resources.files("seg4diff.reporting").joinpath("templates/explorer.html").read_text(encoding="utf-8")
-    payload = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
-    return template.replace("__TITLE__", title).replace("__DATA__", payload)
+    payload = json.dumps(data, separators=(",", ":"), allow_nan=False).translate(_SCRIPT_SAFE)
+    fields = {"__TITLE__": html.escape(title), "__DATA__": payload}  # filled in one pass: a title may hold "__DATA__"
+    return re.sub("__TITLE__|__DATA__", lambda match: fields[match.group()], template)

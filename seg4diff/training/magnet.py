@@ -1,7 +1,7 @@
 """MAGNET: LoRA on a frozen MM-DiT, trained with flow matching plus focal + dice losses on the expert layer's
 pre-softmax image→text logits (the paper's), or the cross-entropy of the zero-shot predictor's own decision on its
 head-mean probabilities (`mask_loss: predictor`). Checkpoints carry optimizer and RNG state, so a restarted run resumes
-exactly."""
+exactly (seg4diff.training.checkpoints: no pickles; a work folder or output seg4diff did not write is refused)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import xarray as xr
-from safetensors.torch import load_file
 from tqdm import tqdm
 
 from seg4diff.backbones.backbone import Backbone, pixels_of
@@ -28,8 +27,10 @@ from seg4diff.data.prepared import class_names, native_label
 from seg4diff.data.sample import IGNORE_INDEX
 from seg4diff.evaluation.flow_loss import heldout_flow_loss
 from seg4diff.evaluation.metrics import summarize
+from seg4diff.ownership import check_replaceable, mark, remove_ours
 from seg4diff.prompts import PromptStyle, build_prompt, prompt_style, token_slots
 from seg4diff.segmentation.zero_shot import Readout, segmentation_confusion
+from seg4diff.training.checkpoints import claim_work_dir, latest_checkpoint, load_checkpoint, save_checkpoint
 from seg4diff.training.losses import dice_loss, hungarian_match, predictor_loss, sigmoid_focal_loss
 from seg4diff.training.optim import adamw_warmup_cosine
 
@@ -212,41 +213,33 @@ def validate(backbone: Backbone, val: xr.Dataset, config: MagnetConfig) -> dict:
 def _save_checkpoint(
     directory: Path, step: int, transformer, optimizer, scheduler, generator, config, history, best
 ) -> None:
-    """Writes checkpoint-<step> atomically (to a temp dir, then renamed) and keeps only the newest."""
-    final = directory / f"checkpoint-{step:06d}"
-    tmp = directory / f".tmp-{step:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    config.save(transformer, tmp)
-    torch.save(
-        {
-            "step": step,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "generator": generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "history": history,
-            "best": best,
-        },
-        tmp / "state.pt",
-    )
-    tmp.rename(final)
-    for old in sorted(directory.glob("checkpoint-*"))[:-1]:
-        shutil.rmtree(old)
+    """Writes checkpoint-<step>: the adapter and what resumes the run exactly (checkpoints.save_checkpoint)."""
+    state = {
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "generator": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "history": history,
+        "best": best,
+    }
+    save_checkpoint(directory, state, lambda folder: config.save(transformer, folder))
 
 
-def _forget_other_runs(work_dir: Path, config: MagnetConfig) -> None:
-    """Clears checkpoints written under another config, so that only a run of the same settings is resumed."""
-    marker = work_dir / "config.json"
-    current = json.dumps(config.as_dict(), sort_keys=True)
-    if marker.exists() and marker.read_text() != current:
-        shutil.rmtree(work_dir)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    marker.write_text(current)
+def _save_best(transformer: torch.nn.Module, config: MagnetConfig, work_dir: Path) -> None:
+    """Writes the adapter to work_dir/best, refusing (ConfigError) a `best` folder seg4diff did not write."""
+    best = work_dir / "best"
+    check_replaceable(best, "finetune.work_dir")
+    mark(best, "MAGNET adapter")
+    config.save(transformer, best)
 
 
-def latest_checkpoint(directory: Path) -> Path | None:
-    found = sorted(Path(directory).glob("checkpoint-*"))
-    return found[-1] if found else None
+def publish_adapter(best: Path, output: Path) -> None:
+    """Replaces `output` (finetune.output) with a copy of the adapter in `best`; a folder seg4diff did not write is
+    refused (ConfigError naming finetune.output), never deleted."""
+    remove_ours(output, "finetune.output")
+    shutil.copytree(best, output)
+    mark(output, "MAGNET adapter")
 
 
 def train_magnet(
@@ -258,10 +251,12 @@ def train_magnet(
     on_metrics: Callable[[int, dict], None] | None = None,
     progress: bool = True,
 ) -> dict:
-    """Trains the adapter (resuming from work_dir's latest checkpoint); the best-on-validation adapter goes to
-    work_dir/best."""
+    """Returns the best validation numbers, the history and the seconds spent training the adapter (resuming from
+    work_dir's latest checkpoint); the best-on-validation adapter goes to work_dir/best. A work_dir seg4diff did not
+    write is refused (ConfigError); the run of other settings there is moved aside, not deleted."""
     work_dir = Path(work_dir)
-    _forget_other_runs(work_dir, config)
+    # one line before any training: whether a run is resumed, or one of other settings was moved aside
+    print(claim_work_dir(work_dir, json.dumps(config.as_dict(), sort_keys=True)))
     torch.manual_seed(config.finetune.seed)
     parameters = add_lora(backbone.transformer, config.lora)
     optimizer, scheduler = adamw_warmup_cosine(
@@ -275,8 +270,8 @@ def train_magnet(
     step, history, best = 0, [], {"val_miou": -1.0, "val_flow_loss": float("nan"), "step": 0}
     checkpoint = latest_checkpoint(work_dir)
     if checkpoint is not None:
-        state = torch.load(checkpoint / "state.pt", weights_only=False)
-        set_lora_state(backbone.transformer, load_file(checkpoint / "adapter_model.safetensors"), str(checkpoint))
+        state = load_checkpoint(checkpoint)
+        set_lora_state(backbone.transformer, state["adapter"], str(checkpoint))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"])
@@ -286,7 +281,7 @@ def train_magnet(
         backbone.transformer.eval()
         history.append({"step": 0, **validate(backbone, val, config)})
         best = {"val_miou": history[0]["val_miou"], "val_flow_loss": history[0]["val_flow_loss"], "step": 0}
-        config.save(backbone.transformer, work_dir / "best")  # until a step beats the base model, the no-op adapter
+        _save_best(backbone.transformer, config, work_dir)  # until a step beats the base model, the no-op adapter
         if on_metrics:
             on_metrics(0, history[-1])
     autocast = (
@@ -325,7 +320,7 @@ def train_magnet(
             )
             if keeps_generation and metrics["val_miou"] > best["val_miou"]:
                 best = {"val_miou": metrics["val_miou"], "val_flow_loss": metrics["val_flow_loss"], "step": step}
-                config.save(backbone.transformer, work_dir / "best")
+                _save_best(backbone.transformer, config, work_dir)
         history.append({"step": step, **metrics})
         if on_metrics:
             on_metrics(step, metrics)

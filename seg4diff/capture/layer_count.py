@@ -1,0 +1,18 @@
+"""How many joint-attention layers a transformer's config.json declares, per family: read without building the model
+(or importing torch), so that a layer setting out of range is refused when the settings are validated."""
+
+from __future__ import annotations
+
+# per FAMILIES row (seg4diff/capture/families.py): the config keys whose sum is its number of joint-attention layers
+LAYER_COUNT_KEYS: dict[str, tuple[str, ...]] = {
+    "SD3Transformer2DModel": ("num_layers",),
+    "FluxTransformer2DModel": ("num_layers", "num_single_layers"),  # double-stream, then single-stream layers
+}
+
+
+def declared_layer_count(config: dict) -> int | None:
+    """Returns the number of joint-attention layers a transformer config declares (None: not a known family)."""
+    keys = LAYER_COUNT_KEYS.get(config.get("_class_name", ""))
+    if keys is None or any(key not in config for key in keys):
+        return None
+    return sum(int(config[key]) for key in keys)
