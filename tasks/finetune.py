@@ -11,7 +11,7 @@ from prefect import task
 
 from seg4diff.backbones.backbone import load_backbone, model_digest
 from seg4diff.config import Params
-from seg4diff.data.prepared import open_split, require_captions
+from seg4diff.data.prepared import prepared_split, require_captions
 from seg4diff.evaluation.selection import read_expert
 from seg4diff.ownership import check_replaceable
 from seg4diff.training.magnet import MagnetConfig, publish_adapter, train_magnet
@@ -36,13 +36,13 @@ def train_magnet_task(params: Params, run_id: str) -> dict:
 
     output = Path(params.finetune.output)
     check_replaceable(output, "finetune.output")  # refused before hours of training, not after
-    train = open_split(params.prepare.output, "train")
+    train = prepared_split(params, "train")
     if params.finetune.mode == "caption":
         require_captions(train, "train", "finetune.mode 'caption'")
     summary = train_magnet(
         load_backbone(params.model),
         train,
-        open_split(params.prepare.output, "val"),
+        prepared_split(params, "val"),
         config,
         Path(params.finetune.work_dir),
         on_metrics=log,

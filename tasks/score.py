@@ -8,7 +8,7 @@ import numpy as np
 from prefect import task
 
 from seg4diff.config import Params
-from seg4diff.data.attention_store import sigma_index
+from seg4diff.data.attention_store import load_samples, sigma_index
 from seg4diff.data.prepared import class_names, label_sizes, native_label
 from seg4diff.evaluation.metrics import miou_of
 from seg4diff.evaluation.scoring import (
@@ -85,7 +85,7 @@ def example_maps_task(params: Params, layer: int, sigma: float):
     count = min(params.score.examples, store.sizes["sample"])
     images, labels, predictions, maps, titles = [], [], [], [], []
     for s in range(count):
-        sample = store.isel(sample=s, timestep=sigma_index(store, [sigma])[0]).sel(layer=layer).load()
+        sample = load_samples(store.sel(layer=layer), s, timestep=sigma_index(store, [sigma])[0])
         token_class = sample.token_class.values
         prompted = np.unique(token_class[token_class >= 0])
         per_class = class_maps(sample.image_to_text.values.astype(np.float32).mean(axis=0), token_class, prompted)

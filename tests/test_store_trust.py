@@ -16,6 +16,7 @@ from seg4diff.data.prepared import prepared_split, split_path
 from seg4diff.errors import ConfigError, DataError
 from seg4diff.evaluation.scoring import open_scored
 from tasks.extract import extract_range_task, plan_extraction_task
+from tasks.score import score_layers_task
 from tasks.prepare import generate_shapes_task, prepare_split_task, publish_splits_task
 
 
@@ -117,12 +118,12 @@ def test_a_damaged_shard_is_refused_naming_sample_and_file_then_recomputed_bit_i
         shard.write_bytes(data[: len(data) // 2])
     assert list(damaged_samples(Path(params.extract.output))) == [1]
     with pytest.raises(DataError, match=rf"1 damaged sample\(s\) \(sample 1: {shard}"):
-        open_scored(params.extract.output, params.prepare.output, None)
+        score_layers_task.fn(params)  # the score stage: refused when opened (missing) or when read (altered)
     repaired = _extract(params)
     assert repaired["damaged"] == 1 and repaired["computed"] == 2  # the damaged sample and its batch (batch_size 2)
     assert completed(Path(params.extract.output)).all()
     assert open_attention(params.extract.output).load().identical(reference)
-    open_scored(params.extract.output, params.prepare.output, None)
+    score_layers_task.fn(params)
 
 
 def test_a_missing_small_chunk_is_found_too(extracted):

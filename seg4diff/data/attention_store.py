@@ -11,7 +11,8 @@
     text_to_image_mass, text_entropy (sample, layer, head, timestep, token)   the same per kept text query
     prompt (sample) str;  complete (sample) bool  — written LAST for a sample, so a killed run never looks done
     Every chunk carries a CRC-32C checksum and every chunk of a complete sample exists (empty ones are written too):
-    `damaged_samples` finds a complete sample whose file is missing, truncated or altered.
+    `damaged_samples` finds a complete sample whose file is missing, truncated or altered; `load_samples` reads
+    samples and names the sample and file a failed read comes from.
     coords: sample (index in the prepared split), layer, head (−1: head mean), timestep (the scheduler's timestep the
         transformer was given, σ·1000) with `sigma` (the noise level σ) along it, token (slot), y, x
 attrs: schema_version, fingerprint (of everything that decides the content, the prepared split's digest included),
@@ -215,23 +216,26 @@ def sigma_index(store: xr.Dataset, sigmas: list[float]) -> list[int]:
     return [stored.index(s) for s in sigmas]
 
 
-def damaged_samples(path: Path, block: int = 16) -> dict[int, str]:
-    """Returns {sample: what is wrong, naming the file} for every complete sample of the store at `path` whose chunk
-    file is missing or does not decode (truncated, altered: a checksum or zstd error).
+def damaged_samples(path: Path, samples: list[int] | None = None, decode: bool = True) -> dict[int, str]:
+    """Returns {sample: what is wrong, naming the file} for the complete samples of the store at `path` (all, or those
+    of `samples`) whose chunk file is missing or, with `decode`, does not decode (truncated, altered: a checksum or
+    zstd error).
 
-    Reads every complete sample once, `block` samples at a time (one block at a time in memory), then sample by
-    sample only inside a block that failed."""
+    Decoding reads every checked sample once, about 256 MB at a time, then sample by sample only inside a block that
+    failed; without it only the files' presence is checked (milliseconds)."""
     path = Path(path)
     group = zarr.open_group(path, mode="r", zarr_format=3)
-    done = np.flatnonzero(np.asarray(group["complete"][:], dtype=bool)).tolist()
+    done = np.asarray(group["complete"][:], dtype=bool)
+    checked = [int(i) for i in (np.flatnonzero(done) if samples is None else samples) if done[i]]
     damaged: dict[int, str] = {}
     for name in (n for n in PER_SAMPLE if n in group):
         array = group[name]
-        key = lambda i: array.metadata.encode_chunk_key((i,) + (0,) * (array.ndim - 1))  # noqa: E731
-        for i in done:
-            if i not in damaged and not (path / name / key(i)).is_file():
-                damaged[i] = f"{path / name / key(i)} is missing"
-        todo = [i for i in done if i not in damaged]
+        file = lambda i: path / name / array.metadata.encode_chunk_key((i,) + (0,) * (array.ndim - 1))  # noqa: E731
+        damaged |= {i: f"{file(i)} is missing" for i in checked if i not in damaged and not file(i).is_file()}
+        if not decode:
+            continue
+        todo = [i for i in checked if i not in damaged]
+        block = max(1, (256 << 20) // max(1, array.nbytes // max(1, array.shape[0])))
         for start in range(0, len(todo), block):
             part = todo[start : start + block]
             try:
@@ -243,19 +247,36 @@ def damaged_samples(path: Path, block: int = 16) -> dict[int, str]:
                         with _quiet():
                             array[i]
                     except Exception as error:  # noqa: BLE001
-                        damaged[i] = f"{path / name / key(i)} does not decode ({type(error).__name__}: {error})"
+                        damaged[i] = f"{file(i)} does not decode ({type(error).__name__}: {error})"
     return dict(sorted(damaged.items()))
 
 
-def refuse_damaged(path: Path) -> None:
+def refuse_damaged(path: Path, decode: bool = True) -> None:
     """Raises DataError, in one line naming the samples and files, when complete samples of the store are damaged."""
-    damaged = damaged_samples(path)
+    _raise_damaged(path, damaged_samples(path, decode=decode))
+
+
+def _raise_damaged(path: Path, damaged: dict[int, str]) -> None:
     if damaged:
         first = "; ".join(f"sample {i}: {what}" for i, what in list(damaged.items())[:3])
         raise DataError(
             f"attention store {path} has {len(damaged)} damaged sample(s) ({first}): re-run extract, which "
             "recomputes them"
         )
+
+
+def load_samples(store: xr.Dataset, samples: int | list[int] | slice, **selection) -> xr.Dataset:
+    """Returns `store.isel(sample=samples, **selection)` loaded into memory; a chunk that does not decode raises
+    DataError naming the sample and the file (the read itself is the integrity check: nothing is read twice)."""
+    try:
+        return store.isel(sample=samples, **selection).load()
+    except Exception:
+        path = store.encoding.get("source")
+        if path is None:
+            raise
+        indices = np.atleast_1d(store.sample.values[samples]).tolist()
+        _raise_damaged(path, damaged_samples(Path(path), indices))
+        raise  # not damage: the original error stands
 
 
 def discard_samples(path: Path, samples: list[int]) -> None:

@@ -17,7 +17,14 @@ import xarray as xr
 from tqdm import tqdm
 
 from seg4diff.config import PromptParams
-from seg4diff.data.attention_store import ATTENTION, check_provenance, open_attention, refuse_damaged, sigma_index
+from seg4diff.data.attention_store import (
+    ATTENTION,
+    check_provenance,
+    load_samples,
+    open_attention,
+    refuse_damaged,
+    sigma_index,
+)
 from seg4diff.data.prepared import open_split, split_path
 from seg4diff.errors import ConfigError, DataError
 from seg4diff.evaluation.metrics import class_statistics, miou_of
@@ -81,7 +88,7 @@ def score_store(
         if name in store
     }
     for s in tqdm(range(n), desc="score", unit="sample", disable=not progress):
-        sample = store.isel(sample=s).load()
+        sample = load_samples(store, s)
         token_class = sample.token_class.values
         size = sizes[s]
         target = labels.isel(sample=s).values[: size[0], : size[1]]
@@ -194,14 +201,14 @@ def open_scored(
     store_path: str | Path, prepared: str | Path, sigmas: list[float] | None
 ) -> tuple[xr.Dataset, xr.Dataset]:
     """Returns (the attention store at `store_path` restricted to noise levels `sigmas` (None: all stored), the
-    prepared split of its samples under `prepared`); raises DataError when the store is incomplete, damaged (a chunk
-    missing or altered) or was extracted from another version of the prepared split, and ConfigError naming
-    `score.sigmas` when a level is not stored."""
+    prepared split of its samples under `prepared`); raises DataError when the store is incomplete, misses a chunk
+    file (an altered one is named when read: load_samples) or was extracted from another version of the prepared
+    split, and ConfigError naming `score.sigmas` when a level is not stored."""
     store = open_attention(Path(store_path))
     if not bool(store.complete.all()):
         missing = np.flatnonzero(~store.complete.values)[:10].tolist()
         raise DataError(f"attention store {store_path} is incomplete (samples {missing}…): re-run extract")
-    refuse_damaged(Path(store_path))
+    refuse_damaged(Path(store_path), decode=False)  # a missing file now; an altered one when read (load_samples)
     split = open_split(prepared, store.attrs["split"])
     check_provenance(store, Path(store_path), split, split_path(prepared, store.attrs["split"]))
     if sigmas is not None:

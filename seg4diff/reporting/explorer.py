@@ -22,6 +22,7 @@ import pandas as pd
 import xarray as xr
 from PIL import Image
 
+from seg4diff.data.attention_store import load_samples
 from seg4diff.data.prepared import class_names, native_label
 from seg4diff.data.sample import IGNORE_INDEX
 from seg4diff.evaluation.metrics import class_iou, class_statistics
@@ -137,7 +138,7 @@ def explorer_data(
     count = min(samples, store.sizes["sample"])
     entries, totals = [], np.zeros((len(layers), len(heads), len(sigmas), 3, len(names)), np.int64)
     for s in range(count):
-        sample = store.isel(sample=s).load()
+        sample = load_samples(store, s)
         entry, predictions, label, classes = _sample_entry(
             sample, prepared, s, names, heads, background_threshold, longest
         )
