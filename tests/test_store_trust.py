@@ -16,8 +16,8 @@ from seg4diff.data.prepared import prepared_split, split_path
 from seg4diff.errors import ConfigError, DataError
 from seg4diff.evaluation.scoring import open_scored
 from tasks.extract import extract_range_task, plan_extraction_task
-from tasks.score import score_layers_task
 from tasks.prepare import generate_shapes_task, prepare_split_task, publish_splits_task
+from tasks.score import score_layers_task
 
 
 def _params(tmp_path: Path, model: Path, **extract):
