@@ -20,6 +20,18 @@ from seg4diff.reporting.outputs import round_floats, write_json
 from seg4diff.reporting.plots import image_grid, overlay
 from tasks.evaluate import evaluate_model_task
 
+READING = ("val_miou", "background_threshold", "val_miou_by_background_threshold")
+
+
+def reading_rows(rows: list[dict], metrics: dict, variants: list[str]) -> list[dict]:
+    """Returns the comparison rows with the background threshold chosen on val next to the chosen predictor."""
+    if "background_threshold" not in metrics[variants[0]]["gt_classes"]:
+        return rows  # background is a prompted word: no threshold
+    at = next(i for i, r in enumerate(rows) if r["metric"] == "predictor (chosen on val)") + 1
+    shown = {v: metrics[v]["gt_classes"]["background_threshold"] for v in variants}
+    row = {"protocol": rows[at - 1]["protocol"], "metric": "background threshold × peak (chosen on val)"}
+    return rows[:at] + [row | {v: "sigmoid ½" if t is None else f"{t:g}" for v, t in shown.items()}] + rows[at:]
+
 
 @stage_flow("evaluate")
 def evaluate(params: Params, run) -> dict:
@@ -34,13 +46,15 @@ def evaluate(params: Params, run) -> dict:
     p = params.evaluate
     for variant, result in results.items():
         metrics[variant] = variant_metrics(result, p.bootstrap_resamples, p.seed)
+        chosen = result["segmentation"]["gt_classes"]  # the reading's numbers beyond comparison.EXTRA's predictor
+        metrics[variant]["gt_classes"] |= {k: chosen[k] for k in READING if k in chosen}
     if "finetuned" in results:
         metrics["finetuned_vs_base"] = paired_comparison(
             results["base"], results["finetuned"], p.bootstrap_resamples, p.seed
         )
     metrics = round_floats(metrics)  # as written
     mlflow.log_metrics(numeric_leaves({k: v for k, v in metrics.items() if k not in ("expert", "sigma")}))
-    rows = comparison_rows(metrics, variants)
+    rows = reading_rows(comparison_rows(metrics, variants), metrics, variants)
     header = "| protocol | metric | " + " | ".join(variants) + " |\n|---|---|" + "---:|" * len(variants)
     table = (
         header

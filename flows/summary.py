@@ -46,8 +46,14 @@ def main() -> None:
             f"\ncausal test (perturbing one layer's image→text attention during generation; {params.causal.split} "
             "captions):"
         )
+        contrast = causal.get("primary_contrast")
+        if contrast:
+            print(
+                f"  pre-registered: expert − other layers, {contrast['perturbation']} {contrast['metric']} at dose "
+                f"{contrast['dose']}: {contrast['delta']:+.3f} [{contrast['ci'][0]:+.3f}, {contrast['ci'][1]:+.3f}]"
+            )
         for key, v in causal.items():
-            if v.get("expert_ci"):
+            if ".dose_" not in key and v.get("expert_ci"):  # full strength here; every dose in metrics/causal.json
                 print(
                     f"  {key:<34} expert Δ {v['expert_delta']:+.3f} [{v['expert_ci'][0]:+.3f}, "
                     f"{v['expert_ci'][1]:+.3f}], "

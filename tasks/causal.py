@@ -10,21 +10,29 @@ from seg4diff.backbones.backbone import load_backbone
 from seg4diff.capture.families import all_layers
 from seg4diff.config import Params
 from seg4diff.data.prepared import prepared_split, require_captions
+from seg4diff.errors import ConfigError
 from seg4diff.evaluation.causal import causal_table
 from seg4diff.prompts import prompt_style
 
 
 @task(name="causal-analysis")
-def causal_task(params: Params) -> tuple[pd.DataFrame, dict]:
-    """Returns the tidy causal table and the generated examples (baseline and per layer × perturbation)."""
+def causal_task(params: Params, expert_layer: int | None = None) -> tuple[pd.DataFrame, dict]:
+    """Returns the tidy causal table (with the expert − other layers contrasts when `expert_layer` is given) and the
+    generated examples (baseline and per layer × perturbation at full strength)."""
     p = params.causal
     backbone = load_backbone(params.model)
     prepared = prepared_split(params, p.split)
     require_captions(prepared, p.split, "the causal stage (it generates from captions)")
     layers = p.layers if p.layers is not None else all_layers(backbone.transformer)
+    if prepared.sizes["sample"] < p.captions:
+        raise ConfigError(
+            f"causal.captions is {p.captions} but split '{p.split}' has {prepared.sizes['sample']} captions: lower "
+            "causal.captions, or choose a larger causal.split (the organism's: data.shapes.num_val, num_test)"
+        )
     captions = [str(c) for c in prepared["caption"].values[: p.captions]]
+    style = prompt_style(params.prompt, "gt_classes")
     return causal_table(
-        backbone, captions, prepared, prompt_style(params.prompt, "gt_classes"), p, layers, params.evaluate.clip_model
+        backbone, captions, prepared, style, p, layers, params.evaluate.clip_model, expert_layer=expert_layer
     )
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import dask
 import numpy as np
 import torch
@@ -18,7 +16,7 @@ from seg4diff.evaluation.protocols import choose_kl_threshold, evaluate_segmenta
 from seg4diff.evaluation.selection import read_expert
 from seg4diff.organism.colours import caption_colour_agreement
 from seg4diff.prompts import prompt_style
-from seg4diff.segmentation.zero_shot import Readout, choose_predictor
+from seg4diff.segmentation.zero_shot import Readout, choose_reading
 from tasks.retry import RETRY_TRANSIENT
 
 
@@ -38,11 +36,13 @@ def _evaluate_model(params: Params, variant: str) -> dict:
     val = prepared_split(params, p.val_split)
     readout = Readout.for_expert(expert, params.prompt, p.seed)
     kl_threshold, kl_curve = choose_kl_threshold(backbone, val, readout, p.batch_size, p.kl_thresholds, p.val_samples)
-    predictor, predictor_curve = choose_predictor(backbone, val, readout, p.batch_size, p.predictors, p.val_samples)
-    results, gallery = evaluate_segmentation(
-        backbone, test, replace(readout, predictor=predictor), p.batch_size, kl_threshold, p.max_samples
+    reading, reading_curve = choose_reading(
+        backbone, val, readout, p.batch_size, p.predictors, p.background_thresholds, p.val_samples
     )
-    results["gt_classes"] |= {"predictor": predictor, "val_miou_by_predictor": predictor_curve}
+    results, gallery = evaluate_segmentation(
+        backbone, test, readout, p.batch_size, kl_threshold, p.max_samples, gt_classes_readout=reading
+    )
+    results["gt_classes"] |= reading_metrics(reading, reading_curve)
     results["unsupervised_per_image_matching"]["val_miou_by_threshold"] = {str(t): m for t, m in kl_curve.items()}
     limit = min(test.sizes["sample"], p.max_samples or test.sizes["sample"])
     flow = flow_losses(backbone, test, p.seed, limit, style)
@@ -66,3 +66,19 @@ def _evaluate_model(params: Params, variant: str) -> dict:
         "gallery": {i: gallery[i].astype(np.uint8) for i in shown},
         "torch_threads": torch.get_num_threads(),
     }
+
+
+def reading_metrics(reading: Readout, curve: dict[Readout, float]) -> dict:
+    """Returns the GT-class reading chosen on val for the metrics: `predictor`, `val_miou_by_predictor` (each
+    predictor's best), `val_miou` and, where prompts leave background out, `background_threshold` (None when the
+    `logit` predictor, with its own background rule, won) and `val_miou_by_background_threshold` (probability's)."""
+    by_predictor = {}
+    for candidate, miou in curve.items():
+        by_predictor[candidate.predictor] = max(by_predictor.get(candidate.predictor, miou), miou)
+    metrics = {"predictor": reading.predictor, "val_miou_by_predictor": by_predictor, "val_miou": curve[reading]}
+    if reading.background_threshold is not None:
+        metrics["background_threshold"] = reading.background_threshold if reading.predictor == "probability" else None
+        metrics["val_miou_by_background_threshold"] = {
+            str(c.background_threshold): miou for c, miou in curve.items() if c.predictor == "probability"
+        }
+    return metrics

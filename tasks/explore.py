@@ -16,8 +16,9 @@ CAUSAL_METRICS = ("object_recall", "clip_score", "flow_loss_increase")  # the fi
 
 
 def causal_curve(params: Params) -> pd.DataFrame | None:
-    """The causal stage's per-layer effect on the first of CAUSAL_METRICS it measured, for the perturbation whose
-    largest effect is largest (the clearest contrast between layers), when the stage ran."""
+    """The causal stage's per-layer effect on the first of CAUSAL_METRICS it measured (at the largest dose matched
+    across layers), for the perturbation whose largest effect is largest (the clearest contrast between layers), when
+    the stage ran."""
     path = Path(params.causal.output)
     if not path.exists():
         return None
@@ -26,6 +27,10 @@ def causal_curve(params: Params) -> pd.DataFrame | None:
     if metric is None:
         return None
     rows = table[table.metric == metric]
+    if "comparison" in rows:  # one row per layer: vs the unperturbed model, at the largest matched dose (else full)
+        rows = rows[rows.comparison == "vs_unperturbed"]
+        doses = sorted({d for d in rows.dose.astype(str) if d != "full"}, key=float)
+        rows = rows[rows.dose.astype(str) == (doses[-1] if doses else "full")]
     kind = rows.groupby("perturbation").delta.apply(lambda d: d.abs().max()).idxmax()
     rows = rows[rows.perturbation == kind]
     return pd.DataFrame({"layer": rows.layer, "metric": f"{kind}: Δ {metric}", "value": rows.delta})

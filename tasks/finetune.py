@@ -13,7 +13,7 @@ from seg4diff.backbones.backbone import load_backbone, model_digest
 from seg4diff.config import Params
 from seg4diff.data.prepared import prepared_split, require_captions
 from seg4diff.evaluation.selection import read_expert
-from seg4diff.ownership import check_replaceable
+from seg4diff.ownership import check_replaceable, remove_ours
 from seg4diff.training.magnet import MagnetConfig, publish_adapter, train_magnet
 
 
@@ -48,4 +48,6 @@ def train_magnet_task(params: Params, run_id: str) -> dict:
         on_metrics=log,
     )
     publish_adapter(Path(params.finetune.work_dir) / "best", output)
+    # finished: its checkpoints only served to resume it; a later run of these settings trains anew (new code too)
+    remove_ours(Path(params.finetune.work_dir), "finetune.work_dir")
     return {**summary, "expert": expert}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from mlflow.tracking import MlflowClient
@@ -12,6 +14,7 @@ from seg4diff.data.prepared import class_names, prepared_split
 from seg4diff.organism.colours import caption_colour_agreement
 from seg4diff.organism.pipeline import Architecture, OrganismPipeline
 from seg4diff.organism.sampling import sample
+from seg4diff.ownership import remove_ours
 from seg4diff.training.pretrain import flow_matching_loss, train
 
 
@@ -24,16 +27,24 @@ def load_split(params: Params, split: str) -> tuple[torch.Tensor, list[str], lis
 
 @task(name="train-organism")
 def train_organism_task(params: Params, run_id: str) -> dict:
-    """Trains the organism on the train split, saves it to pretrain.output; returns the loss log."""
+    """Trains the organism on the train split (checkpointed in pretrain.work_dir, resuming a run of the same settings
+    there), saves it to pretrain.output; returns the loss log."""
     p = params.pretrain
     images, captions, names = load_split(params, "train")
     words = sorted({word for text in [*names, *captions] for word in text.split()})
     pipe = OrganismPipeline.build(words, Architecture.from_params(p.architecture, params.prepare.resolution), p.seed)
     client = MlflowClient()
     log = train(
-        pipe, images, captions, p, on_log=lambda step, loss: client.log_metric(run_id, "train_loss", loss, step=step)
+        pipe,
+        images,
+        captions,
+        p,
+        on_log=lambda step, loss: client.log_metric(run_id, "train_loss", loss, step=step),
+        work_dir=p.work_dir,
+        data_digest=prepared_split(params, "train").attrs["digest"],
     )
     pipe.save_pretrained(p.output)
+    remove_ours(Path(p.work_dir), "pretrain.work_dir")  # finished: a later run must train anew, never reuse old weights
     return {"steps": log.steps, "losses": log.losses, "seconds": log.seconds}
 
 

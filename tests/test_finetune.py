@@ -25,6 +25,7 @@ from seg4diff.training.magnet import (
     MagnetConfig,
     latest_checkpoint,
     magnet_loss,
+    mask_sigmas,
     publish_adapter,
     sample_sigmas,
     train_magnet,
@@ -183,6 +184,23 @@ def test_mask_max_sigma_keeps_mask_losses_to_less_noisy_samples(setup):
         parts[None]["flow"]
     )
     assert parts[1.0] == pytest.approx(parts[None]) and parts[None]["focal"] > 0
+
+
+def test_mask_sigma_expert_supervises_at_the_readouts_sigma_and_keeps_the_flow_loss_on_its_own(setup):
+    """mask_sigma 'expert': the flow term is the shared mode's (same generator draws first), the mask terms come from a
+    second forward at σ drawn around the expert's σ (0.5 here), whatever mask_max_sigma says."""
+    config = _config(setup, mask_sigma="expert", mask_sigma_std=0.3, mask_max_sigma=1e-6)
+    drawn = mask_sigmas(torch.Generator().manual_seed(0), 10_000, config)
+    assert float(drawn.median()) == pytest.approx(0.5, abs=0.01)
+    assert float(((drawn > 0.4) & (drawn < 0.6)).double().mean()) == pytest.approx(0.823, abs=0.01)  # P(|z| < 1.35)
+    at_01 = mask_sigmas(torch.Generator().manual_seed(0), 10_000, replace(config, expert_sigma=0.1))
+    assert float(at_01.median()) == pytest.approx(0.1, abs=0.002) and float((at_01 <= 0.2).double().mean()) > 0.97
+    backbone = _backbone(setup)
+    rows = open_prepared(setup / "train.zarr").isel(sample=[0, 1]).load()
+    expert = magnet_loss(backbone, rows, config, torch.Generator().manual_seed(0))[1]
+    shared = magnet_loss(backbone, rows, _config(setup), torch.Generator().manual_seed(0))[1]
+    assert expert["flow"] == pytest.approx(shared["flow"], rel=1e-6)  # the same σ and noise for the flow term
+    assert expert["focal"] > 0 and expert["dice"] > 0 and expert["focal"] != pytest.approx(shared["focal"])
 
 
 def test_resume_from_checkpoint_equals_an_uninterrupted_run(setup, tmp_path):

@@ -104,7 +104,14 @@ def test_prepare_pretrain_extract_score_select(prefect_harness, tmp_path, monkey
     summary = causal()
     table = pd.read_csv(tmp_path / "results/causal.csv")
     assert set(table.layer) == {0, 2} and set(table.perturbation) == {"blur", "shuffle"}
-    assert {"caption_colour_agreement", "object_recall", "flow_loss_increase", "perturbation_l1"} == set(table.metric)
+    assert {
+        "caption_colour_agreement",
+        "object_recall",
+        "shape_recall",
+        "colour_recall",
+        "flow_loss_increase",
+        "perturbation_l1",
+    } == set(table.metric)
     scored = table[table.metric != "perturbation_l1"]
     assert (scored.ci_low <= scored.delta + 1e-9).all() and (scored.delta <= scored.ci_high + 1e-9).all()
     assert (table[table.metric == "perturbation_l1"].value > 0).all()

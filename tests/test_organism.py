@@ -116,3 +116,16 @@ def test_text_layers_bind_words_and_pooled_none_leaves_attention_as_the_only_tex
     assert loaded.pooled == "none" and loaded.text_encoder.config.num_hidden_layers == 1
     with torch.no_grad():
         torch.testing.assert_close(loaded.encode_prompt(["red circle"])[0], embeds[:1])
+
+
+def test_colour_readers_take_the_shape_designs_palette():
+    from seg4diff.data.shapes_vocabulary import SHAPE_PALETTE
+
+    purple = np.zeros((16, 16, 3)) + 0.5
+    purple[2:10, 2:10] = np.array(SHAPE_PALETTE["purple"]) / 255
+    assert largest_blob_colour(purple, design="shape") == "purple"
+    assert largest_blob_colour(purple) == "blue"  # the colour_shape palette has no purple: its nearest colour
+    images, captions = np.stack([purple, purple]), ["purple star and background", "cyan ring and red cross"]
+    agreement, chance = caption_colour_agreement(images, captions, design="shape")
+    assert agreement == 0.5 and chance == (1 / 6 + 2 / 6) / 2
+    assert colour_hits(images, captions, design="shape").tolist() == [1.0, 0.0]

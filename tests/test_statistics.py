@@ -7,7 +7,15 @@ import pytest
 from seg4diff.evaluation.comparison import PROTOCOLS, paired_comparison, variant_metrics
 from seg4diff.evaluation.metrics import class_iou, confusion_matrix, miou_of, summarize, summarize_statistics
 from seg4diff.evaluation.scoring import ScoreTables, headline_scores
-from seg4diff.evaluation.statistics import miou_interval, paired_mean_difference, paired_miou_difference
+from seg4diff.evaluation.statistics import (
+    bootstrap_p_value,
+    holm_adjust,
+    miou_interval,
+    paired_family,
+    paired_mean_difference,
+    paired_miou_difference,
+    resample_weights,
+)
 
 # two images, three classes; per image [true positives, label area, prediction area] by class
 IMAGE_A = np.array([[3, 1, 0], [4, 2, 0], [3, 3, 1]])  # class 2 predicted once, never labelled
@@ -98,3 +106,35 @@ def test_headline_scores_name_the_best_layer_and_sigma():
     assert headline["image_to_text.best_miou"] == 1.0
     assert headline["image_to_text.median_layer_miou"] == pytest.approx((1 / 3 + 1.0) / 2)
     assert headline["image_to_text.all_layers_mean_maps_miou"] == pytest.approx(1 / 3)
+
+
+def test_holm_adjusted_p_values_and_bonferroni_intervals_agree_with_the_hand_computed_numbers():
+    # Holm by hand: sorted 0.01, 0.03, 0.04, 0.2 (m = 4) → 4·0.01, 3·0.03, max(2·0.04, 0.09), max(1·0.2, 0.09)
+    np.testing.assert_allclose(holm_adjust([0.01, 0.04, 0.03, np.nan, 0.2]), [0.04, 0.09, 0.09, np.nan, 0.2])
+    assert holm_adjust([0.6, 0.5]).tolist() == [1.0, 1.0]  # capped at 1
+    # two-sided bootstrap p: draws −1, 1, 2, 3 → (1 + 1)/5 at or below 0, (1 + 3)/5 at or above: p = 2·0.4
+    assert bootstrap_p_value(np.array([-1.0, 1.0, 2.0, 3.0])) == pytest.approx(0.8)
+    assert bootstrap_p_value(np.full(99, 0.5)) == pytest.approx(2 / 100) and bootstrap_p_value(np.zeros(9)) == 1.0
+
+    rng = np.random.default_rng(0)
+    a = rng.random(30)
+    shifted, noise = a + 0.3 + rng.normal(0, 0.05, 30), a + rng.normal(0, 0.3, 30)
+    with_nan = noise.copy()
+    with_nan[:4] = np.nan  # units undefined for one condition are left out of that test
+    pairs = [(a, shifted), (a, noise), (a, with_nan)]
+    family = paired_family(pairs, resamples=2000, seed=5)
+    for (x, y), result in zip(pairs, family):
+        alone = paired_mean_difference(x, y, resamples=2000, seed=5)  # the same draws: the same 95% interval
+        assert {key: result[key] for key in alone} == pytest.approx(alone)
+        keep = np.isfinite(x) & np.isfinite(y)
+        draws = resample_weights(keep.sum(), 2000, 5) @ (y - x)[keep] / keep.sum()
+        assert result["p_value"] == pytest.approx(bootstrap_p_value(draws))
+        low, high = np.quantile(draws, [0.05 / 3 / 2, 1 - 0.05 / 3 / 2])  # Bonferroni over m = 3 tests
+        assert (result["ci_low_bonferroni"], result["ci_high_bonferroni"]) == pytest.approx((low, high))
+        assert result["ci_low_bonferroni"] <= result["ci_low"] <= result["ci_high"] <= result["ci_high_bonferroni"]
+    np.testing.assert_allclose([r["p_holm"] for r in family], holm_adjust([r["p_value"] for r in family]))
+    assert family[0]["p_holm"] == pytest.approx(3 * 2 / 2001)  # every draw above 0: the smallest p, times m
+    assert family[2]["n"] == 26
+    empty = paired_family([(a, shifted), (np.full(3, np.nan), np.ones(3))], resamples=200, seed=0)
+    assert empty[1]["n"] == 0 and np.isnan(empty[1]["p_value"]) and np.isnan(empty[1]["p_holm"])
+    assert empty[0]["p_holm"] == pytest.approx(empty[0]["p_value"])  # a family of one test: nothing to correct

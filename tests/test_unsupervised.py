@@ -3,6 +3,7 @@ import pytest
 
 from seg4diff.segmentation.unsupervised import (
     anchor_groups,
+    image_confusion,
     match_per_image,
     merge_token_maps,
     softmax_maps,
@@ -43,3 +44,33 @@ def test_anchor_grouping_compares_with_the_anchor_not_with_the_growing_group():
     assert anchor_groups(distributions, threshold) == [[0, 1], [2]]
     assert anchor_groups(distributions, 10.0) == [[0, 1, 2]]
     np.testing.assert_allclose(softmax_maps(np.random.default_rng(0).random((3, 4, 4))).sum(1), 1.0)
+
+
+def test_surplus_clusters_stay_unmatched_and_give_absent_classes_no_false_positives():
+    """Classes 0 and 1 in the image, class 2 absent, three clusters: matched over every class, the 1-pixel cluster
+    would become class 2 (a false positive of an absent class); matched over the present classes it stays unmatched
+    and its pixel is a miss of class 1, its true class."""
+    label = np.array([[0, 0, 1, 1], [0, 0, 1, 1]])
+    cluster = np.array([[7, 7, 3, 3], [7, 7, 3, 9]])  # 7 → class 0 (4 px), 3 → class 1 (3 px), 9: 1 px of class 1
+    expected = np.array(  # rows: truth 0, 1, 2, (unmatched); columns: prediction 0, 1, 2, unmatched
+        [
+            [4, 0, 0, 0],
+            [0, 3, 0, 1],
+            [0, 0, 0, 0],
+            [0, 0, 0, 0],
+        ]
+    )
+    np.testing.assert_array_equal(image_confusion(cluster, label, 3), expected)
+    result = match_per_image([cluster], [label], 3)
+    assert result["stats"][0, 2, 2] == 0  # no pixel predicted as the absent class
+    np.testing.assert_allclose(result["iou"], [1.0, 3 / 4, np.nan])  # class 2: absent and never predicted
+    assert result["miou"] == pytest.approx((1.0 + 3 / 4) / 2) and result["pacc"] == pytest.approx(7 / 8)
+    with_two = match_per_image([cluster, np.array([[0, 0, 1, 1]] * 2)], [label, np.array([[0, 0, 2, 2]] * 2)], 3)
+    assert with_two["iou"][2] == 1.0  # where class 2 is present its cluster is matched; the first image adds nothing
+
+
+def test_ignored_pixels_and_images_without_labels_match_nothing():
+    label = np.array([[255, 255, 1, 1]])
+    confusion = image_confusion(np.array([[0, 0, 1, 1]]), label, 2)  # cluster 0 lies on ignored pixels only
+    np.testing.assert_array_equal(confusion, [[0, 0, 0], [0, 2, 0], [0, 0, 0]])
+    assert image_confusion(np.array([[0, 1]]), np.array([[255, 255]]), 2).sum() == 0

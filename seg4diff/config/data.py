@@ -25,6 +25,17 @@ class ShapesParams(Group):
         description="captions also name 'background' (at a random place), as the prompts that name it as a class do",
     )
     seed: int = 0
+    design: Literal["colour_shape", "shape"] = Field(
+        "colour_shape",
+        description="colour_shape: 12 classes 'red circle' …, a class's colour fixed; shape: 6 classes 'circle' … "
+        "'ring', each object's colour drawn independently of its class, so only shape grounds a class word",
+    )
+    same_colour_share: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="design shape: the share of images whose objects all have one colour (else all differ)",
+    )
 
     @model_validator(mode="after")
     def _objects_range(self) -> ShapesParams:

@@ -103,6 +103,7 @@ class ArchitectureParams(Group):
 
 class PretrainParams(Group):
     output: str = Field("seg4diff/assets/organism", description="where the trained organism is saved")
+    work_dir: str = Field("models/pretrain", description="checkpoints of the run (resumed from the newest)")
     seed: int = 0
     steps: int = Field(2000, ge=1)
     batch_size: int = Field(48, ge=1)
@@ -112,6 +113,7 @@ class PretrainParams(Group):
     grad_clip: float = Field(1.0, gt=0)
     caption_dropout: float = Field(0.1, ge=0, le=1)
     log_every: int = Field(25, ge=1)
+    checkpoint_every: int = Field(250, ge=1, description="steps between checkpoints in work_dir (and one at the end)")
     architecture: ArchitectureParams = ArchitectureParams()
     num_samples: int = Field(32, ge=1, description="validation captions generated for the sample grid and colour check")
     sample_steps: int = Field(30, ge=1)
@@ -211,23 +213,51 @@ class SelectParams(Group):
 class CausalParams(Group):
     split: str = Field("val", description="captions generated from and images the flow loss is measured on")
     layers: list[int] | None = Field(None, description="layers perturbed one at a time (None: every layer)")
-    perturbations: list[Literal["blur", "mean", "shuffle"]] = Field(
-        ["blur", "mean", "shuffle"],
+    perturbations: list[Literal["blur", "mean", "word_shuffle", "shuffle"]] = Field(
+        ["blur", "mean", "word_shuffle"],
         min_length=1,
-        description="blur: the paper's Gaussian blur of each word's map; mean: its spatial mean; shuffle: words "
-        "permuted",
+        description="blur: the paper's Gaussian blur of each word's map; mean: its spatial mean; word_shuffle (the "
+        "control): each caption's own words deranged, padding untouched; shuffle: all text positions permuted",
     )
     blur_sigma: float = Field(2.0, gt=0, description="Gaussian σ of the blur, in image tokens")
+    permutations: int = Field(
+        2, ge=1, description="independent draws of word_shuffle / shuffle, each caption's effect averaged over them"
+    )
+    doses: list[float] = Field(
+        [0.5, 1.0],
+        min_length=1,
+        description="matched strengths besides the full one: target L1 = dose × the weakest layer's full-strength L1 "
+        "(per perturbation), each layer's α set to reach it on the calibration generation's forwards",
+    )
+    calibration_samples: int = Field(
+        32,
+        ge=1,
+        description="captions whose unperturbed generation's forwards, replayed, calibrate α (held on the CPU: a few "
+        "for SD3/FLUX)",
+    )
     captions: int = Field(
         48, ge=2, description="captions generated, each with and without the perturbation (same noise)"
     )
+    batch_size: int = Field(64, ge=1, description="captions generated together")
     generation_steps: int = Field(20, ge=1)
     guidance: float = 4.0
     flow_samples: int = Field(64, ge=2, description="held-out images for the flow-loss increase at fixed noise")
     flow_sigmas: list[float] = [0.3, 0.5, 0.7]
-    bootstrap_resamples: int = Field(1000, ge=100)
+    bootstrap_resamples: int = Field(10000, ge=100, description="enough for Bonferroni tails over layers × kinds")
+    primary_contrast: str = Field(
+        "word_shuffle.object_recall",
+        description="the pre-registered contrast, perturbation.metric at the largest dose: expert layer − the mean of "
+        "the other layers, paired over captions",
+    )
     seed: int = 0
     output: str = "results/causal.csv"
+
+    @field_validator("doses")
+    @classmethod
+    def _doses_in_unit_interval(cls, doses: list[float]) -> list[float]:
+        if not all(0 < dose <= 1 for dose in doses):
+            raise ValueError(f"every dose must be in (0, 1] (a fraction of the weakest layer's full L1), got {doses}")
+        return sorted(set(doses))
 
 
 class ExploreParams(Group):
@@ -279,6 +309,13 @@ class FinetuneParams(Group):
         le=1,
         description=("mask losses only on samples noised at σ ≤ this (null: all); attention cannot segment pure noise"),
     )
+    mask_sigma: Literal["shared", "expert"] = Field(
+        "shared",
+        description="shared: mask losses on the flow loss's own samples (those at σ ≤ mask_max_sigma); expert: a "
+        "second forward of the same images and noise at σ drawn around the expert's σ (the one the readout uses), "
+        "logit-normal with std mask_sigma_std, while the flow loss keeps its full σ distribution",
+    )
+    mask_sigma_std: float = Field(0.3, gt=0, description="mask_sigma 'expert': std of logit(σ) around logit(expert σ)")
     checkpoint_every: int = Field(100, ge=1)
     validate_every: int = Field(100, ge=1)
     validation_samples: int = Field(100, ge=1)
@@ -323,8 +360,17 @@ class EvaluateParams(Group):
             "train)"
         ),
     )
+    background_thresholds: list[float] | None = Field(
+        [0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5],
+        description=(
+            "GT-class protocol with prompt.background 'threshold': candidate background thresholds of the probability "
+            "predictor, the best (predictor, threshold) chosen on val_split for each model (None or []: "
+            "prompt.background_threshold only)"
+        ),
+    )
     val_split: str = Field(
-        "val", description="split the unsupervised threshold and the predictor are chosen on (never the evaluated one)"
+        "val",
+        description="split the unsupervised threshold and the GT-class reading are chosen on (never the evaluated one)",
     )
     val_samples: int = Field(100, ge=1, description="samples of val_split used to choose them")
     bootstrap_resamples: int = Field(1000, ge=100, description="paired bootstrap over test images for every interval")
@@ -335,6 +381,13 @@ class EvaluateParams(Group):
     guidance: float = 4.0
     clip_model: str | None = Field(None, description="directory of a transformers CLIP model: adds the CLIP score")
     output: str = "metrics/evaluate.json"
+
+    @field_validator("background_thresholds")
+    @classmethod
+    def _background_thresholds_in_range(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and not all(0 <= t <= 1 for t in value):
+            raise ValueError(f"every background threshold must lie in [0, 1] (a fraction of the peak), got {value}")
+        return value
 
 
 class OrchestrationParams(Group):

@@ -1,46 +1,177 @@
 """Does a layer's image→text attention carry the prompt's meaning? Perturb it during generation, layer by layer, and
 measure what the images lose, paired with the unperturbed model on the same captions, noise and images.
 
-Measured per (layer, perturbation), each as the perturbed value, the unperturbed one, their paired difference and a
-95% paired-bootstrap interval of it:
+Each (layer, perturbation) runs at full strength (α = 1) and at matched doses: P' = (1 − α)·P + α·perturb(P) with α
+set per layer so that the perturbation's size — the mean L1 change of an image query's attention over the text keys,
+over a generation's forwards — is `dose` × the weakest layer's full-strength size (per perturbation; for the shuffles
+the weakest layer and draw, so that every layer reaches every dose with α ≤ 1). α is calibrated
+on the unperturbed generation of the first `calibration_samples` captions: its forwards (every step, conditional and
+unconditional rows) are recorded once and replayed with each perturbation at α = 1. On fixed inputs the size is α
+times the full one exactly, so the calibrated α reaches the target there; the size during the perturbed generation,
+whose trajectory moves away, is reported beside it (`perturbation_l1`).
+`word_shuffle` (and `shuffle`) are averaged over `permutations` draws: each caption's effect is the mean over draws.
+
+Measured per (layer, perturbation, dose), each as the perturbed value, the unperturbed one, their paired difference, a
+95% paired-bootstrap interval, a bootstrap p-value, and — over the family of layers × perturbations at that dose, per
+metric — the Holm-adjusted p-value and the Bonferroni interval:
 - generated images (same captions, same initial noise): the organism's caption colour agreement (largest blob's
   colour named in the caption), object recall (share of the caption's colour-and-shape objects the shape reader
-  finds), and the CLIP score when a CLIP model is configured;
+  finds), shape recall and colour recall (the same for shapes alone, colours alone), and the CLIP score when a CLIP
+  model is configured;
 - the flow-matching loss at fixed noise on held-out images (its relative increase);
-- the perturbation's size: mean L1 change of an image query's attention over the text keys.
+- the perturbation's size (`perturbation_l1`, over the perturbed generation's forwards).
+With the expert layer among the perturbed ones, the contrast expert − mean of the other layers (paired per caption) is
+a row of its own (`comparison` "expert_vs_other_layers"); `primary_contrast` at the largest dose is pre-registered.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import torch
 import xarray as xr
 from tqdm import tqdm
 
 from seg4diff.backbones.backbone import Backbone
-from seg4diff.capture.perturb import perturb_attention
+from seg4diff.capture.perturb import (
+    PERMUTING,
+    Perturbation,
+    PromptRows,
+    WordShuffle,
+    perturb_attention,
+    word_permutations,
+)
 from seg4diff.config import CausalParams
+from seg4diff.data.prepared import class_names
 from seg4diff.evaluation.fidelity import clip_scores, generate
 from seg4diff.evaluation.flow_loss import flow_losses
-from seg4diff.evaluation.statistics import paired_mean_difference
+from seg4diff.evaluation.statistics import paired_family
 from seg4diff.organism.colours import colour_hits
-from seg4diff.organism.shape_reader import object_recall
-from seg4diff.prompts import PromptStyle
+from seg4diff.organism.shape_reader import colour_recall, object_recall, shape_recall
+from seg4diff.prompts import PromptStyle, build_prompt
 
-COLUMNS = ["layer", "perturbation", "metric", "value", "baseline", "delta", "ci_low", "ci_high", "n"]
+COLUMNS = [
+    "comparison",
+    "layer",
+    "perturbation",
+    "dose",
+    "alpha",
+    "target_l1",
+    "calibration_l1",
+    "metric",
+    "value",
+    "baseline",
+    "delta",
+    "ci_low",
+    "ci_high",
+    "n",
+    "p_value",
+    "p_holm",
+    "ci_low_bonferroni",
+    "ci_high_bonferroni",
+]
+FULL = "full"  # the dose label of α = 1
+
+
+def dose_label(dose: float) -> str:
+    """Returns a matched dose's label in the table's `dose` column ("0.25"; α = 1 is FULL)."""
+    return f"{dose:g}"
 
 
 def generation_scores(
-    images: np.ndarray, captions: list[str], clip_model: str | None, organism: bool
+    images: np.ndarray, captions: list[str], clip_model: str | None, organism: bool, design: str = "colour_shape"
 ) -> dict[str, np.ndarray]:
-    """Per caption: what a generated image keeps of it (organism: colour agreement, object recall; CLIP score)."""
+    """Per caption: what a generated image keeps of it (organism: colour agreement, object, shape and colour recall,
+    read with the Shapes `design`'s palette and shapes; CLIP score)."""
     scores = {}
     if organism:
-        scores["caption_colour_agreement"] = colour_hits(images, captions)
-        scores["object_recall"] = np.array([object_recall(image, caption) for image, caption in zip(images, captions)])
+        pairs = list(zip(images, captions))
+        scores["caption_colour_agreement"] = colour_hits(images, captions, design)
+        for name, recall in (("object", object_recall), ("shape", shape_recall), ("colour", colour_recall)):
+            scores[f"{name}_recall"] = np.array([recall(image, caption, design) for image, caption in pairs])
     if clip_model:
         scores["clip_score"] = clip_scores(images, captions, clip_model)
     return scores
+
+
+def generate_batched(backbone: Backbone, captions: list[str], settings: CausalParams, size: int) -> np.ndarray:
+    """Returns images generated `settings.batch_size` captions at a time, each batch's noise seeded by its start: the
+    same noise for the same caption in every run."""
+    step = settings.batch_size
+    return np.concatenate(
+        [
+            generate(
+                backbone, captions[i : i + step], settings.generation_steps, settings.guidance, settings.seed + i, size
+            )
+            for i in range(0, len(captions), step)
+        ]
+    )
+
+
+def flow_prompts(prepared: xr.Dataset, style: PromptStyle, limit: int) -> list[str]:
+    """Returns the prompts `flow_losses` gives its first `limit` images (their present classes)."""
+    names, present = class_names(prepared), prepared["present"].values[:limit]
+    return [build_prompt(style, row, names, "")[0] for row in present]
+
+
+def word_shuffles(backbone: Backbone, prompts: list[str], settings: CausalParams) -> list[WordShuffle]:
+    """Returns one `word_shuffle` per draw over every prompt the model is given, matched to forwards by embedding."""
+    prompts = list(dict.fromkeys(prompts))
+    embeds, tokens = [], []
+    for start in range(0, len(prompts), settings.batch_size):
+        encoding = backbone.encode_prompts(prompts[start : start + settings.batch_size])
+        embeds.append(encoding.prompt_embeds.float().cpu())
+        tokens += encoding.tokens
+    rows = PromptRows(torch.cat(embeds))
+    return [
+        WordShuffle(rows, word_permutations(prompts, tokens, settings.seed, d)) for d in range(settings.permutations)
+    ]
+
+
+class Perturbations:
+    """Builds the perturbation contexts of a causal run: `(layer, kind, draw, alpha)` → perturb_attention, with the
+    draw's seed (shuffle: one permutation of all positions per draw) or word permutations (word_shuffle)."""
+
+    def __init__(self, transformer: torch.nn.Module, settings: CausalParams, words: list[WordShuffle] | None):
+        self.transformer, self.settings, self.words = transformer, settings, words
+
+    def __call__(self, layer: int, kind: str, draw: int, alpha: float):
+        shuffle = self.words[draw] if kind == "word_shuffle" else None
+        seed = self.settings.seed + draw
+        return perturb_attention(self.transformer, layer, kind, self.settings.blur_sigma, seed, alpha, shuffle)
+
+
+def recorded_forwards(backbone: Backbone, captions: list[str], settings: CausalParams, size: int) -> list[dict]:
+    """Returns the keyword arguments of every transformer forward of the unperturbed generation of `captions` (every
+    step, CFG's rows as the sampler stacks them), their tensors on the CPU."""
+    forwards = []
+
+    def record(module, args, kwargs):
+        forwards.append({k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in kwargs.items()})
+
+    hook = backbone.transformer.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        generate_batched(backbone, captions, settings, size)
+    finally:
+        hook.remove()
+    return forwards
+
+
+@torch.no_grad()
+def calibration_l1(backbone: Backbone, forwards: list[dict], context) -> float:
+    """Returns the perturbation's size (mean L1 change of an image query's attention over the text keys) over the
+    recorded `forwards` replayed inside `context` (a perturb_attention context not yet entered)."""
+    device = backbone.device
+    with context as processor:
+        for kwargs in forwards:
+            backbone.transformer(**{k: v.to(device) if torch.is_tensor(v) else v for k, v in kwargs.items()})
+    return processor.l1
+
+
+def calibrated_alpha(target_l1: float, full_l1: float) -> float:
+    """Returns the strength α ∈ (0, 1] whose size is `target_l1` when α = 1 gives `full_l1` (the size is linear in α;
+    1 where the target is out of reach)."""
+    return float(min(1.0, target_l1 / max(full_l1, 1e-12)))
 
 
 def _measure(
@@ -51,11 +182,16 @@ def _measure(
     settings: CausalParams,
     clip_model: str | None,
     size: int,
-) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    images = generate(backbone, captions, settings.generation_steps, settings.guidance, settings.seed, size)
-    scores = generation_scores(images, captions, clip_model, backbone.family == "organism")
+    design: str,
+    processor: Perturbation | None = None,
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, float]:
+    """Returns per-caption scores, per-image flow losses, the images and the perturbation's size over the generation's
+    forwards (the quantity the doses are matched on; 0 unperturbed)."""
+    images = generate_batched(backbone, captions, settings, size)
+    size_l1 = processor.l1 if processor is not None else 0.0
+    scores = generation_scores(images, captions, clip_model, backbone.family == "organism", design)
     losses = flow_losses(backbone, prepared, settings.seed, settings.flow_samples, style, tuple(settings.flow_sigmas))
-    return scores, losses, images
+    return scores, losses, images, size_l1
 
 
 def causal_table(
@@ -67,53 +203,184 @@ def causal_table(
     layers: list[int],
     clip_model: str | None = None,
     progress: bool = True,
+    expert_layer: int | None = None,
+    design: str = "colour_shape",
 ) -> tuple[pd.DataFrame, dict]:
-    """Returns the tidy table (COLUMNS) for every layer of `layers` × perturbation, and generated examples
-    {"baseline": images, (layer, kind): images} for the figure; `clip_model` adds the CLIP score."""
+    """Returns the tidy table (COLUMNS) for every layer of `layers` × perturbation × dose (full and settings.doses),
+    with the expert-vs-other-layers contrasts when `expert_layer` is among `layers`, and generated examples
+    {"baseline": images, (layer, kind): full-strength images} for the figure; `clip_model` adds the CLIP score;
+    `design`: the Shapes design the organism's images are read with."""
     size = prepared.sizes["y"]
-    base_scores, base_losses, base_images = _measure(backbone, captions, prepared, style, settings, clip_model, size)
-    rows, examples = [], {"baseline": base_images}
-    runs = [(layer, kind) for layer in layers for kind in settings.perturbations]
-    for layer, kind in tqdm(runs, desc="causal", unit="run", disable=not progress):
-        with perturb_attention(backbone.transformer, layer, kind, settings.blur_sigma, settings.seed) as processor:
-            scores, losses, images = _measure(backbone, captions, prepared, style, settings, clip_model, size)
-        examples[(layer, kind)] = images
-        for metric, values in scores.items():
-            d = paired_mean_difference(base_scores[metric], values, settings.bootstrap_resamples, settings.seed)
-            rows.append((layer, kind, metric, d["b"], d["a"], d["delta"], d["ci_low"], d["ci_high"], d["n"]))
-        increase = (losses - base_losses) / base_losses  # relative, per held-out image
-        d = paired_mean_difference(np.zeros_like(increase), increase, settings.bootstrap_resamples, settings.seed)
-        rows.append((layer, kind, "flow_loss_increase", d["delta"], 0.0, d["delta"], d["ci_low"], d["ci_high"], d["n"]))
-        rows.append(
-            (
-                layer,
-                kind,
-                "perturbation_l1",
-                processor.strength / max(processor.calls, 1),
-                0.0,
-                np.nan,
-                np.nan,
-                np.nan,
-                0,
-            )
-        )
+    transformer = backbone.transformer
+    measure = (backbone, captions, prepared, style, settings, clip_model, size, design)
+    base_scores, base_losses, base_images, _ = _measure(*measure)
+    kinds = settings.perturbations
+    draws = {kind: settings.permutations if kind in PERMUTING else 1 for kind in kinds}
+    words = None
+    if "word_shuffle" in kinds:
+        prompts = [*captions, "", *flow_prompts(prepared, style, settings.flow_samples)]
+        words = word_shuffles(backbone, prompts, settings)
+    perturbation = Perturbations(transformer, settings, words)
+    forwards = recorded_forwards(backbone, captions[: settings.calibration_samples], settings, size)
+    full_l1 = {  # each (layer, kind, draw)'s full-strength size on the recorded forwards: linear in α
+        (layer, kind, draw): calibration_l1(backbone, forwards, perturbation(layer, kind, draw, 1.0))
+        for layer in layers
+        for kind in kinds
+        for draw in range(draws[kind])
+    }
+    del forwards
+    # the weakest layer's (and draw's) full size: every layer reaches every dose with α ≤ 1
+    weakest = {kind: min(l1 for (_, k, _), l1 in full_l1.items() if k == kind) for kind in kinds}
+
+    runs = {}  # (layer, kind, dose) → per-caption scores and per-image loss increase, averaged over draws
+    examples = {"baseline": base_images}
+    plan = [(layer, kind, dose) for layer in layers for kind in kinds for dose in [FULL, *settings.doses]]
+    bar = tqdm(total=sum(draws[kind] for _, kind, _ in plan), desc="causal", unit="run", disable=not progress)
+    for layer, kind, dose in plan:
+        target = np.nan if dose == FULL else dose * weakest[kind]
+        alphas = [
+            1.0 if dose == FULL else calibrated_alpha(target, full_l1[layer, kind, d]) for d in range(draws[kind])
+        ]
+        scores, increases, sizes = [], [], []
+        for draw, alpha in enumerate(alphas):
+            with perturbation(layer, kind, draw, alpha) as processor:
+                measured = _measure(*measure, processor)
+            draw_scores, losses, images, size_l1 = measured
+            scores.append(draw_scores)
+            increases.append((losses - base_losses) / base_losses)  # relative, per held-out image
+            sizes.append(size_l1)
+            if dose == FULL and draw == 0:
+                examples[(layer, kind)] = images
+            bar.update()
+        label = FULL if dose == FULL else dose_label(dose)
+        runs[layer, kind, label] = {
+            "alpha": float(np.mean(alphas)),
+            "target_l1": float(target),
+            "calibration_l1": float(np.mean([a * full_l1[layer, kind, d] for d, a in enumerate(alphas)])),
+            "scores": {metric: np.mean([s[metric] for s in scores], axis=0) for metric in base_scores},
+            "flow_loss_increase": np.mean(increases, axis=0),
+            "perturbation_l1": float(np.mean(sizes)),
+        }
+    bar.close()
+    rows = _layer_rows(runs, base_scores, settings)
+    if expert_layer is not None and expert_layer in layers and len(layers) > 1:
+        rows += _contrast_rows(runs, base_scores, settings, expert_layer)
     return pd.DataFrame(rows, columns=COLUMNS), examples
 
 
-def causal_summary(table: pd.DataFrame, expert_layer: int) -> dict:
-    """Per perturbation and metric: the layer whose perturbation costs most, and the expert's cost and rank (1 =
-    most)."""
+def _effects(run: dict, base_scores: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Returns metric → (unperturbed, perturbed) per unit; the flow loss as (0, its relative increase)."""
+    pairs = {metric: (base_scores[metric], values) for metric, values in run["scores"].items()}
+    increase = run["flow_loss_increase"]
+    return pairs | {"flow_loss_increase": (np.zeros_like(increase), increase)}
+
+
+def _run_columns(comparison: str, layer: int, kind: str, dose: str, run: dict) -> dict:
+    return {
+        "comparison": comparison,
+        "layer": layer,
+        "perturbation": kind,
+        "dose": dose,
+        "alpha": run["alpha"],
+        "target_l1": run["target_l1"],
+        "calibration_l1": run["calibration_l1"],
+    }
+
+
+def _test_columns(metric: str, value: float, baseline: float, d: dict) -> dict:
+    keys = ("delta", "ci_low", "ci_high", "n", "p_value", "p_holm", "ci_low_bonferroni", "ci_high_bonferroni")
+    return {"metric": metric, "value": value, "baseline": baseline} | {key: d[key] for key in keys}
+
+
+def _layer_rows(runs: dict, base_scores: dict[str, np.ndarray], settings: CausalParams) -> list[dict]:
+    """Rows perturbed vs unperturbed, Holm and Bonferroni over the family of layers × perturbations per metric and
+    dose; and each run's size during generation (`perturbation_l1`)."""
+    rows = []
+    for dose in dict.fromkeys(dose for _, _, dose in runs):
+        keys = [key for key in runs if key[2] == dose]
+        effects = [_effects(runs[key], base_scores) for key in keys]
+        for metric in effects[0]:
+            family = paired_family([e[metric] for e in effects], settings.bootstrap_resamples, settings.seed)
+            for key, d in zip(keys, family):
+                value, baseline = (d["delta"], 0.0) if metric == "flow_loss_increase" else (d["b"], d["a"])
+                rows.append(_run_columns("vs_unperturbed", *key, runs[key]) | _test_columns(metric, value, baseline, d))
+        for key in keys:
+            size = {"metric": "perturbation_l1", "value": runs[key]["perturbation_l1"], "baseline": 0.0, "n": 0}
+            rows.append(_run_columns("vs_unperturbed", *key, runs[key]) | size)
+    return rows
+
+
+def _contrast_rows(runs: dict, base_scores: dict, settings: CausalParams, expert_layer: int) -> list[dict]:
+    """Rows of the expert's paired effect − the mean of the other layers' (per caption or image), per perturbation,
+    dose and metric (value: the expert's mean effect, baseline: the others'); Holm and Bonferroni over the
+    perturbations per metric and dose."""
+    rows = []
+    for dose in dict.fromkeys(dose for _, _, dose in runs):
+        kinds = list(dict.fromkeys(kind for _, kind, d in runs if d == dose))
+        pairs = {}  # kind → metric → (others' mean effect, expert's effect) per unit
+        for kind in kinds:
+            effects = {
+                layer: {metric: b - a for metric, (a, b) in _effects(runs[layer, kind, dose], base_scores).items()}
+                for layer, k, d in runs
+                if k == kind and d == dose
+            }
+            expert, others = effects[expert_layer], [e for layer, e in effects.items() if layer != expert_layer]
+            pairs[kind] = {metric: (np.mean([e[metric] for e in others], axis=0), expert[metric]) for metric in expert}
+        for metric in pairs[kinds[0]]:
+            family = paired_family([pairs[k][metric] for k in kinds], settings.bootstrap_resamples, settings.seed)
+            for kind, d in zip(kinds, family):
+                columns = _run_columns(
+                    "expert_vs_other_layers", expert_layer, kind, dose, runs[expert_layer, kind, dose]
+                )
+                rows.append(columns | _test_columns(metric, d["b"], d["a"], d))
+    return rows
+
+
+def summary_key(kind: str, dose: str, metric: str) -> str:
+    """Returns the summary's key of one perturbation, dose and metric ("word_shuffle.object_recall" at full strength,
+    "word_shuffle.dose_0.5.object_recall" at a matched dose)."""
+    return f"{kind}.{metric}" if dose == FULL else f"{kind}.dose_{dose}.{metric}"
+
+
+def causal_summary(table: pd.DataFrame, expert_layer: int, primary_contrast: str | None = None) -> dict:
+    """Per perturbation, dose and metric: the layer whose perturbation costs most, the expert's cost with its 95% and
+    Bonferroni intervals, Holm-adjusted p-value and rank (1 = most), and the expert − other layers contrast; plus
+    "primary_contrast", the pre-registered one ("kind.metric" at the largest dose), when it was measured."""
     summary = {}
-    for (kind, metric), group in table[table.metric != "perturbation_l1"].groupby(["perturbation", "metric"]):
+    layers = table[(table.comparison == "vs_unperturbed") & (table.metric != "perturbation_l1")]
+    contrasts = table[table.comparison == "expert_vs_other_layers"]
+    for (kind, dose, metric), group in layers.groupby(["perturbation", "dose", "metric"], sort=False):
         harm = -group.delta if metric != "flow_loss_increase" else group.delta  # larger = more damage
         order = group.assign(harm=harm.values).sort_values("harm", ascending=False).reset_index(drop=True)
         expert = order[order.layer == expert_layer]
-        summary[f"{kind}.{metric}"] = {
+        found = len(expert) > 0
+        contrast = contrasts[(contrasts.perturbation == kind) & (contrasts.dose == dose) & (contrasts.metric == metric)]
+        summary[summary_key(kind, dose, metric)] = {
             "most_harmful_layer": int(order.layer.iloc[0]),
             "most_harmful_delta": float(order.delta.iloc[0]),
-            "expert_delta": float(expert.delta.iloc[0]) if len(expert) else float("nan"),
-            "expert_ci": [float(expert.ci_low.iloc[0]), float(expert.ci_high.iloc[0])] if len(expert) else None,
-            "expert_rank": int(expert.index[0]) + 1 if len(expert) else None,
+            "expert_delta": float(expert.delta.iloc[0]) if found else float("nan"),
+            "expert_ci": [float(expert.ci_low.iloc[0]), float(expert.ci_high.iloc[0])] if found else None,
+            "expert_ci_bonferroni": (
+                [float(expert.ci_low_bonferroni.iloc[0]), float(expert.ci_high_bonferroni.iloc[0])] if found else None
+            ),
+            "expert_p_holm": float(expert.p_holm.iloc[0]) if found else float("nan"),
+            "expert_rank": int(expert.index[0]) + 1 if found else None,
             "layers": int(len(order)),
+            "expert_vs_others": _contrast(contrast),
         }
+    doses = [dose for dose in table.dose.unique() if dose != FULL]
+    if primary_contrast and doses:
+        kind, _, metric = primary_contrast.partition(".")
+        dose = max(doses, key=float)
+        row = contrasts[(contrasts.perturbation == kind) & (contrasts.dose == dose) & (contrasts.metric == metric)]
+        if len(row):
+            summary["primary_contrast"] = {"perturbation": kind, "dose": dose, "metric": metric} | _contrast(row)
     return summary
+
+
+def _contrast(rows: pd.DataFrame) -> dict | None:
+    """The expert − other layers contrast of one row: its Δ, 95% interval and bootstrap p-value (None: not run)."""
+    if not len(rows):
+        return None
+    row = rows.iloc[0]
+    return {"delta": float(row.delta), "ci": [float(row.ci_low), float(row.ci_high)], "p_value": float(row.p_value)}

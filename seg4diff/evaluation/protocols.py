@@ -161,10 +161,12 @@ def evaluate_segmentation(
     kl_threshold: float,
     limit: int | None = None,
     progress: bool = True,
+    gt_classes_readout: Readout | None = None,
 ) -> tuple[dict, dict]:
     """Returns ({protocol: summary with per-image `stats` (image, 3, C)}, {sample index: gt_classes prediction}):
-    the GT-class and vocabulary protocols read `readout`, the unsupervised one groups the empty prompt's maps at
-    `kl_threshold`."""
+    the GT-class protocol reads `gt_classes_readout` (its reading chosen on val; None: `readout`), the vocabulary
+    protocol `readout`, the unsupervised one groups the empty prompt's maps at `kl_threshold`."""
+    gt_classes_readout = gt_classes_readout or readout
     names = class_names(test)
     num_classes = len(names)
     n = min(test.sizes["sample"], limit or test.sizes["sample"])
@@ -175,7 +177,7 @@ def evaluate_segmentation(
         indices = list(range(start, min(start + batch_size, n)))
         rows = test.isel(sample=indices).load()
         target = rows["label"].values
-        oracle = segment_batch(backbone, rows, indices, readout)
+        oracle = segment_batch(backbone, rows, indices, gt_classes_readout)
         stats["gt_classes"].append(image_statistics(oracle, target, num_classes))
         vocabulary = vocabulary_predictions(backbone, rows, indices, readout, prompts)
         stats["vocabulary"].append(image_statistics(vocabulary, target, num_classes))

@@ -4,7 +4,10 @@ Maps: per-pixel min–max over the tokens, then a spatial softmax per token map.
 take the first ungrouped map as an anchor, put every ungrouped map whose symmetric KL to the ANCHOR is below the
 threshold in its group, repeat; each group's map is the mean of its softmax-normalised maps; argmax over groups.
 Cluster ids mean nothing across images, so the only valid protocol without a shared codebook is per-image Hungarian
-matching of clusters to the image's own classes (DiffSeg, DiffCut), summed into one dataset confusion matrix.
+matching of clusters to the image's own classes (DiffSeg, DiffCut), summed into one dataset confusion matrix. "Own"
+means the classes present in the image's ground truth (background among them where the dataset labels it): a cluster
+left over once each present class has one is unmatched, and its pixels count as misses of the classes truly there
+(false negatives), never as false positives of a class the image does not hold.
 """
 
 from __future__ import annotations
@@ -61,22 +64,24 @@ def _matched_summary(confusion: np.ndarray, num_classes: int) -> dict:
 
 
 def image_confusion(cluster: np.ndarray, label: np.ndarray, num_classes: int) -> np.ndarray:
-    """Returns the (C+1)×(C+1) confusion of one image after Hungarian-matching its clusters to its classes; the last
-    column counts pixels of clusters left unmatched (more clusters than classes)."""
+    """Returns the (C+1)×(C+1) confusion of one image after Hungarian-matching its clusters to the classes present in
+    its label; the last column counts pixels of clusters left unmatched (more clusters than present classes)."""
     ids = np.unique(cluster)
     local = np.searchsorted(ids, cluster)
     valid = label != IGNORE_INDEX
+    present = np.unique(label[valid])  # matching an absent class would make a false positive out of nothing
     overlap = np.bincount(local[valid] * num_classes + label[valid], minlength=len(ids) * num_classes).reshape(
         len(ids), num_classes
-    )
+    )[:, present]
     rows, cols = linear_sum_assignment(-overlap)
     mapping = np.full(len(ids), num_classes)
-    mapping[rows] = cols
+    mapping[rows] = present[cols]
     return confusion_matrix(mapping[local], label, num_classes + 1)
 
 
 def match_per_image(clusters: list[np.ndarray], labels: list[np.ndarray], num_classes: int) -> dict:
-    """DiffSeg's protocol: each image's clusters matched to its own classes, then one dataset-level confusion matrix.
+    """DiffSeg's protocol: each image's clusters matched to the classes present in it, then one dataset-level confusion
+    matrix (unmatched clusters' pixels are misses of their true classes).
     Also returns `stats`, (image, 3, C) per-image class statistics for paired intervals, and the clusters per image."""
     confusions = [image_confusion(c, l, num_classes) for c, l in zip(clusters, labels)]
     result = _matched_summary(sum(confusions), num_classes)

@@ -1,5 +1,5 @@
-"""Fine-tuning checkpoints and the work folder that holds them: the adapter plus the optimizer, schedule and RNG state
-that resume a run exactly.
+"""Training checkpoints (pretraining, fine-tuning) and the work folder that holds them: the weights plus the optimizer,
+schedule and RNG state that resume a run exactly.
 
 A checkpoint loads without running code: its tensors are in safetensors and everything else in JSON. The pickled
 `state.pt` of earlier versions is refused, never read — unpickling a crafted file runs whatever it says. The work
@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,12 +26,24 @@ TENSORS, VALUES = "state.safetensors", "state.json"
 PICKLED = "state.pt"  # the format of earlier versions
 SETTINGS = "config.json"  # the settings of the run a work folder holds
 PREVIOUS = "previous-"  # runs of other settings, moved aside inside the work folder
-SETTING = "finetune.work_dir"
+
+
+@dataclass(frozen=True)
+class WorkFolder:
+    """Whose work folder: the setting that names it (in every refusal) and what its run is called."""
+
+    setting: str
+    run: str
+
+
+FINETUNE = WorkFolder("finetune.work_dir", "fine-tuning")
+PRETRAIN = WorkFolder("pretrain.work_dir", "pretraining")
 
 
 def save_state(directory: Path, state: dict) -> None:
-    """Writes `state` (step, history, best, optimizer, scheduler, generator, torch_rng) as safetensors + JSON."""
-    tensors = {"generator": state["generator"], "torch_rng": state["torch_rng"]}
+    """Writes `state` as safetensors + JSON: its tensors (e.g. generator, torch_rng) and the optimizer's tensors in
+    safetensors, the rest (step, scheduler, logs: JSON values) in JSON."""
+    tensors = {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
     optimizer_values = {}
     for index, entries in state["optimizer"]["state"].items():
         optimizer_values[str(index)] = {}
@@ -39,19 +52,19 @@ def save_state(directory: Path, state: dict) -> None:
                 tensors[f"optimizer.{index}.{name}"] = value
             else:
                 optimizer_values[str(index)][name] = value
-    values = {key: state[key] for key in ("step", "history", "best", "scheduler")}
+    values = {key: value for key, value in state.items() if key != "optimizer" and key not in tensors}
     values["optimizer"] = {"param_groups": state["optimizer"]["param_groups"], "state": optimizer_values}
     save_file(tensors, Path(directory) / TENSORS)
     (Path(directory) / VALUES).write_text(json.dumps(values))
 
 
-def load_state(directory: Path) -> dict:
+def load_state(directory: Path, work: WorkFolder = FINETUNE) -> dict:
     """Returns the state save_state wrote in `directory`; raises DataError, in one line naming the file, otherwise."""
     directory = Path(directory)
     if (directory / PICKLED).exists():
         raise DataError(
             f"{directory / PICKLED}: a checkpoint in the old pickled format, which seg4diff no longer reads "
-            f"(unpickling a file can run code): delete {directory.parent} to start this fine-tuning over"
+            f"(unpickling a file can run code): delete {directory.parent} to start this {work.run} over"
         )
     try:
         values = json.loads((directory / VALUES).read_text())
@@ -66,34 +79,33 @@ def load_state(directory: Path) -> dict:
             {k: tuple(v) if isinstance(v, list) and k != "params" else v for k, v in group.items()}
             for group in values["optimizer"]["param_groups"]
         ]
-        return {
-            **{key: values[key] for key in ("step", "history", "best", "scheduler")},
-            "optimizer": {"state": optimizer_state, "param_groups": groups},
-            "generator": tensors["generator"],
-            "torch_rng": tensors["torch_rng"],
-        }
+        values["optimizer"] = {"state": optimizer_state, "param_groups": groups}
+        return {**values, **{key: tensor for key, tensor in tensors.items() if not key.startswith("optimizer.")}}
     except (OSError, ValueError, KeyError, TypeError, AttributeError, SafetensorError) as error:
         raise DataError(
             f"{directory}: not a readable seg4diff checkpoint ({_one_line(error)}): delete {directory.parent} to start "
-            "this fine-tuning over"
+            f"this {work.run} over"
         ) from None
 
 
-def save_checkpoint(work_dir: Path, state: dict, write_adapter: Callable[[Path], None]) -> None:
-    """Writes checkpoint-<step> atomically (to a temp folder, then renamed) and removes the older ones."""
+def save_checkpoint(
+    work_dir: Path, state: dict, write_weights: Callable[[Path], None], work: WorkFolder = FINETUNE
+) -> None:
+    """Writes checkpoint-<step> (the weights `write_weights` writes into a folder, then the state) atomically — to a
+    temp folder, then renamed — and removes the older ones."""
     work_dir = Path(work_dir)
     tmp = work_dir / f".tmp-{state['step']:06d}"
-    remove_ours(tmp, SETTING)  # a leftover of an interrupted save
-    mark(tmp, "fine-tuning checkpoint")
-    write_adapter(tmp)
+    remove_ours(tmp, work.setting)  # a leftover of an interrupted save
+    mark(tmp, f"{work.run} checkpoint")
+    write_weights(tmp)
     save_state(tmp, state)
     tmp.rename(work_dir / f"checkpoint-{state['step']:06d}")
     for old in checkpoints(work_dir)[:-1]:
-        remove_ours(old, SETTING)
+        remove_ours(old, work.setting)
 
 
 def load_checkpoint(checkpoint: Path) -> dict:
-    """Returns the state saved in `checkpoint` (load_state) with its adapter weights under "adapter"."""
+    """Returns the state saved in a fine-tuning `checkpoint` (load_state) with its adapter weights under "adapter"."""
     state = load_state(checkpoint)
     try:
         return {**state, "adapter": load_file(Path(checkpoint) / WEIGHTS)}
@@ -117,19 +129,19 @@ def latest_checkpoint(work_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def claim_work_dir(work_dir: Path, settings: str) -> str:
-    """Makes `work_dir` seg4diff's fine-tuning folder for `settings` (a JSON text); returns one line saying what
-    happened.
+def claim_work_dir(work_dir: Path, settings: str, work: WorkFolder = FINETUNE) -> str:
+    """Makes `work_dir` seg4diff's work folder of `work` (fine-tuning, pretraining) for `settings` (a JSON text);
+    returns one line saying what happened.
 
-    A folder seg4diff did not write is refused (ConfigError naming finetune.work_dir). The run of other settings it
-    holds is moved aside to `previous-<hash of its settings>` inside it, never deleted (it may have cost hours of
-    GPU); one moved aside earlier for these settings is moved back and resumed."""
+    A folder seg4diff did not write is refused (ConfigError naming work.setting, e.g. finetune.work_dir). The run of
+    other settings it holds is moved aside to `previous-<hash of its settings>` inside it, never deleted (it may have
+    cost hours of GPU); one moved aside earlier for these settings is moved back and resumed."""
     work_dir = Path(work_dir)
-    check_replaceable(work_dir, SETTING)
-    mark(work_dir, "fine-tuning work folder")
+    check_replaceable(work_dir, work.setting)
+    mark(work_dir, f"{work.run} work folder")
     recorded = work_dir / SETTINGS
     if recorded.is_file() and recorded.read_text() == settings:
-        return f"{SETTING} {work_dir}: continuing the run of the same settings there"
+        return f"{work.setting} {work_dir}: continuing the run of the same settings there"
     said = []
     if recorded.is_file():
         previous = _previous(work_dir, recorded.read_text())
@@ -143,7 +155,7 @@ def claim_work_dir(work_dir: Path, settings: str) -> str:
     else:
         recorded.write_text(settings)
         said.append("starting a new run")
-    return f"{SETTING} {work_dir}: " + "; ".join(said)
+    return f"{work.setting} {work_dir}: " + "; ".join(said)
 
 
 def _previous(work_dir: Path, settings: str) -> Path:

@@ -95,6 +95,15 @@ def sample_sigmas(generator: torch.Generator, n: int, config: MagnetConfig) -> t
     return config.finetune.sigma_shift * u / (1 + (config.finetune.sigma_shift - 1) * u)
 
 
+def mask_sigmas(generator: torch.Generator, n: int, config: MagnetConfig) -> torch.Tensor:
+    """Returns the noise levels of the mask losses' forward (finetune.mask_sigma 'expert'): logit-normal around the
+    expert's σ, so that supervision lands where the readout reads."""
+    centre = torch.logit(torch.tensor(config.expert_sigma, dtype=torch.float64))
+    return torch.sigmoid(
+        centre + config.finetune.mask_sigma_std * torch.randn(n, generator=generator, dtype=torch.float64)
+    )
+
+
 def _class_maps(maps: torch.Tensor, slot_class: np.ndarray, classes: np.ndarray) -> torch.Tensor:
     """(token, y, x) head-mean maps → (class, y, x): each class's token maps averaged."""
     return torch.stack([maps[torch.from_numpy(np.flatnonzero(slot_class == c))].mean(0) for c in classes])
@@ -124,9 +133,9 @@ def magnet_loss(
     positions = torch.from_numpy(np.stack([s.position[:used] for s in slots]).astype(np.int64)).clamp_min(0)
     noise = torch.randn(x0.shape, generator=generator).to(x0)
     sigma = sample_sigmas(generator, x0.shape[0], config).to(x0)
-    noisy = sigma.view(-1, 1, 1, 1) * noise + (1 - sigma.view(-1, 1, 1, 1)) * x0
+    noised = lambda s: s.view(-1, 1, 1, 1) * noise + (1 - s.view(-1, 1, 1, 1)) * x0  # noqa: E731
     on_predictor = config.finetune.mask_loss == "predictor"
-    with capture_attention(
+    capture = lambda: capture_attention(  # noqa: E731
         backbone.transformer,
         [config.expert_layer],
         ("image_to_text",),
@@ -134,9 +143,16 @@ def magnet_loss(
         head_mean=mode == "gt_classes" and not on_predictor,
         output="logits",
         detach=False,
-    ) as cap:
-        prediction = backbone.velocity(noisy, sigma, encoding)
-    flow = F.mse_loss(prediction.float(), (noise - x0).float())
+    )
+    if config.finetune.mask_sigma == "expert":  # the flow loss on its own σ; the mask losses at the readout's σ
+        flow = F.mse_loss(backbone.velocity(noised(sigma), sigma, encoding).float(), (noise - x0).float())
+        sigma = mask_sigmas(generator, x0.shape[0], config).to(x0)
+        with capture() as cap:
+            backbone.velocity(noised(sigma), sigma, encoding)
+    else:
+        with capture() as cap:
+            prediction = backbone.velocity(noised(sigma), sigma, encoding)
+        flow = F.mse_loss(prediction.float(), (noise - x0).float())
     scores = cap.tensor("image_to_text")[:, 0]  # (batch, head, image_token, slot): logits
     if on_predictor:  # the predictor's head-mean probabilities: exp(logit − log-sum-exp over all keys), per head
         scores = torch.exp(scores.float() - cap.tensor("image_lse")[:, 0, ..., None].float()).mean(1, keepdim=True)
@@ -144,7 +160,8 @@ def magnet_loss(
     labels = [torch.from_numpy(native_label(rows, k).astype(np.int64)) for k in range(len(slots))]
     maps, targets, valid, predictor_terms = [], [], [], []
     for k, slot in enumerate(slots):
-        if config.finetune.mask_max_sigma is not None and sigma[k].item() > config.finetune.mask_max_sigma:
+        shared = config.finetune.mask_sigma == "shared"
+        if shared and config.finetune.mask_max_sigma is not None and sigma[k].item() > config.finetune.mask_max_sigma:
             continue
         slot_class = slot.class_id[:used]
         slot_class = np.where(slot.position[:used] >= 0, slot_class, -1)

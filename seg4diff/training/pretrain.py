@@ -1,19 +1,39 @@
-"""Training the Shapes organism from scratch with SD3's rectified-flow objective, and sampling from it."""
+"""Training the Shapes organism from scratch with SD3's rectified-flow objective.
+
+Given a work folder (pretrain.work_dir), training writes a checkpoint every `checkpoint_every` steps and at the end —
+the organism as save_pretrained writes it (safetensors), plus the optimizer, schedule, RNG states and loss log
+(seg4diff.training.checkpoints: no pickles) — and resumes from the newest one of the same settings, ending
+bit-identical to an uninterrupted run: every random draw comes from the seeded generator, whose state is saved.
+"""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
+from diffusers.utils import SAFETENSORS_WEIGHTS_NAME
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from tqdm import tqdm
+from transformers.utils import SAFE_WEIGHTS_NAME
 
 from seg4diff.backbones.noise import logit_normal
 from seg4diff.config import PretrainParams
+from seg4diff.errors import DataError
 from seg4diff.organism.pipeline import OrganismPipeline
+from seg4diff.training.checkpoints import PRETRAIN, claim_work_dir, latest_checkpoint, load_state, save_checkpoint
 from seg4diff.training.optim import adamw_warmup_cosine
+
+# pretrain settings that do not change the trained weights: where things go, how often the run logs or checkpoints,
+# and the checks after training
+NOT_TRAINING = {"output", "work_dir", "checkpoint_every", "log_every", "num_samples", "sample_steps", "guidance"}
+# where save_pretrained puts each module's weights in a checkpoint (the organism's layout: organism/pipeline.py)
+WEIGHT_FILES = (f"transformer/{SAFETENSORS_WEIGHTS_NAME}", f"text_encoder/{SAFE_WEIGHTS_NAME}")
 
 
 def flow_matching_loss(
@@ -44,7 +64,20 @@ def flow_matching_loss(
 class TrainingLog:
     steps: list[int] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
-    seconds: float = 0.0
+    seconds: float = 0.0  # of training, summed over the sessions of a resumed run
+
+
+def training_settings(schedule: PretrainParams, data_digest: str, vocabulary: list[str]) -> str:
+    """Returns, as JSON text, what decides a training's result: the pretrain settings (not NOT_TRAINING), the training
+    data's content digest and the vocabulary."""
+    return json.dumps(
+        {
+            "pretrain": schedule.model_dump(mode="json", exclude=NOT_TRAINING),
+            "data": data_digest,
+            "vocabulary": vocabulary,
+        },
+        sort_keys=True,
+    )
 
 
 def train(
@@ -54,20 +87,50 @@ def train(
     schedule: PretrainParams,
     on_log: Callable[[int, float], None] | None = None,
     progress: bool = True,
+    work_dir: str | Path | None = None,
+    data_digest: str | None = None,
 ) -> TrainingLog:
-    """Trains transformer and text encoder in place on images (n, 3, H, W) in [−1, 1] with the steps, batch size,
-    optimiser settings, caption dropout and seed of `schedule`, logging the mean loss every `schedule.log_every`
-    steps; returns the loss log."""
+    """Returns the loss log of training transformer and text encoder in place on images (n, 3, H, W) in [−1, 1] with
+    the steps, batch size, optimiser settings, caption dropout and seed of `schedule`, the mean loss logged every
+    `schedule.log_every` steps (on_log(step, loss) at each log point, those restored from a checkpoint first).
+
+    With `work_dir`, checkpoints go there and a run of the same settings there is resumed; `data_digest` (the train
+    split's content digest) is then required. A work_dir seg4diff did not write is refused (ConfigError naming
+    pretrain.work_dir), a run of other settings there moved aside, not deleted."""
+    if work_dir is not None and not data_digest:
+        raise ValueError("train: a work_dir needs the training data's digest (data_digest) to recognise its run")
     torch.manual_seed(schedule.seed)
     generator = torch.Generator().manual_seed(schedule.seed)
     parameters = [p for module in pipe.modules for p in module.parameters()]
     optimizer, scheduler = adamw_warmup_cosine(
         parameters, schedule.lr, schedule.weight_decay, schedule.warmup_steps, schedule.steps
     )
+    log, running, first = TrainingLog(), [], 0
+    if work_dir is not None:
+        work_dir = Path(work_dir)
+        vocab = pipe.tokenizer.get_vocab()
+        settings = training_settings(schedule, data_digest, sorted(vocab, key=vocab.get))
+        # one line before any training: whether a run is resumed, or one of other settings was moved aside
+        print(claim_work_dir(work_dir, settings, PRETRAIN))
+        checkpoint = latest_checkpoint(work_dir)
+        if checkpoint is not None:
+            state = _resume(checkpoint, pipe, optimizer, scheduler, generator)
+            first, running = state["step"], state["running"]
+            log = TrainingLog(**state["log"])
+    if on_log:
+        for logged, loss in zip(log.steps, log.losses):
+            on_log(logged, loss)
     for module in pipe.modules:
         module.train()
-    log, running, start = TrainingLog(), [], time.perf_counter()
-    bar = tqdm(range(schedule.steps), desc="pretrain", unit="step", disable=not progress)
+    earlier, start = log.seconds, time.perf_counter()
+    bar = tqdm(
+        range(first, schedule.steps),
+        initial=first,
+        total=schedule.steps,
+        desc="pretrain",
+        unit="step",
+        disable=not progress,
+    )
     for step in bar:
         index = torch.randint(len(images), (schedule.batch_size,), generator=generator)
         dropped = torch.rand(schedule.batch_size, generator=generator) < schedule.caption_dropout
@@ -89,7 +152,43 @@ def train(
             bar.set_postfix(loss=f"{mean:.4f}")
             if on_log:
                 on_log(step + 1, mean)
+        log.seconds = earlier + time.perf_counter() - start
+        if work_dir is not None and ((step + 1) % schedule.checkpoint_every == 0 or step + 1 == schedule.steps):
+            _save(work_dir, step + 1, pipe, optimizer, scheduler, generator, log, running)
     for module in pipe.modules:
         module.eval()
-    log.seconds = time.perf_counter() - start
     return log
+
+
+def _save(work_dir: Path, step: int, pipe, optimizer, scheduler, generator, log: TrainingLog, running: list) -> None:
+    """Writes checkpoint-<step>: the organism and what resumes the run exactly (checkpoints.save_checkpoint)."""
+    state = {
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "generator": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "log": {"steps": log.steps, "losses": log.losses, "seconds": log.seconds},
+        "running": running,  # the losses since the last log point: a checkpoint need not fall on one
+    }
+    save_checkpoint(work_dir, state, pipe.save_pretrained, PRETRAIN)
+
+
+def _resume(checkpoint: Path, pipe: OrganismPipeline, optimizer, scheduler, generator: torch.Generator) -> dict:
+    """Returns the state of `checkpoint` (load_state) after loading its weights, optimizer, schedule and RNG states
+    into the run; raises DataError, in one line naming the file, when they do not load."""
+    state = load_state(checkpoint, PRETRAIN)
+    for module, name in zip(pipe.modules, WEIGHT_FILES):
+        try:
+            module.load_state_dict(load_file(checkpoint / name))
+        except (OSError, RuntimeError, SafetensorError) as error:
+            message = " ".join(f"{type(error).__name__}: {error}".split())[:300]
+            raise DataError(
+                f"{checkpoint / name}: unreadable organism weights ({message}): delete {checkpoint.parent} to start "
+                "this pretraining over"
+            ) from None
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    return state
