@@ -59,6 +59,13 @@ def test_pipeline_deployment_runs_against_a_real_server(tmp_path):
     }
     raw["extract"] = {"sigmas": [0.5], "max_tokens": 8, "batch_size": 4, "output": str(tmp_path / "attention.zarr")}
     raw["score"] = {"bootstrap_resamples": 20, "examples": 1}
+    raw["causal"] = {  # the val split holds 4 images: 4 captions (more is refused), a tiny calibration
+        "captions": 4,
+        "calibration_samples": 2,
+        "generation_steps": 2,
+        "flow_samples": 4,
+        "bootstrap_resamples": 200,
+    }
     raw["finetune"] = {"steps": 2, "batch_size": 2, "rank": 2, "alpha": 2, "validate_every": 2, "validation_samples": 2}
     raw["evaluate"] = {"batch_size": 6, "gallery": 1, "generation_samples": 1}
     raw["orchestration"] = {"local_workers": 1}
