@@ -3,11 +3,10 @@
 import io
 import json
 import math
-import os
-import shlex
 
 import pytest
 import torch
+from crafted import Payload
 from safetensors.torch import save_file
 
 from seg4diff.backbones.lora import WEIGHTS
@@ -87,16 +86,6 @@ def test_a_checkpoint_round_trips_every_tensor_and_value_without_a_pickle(tmp_pa
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint-000004"]
 
 
-class _Payload:
-    """Unpickling this runs a shell command that creates `target` (what a crafted state.pt did)."""
-
-    def __init__(self, target):
-        self.target = target
-
-    def __reduce__(self):
-        return os.system, (f"touch {shlex.quote(str(self.target))}",)
-
-
 @pytest.mark.parametrize("file", [PICKLED, TENSORS, VALUES])
 def test_a_crafted_pickle_in_a_checkpoint_is_refused_in_one_line_and_never_run(tmp_path, file):
     """The old format's state.pt, or pickle bytes in place of either new state file: a DataError naming the
@@ -105,7 +94,7 @@ def test_a_crafted_pickle_in_a_checkpoint_is_refused_in_one_line_and_never_run(t
     save_checkpoint(tmp_path / "work", state, lambda folder: save_file({"w": torch.ones(1)}, folder / WEIGHTS))
     checkpoint = latest_checkpoint(tmp_path / "work")
     ran = tmp_path / "payload-ran"
-    torch.save({"optimizer": _Payload(ran)}, checkpoint / file)
+    torch.save({"optimizer": Payload(ran)}, checkpoint / file)
     with pytest.raises(DataError) as refused:
         load_checkpoint(checkpoint)
     message = str(refused.value)

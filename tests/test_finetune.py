@@ -1,6 +1,4 @@
 import json
-import os
-import shlex
 from dataclasses import replace
 
 import numpy as np
@@ -8,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import prepared_shapes
+from crafted import Payload
 
 from seg4diff.backbones.backbone import load_backbone, model_digest
 from seg4diff.backbones.lora import lora_state
@@ -300,12 +299,7 @@ def test_resuming_never_unpickles_a_crafted_state_file(setup, tmp_path):
     checkpoint = work / "checkpoint-000002"
     mark(checkpoint, "fine-tuning checkpoint")
     ran = tmp_path / "payload-ran"
-
-    class Payload:
-        def __reduce__(self):
-            return os.system, (f"touch {shlex.quote(str(ran))}",)
-
-    torch.save({"step": 2, "optimizer": Payload()}, checkpoint / "state.pt")
+    torch.save({"step": 2, "optimizer": Payload(ran)}, checkpoint / "state.pt")
     with pytest.raises(DataError) as refused:
         train_magnet(
             _backbone(setup), open_prepared(setup / "train.zarr"), open_prepared(setup / "val.zarr"), config, work

@@ -1,12 +1,10 @@
 """Pretraining checkpoints: an interrupted run resumes bit-identical, and the work folder loads nothing that runs
 code nor takes over a user's folder."""
 
-import os
-import shlex
-
 import numpy as np
 import pytest
 import torch
+from crafted import Payload
 
 from seg4diff.config import ArchitectureParams, PretrainParams
 from seg4diff.errors import ConfigError, DataError
@@ -128,16 +126,6 @@ def test_the_settings_of_a_run_are_what_decides_its_weights():
     assert training_settings(SCHEDULE, DIGEST, vocabulary[:-1]) != same
 
 
-class _Payload:
-    """Unpickling this runs a shell command that creates `target`."""
-
-    def __init__(self, target):
-        self.target = target
-
-    def __reduce__(self):
-        return os.system, (f"touch {shlex.quote(str(self.target))}",)
-
-
 @pytest.mark.parametrize("file", [PICKLED, TENSORS, VALUES])
 def test_a_crafted_pickle_in_the_pretrain_work_dir_is_refused_and_never_run(tmp_path, file):
     """The old format's state.pt, or pickle bytes in place of a state file, in the newest checkpoint of a run of the
@@ -148,7 +136,7 @@ def test_a_crafted_pickle_in_the_pretrain_work_dir_is_refused_and_never_run(tmp_
     train(_pipe(), images, captions, short, progress=False, work_dir=work, data_digest=DIGEST)
     checkpoint = latest_checkpoint(work)
     ran = tmp_path / "payload-ran"
-    torch.save({"optimizer": _Payload(ran)}, checkpoint / file)
+    torch.save({"optimizer": Payload(ran)}, checkpoint / file)
     fresh, untouched, calls = _pipe(), _pipe(), []
     with pytest.raises(DataError) as refused:
         train(
