@@ -2,11 +2,11 @@
 adapter from params.yaml's finetune group (`magnet`), with --variants flow_only with λ_focal = λ_dice = 0 (LoRA +
 flow loss only), with --variants predictor with `mask_loss: predictor` (the cross-entropy of the scored decision);
 then on the TEST split at the expert block (chosen on val by the pipeline): zero-shot mIoU with GT-class prompts, the
-held-out flow-matching loss and (organism) the caption colour agreement of generated images — each model read by its
-predictor chosen on val (evaluate.predictors) — each adapter minus the base model paired over the same test images /
-captions, with 95% bootstrap intervals; over seeds the mean ± sd of the gain, and the interval of the seed-mean gain
-(images resampled, seeds fixed). With magnet and flow_only, MAGNET − flow-only per seed and for the seed means, paired
-the same way.
+held-out flow-matching loss and (organism) the shape and colour recall and caption colour agreement of 256 generated
+images — each model read by its predictor chosen on val (evaluate.predictors) — each adapter minus the base model
+paired over the same test images / captions, with 95% bootstrap intervals (10,000 resamples); over seeds the mean ±
+sd of the gain, and the interval of the seed-mean gain (images resampled, seeds fixed). With magnet and flow_only,
+MAGNET − flow-only per seed and for the seed means, paired the same way.
 
     .venv/bin/python benchmarks/magnet_ablation.py --seeds 0 1 2 [--variants magnet flow_only predictor] [--reuse-seed0
     models/lora]
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from seg4diff.backbones.backbone import load_backbone
-from seg4diff.config import load_params
+from seg4diff.config import load_params, parse_assignments
 from seg4diff.data.prepared import open_prepared, open_split
 from seg4diff.evaluation.causal import generation_scores
 from seg4diff.evaluation.fidelity import generate
@@ -38,6 +38,10 @@ from seg4diff.prompts import prompt_style
 from seg4diff.segmentation.zero_shot import Readout, choose_predictor, segment_batch
 from seg4diff.training.magnet import train_magnet
 from tasks.finetune import magnet_config
+
+RESAMPLES = 10_000
+GENERATED = 256  # test captions generated per model
+READ = ("shape_recall", "colour_recall", "caption_colour_agreement")  # what generated images keep of the caption
 
 
 def measure(params, lora: Path | None, expert: dict) -> dict:
@@ -62,7 +66,7 @@ def measure(params, lora: Path | None, expert: dict) -> dict:
         rows = test.isel(sample=indices).load()
         predictions = segment_batch(backbone, rows, indices, readout)
         stats.append(image_statistics(predictions, rows["label"].values, test.sizes["class"]))
-    captions = [str(c) for c in test.caption.values[:64]]
+    captions = [str(c) for c in test.caption.values[:GENERATED]]
     images = generate(
         backbone,
         captions,
@@ -71,11 +75,11 @@ def measure(params, lora: Path | None, expert: dict) -> dict:
         params.evaluate.seed,
         test.sizes["y"],
     )
-    colour = generation_scores(images, captions, None, organism=True)["caption_colour_agreement"]
+    reading = generation_scores(images, captions, None, True, params.data.shapes.design)
     return {
         "stats": np.concatenate(stats),
         "flow": flow_losses(backbone, test, params.evaluate.seed, test.sizes["sample"], style),
-        "colour": colour,
+        "reading": {metric: reading[metric] for metric in READ},
         "predictor": predictor,
         "val_miou_by_predictor": by_predictor,
     }
@@ -92,8 +96,9 @@ def main() -> None:
     parser.add_argument(
         "--measure-only", action="store_true", help="no training: measure the adapters an earlier run saved"
     )
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting, as the flows take")
     args = parser.parse_args()
-    params = load_params()
+    params = load_params(overrides=parse_assignments(args.set))
     expert = json.loads(Path(params.select.output).read_text())
     prepared = Path(params.prepare.output)
     base = measure(params, None, expert)
@@ -136,18 +141,21 @@ def main() -> None:
                 )
                 adapter, trained = work / "best", round(time.perf_counter() - started)
             tuned = measure(params, adapter, expert)
-            miou = paired_miou_difference(base["stats"], tuned["stats"])
-            flow = paired_mean_difference(np.zeros(len(base["flow"])), (tuned["flow"] - base["flow"]) / base["flow"])
-            colour = paired_mean_difference(base["colour"], tuned["colour"])
+            miou = paired_miou_difference(base["stats"], tuned["stats"], RESAMPLES)
+            relative = (tuned["flow"] - base["flow"]) / base["flow"]
+            flow = paired_mean_difference(np.zeros(len(base["flow"])), relative, RESAMPLES)
+            reading = {m: paired_mean_difference(base["reading"][m], tuned["reading"][m], RESAMPLES) for m in READ}
             runs[seed] = {
                 "test_miou": miou["b"],
                 "gain_points": 100 * miou["delta"],
                 "gain_ci": [100 * miou["ci_low"], 100 * miou["ci_high"]],
                 "flow_loss_change_%": 100 * flow["delta"],
                 "flow_ci": [100 * flow["ci_low"], 100 * flow["ci_high"]],
-                "colour_agreement": colour["b"],
-                "colour_change": colour["delta"],
-                "colour_ci": [colour["ci_low"], colour["ci_high"]],
+                **{
+                    f"{m}.{key}": value
+                    for m, d in reading.items()
+                    for key, value in (("value", d["b"]), ("change", d["delta"]), ("ci", [d["ci_low"], d["ci_high"]]))
+                },
                 "predictor": tuned["predictor"],
                 "val_miou_by_predictor": tuned["val_miou_by_predictor"],
                 "train_seconds": trained,
@@ -155,7 +163,7 @@ def main() -> None:
             gains.append(tuned["stats"])
             stats[variant, seed] = tuned["stats"]
             print(json.dumps({variant: {seed: runs[seed]}}), flush=True)
-        weights = resample_weights(len(base["stats"]), 1000, 0)  # the same resampled images for every seed
+        weights = resample_weights(len(base["stats"]), RESAMPLES, 0)  # the same resampled images for every seed
         flat = lambda s: (weights @ s.reshape(len(s), -1)).reshape(-1, *s.shape[1:])  # noqa: E731
         base_draws = miou_of(flat(base["stats"]))
         mean_gain = np.mean([miou_of(flat(s)) - base_draws for s in gains], axis=0)
@@ -179,10 +187,10 @@ def mask_terms_effect(stats: dict, seeds: list[int]) -> dict:
     means."""
     per_seed = {}
     for seed in seeds:
-        d = paired_miou_difference(stats["flow_only", seed], stats["magnet", seed])
+        d = paired_miou_difference(stats["flow_only", seed], stats["magnet", seed], RESAMPLES)
         per_seed[seed] = {"points": 100 * d["delta"], "ci": [100 * d["ci_low"], 100 * d["ci_high"]]}
     n = len(stats["magnet", seeds[0]])
-    weights = resample_weights(n, 1000, 0)
+    weights = resample_weights(n, RESAMPLES, 0)
     draws = lambda s: miou_of((weights @ s.reshape(n, -1)).reshape(-1, *s.shape[1:]))  # noqa: E731
     mean = np.mean([draws(stats["magnet", s]) - draws(stats["flow_only", s]) for s in seeds], axis=0)
     return {

@@ -4,6 +4,8 @@ figures and examples in MLflow."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
 import pandas as pd
 from prefect.artifacts import create_markdown_artifact
@@ -14,6 +16,7 @@ from flows.stages import Outcome, stage_flow
 from seg4diff.config import Params
 from seg4diff.evaluation.causal import FULL, causal_summary, dose_label
 from seg4diff.evaluation.selection import head_mean_curve, read_expert
+from seg4diff.ownership import remove_ours
 from seg4diff.reporting.outputs import round_floats, write_csv
 from seg4diff.reporting.plots import causal_figure, image_grid
 from tasks.causal import causal_task, example_panels
@@ -76,8 +79,8 @@ def causal(params: Params, run) -> Outcome:
         ),
         description="Full table: results/causal.csv",
     )
-    summary = round_floats(summary)
-    return Outcome(summary)
+    remove_ours(Path(params.causal.work_dir), "causal.work_dir")  # written: a later run measures anew
+    return Outcome(round_floats(summary))
 
 
 def _contrast_text(contrast: dict | None) -> str:

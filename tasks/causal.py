@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 from prefect import task
 
-from seg4diff.backbones.backbone import load_backbone
+from seg4diff.backbones.backbone import load_backbone, model_digest
 from seg4diff.capture.families import all_layers
 from seg4diff.config import Params
 from seg4diff.data.prepared import prepared_split, require_captions
 from seg4diff.errors import ConfigError
 from seg4diff.evaluation.causal import causal_table
+from seg4diff.evaluation.run_cache import RunCache
 from seg4diff.prompts import prompt_style
 
 
@@ -31,8 +34,28 @@ def causal_task(params: Params, expert_layer: int | None = None) -> tuple[pd.Dat
         )
     captions = [str(c) for c in prepared["caption"].values[: p.captions]]
     style = prompt_style(params.prompt, "gt_classes")
+    settings = {  # what decides the run's numbers: a rerun of these settings resumes from causal.work_dir
+        "causal": p.model_dump(mode="json", exclude={"output", "work_dir"}),
+        "model": [params.model.model_dump(mode="json"), model_digest(params.model)],
+        "prepared": prepared.attrs.get("digest"),
+        "prompt": params.prompt.model_dump(mode="json"),
+        "layers": layers,
+        "clip_model": params.evaluate.clip_model,
+        "design": params.data.shapes.design,
+        "expert_layer": expert_layer,
+    }
+    cache = RunCache(p.work_dir, json.dumps(settings, sort_keys=True))
     return causal_table(
-        backbone, captions, prepared, style, p, layers, params.evaluate.clip_model, expert_layer=expert_layer
+        backbone,
+        captions,
+        prepared,
+        style,
+        p,
+        layers,
+        params.evaluate.clip_model,
+        expert_layer=expert_layer,
+        design=params.data.shapes.design,
+        cache=cache,
     )
 
 

@@ -14,7 +14,7 @@ from seg4diff.evaluation.fidelity import clip_score, generate
 from seg4diff.evaluation.flow_loss import flow_losses
 from seg4diff.evaluation.protocols import choose_kl_threshold, evaluate_segmentation
 from seg4diff.evaluation.selection import read_expert
-from seg4diff.organism.colours import caption_colour_agreement
+from seg4diff.organism.shape_reader import prompt_reading
 from seg4diff.prompts import prompt_style
 from seg4diff.segmentation.zero_shot import Readout, choose_reading
 from tasks.retry import RETRY_TRANSIENT
@@ -51,9 +51,8 @@ def _evaluate_model(params: Params, variant: str) -> dict:
         require_captions(test, p.split, "evaluate.generation_samples > 0 (generation fidelity)")
         captions = [str(c) for c in test["caption"].values[: p.generation_samples]]
         images = generate(backbone, captions, p.generation_steps, p.guidance, p.seed, test.sizes["y"])
-        if backbone.family == "organism":  # Shapes captions name colours: check the largest blob's
-            agreement, chance = caption_colour_agreement(images, captions)
-            fidelity |= {"caption_colour_agreement": agreement, "caption_colour_chance": chance}
+        if backbone.family == "organism":  # Shapes captions name shapes and colours: read both off the images
+            fidelity |= prompt_reading(images, captions, params.data.shapes.design)
         if p.clip_model:
             fidelity["clip_score"] = clip_score(images, captions, p.clip_model)
     shown = sorted(gallery)[: p.gallery]

@@ -11,9 +11,9 @@ from prefect import task
 
 from seg4diff.config import Params
 from seg4diff.data.prepared import class_names, prepared_split
-from seg4diff.organism.colours import caption_colour_agreement
 from seg4diff.organism.pipeline import Architecture, OrganismPipeline
 from seg4diff.organism.sampling import sample
+from seg4diff.organism.shape_reader import prompt_reading
 from seg4diff.ownership import remove_ours
 from seg4diff.training.pretrain import flow_matching_loss, train
 
@@ -50,8 +50,8 @@ def train_organism_task(params: Params, run_id: str) -> dict:
 
 @task(name="check-organism")
 def check_organism_task(params: Params) -> dict:
-    """Returns held-out checks: caption reading (loss with true vs another image's caption) and caption colour
-    agreement."""
+    """Returns held-out checks: caption reading (loss with true vs another image's caption) and what generated images
+    keep of their captions (shape, colour and object recall beside chance; colour agreement)."""
     p = params.pretrain
     pipe = OrganismPipeline.from_pretrained(p.output)
     images, captions, _ = load_split(params, "val")
@@ -64,14 +64,12 @@ def check_organism_task(params: Params) -> dict:
         empty = flow_matching_loss(pipe, images, [""] * len(images), s, noise).item()
     chosen = captions[: p.num_samples]
     generated = sample(pipe, chosen, steps=p.sample_steps, guidance=p.guidance, seed=p.seed).permute(0, 2, 3, 1).numpy()
-    agreement, chance = caption_colour_agreement(generated, chosen)
     return {
         "loss_true_caption": true,
         "loss_other_caption": other,
         "loss_empty_caption": empty,
         "caption_gain": 1 - true / other,
-        "colour_agreement": agreement,
-        "colour_chance": chance,
+        **prompt_reading(generated, chosen, params.data.shapes.design),
         "samples": generated.astype(np.float32),
         "captions": chosen,
     }

@@ -22,3 +22,47 @@ def test_gpu_benchmark_runs_on_cpu_at_toy_sizes():
     assert len(errors) == 2 and max(errors) < 1e-6, result.stdout
     ratios = re.findall(r"ratio=(\d+\.\d+)", result.stdout)
     assert len(ratios) == 5 + 4 + 4, result.stdout  # SD3 batch 1 (with naive), SD3 batch 2, FLUX
+
+
+def _grounding_module():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import organism_grounding
+
+    return organism_grounding
+
+
+def test_the_colour_rule_reads_colour_words_in_colour_shape_and_only_groups_colours_in_shape():
+    import numpy as np
+
+    from seg4diff.data.shapes_vocabulary import COLOURS, SHAPE_PALETTE
+
+    rule = _grounding_module().colour_rule_masks
+    image = np.full((8, 8, 3), 0.5)
+    image[:2, :2] = np.array(COLOURS["blue"]) / 255  # 4 pixels
+    image[4:8, 4:8] = np.array(COLOURS["red"]) / 255  # 16 pixels
+    names = ["background", "red circle", "blue square"]
+    masks = rule(image, [1, 2], names, "colour_shape")  # the class names say their colours
+    assert masks[0].sum() == 16 and masks[0][4:, 4:].all() and masks[1].sum() == 4 and masks[1][:2, :2].all()
+    shape = np.full((8, 8, 3), 0.5)
+    shape[:2, :2] = np.array(SHAPE_PALETTE["cyan"]) / 255
+    shape[4:8, 4:8] = np.array(SHAPE_PALETTE["purple"]) / 255
+    masks = rule(shape, [3, 5], ["background", "circle", "square", "triangle", "star", "cross", "ring"], "shape")
+    # no colour names a class: the larger colour group goes to the first prompted class, the next to the second
+    assert masks[0].sum() == 16 and masks[0][4:, 4:].all() and masks[1].sum() == 4
+    one = rule(shape, [4], ["background", "circle", "square", "triangle", "star", "cross", "ring"], "shape")
+    assert one[0].sum() == 20  # one prompted class: all that is saturated (figure–ground)
+    assert not rule(np.full((8, 8, 3), 0.5), [4], names * 3, "shape").any()  # grey: nothing
+
+
+def test_grounding_picks_readings_on_val_and_indexes_the_same_cell_on_test():
+    import numpy as np
+
+    g = _grounding_module()
+    val = np.zeros((2, 3, 4, 3, 2), np.int64)  # (threshold, sample, layer, 3, C)
+    val[..., 1, :] = 10  # label area
+    val[..., 2, :] = 10  # prediction area
+    val[1, :, 2, 0, :] = 9  # threshold 1, layer 2: 9 of 10 right
+    val[0, :, 1, 0, :] = 5
+    assert g._best(val) == (1, 2)
+    test = np.arange(2 * 3 * 4 * 3 * 2).reshape(2, 3, 4, 3, 2)
+    assert (g._pick(test, (1, 2)) == test[1, :, 2]).all() and g._pick(test, (1, 2)).shape == (3, 3, 2)

@@ -6,6 +6,7 @@ table, on FLUX and on a tiny organism."""
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -185,26 +186,29 @@ def test_a_perturbed_flux_layer_equals_the_naive_softmax_with_its_image_to_text_
     assert attn.processor is original  # restored on exit
 
 
-def test_the_shape_reader_reads_the_shapes_dataset(tmp_path):
+def test_the_shape_reader_reads_the_colour_shape_dataset(tmp_path):
+    DESIGN = "colour_shape"  # noqa: N806
     from seg4diff.config import ShapesParams
     from seg4diff.data.shapes import generate_split
 
     path = generate_split(
-        tmp_path, "test", 60, ShapesParams(image_size=64, seed=3, num_train=1, num_val=1, num_test=60)
+        tmp_path,
+        "test",
+        60,
+        ShapesParams(image_size=64, seed=3, num_train=1, num_val=1, num_test=60, design=DESIGN),
     )
     dataset = json.loads(path.read_text())
     recalls = {64: [], 32: []}
     for info in dataset["images"]:
         image = Image.open(tmp_path / "images/test" / info["file_name"]).convert("RGB")
         for size in recalls:
-            recalls[size].append(
-                object_recall(np.asarray(image.resize((size, size), Image.Resampling.BICUBIC)) / 255, info["caption"])
-            )
+            small = np.asarray(image.resize((size, size), Image.Resampling.BICUBIC)) / 255
+            recalls[size].append(object_recall(small, info["caption"], DESIGN))
     assert np.mean(recalls[64]) >= 0.95 and np.mean(recalls[32]) >= 0.88  # measured: 0.98 and 0.93 on 200 test images
     yy, xx = np.mgrid[:40, :40]
-    assert blob_shape((yy - 20) ** 2 + (xx - 20) ** 2 <= 12**2) == "circle"
-    assert blob_shape((abs(yy - 20) + abs(xx - 20)) <= 12) == "square"  # a square turned 45°
-    assert blob_shape((yy >= 8) & (abs(xx - 20) <= (yy - 8) * 0.577)) == "triangle"
+    assert blob_shape((yy - 20) ** 2 + (xx - 20) ** 2 <= 12**2, "colour_shape") == "circle"
+    assert blob_shape((abs(yy - 20) + abs(xx - 20)) <= 12, "colour_shape") == "square"  # a square turned 45°
+    assert blob_shape((yy >= 8) & (abs(xx - 20) <= (yy - 8) * 0.577), "colour_shape") == "triangle"
     assert caption_objects("red circle and background and blue square") == {("red", "circle"), ("blue", "square")}
     grey = np.full((32, 32, 3), 0.5)
     assert (
@@ -376,3 +380,66 @@ def test_the_causal_table_on_the_organism_has_doses_corrected_intervals_and_the_
     primary = summary["primary_contrast"]
     assert (primary["perturbation"], primary["dose"], primary["metric"]) == ("word_shuffle", "1", "object_recall")
     assert "word_shuffle.dose_0.5.shape_recall" in summary and summary["mean.object_recall"]["layers"] == 3
+
+
+def test_an_interrupted_causal_run_resumes_from_its_work_folder_with_the_same_table(organism, tmp_path, monkeypatch):
+
+    import seg4diff.evaluation.causal as causal
+    from seg4diff.evaluation.run_cache import RunCache
+    from seg4diff.prompts import PromptStyle
+
+    backbone, prepared = organism
+    captions = [str(c) for c in prepared["caption"].values[:3]]
+    settings = _organism_settings(perturbations=["blur", "word_shuffle"], doses=[1.0])
+    style = PromptStyle("gt_classes", " and ", "threshold", "all")
+    run = lambda cache: causal.causal_table(  # noqa: E731
+        backbone, captions, prepared, style, settings, [0, 2], progress=False, expert_layer=2, cache=cache
+    )
+    reference, _ = run(None)
+    measured, real = [], causal._measure
+
+    def interrupted(*args):
+        if len(measured) == 4:  # baseline, then three perturbed generations: the session ends here
+            raise KeyboardInterrupt
+        measured.append(args[-1] if len(args) > 8 else None)
+        return real(*args)
+
+    monkeypatch.setattr(causal, "_measure", interrupted)
+    work = tmp_path / "causal-work"
+    with pytest.raises(KeyboardInterrupt):
+        run(RunCache(work, json.dumps({"run": 1})))
+    done = sorted(p.name for p in work.glob("*.npz"))
+    assert done == ["baseline.npz", "calibration.npz", "run-0-blur-1.npz", "run-0-blur-full.npz"]
+    assert not list(work.glob(".tmp-*"))  # no half-written part
+    measured.clear()
+    monkeypatch.setattr(causal, "_measure", lambda *args: measured.append(1) or real(*args))
+    resumed, examples = run(RunCache(work, json.dumps({"run": 1})))
+    # 2 layers × 2 kinds × 2 doses, word_shuffle 2 draws: 12 generations; the two finished runs are not redone, the
+    # interrupted one (word_shuffle at layer 0, one of its draws generated) is
+    assert len(measured) == 12 - 2
+    pd.testing.assert_frame_equal(resumed, reference)
+    assert examples[(0, "blur")].shape[0] == 3  # the saved examples come back too
+    measured.clear()
+    again, _ = run(RunCache(work, json.dumps({"run": 1})))  # all done: nothing generated
+    assert measured == [] and again.equals(reference)
+    said = RunCache(work, json.dumps({"run": 2}))  # other settings: the finished parts are moved aside, not used
+    assert said.get("baseline") is None and len(list(work.glob("previous-*/run-*.npz"))) == 8
+
+
+def test_a_damaged_part_of_a_saved_causal_run_is_refused_naming_its_file(tmp_path):
+    from seg4diff.errors import ConfigError, DataError
+    from seg4diff.evaluation.run_cache import RunCache
+
+    cache = RunCache(tmp_path / "work", json.dumps({"a": 1}))
+    cache.put("run-0-blur-full", {"alpha": np.float64(0.5), "images": np.zeros((2, 4, 4, 3), np.uint8)})
+    assert float(cache.get("run-0-blur-full")["alpha"]) == 0.5 and cache.get("run-1-blur-full") is None
+    (tmp_path / "work" / "run-0-blur-full.npz").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(DataError, match=r"run-0-blur-full\.npz: an unreadable part .* delete it"):
+        cache.get("run-0-blur-full")
+    with pytest.raises(ValueError, match="name"):
+        cache.put("../escape", {})
+    user = tmp_path / "mine"
+    (user / "thesis").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="causal.work_dir"):
+        RunCache(user, "{}")
+    assert (user / "thesis").is_dir()

@@ -13,6 +13,7 @@ from seg4diff.backbones.lora import WEIGHTS
 from seg4diff.errors import ConfigError, DataError
 from seg4diff.ownership import MARKER, is_ours, mark
 from seg4diff.training.checkpoints import (
+    FINETUNE,
     PICKLED,
     TENSORS,
     VALUES,
@@ -112,7 +113,7 @@ def test_a_user_folder_as_work_dir_is_refused_and_left_alone(tmp_path):
     (user / "config.json").write_text('{"mine": true}')
     (user / "private.txt").write_text("keep me")
     with pytest.raises(ConfigError) as refused:
-        claim_work_dir(user, json.dumps({"rank": 4}))
+        claim_work_dir(user, json.dumps({"rank": 4}), FINETUNE)
     assert "\n" not in str(refused.value) and "finetune.work_dir" in str(refused.value)
     assert (user / "private.txt").read_text() == "keep me" and (user / "config.json").read_text() == '{"mine": true}'
     assert not is_ours(user)
@@ -120,17 +121,17 @@ def test_a_user_folder_as_work_dir_is_refused_and_left_alone(tmp_path):
 
 def test_a_run_of_other_settings_is_moved_aside_and_moved_back_when_its_settings_return(tmp_path):
     work, first, second = tmp_path / "work", json.dumps({"rank": 4}), json.dumps({"rank": 8})
-    assert "starting a new run" in claim_work_dir(work, first) and is_ours(work)
+    assert "starting a new run" in claim_work_dir(work, first, FINETUNE) and is_ours(work)
     mark(work / "checkpoint-000002", "fine-tuning checkpoint")
     (work / "checkpoint-000002" / "adapter.bin").write_text("hours of GPU")
-    said = claim_work_dir(work, second)
+    said = claim_work_dir(work, second, FINETUNE)
     (moved,) = work.glob("previous-*")
     assert "\n" not in said and "finetune.work_dir" in said and f"moved it to {moved}" in said
     assert (moved / "checkpoint-000002" / "adapter.bin").read_text() == "hours of GPU"
     assert (moved / "config.json").read_text() == first and (work / "config.json").read_text() == second
     assert latest_checkpoint(work) is None  # the other settings' checkpoint is not resumed
-    assert "same settings" in claim_work_dir(work, second)
-    said = claim_work_dir(work, first)  # back to the first settings: their run is resumed, the second kept aside
+    assert "same settings" in claim_work_dir(work, second, FINETUNE)
+    said = claim_work_dir(work, first, FINETUNE)  # the first settings again: their run resumed, the second kept aside
     assert f"resuming the run of these settings moved aside earlier to {moved}" in said
     assert latest_checkpoint(work) == work / "checkpoint-000002" and not moved.exists()
     assert (work / "config.json").read_text() == first and len(list(work.glob("previous-*"))) == 1

@@ -79,7 +79,7 @@ def test_prepare_pretrain_extract_score_select(prefect_harness, tmp_path, monkey
 
     prepare()
     checks = pretrain()
-    assert checks["final_train_loss"] < 1.5 and 0 <= checks["colour_agreement"] <= 1
+    assert checks["final_train_loss"] < 1.5 and 0 <= checks["shape_recall"] <= 1
     extract_on_dask = for_stage(extract, load_params())
     assert extract_on_dask.task_runner.__class__.__name__ == "DaskTaskRunner"
     summary = extract_on_dask()  # two shards on a 2-worker local Dask cluster

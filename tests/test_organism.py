@@ -89,10 +89,11 @@ def test_sampler_and_colour_check():
     red = np.zeros((16, 16, 3)) + 0.5
     red[2:9, 2:9] = [0.85, 0.18, 0.16]
     red[12:14, 12:14] = [0.18, 0.3, 0.9]  # a smaller blue blob
-    assert largest_blob_colour(red) == "red"
-    agreement, chance = caption_colour_agreement(np.stack([red, red]), ["red circle", "blue square and green circle"])
+    assert largest_blob_colour(red, design="colour_shape") == "red"
+    captions = ["red circle", "blue square and green circle"]
+    agreement, chance = caption_colour_agreement(np.stack([red, red]), captions, "colour_shape")
     assert agreement == 0.5 and chance == (1 / 4 + 2 / 4) / 2
-    assert colour_hits(np.stack([red, red]), ["red circle", "blue square and green circle"]).tolist() == [1.0, 0.0]
+    assert colour_hits(np.stack([red, red]), captions, "colour_shape").tolist() == [1.0, 0.0]
 
 
 def test_text_layers_bind_words_and_pooled_none_leaves_attention_as_the_only_text_path(tmp_path):
@@ -124,7 +125,7 @@ def test_colour_readers_take_the_shape_designs_palette():
     purple = np.zeros((16, 16, 3)) + 0.5
     purple[2:10, 2:10] = np.array(SHAPE_PALETTE["purple"]) / 255
     assert largest_blob_colour(purple, design="shape") == "purple"
-    assert largest_blob_colour(purple) == "blue"  # the colour_shape palette has no purple: its nearest colour
+    assert largest_blob_colour(purple, design="colour_shape") == "blue"  # that palette has no purple: its nearest
     images, captions = np.stack([purple, purple]), ["purple star and background", "cyan ring and red cross"]
     agreement, chance = caption_colour_agreement(images, captions, design="shape")
     assert agreement == 0.5 and chance == (1 / 6 + 2 / 6) / 2

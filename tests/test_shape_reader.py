@@ -17,6 +17,7 @@ from seg4diff.organism.shape_reader import (
     colour_recall,
     object_recall,
     objects,
+    prompt_reading,
     shape_recall,
 )
 
@@ -98,14 +99,14 @@ def _fill_rule_objects(image: np.ndarray) -> list[tuple[str, str, int]]:
 
 
 def test_the_colour_shape_reading_is_unchanged(tmp_path):
-    params = ShapesParams(image_size=64, num_train=1, num_val=1, num_test=60, seed=4)
+    params = ShapesParams(image_size=64, num_train=1, num_val=1, num_test=60, seed=4, design="colour_shape")
     generate_split(tmp_path, "test", 60, params)
     compared = 0
     for path in sorted((tmp_path / "images/test").glob("*.png")):
         image = np.asarray(Image.open(path).convert("RGB"))
         for size in (64, 32):
             small = resize_image(image, (size, size))
-            assert objects(small) == _fill_rule_objects(small)
+            assert objects(small, design="colour_shape") == _fill_rule_objects(small)
             compared += len(_fill_rule_objects(small))
     assert compared >= 200  # measured: 243 blobs
 
@@ -148,7 +149,7 @@ def test_blob_shape_names_each_drawn_shape_at_64_and_32_px(side_share):
     assert read == 6 * 8 * 2
     yy, xx = np.mgrid[:40, :40]
     disc = (yy - 20) ** 2 + (xx - 20) ** 2 <= 12**2
-    assert blob_shape(disc) == blob_shape(disc, "shape") == "circle"
+    assert blob_shape(disc, "colour_shape") == blob_shape(disc, "shape") == "circle"
     assert blob_shape(disc & ((yy - 20) ** 2 + (xx - 20) ** 2 > 6**2), "shape") == "ring"
 
 
@@ -169,7 +170,21 @@ def test_caption_objects_and_the_three_recalls_read_both_designs():
     assert shape_recall(image, "cyan circle and purple star", "shape") == 1.0
     assert colour_recall(image, "cyan circle and purple star", "shape") == 0.0
     # the colour_shape reading knows no star: the star is a triangle or a square there
-    assert shape_recall(image, caption) == 0.5 and colour_recall(image, caption) == 1.0
+    assert shape_recall(image, caption, "colour_shape") == 0.5 and colour_recall(image, caption, "colour_shape") == 1.0
     grey = np.full((32, 32, 3), 0.5)
     for recall in (object_recall, shape_recall, colour_recall):
         assert recall(grey, "red star", "shape") == 0.0 and np.isnan(recall(grey, "background", "shape"))
+
+
+def test_prompt_reading_sets_each_recall_beside_its_chance_from_the_next_caption():
+    first, second = Image.new("RGB", (32, 32), (120, 120, 120)), Image.new("RGB", (32, 32), (120, 120, 120))
+    _draw("star", (16, 16), 9, first, SHAPE_PALETTE["red"], 0.3)
+    _draw("ring", (16, 16), 9, second, SHAPE_PALETTE["blue"], 0.0)
+    images = np.stack([np.asarray(first), np.asarray(second)]) / 255
+    reading = prompt_reading(images, ["red star", "blue ring"], "shape")
+    assert reading["shape_recall"] == reading["colour_recall"] == reading["object_recall"] == 1.0
+    # each image read against the other's caption: neither its shape nor its colour is there
+    assert reading["shape_recall_chance"] == reading["colour_recall_chance"] == 0.0
+    assert reading["caption_colour_agreement"] == 1.0 and reading["caption_colour_chance"] == 1 / 6
+    swapped = prompt_reading(images, ["blue ring", "red star"], "shape")
+    assert swapped["shape_recall"] == 0.0 and swapped["shape_recall_chance"] == 1.0

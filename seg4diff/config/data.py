@@ -30,6 +30,13 @@ class ShapesParams(Group):
         description="colour_shape: 12 classes 'red circle' …, a class's colour fixed; shape: 6 classes 'circle' … "
         "'ring', each object's colour drawn independently of its class, so only shape grounds a class word",
     )
+    rotation: float = Field(
+        15.0,
+        ge=0,
+        le=180,
+        description="design shape: each object turned from its upright pose (triangle and star pointing up, square "
+        "and cross on a side) by a uniform angle in ±rotation degrees (180: any orientation)",
+    )
     same_colour_share: float = Field(
         0.5,
         ge=0,

@@ -251,6 +251,10 @@ class CausalParams(Group):
     )
     seed: int = 0
     output: str = "results/causal.csv"
+    work_dir: str = Field(
+        "models/causal",
+        description="finished generations of the run, kept so that an interrupted run resumes (cleared when done)",
+    )
 
     @field_validator("doses")
     @classmethod

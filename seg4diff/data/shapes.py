@@ -36,6 +36,9 @@ SHARE_PROBABILITY = 0.6  # chance that a further object shares the colour or the
 # blobs at 32 px.
 SHAPE_RADIUS = {1: (0.26, 0.36), 2: (0.2, 0.26), 3: (0.17, 0.22)}
 SHAPE_GAP = 0.06
+# each shape's pose at rotation 0 (radians, image y pointing down): triangle and star point up, square and cross stand
+# on a side, as drawn in a textbook
+UPRIGHT = {"triangle": -np.pi / 2, "star": -np.pi / 2, "square": np.pi / 4}
 STAR_INNER = 0.5  # inner / outer radius: fat points, which survive downsampling
 CROSS_ARM = 0.3  # half the arm width / the arm's length: concave enough to stay apart from a square at 32 px
 RING_INNER = 0.55  # hole radius / outer radius: a hole of several pixels at 32 px
@@ -111,9 +114,12 @@ def _shape_rle(polygons: list[list[float]], size: int) -> dict:
     return mask_utils.encode(np.asfortranarray((outer & ~hole).astype(np.uint8)))
 
 
-def _layout(rng: np.random.Generator, shapes: list[str], size: int) -> list[tuple[list[list[float]], dict]]:
+def _layout(
+    rng: np.random.Generator, shapes: list[str], size: int, rotation: float
+) -> list[tuple[list[list[float]], dict]]:
     """Returns (polygons, RLE) of each shape, placed inside the image at least SHAPE_GAP from the others' pixels
-    (outlines, not enclosing discs: a triangle's corner may reach into a star's notch, so large objects fit)."""
+    (outlines, not enclosing discs: a triangle's corner may reach into a star's notch, so large objects fit), each
+    turned from its UPRIGHT pose by up to ±`rotation` degrees."""
     low, high = SHAPE_RADIUS[min(len(shapes), 3)]
     scale = min(1.0, np.sqrt(3 / len(shapes)))  # more than three objects: smaller still
     gap = max(1, round(SHAPE_GAP * size))
@@ -123,7 +129,8 @@ def _layout(rng: np.random.Generator, shapes: list[str], size: int) -> list[tupl
             for _ in range(20):
                 radius = rng.uniform(low, high) * scale * size
                 centre = rng.uniform(radius + 1, size - radius - 1, size=2)
-                polygons = _shape_polygons(shape, centre, radius, rng.uniform(0, 2 * np.pi))
+                turn = UPRIGHT.get(shape, 0.0) + np.deg2rad(rng.uniform(-rotation, rotation))
+                polygons = _shape_polygons(shape, centre, radius, turn)
                 outer = mask_utils.decode(_rasterise(polygons[0], size)).astype(bool)  # a ring's hole is taken too
                 if not (outer & taken).any():
                     break
@@ -218,7 +225,7 @@ def _shape_sample(
     else:  # all different: drawn without regard to class, so colour still says nothing about the class
         colours = [palette[int(k)] for k in rng.choice(len(palette), size=count, replace=False)]
     annotations = []
-    layout = _layout(rng, [SHAPE_CLASSES[k] for k in classes], size)
+    layout = _layout(rng, [SHAPE_CLASSES[k] for k in classes], size, params.rotation)
     for class_index, colour, (polygons, rle) in zip(classes, colours, layout):
         segmentation: list | dict = {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
         if params.mask_format == "polygon" and len(polygons) == 1:  # a ring is always RLE: polygons have no holes

@@ -45,6 +45,7 @@ from seg4diff.config import CausalParams
 from seg4diff.data.prepared import class_names
 from seg4diff.evaluation.fidelity import clip_scores, generate
 from seg4diff.evaluation.flow_loss import flow_losses
+from seg4diff.evaluation.run_cache import RunCache
 from seg4diff.evaluation.statistics import paired_family
 from seg4diff.organism.colours import colour_hits
 from seg4diff.organism.shape_reader import colour_recall, object_recall, shape_recall
@@ -71,6 +72,7 @@ COLUMNS = [
     "ci_high_bonferroni",
 ]
 FULL = "full"  # the dose label of α = 1
+EXAMPLES = 8  # generated images kept per run for the example figures
 
 
 def dose_label(dose: float) -> str:
@@ -205,15 +207,25 @@ def causal_table(
     progress: bool = True,
     expert_layer: int | None = None,
     design: str = "colour_shape",
+    cache: RunCache | None = None,
 ) -> tuple[pd.DataFrame, dict]:
     """Returns the tidy table (COLUMNS) for every layer of `layers` × perturbation × dose (full and settings.doses),
     with the expert-vs-other-layers contrasts when `expert_layer` is among `layers`, and generated examples
     {"baseline": images, (layer, kind): full-strength images} for the figure; `clip_model` adds the CLIP score;
-    `design`: the Shapes design the organism's images are read with."""
+    `design`: the Shapes design the organism's images are read with. With a `cache` (causal.work_dir), the baseline,
+    the calibration and every finished run are saved as they finish and taken from it on a rerun."""
     size = prepared.sizes["y"]
     transformer = backbone.transformer
+    cache = cache or RunCache(None)
     measure = (backbone, captions, prepared, style, settings, clip_model, size, design)
-    base_scores, base_losses, base_images, _ = _measure(*measure)
+    base = cache.get("baseline")
+    if base is None:
+        base_scores, base_losses, base_images, _ = _measure(*measure)
+        base = {"losses": base_losses, "images": base_images[:EXAMPLES]}
+        cache.put("baseline", base | {f"scores.{m}": v for m, v in base_scores.items()})
+    else:
+        base_scores = {key.removeprefix("scores."): v for key, v in base.items() if key.startswith("scores.")}
+    base_losses, base_images = base["losses"], base["images"]
     kinds = settings.perturbations
     draws = {kind: settings.permutations if kind in PERMUTING else 1 for kind in kinds}
     words = None
@@ -221,14 +233,15 @@ def causal_table(
         prompts = [*captions, "", *flow_prompts(prepared, style, settings.flow_samples)]
         words = word_shuffles(backbone, prompts, settings)
     perturbation = Perturbations(transformer, settings, words)
-    forwards = recorded_forwards(backbone, captions[: settings.calibration_samples], settings, size)
-    full_l1 = {  # each (layer, kind, draw)'s full-strength size on the recorded forwards: linear in α
-        (layer, kind, draw): calibration_l1(backbone, forwards, perturbation(layer, kind, draw, 1.0))
-        for layer in layers
-        for kind in kinds
-        for draw in range(draws[kind])
-    }
-    del forwards
+    cells = [(layer, kind, draw) for layer in layers for kind in kinds for draw in range(draws[kind])]
+    calibration = cache.get("calibration")
+    if calibration is None:
+        forwards = recorded_forwards(backbone, captions[: settings.calibration_samples], settings, size)
+        # each (layer, kind, draw)'s full-strength size on the recorded forwards: linear in α
+        calibration = {"full_l1": [calibration_l1(backbone, forwards, perturbation(*cell, 1.0)) for cell in cells]}
+        del forwards
+        cache.put("calibration", calibration)
+    full_l1 = dict(zip(cells, np.asarray(calibration["full_l1"]).tolist()))
     # the weakest layer's (and draw's) full size: every layer reaches every dose with α ≤ 1
     weakest = {kind: min(l1 for (_, k, _), l1 in full_l1.items() if k == kind) for kind in kinds}
 
@@ -237,29 +250,42 @@ def causal_table(
     plan = [(layer, kind, dose) for layer in layers for kind in kinds for dose in [FULL, *settings.doses]]
     bar = tqdm(total=sum(draws[kind] for _, kind, _ in plan), desc="causal", unit="run", disable=not progress)
     for layer, kind, dose in plan:
-        target = np.nan if dose == FULL else dose * weakest[kind]
-        alphas = [
-            1.0 if dose == FULL else calibrated_alpha(target, full_l1[layer, kind, d]) for d in range(draws[kind])
-        ]
-        scores, increases, sizes = [], [], []
-        for draw, alpha in enumerate(alphas):
-            with perturbation(layer, kind, draw, alpha) as processor:
-                measured = _measure(*measure, processor)
-            draw_scores, losses, images, size_l1 = measured
-            scores.append(draw_scores)
-            increases.append((losses - base_losses) / base_losses)  # relative, per held-out image
-            sizes.append(size_l1)
-            if dose == FULL and draw == 0:
-                examples[(layer, kind)] = images
-            bar.update()
         label = FULL if dose == FULL else dose_label(dose)
+        name = f"run-{layer}-{kind}-{label}"
+        saved = cache.get(name)
+        if saved is None:
+            target = np.nan if dose == FULL else dose * weakest[kind]
+            alphas = [
+                1.0 if dose == FULL else calibrated_alpha(target, full_l1[layer, kind, d]) for d in range(draws[kind])
+            ]
+            scores, increases, sizes = [], [], []
+            for draw, alpha in enumerate(alphas):
+                with perturbation(layer, kind, draw, alpha) as processor:
+                    draw_scores, losses, images, size_l1 = _measure(*measure, processor)
+                scores.append(draw_scores)
+                increases.append((losses - base_losses) / base_losses)  # relative, per held-out image
+                sizes.append(size_l1)
+                if draw == 0:
+                    shown = images[:EXAMPLES]
+                bar.update()
+            saved = {
+                "alpha": np.mean(alphas),
+                "target_l1": target,
+                "calibration_l1": np.mean([a * full_l1[layer, kind, d] for d, a in enumerate(alphas)]),
+                "flow_loss_increase": np.mean(increases, axis=0),
+                "perturbation_l1": np.mean(sizes),
+                "images": shown,
+                **{f"scores.{metric}": np.mean([s[metric] for s in scores], axis=0) for metric in base_scores},
+            }
+            cache.put(name, saved)
+        else:
+            bar.update(draws[kind])
+        if dose == FULL:
+            examples[(layer, kind)] = saved["images"]
         runs[layer, kind, label] = {
-            "alpha": float(np.mean(alphas)),
-            "target_l1": float(target),
-            "calibration_l1": float(np.mean([a * full_l1[layer, kind, d] for d, a in enumerate(alphas)])),
-            "scores": {metric: np.mean([s[metric] for s in scores], axis=0) for metric in base_scores},
-            "flow_loss_increase": np.mean(increases, axis=0),
-            "perturbation_l1": float(np.mean(sizes)),
+            **{key: float(saved[key]) for key in ("alpha", "target_l1", "calibration_l1", "perturbation_l1")},
+            "scores": {metric: saved[f"scores.{metric}"] for metric in base_scores},
+            "flow_loss_increase": saved["flow_loss_increase"],
         }
     bar.close()
     rows = _layer_rows(runs, base_scores, settings)

@@ -18,6 +18,7 @@ import numpy as np
 from scipy import ndimage
 
 from seg4diff.data.shapes_vocabulary import DESIGNS, SHAPE_CLASSES, SHAPE_PALETTE
+from seg4diff.organism.colours import caption_colour_agreement
 
 FILL_THRESHOLDS = (0.52, 0.80)  # colour_shape: below, triangle; between, square; above, circle
 # Thresholds between the values measured on 1,000 shape-design images at 32 px (at 64 px they are further apart).
@@ -121,3 +122,18 @@ def colour_recall(image: np.ndarray, caption: str, design: str = "colour_shape")
     if not named:
         return float("nan")
     return len(named & {colour for colour, _, _ in objects(image, design=design)}) / len(named)
+
+
+def prompt_reading(images: np.ndarray, captions: list[str], design: str = "colour_shape") -> dict[str, float]:
+    """Returns what generated images keep of their captions: the mean shape, colour and object recall, each beside its
+    chance level (the same images read against the next caption's objects: a model that ignores the caption scores it),
+    and caption colour agreement (the largest blob's colour named)."""
+    reading = {}
+    rolled = captions[1:] + captions[:1]
+    for name, recall in (("shape", shape_recall), ("colour", colour_recall), ("object", object_recall)):
+        reading[f"{name}_recall"] = float(np.nanmean([recall(i, c, design) for i, c in zip(images, captions)]))
+        reading[f"{name}_recall_chance"] = float(np.nanmean([recall(i, c, design) for i, c in zip(images, rolled)]))
+    reading["caption_colour_agreement"], reading["caption_colour_chance"] = caption_colour_agreement(
+        images, captions, design
+    )
+    return reading

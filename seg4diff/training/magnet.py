@@ -30,7 +30,7 @@ from seg4diff.evaluation.metrics import summarize
 from seg4diff.ownership import check_replaceable, mark, remove_ours
 from seg4diff.prompts import PromptStyle, build_prompt, prompt_style, token_slots
 from seg4diff.segmentation.zero_shot import Readout, segmentation_confusion
-from seg4diff.training.checkpoints import claim_work_dir, latest_checkpoint, load_checkpoint, save_checkpoint
+from seg4diff.training.checkpoints import FINETUNE, claim_work_dir, latest_checkpoint, load_checkpoint, save_checkpoint
 from seg4diff.training.losses import dice_loss, hungarian_match, predictor_loss, sigmoid_focal_loss
 from seg4diff.training.optim import adamw_warmup_cosine
 
@@ -273,7 +273,7 @@ def train_magnet(
     write is refused (ConfigError); the run of other settings there is moved aside, not deleted."""
     work_dir = Path(work_dir)
     # one line before any training: whether a run is resumed, or one of other settings was moved aside
-    print(claim_work_dir(work_dir, json.dumps(config.as_dict(), sort_keys=True)))
+    print(claim_work_dir(work_dir, json.dumps(config.as_dict(), sort_keys=True), FINETUNE))
     torch.manual_seed(config.finetune.seed)
     parameters = add_lora(backbone.transformer, config.lora)
     optimizer, scheduler = adamw_warmup_cosine(
