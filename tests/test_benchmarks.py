@@ -66,3 +66,33 @@ def test_grounding_picks_readings_on_val_and_indexes_the_same_cell_on_test():
     assert g._best(val) == (1, 2)
     test = np.arange(2 * 3 * 4 * 3 * 2).reshape(2, 3, 4, 3, 2)
     assert (g._pick(test, (1, 2)) == test[1, :, 2]).all() and g._pick(test, (1, 2)).shape == (3, 3, 2)
+
+
+def test_the_grounding_benchmarks_readings_equal_the_score_stages_at_every_threshold():
+    import numpy as np
+    import xarray as xr
+
+    from seg4diff.evaluation.scoring import score_store
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from scale import synthetic
+
+    store, labels = synthetic(6, 5, 3, 1)
+    store = store.load()
+    n = labels.sizes["sample"]
+    data = xr.Dataset(
+        {
+            "label": labels,
+            "label_height": ("sample", np.full(n, labels.sizes["label_y"])),
+            "label_width": ("sample", np.full(n, labels.sizes["label_x"])),
+            "class_name": ("class", [f"c{k}" for k in range(5)]),
+        }
+    )
+    thresholds = [0.1, 0.4]
+    stats = _grounding_module().attention_statistics(store, data, thresholds)
+    assert stats["block"].shape == (2, n, 3, 1, 3, 5) and stats["blocks mean"].shape == (2, n, 1, 3, 5)
+    for t, threshold in enumerate(thresholds):
+        tables = score_store(store, labels, 5, threshold, progress=False)
+        np.testing.assert_array_equal(stats["block"][t], tables.per_sample[:, 0])
+        np.testing.assert_array_equal(stats["blocks mean"][t].sum(0), tables.layer_mean[0])
+    assert not np.array_equal(stats["block"][0], stats["block"][1])  # the threshold matters
