@@ -96,3 +96,21 @@ def test_the_grounding_benchmarks_readings_equal_the_score_stages_at_every_thres
         np.testing.assert_array_equal(stats["block"][t], tables.per_sample[:, 0])
         np.testing.assert_array_equal(stats["blocks mean"][t].sum(0), tables.layer_mean[0])
     assert not np.array_equal(stats["block"][0], stats["block"][1])  # the threshold matters
+
+
+def test_seed_means_average_every_reading_difference_and_generation_recall_over_seeds():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from organism_seeds import seed_means
+
+    def seed(miou: float, delta: float, recall: float, block: int) -> dict:
+        return {
+            "readings": {"expert": {"test_miou": miou, "block": block}, "colour rule": {"test_miou": 0.5}},
+            "expert_minus": {"colour rule": {"delta": delta}},
+            "generation": {"shape_recall": recall},
+        }
+
+    means = seed_means({0: seed(0.3, -0.2, 0.4, 5), 1: seed(0.5, 0.0, 0.6, 2)})
+    assert means["expert.test_miou"] == {"mean": 0.4, "values": [0.3, 0.5]}
+    assert means["colour rule.test_miou"]["mean"] == 0.5
+    assert means["expert_minus.colour rule"]["mean"] == -0.1 and means["generation.shape_recall"]["mean"] == 0.5
+    assert means["expert_blocks"] == [5, 2]
