@@ -29,6 +29,18 @@ FINETUNE = WorkFolder("finetune.work_dir", "fine-tuning")
 PRETRAIN = WorkFolder("pretrain.work_dir", "pretraining")
 
 
+def resume_state(step: int, optimizer, scheduler, generator: torch.Generator) -> dict:
+    """Returns what every training run's checkpoint holds to resume exactly: the step, optimizer and schedule state,
+    the run's generator and torch's global RNG (a run adds its own logs)."""
+    return {
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "generator": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+    }
+
+
 def save_state(directory: Path, state: dict) -> None:
     """Writes `state` as safetensors + JSON: its tensors (e.g. generator, torch_rng) and the optimizer's tensors in
     safetensors, the rest (step, scheduler, logs: JSON values) in JSON."""

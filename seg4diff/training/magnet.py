@@ -30,7 +30,14 @@ from seg4diff.evaluation.metrics import summarize
 from seg4diff.ownership import check_replaceable, mark, remove_ours
 from seg4diff.prompts import PromptStyle, build_prompt, prompt_style, token_slots
 from seg4diff.segmentation.zero_shot import Readout, segmentation_confusion
-from seg4diff.training.checkpoints import FINETUNE, claim_work_dir, latest_checkpoint, load_checkpoint, save_checkpoint
+from seg4diff.training.checkpoints import (
+    FINETUNE,
+    claim_work_dir,
+    latest_checkpoint,
+    load_checkpoint,
+    resume_state,
+    save_checkpoint,
+)
 from seg4diff.training.losses import dice_loss, hungarian_match, predictor_loss, sigmoid_focal_loss
 from seg4diff.training.optim import adamw_warmup_cosine
 
@@ -232,11 +239,7 @@ def _save_checkpoint(
 ) -> None:
     """Writes checkpoint-<step>: the adapter and what resumes the run exactly (checkpoints.save_checkpoint)."""
     state = {
-        "step": step,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "generator": generator.get_state(),
-        "torch_rng": torch.get_rng_state(),
+        **resume_state(step, optimizer, scheduler, generator),
         "history": history,
         "best": best,
     }

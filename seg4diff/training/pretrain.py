@@ -26,7 +26,14 @@ from seg4diff.backbones.noise import logit_normal
 from seg4diff.config import PretrainParams
 from seg4diff.errors import DataError
 from seg4diff.organism.pipeline import OrganismPipeline
-from seg4diff.training.checkpoints import PRETRAIN, claim_work_dir, latest_checkpoint, load_state, save_checkpoint
+from seg4diff.training.checkpoints import (
+    PRETRAIN,
+    claim_work_dir,
+    latest_checkpoint,
+    load_state,
+    resume_state,
+    save_checkpoint,
+)
 from seg4diff.training.optim import adamw_warmup_cosine
 
 # pretrain settings that do not change the trained weights: where things go, how often the run logs or checkpoints,
@@ -163,11 +170,7 @@ def train(
 def _save(work_dir: Path, step: int, pipe, optimizer, scheduler, generator, log: TrainingLog, running: list) -> None:
     """Writes checkpoint-<step>: the organism and what resumes the run exactly (checkpoints.save_checkpoint)."""
     state = {
-        "step": step,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "generator": generator.get_state(),
-        "torch_rng": torch.get_rng_state(),
+        **resume_state(step, optimizer, scheduler, generator),
         "log": {"steps": log.steps, "losses": log.losses, "seconds": log.seconds},
         "running": running,  # the losses since the last log point: a checkpoint need not fall on one
     }
