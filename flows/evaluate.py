@@ -20,7 +20,7 @@ from seg4diff.reporting.outputs import round_floats, write_json
 from seg4diff.reporting.plots import image_grid, overlay
 from tasks.evaluate import evaluate_model_task
 
-READING = ("val_miou", "background_threshold", "val_miou_by_background_threshold")
+READING = ("background_threshold",)
 
 
 def reading_rows(rows: list[dict], metrics: dict, variants: list[str]) -> list[dict]:
@@ -33,6 +33,25 @@ def reading_rows(rows: list[dict], metrics: dict, variants: list[str]) -> list[d
     return rows[:at] + [row | {v: "sigmoid ½" if t is None else f"{t:g}" for v, t in shown.items()}] + rows[at:]
 
 
+def selection_protocol(params: Params) -> dict:
+    """Returns where each choice was made and where the numbers come from, with image counts: the metrics' proof
+    that no reported number was chosen on the images it reports (seg4diff.config.checks.protocol_problems)."""
+    p = params.evaluate
+
+    def images(split: str, cap: int | None) -> int:
+        count = prepared_split(params, split).sizes["sample"]
+        return min(count, cap or count)
+
+    return {
+        "expert_chosen_on": {
+            "split": params.extract.split,
+            "images": images(params.extract.split, params.extract.max_samples),
+        },
+        "reading_chosen_on": {"split": p.val_split, "images": images(p.val_split, p.val_samples)},
+        "reported_on": {"split": p.split, "images": images(p.split, p.max_samples)},
+    }
+
+
 @stage_flow("evaluate")
 def evaluate(params: Params, run) -> dict:
     """Evaluates the base model and, when an adapter exists, the fine-tuned one; returns the metrics written."""
@@ -43,6 +62,7 @@ def evaluate(params: Params, run) -> dict:
         futures = {v: evaluate_model_task.submit(params, v) for v in variants}
     results = {v: future.result() for v, future in futures.items()}
     metrics = {"expert": results["base"]["expert"]["layer"], "sigma": results["base"]["expert"]["sigma"]}
+    metrics["protocol"] = selection_protocol(params)
     p = params.evaluate
     for variant, result in results.items():
         metrics[variant] = variant_metrics(result, p.bootstrap_resamples, p.seed)
@@ -53,7 +73,7 @@ def evaluate(params: Params, run) -> dict:
             results["base"], results["finetuned"], p.bootstrap_resamples, p.seed
         )
     metrics = round_floats(metrics)  # as written
-    mlflow.log_metrics(numeric_leaves({k: v for k, v in metrics.items() if k not in ("expert", "sigma")}))
+    mlflow.log_metrics(numeric_leaves({k: v for k, v in metrics.items() if k not in ("expert", "sigma", "protocol")}))
     rows = reading_rows(comparison_rows(metrics, variants), metrics, variants)
     header = "| protocol | metric | " + " | ".join(variants) + " |\n|---|---|" + "---:|" * len(variants)
     table = (

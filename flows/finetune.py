@@ -8,6 +8,7 @@ from prefect.artifacts import create_markdown_artifact
 from flows.cli import main
 from flows.stages import Outcome, stage_flow
 from seg4diff.config import Params
+from seg4diff.data.prepared import prepared_split
 from seg4diff.reporting.plots import loss_curve
 from tasks.finetune import train_magnet_task
 
@@ -34,7 +35,13 @@ def finetune(params: Params, run) -> Outcome:
             )
         ),
     )
-    return Outcome(best, {k: float(v) for k, v in best.items()})
+    f = params.finetune
+    protocol = {  # what MAGNET read: its training images, and the images its best checkpoint was chosen on
+        "trained_on": {"split": f.split, "images": prepared_split(params, f.split).sizes["sample"]},
+        "checkpoint_chosen_on": {"split": f.val_split, "images": summary["validation_images"]},
+    }
+    # the best checkpoint's val numbers were chosen on those images: MLflow keeps them, the metrics file the choice
+    return Outcome(best, {"step": best["step"], "protocol": protocol})
 
 
 if __name__ == "__main__":

@@ -43,6 +43,11 @@ def dvc_record(root: Path, stage: str) -> None:
         repo.commit(stage, force=True)
 
 
+def trains_its_model(params) -> bool:
+    """True when the pipeline's model is the organism that pretrain writes (a real backbone is never pretrained)."""
+    return Path(params.model.path).expanduser().resolve() == Path(params.pretrain.output).expanduser().resolve()
+
+
 @flow(name="seg4diff")
 def pipeline(
     params_path: str = "params.yaml",
@@ -59,11 +64,18 @@ def pipeline(
     if unknown:
         raise ConfigError(f"unknown stages {sorted(unknown)}; the stages are {', '.join(STAGES)}")
     chosen = [s.name for s in REGISTRY if stages is None or s.name in stages]
+    logger = get_run_logger()
+    if "pretrain" in chosen and not trains_its_model(params):
+        chosen.remove("pretrain")
+        logger.info(
+            "stage pretrain skipped: it trains the Shapes organism (pretrain.output %s), and model.path is %s",
+            params.pretrain.output,
+            params.model.path,
+        )
     for stage in chosen:  # every chosen stage's cross-field checks, before the first one loads anything
         check_stage(params, stage)
     use_dvc = (root / "dvc.yaml").exists() and not overrides and not presets and not force
     specs = yaml.safe_load((root / "dvc.yaml").read_text())["stages"] if use_dvc else {}
-    logger = get_run_logger()
     report = {}
     configure(params.tracking)
     with mlflow.start_run(

@@ -15,10 +15,10 @@ from tasks.prepare import generate_shapes_task, prepare_split_task, publish_spli
 
 @stage_flow("prepare")
 def prepare(params: Params, run) -> Outcome:
-    """Prepares every configured split; returns {split: summary dict}."""
+    """Prepares every configured split (or its parts, where prepare.partition divides it); returns {name: summary}."""
     if params.data.source == "shapes":
         generate_shapes_task(params)
-    summaries = [prepare_split_task(params, split) for split in params.prepare.splits]
+    summaries = [prepare_split_task(params, split) for split in params.prepare.prepared]
     publish_splits_task(params)
     logger = get_run_logger()
     for s in summaries:  # in the terminal, not only in the artifact: a skipped sample is never silent

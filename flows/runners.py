@@ -6,6 +6,7 @@ import contextlib
 import os
 
 import dask
+from prefect.task_runners import ThreadPoolTaskRunner
 from prefect_dask import DaskTaskRunner
 
 from seg4diff.config import Params
@@ -15,8 +16,11 @@ def for_stage(stage_flow, params: Params):
     """Returns the stage flow with its task runner: the shard runner for sharded stages, Prefect's default otherwise."""
     from flows.stages import STAGES
 
-    sharded = stage_flow.name in STAGES and STAGES[stage_flow.name].sharded
-    return stage_flow.with_options(task_runner=shard_runner(params)) if sharded else stage_flow
+    if not (stage_flow.name in STAGES and STAGES[stage_flow.name].sharded):
+        return stage_flow
+    if not params.orchestration.dask_address and params.orchestration.local_workers == 0:
+        return stage_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=1))  # one shard after another
+    return stage_flow.with_options(task_runner=shard_runner(params))
 
 
 def shard_runner(params: Params) -> DaskTaskRunner:

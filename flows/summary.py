@@ -93,7 +93,7 @@ def main() -> None:
                 "GT-class predictor, chosen on val: "
                 + "; ".join(
                     f"{v} {chosen[v]} (val "
-                    + ", ".join(f"{p} {m:.3f}" for p, m in evaluation[v]["gt_classes"]["val_miou_by_predictor"].items())
+                    + ", ".join(f"{p} {m:.3f}" for p, m in evaluation[v]["gt_classes"]["val_miou_by_reading"].items())
                     + ")"
                     for v in variants
                 )

@@ -67,17 +67,19 @@ def _evaluate_model(params: Params, variant: str) -> dict:
     }
 
 
+def reading_label(reading: Readout) -> str:
+    """Returns a candidate reading's name: 'probability 0.2' (predictor and background threshold) or 'logit'."""
+    if reading.predictor == "probability" and reading.background_threshold is not None:
+        return f"probability {reading.background_threshold:g}"
+    return reading.predictor
+
+
 def reading_metrics(reading: Readout, curve: dict[Readout, float]) -> dict:
-    """Returns the GT-class reading chosen on val for the metrics: `predictor`, `val_miou_by_predictor` (each
-    predictor's best), `val_miou` and, where prompts leave background out, `background_threshold` (None when the
-    `logit` predictor, with its own background rule, won) and `val_miou_by_background_threshold` (probability's)."""
-    by_predictor = {}
-    for candidate, miou in curve.items():
-        by_predictor[candidate.predictor] = max(by_predictor.get(candidate.predictor, miou), miou)
-    metrics = {"predictor": reading.predictor, "val_miou_by_predictor": by_predictor, "val_miou": curve[reading]}
+    """Returns the GT-class reading chosen on val for the metrics: `predictor`, where prompts leave background out
+    `background_threshold` (None when the `logit` predictor, with its own background rule, won), and
+    `val_miou_by_reading`: every candidate's val mIoU — the whole curve the choice was made on, never the chosen
+    value alone as if it were a result."""
+    metrics = {"predictor": reading.predictor, "val_miou_by_reading": {reading_label(c): m for c, m in curve.items()}}
     if reading.background_threshold is not None:
         metrics["background_threshold"] = reading.background_threshold if reading.predictor == "probability" else None
-        metrics["val_miou_by_background_threshold"] = {
-            str(c.background_threshold): miou for c, miou in curve.items() if c.predictor == "probability"
-        }
     return metrics

@@ -36,13 +36,13 @@ def train_magnet_task(params: Params, run_id: str) -> dict:
 
     output = Path(params.finetune.output)
     check_replaceable(output, "finetune.output")  # refused before hours of training, not after
-    train = prepared_split(params, "train")
+    train = prepared_split(params, params.finetune.split)
     if params.finetune.mode == "caption":
-        require_captions(train, "train", "finetune.mode 'caption'")
+        require_captions(train, params.finetune.split, "finetune.mode 'caption'")
     summary = train_magnet(
         load_backbone(params.model),
         train,
-        prepared_split(params, "val"),
+        prepared_split(params, params.finetune.val_split),
         config,
         Path(params.finetune.work_dir),
         on_metrics=log,

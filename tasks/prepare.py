@@ -35,5 +35,5 @@ def prepare_split_task(params: Params, split: str) -> SplitSummary:
 @task(name="publish-splits")
 def publish_splits_task(params: Params) -> None:
     """Moves every finished split into place, only once all are written: never splits of two runs side by side."""
-    for split in params.prepare.splits:
+    for split in params.prepare.prepared:
         publish(split_path(params.prepare.output, split))

@@ -8,6 +8,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
+from seg4diff.numerics import pin_cpu_numerics  # noqa: E402
+
+pin_cpu_numerics()  # as every entry point does, before torch runs anything
+
 import pytest  # noqa: E402
 from tiny_pipelines import tiny_flux_pipeline, tiny_sd3_pipeline  # noqa: E402
 

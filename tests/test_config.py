@@ -23,7 +23,7 @@ def test_wrong_type_names_key_expectation_and_value(tmp_path):
     raw["prepare"]["max_samples"] = "32"
     with pytest.raises(ParamsError) as error:
         parse_params(raw)
-    assert "prepare.max_samples: Input should be a valid integer" in str(error.value)
+    assert "prepare.max_samples.int: Input should be a valid integer" in str(error.value)
     assert "(got '32')" in str(error.value)
 
 

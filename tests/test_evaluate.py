@@ -186,9 +186,12 @@ def test_reading_chosen_on_val_is_the_argmax_of_val_miou_over_the_candidates(eva
     assert (chosen.predictor, chosen.background_threshold) == ("probability", 0.3)
     assert curve[chosen] == 1.0 and all(m < 1.0 for c, m in curve.items() if c != chosen)
     metrics = reading_metrics(chosen, curve)
-    assert metrics["background_threshold"] == 0.3 and metrics["val_miou"] == 1.0
-    assert metrics["val_miou_by_predictor"] == {"probability": 1.0, "logit": curve[replace(readout, predictor="logit")]}
-    assert list(metrics["val_miou_by_background_threshold"]) == ["0.05", "0.1", "0.2", "0.3", "0.4", "0.5"]
+    assert metrics["background_threshold"] == 0.3 and "val_miou" not in metrics
+    labels = [f"probability {t:g}" for t in thresholds] + ["logit"]
+    assert (
+        metrics["val_miou_by_reading"] == dict(zip(labels, curve.values()))
+        and metrics["val_miou_by_reading"]["probability 0.3"] == 1.0
+    )
     worded = replace(readout, background_threshold=None)  # background a prompted word: no threshold to choose
     assert [c.background_threshold for c in reading_candidates(worded, ["probability"], thresholds)] == [None]
     assert "background_threshold" not in reading_metrics(worded, {worded: 0.5})
@@ -218,13 +221,13 @@ def test_test_labels_never_choose_the_reading_and_the_fixed_threshold_reproduces
 
     chosen = run([0.05, 0.2, 0.5], predictors=["probability"])
     relabelled = run([0.05, 0.2, 0.5], relabel=True, predictors=["probability"])
-    reading = ("predictor", "background_threshold", "val_miou", "val_miou_by_background_threshold")
+    reading = ("predictor", "background_threshold", "val_miou_by_reading")
     assert {k: chosen["gt_classes"][k] for k in reading} == {k: relabelled["gt_classes"][k] for k in reading}
     assert relabelled["gt_classes"]["miou"] != chosen["gt_classes"]["miou"]
     fixed, unchosen = run([0.2]), run(None)
     assert fixed["gt_classes"]["predictor"] == unchosen["gt_classes"]["predictor"]
     assert fixed["gt_classes"]["background_threshold"] == unchosen["gt_classes"]["background_threshold"]
-    assert list(fixed["gt_classes"]["val_miou_by_background_threshold"]) == ["0.2"]
+    assert [k for k in fixed["gt_classes"]["val_miou_by_reading"] if k.startswith("probability")] == ["probability 0.2"]
     for protocol in ("gt_classes", "vocabulary", "unsupervised_per_image_matching"):
         assert fixed[protocol]["miou"] == unchosen[protocol]["miou"]
         np.testing.assert_array_equal(fixed[protocol]["stats"], unchosen[protocol]["stats"])
@@ -235,7 +238,9 @@ def test_test_labels_never_choose_the_reading_and_the_fixed_threshold_reproduces
     predictor, by_predictor = choose_predictor(backbone, val, readout, 2, ["probability", "logit"], 4)
     today, _ = evaluate_segmentation(backbone, test, replace(readout, predictor=predictor), 2, 0.1, progress=False)
     assert fixed["gt_classes"]["predictor"] == predictor
-    assert fixed["gt_classes"]["val_miou_by_predictor"] == by_predictor
+    assert fixed["gt_classes"]["val_miou_by_reading"] == {
+        ("logit" if p == "logit" else "probability 0.2"): m for p, m in by_predictor.items()
+    }
     for protocol in ("gt_classes", "vocabulary"):
         np.testing.assert_array_equal(fixed[protocol]["stats"], today[protocol]["stats"])
 

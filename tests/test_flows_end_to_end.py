@@ -99,7 +99,7 @@ def test_prepare_pretrain_extract_score_select(prefect_harness, tmp_path, monkey
     assert expert == json.loads((tmp_path / "results/expert.json").read_text())
     best = miou[miou.direction == "image_to_text"].sort_values("value").iloc[-1]
     assert (expert["layer"], expert["sigma"]) == (best.layer, best.sigma)
-    assert abs(headline["image_to_text.best_miou"] - best.value) < 1e-6  # the CSV holds 6 significant digits
+    assert (headline["image_to_text.best_layer"], headline["image_to_text.best_sigma"]) == (best.layer, best.sigma)
 
     summary = causal()
     table = pd.read_csv(tmp_path / "results/causal.csv")
@@ -131,7 +131,11 @@ def test_prepare_pretrain_extract_score_select(prefect_harness, tmp_path, monkey
     best = finetune()
     assert 0 <= best["val_miou"] <= 1 and (tmp_path / "lora/adapter_model.safetensors").exists()
     metrics = for_stage(evaluate, load_params())()
-    assert set(metrics) == {"base", "finetuned", "expert", "sigma", "finetuned_vs_base"}
+    assert set(metrics) == {"base", "finetuned", "expert", "sigma", "finetuned_vs_base", "protocol"}
+    assert (
+        metrics["protocol"]["reported_on"]["split"] == "test"
+        and metrics["protocol"]["expert_chosen_on"]["split"] == "val"
+    )
     for variant in ("base", "finetuned"):
         assert set(metrics[variant]) == {"gt_classes", "vocabulary", "unsupervised_per_image_matching", "fidelity"}
         low, high = metrics[variant]["gt_classes"]["miou_ci"]
@@ -145,8 +149,10 @@ def test_prepare_pretrain_extract_score_select(prefect_harness, tmp_path, monkey
     assert chosen["val_miou_by_threshold"][str(chosen["kl_threshold"])] == max(chosen["val_miou_by_threshold"].values())
     for variant in ("base", "finetuned"):  # the GT-class predictor is the one with the best val mIoU, for each model
         oracle = metrics[variant]["gt_classes"]
-        assert set(oracle["val_miou_by_predictor"]) == {"probability", "logit"}
-        assert oracle["val_miou_by_predictor"][oracle["predictor"]] == max(oracle["val_miou_by_predictor"].values())
+        curve = oracle["val_miou_by_reading"]  # every candidate reading; the chosen one is its best
+        assert {label.split()[0] for label in curve} == {"probability", "logit"} and "val_miou" not in oracle
+        chosen_label = "logit" if oracle["predictor"] == "logit" else f"probability {oracle['background_threshold']:g}"
+        assert curve[chosen_label] == max(curve.values())
     assert "vs_runner_up" in expert and expert["vs_runner_up"]["n"] == 4
     assert json.loads((tmp_path / "metrics/evaluate.json").read_text()) == metrics
 

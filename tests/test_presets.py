@@ -12,10 +12,10 @@ import pytest
 from conftest import REPO
 from PIL import Image
 
-from seg4diff.config import load_params, preset_names
-from seg4diff.data.prepare import build_source, prepare_split
+from seg4diff.config import check_stage, load_params, preset_names
+from seg4diff.data.prepare import build_source, prepare_split, skip_line
 from seg4diff.data.prepared import label_sizes, open_prepared, require_captions
-from seg4diff.errors import DataError
+from seg4diff.errors import ConfigError, DataError
 
 RNG = np.random.default_rng(0)
 H, W = 24, 32  # not square, as real photos
@@ -92,32 +92,36 @@ def cityscapes(root: Path) -> tuple[Path, dict[str, np.ndarray]]:
 
 
 def coco(root: Path) -> Path:
+    """COCO as distributed: val2017 (one image) and train2017 (two), instances and captions of both."""
     base = root / "coco"
-    _image(base / "val2017" / "000000000139", suffix=".jpg")
-    annotations = {
-        "images": [{"id": 139, "file_name": "000000000139.jpg", "height": H, "width": W}],
-        "categories": [{"id": 1, "name": "person"}, {"id": 62, "name": "chair"}],
-        "annotations": [
-            {
-                "id": 1,
-                "image_id": 139,
-                "category_id": 62,
-                "iscrowd": 0,
-                "area": 80.0,
-                "segmentation": [[2, 2, 12, 2, 12, 10, 2, 10]],
-                "bbox": [2, 2, 10, 8],
-            }
-        ],
-    }
     (base / "annotations").mkdir(parents=True)
-    (base / "annotations/instances_val2017.json").write_text(json.dumps(annotations))
-    captions = {
-        "annotations": [
-            {"id": 5, "image_id": 139, "caption": "A living room with a chair. "},
-            {"id": 2, "image_id": 139, "caption": " A person sits on a chair."},
-        ]
-    }
-    (base / "annotations/captions_val2017.json").write_text(json.dumps(captions))
+    for split, ids in {"val2017": [139], "train2017": [9, 25]}.items():
+        for image_id in ids:
+            _image(base / split / f"{image_id:012d}", suffix=".jpg")
+        annotations = {
+            "images": [{"id": i, "file_name": f"{i:012d}.jpg", "height": H, "width": W} for i in ids],
+            "categories": [{"id": 1, "name": "person"}, {"id": 62, "name": "chair"}],
+            "annotations": [
+                {
+                    "id": k + 1,
+                    "image_id": i,
+                    "category_id": 62,
+                    "iscrowd": 0,
+                    "area": 80.0,
+                    "segmentation": [[2, 2, 12, 2, 12, 10, 2, 10]],
+                    "bbox": [2, 2, 10, 8],
+                }
+                for k, i in enumerate(ids)
+            ],
+        }
+        (base / f"annotations/instances_{split}.json").write_text(json.dumps(annotations))
+        captions = [{"id": 100 + k, "image_id": i, "caption": "A chair in a room."} for k, i in enumerate(ids)]
+        if split == "val2017":
+            captions = [
+                {"id": 5, "image_id": 139, "caption": "A living room with a chair. "},
+                {"id": 2, "image_id": 139, "caption": " A person sits on a chair."},
+            ]
+        (base / f"annotations/captions_{split}.json").write_text(json.dumps({"annotations": captions}))
     return base
 
 
@@ -227,6 +231,8 @@ def test_prepare_flow_with_a_preset_from_the_command_line(tmp_path):
             f"prepare.output={tmp_path / 'prepared'}",
             "--set",
             f"tracking.mlflow_db={tmp_path / 'mlflow.db'}",
+            "--set",
+            "prepare.partition={}",  # two images: the whole split (the partition is tested in test_partition.py)
         ],
         cwd=tmp_path,
         env={**env, "PYTHONPATH": str(REPO)},
@@ -275,6 +281,30 @@ def test_captions_joined_by_image_id_and_a_stage_needing_none_found_stops(tmp_pa
         r".*data.mask_folder.splits.val.captions",
     ):
         require_captions(open_prepared(tmp_path / "voc.zarr"), "val", "finetune.mode 'caption'")
+
+
+def test_coco_without_its_captions_file_prepares_and_only_the_stages_that_need_captions_refuse(tmp_path):
+    root = coco(tmp_path / "raw")
+    (root / "annotations/captions_val2017.json").unlink()  # instances downloaded, captions not
+    params = load_params(REPO / "params.yaml", {"data": {"root": str(root)}}, ["coco-object"])
+    check_stage(params, "prepare")  # optional files are optional
+    source = build_source(params.data, ["val"])
+    summary = prepare_split(source, "val-report", tmp_path / "coco.zarr", params.prepare, progress=False)
+    assert summary.kept > 0 and summary.captions == 0 and "no captions" in skip_line(summary)
+    assert not any(str(c) for c in open_prepared(tmp_path / "coco.zarr").caption.values)
+    for stage in ("extract", "score", "select", "explore"):
+        check_stage(params, stage)
+    with pytest.raises(
+        ConfigError,
+        match=r"evaluate.generation_samples > 0 \(generation fidelity\) needs the captions of split 'val-report', but "
+        r"data.coco.splits.val.captions .*captions_val2017.json does not exist: give the file or set "
+        r"evaluate.generation_samples: 0",
+    ):
+        check_stage(params, "evaluate")
+    quiet = {"data": {"root": str(root)}, "evaluate": {"generation_samples": 0}}
+    check_stage(load_params(REPO / "params.yaml", quiet, ["coco-object"]), "evaluate")
+    with pytest.raises(ConfigError, match="the causal stage .* needs the captions of split 'val-report'"):
+        check_stage(params, "causal")
 
 
 def test_extract_with_the_sd3_medium_preset_on_a_tiny_sd3(tiny_model_dirs, tmp_path):

@@ -65,21 +65,42 @@ def test_the_skeleton_keeps_setting_errors_and_names_the_stage_of_any_other(pref
     def evaluate(params, run):
         ran.append("evaluate")
 
-    with pytest.raises(ConfigError, match="evaluate.val_split 'test' is the evaluated split"):
+    with pytest.raises(ConfigError, match=r"evaluate.split 'test' is where evaluate.val_split \(thresholds"):
         evaluate(overrides={"evaluate": {"val_split": "test"}})
     assert len(ran) == 2  # refused before the body (and before any model load)
 
 
 def test_stage_checks_refuse_what_a_stage_cannot_use_and_only_for_that_stage(tmp_path):
     raw = base_params(tmp_path)
-    raw["evaluate"] = {"split": "val", "val_split": "val"}  # as a dataset preset with one split sets it
+    raw["evaluate"] = {"split": "val", "val_split": "val"}  # as a dataset preset with one split used to set it
     params = parse_params(raw)
     for stage in STAGES:
         if stage == "evaluate":
-            with pytest.raises(ConfigError, match="must be chosen on another split"):
+            with pytest.raises(ConfigError, match="evaluate.split 'val' is where extract.split") as refused:
                 check_stage(params, stage)
+            assert "evaluate.val_split (thresholds" in str(refused.value) and "prepare.partition" in str(refused.value)
         else:
             check_stage(params, stage)  # prepare, extract, score … can still run
+
+
+def test_no_stage_reports_a_number_on_the_images_a_choice_was_made_on(tmp_path):
+    raw = base_params(tmp_path)
+    raw["causal"] = {"split": "val"}  # where the expert is chosen (extract.split)
+    with pytest.raises(ConfigError, match=r"causal.split 'val' is where extract.split \(the expert block"):
+        check_stage(parse_params(raw), "causal")
+    raw["causal"] = {"split": "test"}
+    check_stage(parse_params(raw), "causal")
+    # a benchmark with one split: divided, and every stage reads the part its job allows
+    raw["prepare"] |= {"splits": ["val"], "partition": {"val": 0.25}}
+    raw["extract"] = {"split": "val-select"}
+    raw["causal"] = {"split": "val-report"}
+    raw["evaluate"] = {"split": "val-report", "val_split": "val-select"}
+    params = parse_params(raw)
+    assert params.prepare.prepared == ["val-select", "val-report"]
+    for stage in ("extract", "causal", "evaluate", "score", "select"):
+        check_stage(params, stage)
+    with pytest.raises(ConfigError, match=r"extract.split reads split 'val', which prepare does not prepare"):
+        check_stage(parse_params(raw | {"extract": {"split": "val"}}), "extract")
 
 
 def test_stage_checks_name_a_split_that_is_not_prepared_and_a_sigma_that_is_not_stored(tmp_path):
@@ -88,7 +109,7 @@ def test_stage_checks_name_a_split_that_is_not_prepared_and_a_sigma_that_is_not_
     raw["score"] = {"sigmas": [0.3, 0.9]}
     raw["select"] = {"force_sigma": 0.2}
     params = parse_params(raw)  # extract.sigmas: [0.1, 0.3, 0.5, 0.7] by default
-    with pytest.raises(ConfigError, match=r"finetune \(its train split\) reads split 'train', which prepare.splits"):
+    with pytest.raises(ConfigError, match=r"finetune.split reads split 'train', which prepare does not"):
         check_stage(params, "finetune")
     with pytest.raises(ConfigError, match=r"score.sigmas \[0.9\] are not among extract.sigmas"):
         check_stage(params, "score")

@@ -103,9 +103,7 @@ def test_headline_scores_name_the_best_layer_and_sigma():
     )
     headline = headline_scores(tables)
     assert headline["image_to_text.best_layer"] == 1 and headline["image_to_text.best_sigma"] == 0.5
-    assert headline["image_to_text.best_miou"] == 1.0
-    assert headline["image_to_text.median_layer_miou"] == pytest.approx((1 / 3 + 1.0) / 2)
-    assert headline["image_to_text.all_layers_mean_maps_miou"] == pytest.approx(1 / 3)
+    assert not any("miou" in key for key in headline)  # chosen on these images: never reported as a result
 
 
 def test_holm_adjusted_p_values_and_bonferroni_intervals_agree_with_the_hand_computed_numbers():

@@ -185,13 +185,13 @@ def test_kept_samples_and_skip_reasons_reach_the_terminal(tmp_path):
 
     from seg4diff.data.prepare import SplitSummary, skip_line
 
-    summary = SplitSummary("val", total=14, kept=5, skipped=Counter(unreadable_image=6, size_mismatch=3))
+    summary = SplitSummary("val", total=14, kept=5, skipped=Counter(unreadable_image=6, size_mismatch=3), captions=5)
     summary.skipped_examples = {"unreadable_image": "12: cannot identify image file"}
     assert skip_line(summary) == (
         "prepare val: kept 5 of 14 samples; SKIPPED 9 (unreadable_image: 6, size_mismatch: 3), "
         "e.g. 12: cannot identify image file"
     )
-    assert skip_line(SplitSummary("val", total=3, kept=3)) == "prepare val: kept 3 of 3 samples"
+    assert skip_line(SplitSummary("val", total=3, kept=3, captions=3)) == "prepare val: kept 3 of 3 samples"
 
 
 def test_the_prepared_digest_is_the_content_same_data_same_digest_one_pixel_another(tmp_path):

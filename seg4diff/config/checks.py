@@ -9,6 +9,7 @@ from pathlib import Path
 
 from seg4diff.capture.layer_count import declared_layer_count
 from seg4diff.config.params import ModelParams, Params
+from seg4diff.data.partition import source_split
 from seg4diff.errors import ConfigError
 
 MODEL_STAGES = {"pretrain", "extract", "causal", "explore", "finetune", "evaluate"}  # they put a model on model.device
@@ -17,24 +18,22 @@ SHAPES_SPLITS = ("train", "val", "test")
 
 def _stage_problems(params: Params, stage: str) -> list[str]:
     """The cross-field problems of the settings for `stage`, each a short phrase (none: it can run)."""
-    prepared = params.prepare.splits
+    prepared = params.prepare.prepared
     reads = {  # the prepared splits each stage reads, by the setting that names them
         "pretrain": {"pretrain (its train split)": "train", "pretrain (its val split)": "val"},
         "extract": {"extract.split": params.extract.split},
         "causal": {"causal.split": params.causal.split},
-        "finetune": {"finetune (its train split)": "train", "finetune (its val split)": "val"},
+        "finetune": {"finetune.split": params.finetune.split, "finetune.val_split": params.finetune.val_split},
         "evaluate": {"evaluate.split": params.evaluate.split, "evaluate.val_split": params.evaluate.val_split},
     }.get(stage, {})
     problems = [
-        f"{key} reads split '{split}', which prepare.splits {prepared} does not prepare"
+        f"{key} reads split '{split}', which prepare does not prepare (it prepares {prepared})"
         for key, split in reads.items()
         if split not in prepared
     ]
-    if stage == "evaluate" and params.evaluate.val_split == params.evaluate.split:
-        problems.append(
-            f"evaluate.val_split '{params.evaluate.val_split}' is the evaluated split (evaluate.split): the "
-            "unsupervised threshold and the predictor must be chosen on another split"
-        )
+    if stage in REPORTED_BY:
+        problems += protocol_problems(params, stage)
+    problems += caption_problems(params, stage)
     stored = params.extract.sigmas  # None: resolved from the schedule at extraction, checked there
     if stage == "score" and stored is not None and params.score.sigmas is not None:
         problems += [
@@ -47,6 +46,75 @@ def _stage_problems(params: Params, stage: str) -> list[str]:
         if params.select.force_sigma not in scored:
             problems.append(f"select.force_sigma {params.select.force_sigma} is not a scored sigma {scored}")
     return problems + _input_problems(params, stage)
+
+
+REPORTED_BY = {"evaluate": "evaluate.split", "causal": "causal.split"}  # the stages that report numbers, and where
+
+
+def protocol_problems(params: Params, stage: str) -> list[str]:
+    """The selection rule: a stage that reports numbers never reports them on a split where a choice was made (the
+    expert block and σ on extract.split's store, thresholds and the predictor on evaluate.val_split, the fine-tuned
+    checkpoint on the val split). Benchmarks with one split divide it: prepare.partition."""
+    chosen_on = {
+        "extract.split (the expert block and σ are chosen on its store)": params.extract.split,
+        "evaluate.val_split (thresholds and the predictor)": params.evaluate.val_split,
+        "finetune.val_split (the fine-tuned checkpoint)": params.finetune.val_split,
+    }
+    key = REPORTED_BY[stage]
+    reported = params.evaluate.split if stage == "evaluate" else params.causal.split
+    return [
+        f"{key} '{reported}' is where {choice} is made: report on other images (the organism: test; one-split "
+        f"benchmarks: prepare.partition {{{reported}: 0.2}}, choices on {reported}-select, numbers on "
+        f"{reported}-report)"
+        for choice, split in chosen_on.items()
+        if split == reported
+    ]
+
+
+def caption_problems(params: Params, stage: str) -> list[str]:
+    """Captions are optional (prepare runs without them); a stage that needs them refuses here, before it starts,
+    when the settings and files alone show that its split has none."""
+    p = params
+    needs = {  # needed by → (split, what else would run)
+        "extract": {"extract.prompt 'caption'": (p.extract.split, "set extract.prompt: gt_classes")}
+        if p.extract.prompt == "caption"
+        else {},
+        "causal": {"the causal stage (it generates from captions)": (p.causal.split, "leave causal out (--stages)")},
+        "evaluate": {
+            "evaluate.generation_samples > 0 (generation fidelity)": (
+                p.evaluate.split,
+                "set evaluate.generation_samples: 0",
+            )
+        }
+        if p.evaluate.generation_samples
+        else {},
+        "finetune": {"finetune.mode 'caption'": (p.finetune.split, "set finetune.mode: gt_classes")}
+        if p.finetune.mode == "caption"
+        else {},
+    }.get(stage, {})
+    problems = []
+    for needed_by, (split, instead) in needs.items():
+        why = missing_captions(params, split)
+        if why:
+            problems.append(f"{needed_by} needs the captions of split '{split}', but {why}: give the file or {instead}")
+    return problems
+
+
+def missing_captions(params: Params, split: str) -> str | None:
+    """Returns why `split` will have no captions, judged from the settings and files alone; None when it has them or
+    may (Shapes always does; COCO image records may carry their own)."""
+    data = params.data
+    if data.source == "shapes":
+        return None
+    source_name, _ = source_split(split, params.prepare.partition)
+    entry = getattr(data, data.source).splits.get(source_name)
+    if entry is None:
+        return None  # an unconfigured split: the data checks name it
+    setting = f"data.{data.source}.splits.{source_name}.captions"
+    if entry.captions is None:
+        return None if data.source == "coco" else f"{setting} is not set"
+    path = Path(data.root).expanduser() / entry.captions
+    return None if path.is_file() else f"{setting} {path} does not exist"
 
 
 def _input_problems(params: Params, stage: str) -> list[str]:

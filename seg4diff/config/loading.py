@@ -108,12 +108,12 @@ def parse_assignments(assignments: list[str]) -> dict:
 
 
 def deep_merge(base: dict, override: dict) -> dict:
-    """Returns `base` with `override` merged in, recursing into nested dicts."""
+    """Returns `base` with `override` merged in, recursing into nested dicts; an empty mapping replaces what it
+    overrides (`--set prepare.partition={}` undoes a preset's partition)."""
     merged = dict(base)
     for key, value in override.items():
-        merged[key] = (
-            deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
-        )
+        nested = isinstance(value, dict) and value and isinstance(merged.get(key), dict)
+        merged[key] = deep_merge(merged[key], value) if nested else value
     return merged
 
 

@@ -8,6 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from seg4diff.config.data import DataParams
 from seg4diff.config.group import Group
+from seg4diff.data.partition import prepared_names
 
 __all__ = [
     "ArchitectureParams",
@@ -57,9 +58,42 @@ class PrepareParams(Group):
         description="native: label maps kept at each image's own size, masks upsampled to it and every metric "
         "computed there; N: resized to N×N (nearest)",
     )
-    max_samples: int | None = Field(None, ge=1, description="cap per split (None: all)")
+    partition: dict[str, float] = Field(
+        {},
+        description="splits divided by a hash of each image id into <split>-select (this share: every choice is made "
+        "there) and <split>-report (the rest: every number is reported there), prepared instead of <split>",
+    )
+    max_samples: int | dict[str, int] | None = Field(
+        None,
+        description="cap per prepared split, the first in the source's order: N for every split, or {split: N} "
+        "(e.g. {train: 24000}: the images MAGNET's steps × batch size read of COCO train2017); None: all",
+    )
     on_error: Literal["skip", "fail"] = "skip"
     output: str = "data/prepared"
+
+    @model_validator(mode="after")
+    def _partitioned_splits_are_prepared(self) -> PrepareParams:
+        unknown = sorted(set(self.partition) - set(self.splits))
+        if unknown:
+            raise ValueError(f"partition names splits {unknown} that are not in splits {self.splits}")
+        bad = {split: share for split, share in self.partition.items() if not 0 < share < 1}
+        if bad:
+            raise ValueError(f"partition shares must lie strictly between 0 and 1, got {bad}")
+        caps = self.max_samples if isinstance(self.max_samples, dict) else {"every split": self.max_samples or 1}
+        if bad := {split: cap for split, cap in caps.items() if cap < 1}:
+            raise ValueError(f"max_samples must be at least 1, got {bad}")
+        if isinstance(self.max_samples, dict) and (unknown := sorted(set(self.max_samples) - set(self.prepared))):
+            raise ValueError(f"max_samples names splits {unknown} that are not prepared ({self.prepared})")
+        return self
+
+    def cap(self, split: str) -> int | None:
+        """The most samples prepared of `split` (a prepared name), None: all."""
+        return self.max_samples.get(split) if isinstance(self.max_samples, dict) else self.max_samples
+
+    @property
+    def prepared(self) -> list[str]:
+        """The prepared stores' names: each split, or its -select and -report parts where it is partitioned."""
+        return prepared_names(self.splits, self.partition)
 
     @field_validator("resolution")
     @classmethod
@@ -92,6 +126,7 @@ class ArchitectureParams(Group):
     num_layers: int = Field(6, ge=2)
     num_attention_heads: int = Field(4, ge=1)
     attention_head_dim: int = Field(16, ge=4)
+    patch_size: int = Field(2, ge=1, description="pixels per image-token side (32 px / 2 → a 16×16 token grid)")
     text_length: int = Field(16, ge=4, description="word tokens in the joint sequence")
     text_layers: int = Field(
         1, ge=0, description="causal transformer layers of the text encoder (0: token + position embeddings)"
@@ -211,7 +246,10 @@ class SelectParams(Group):
 
 
 class CausalParams(Group):
-    split: str = Field("val", description="captions generated from and images the flow loss is measured on")
+    split: str = Field(
+        "test",
+        description="captions generated from and images the flow loss is measured on: never where the expert is chosen",
+    )
     layers: list[int] | None = Field(None, description="layers perturbed one at a time (None: every layer)")
     perturbations: list[Literal["blur", "mean", "word_shuffle", "shuffle"]] = Field(
         ["blur", "mean", "word_shuffle"],
@@ -271,6 +309,10 @@ class ExploreParams(Group):
 
 
 class FinetuneParams(Group):
+    split: str = Field("train", description="the prepared split MAGNET trains on (COCO: train2017, as the paper)")
+    val_split: str = Field(
+        "val", description="where the best checkpoint is chosen: a selection split, never the reported one"
+    )
     mode: Literal["gt_classes", "caption"] = "gt_classes"
     rank: int = Field(16, ge=1)
     alpha: int = Field(16, ge=1)
@@ -396,7 +438,9 @@ class EvaluateParams(Group):
 
 class OrchestrationParams(Group):
     dask_address: str | None = Field(None, description="scheduler of an existing Dask cluster (None: a local cluster)")
-    local_workers: int = Field(2, ge=1, description="workers of the local Dask cluster")
+    local_workers: int = Field(
+        2, ge=0, description="workers of the local Dask cluster (0: shards run in this process, one after another)"
+    )
     gpus_per_task: int = Field(
         1, ge=0, description="GPU resources an extraction/evaluation shard requests from a worker"
     )

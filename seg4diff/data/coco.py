@@ -204,16 +204,13 @@ class CocoSource:
         return list(self._images[split])  # in load_coco's order
 
     def _caption(self, split: str, info: dict) -> str:
-        """The image's caption: from the split's captions file (first by annotation id), else the image record's."""
+        """The image's caption: from the split's captions file (first by annotation id), else the image record's; ''
+        when the configured file is not there (captions are optional: the stages that need them refuse at start)."""
         if split not in self._caption_files:
             return info.get("caption", "")
         if split not in self._captions:
             path = self._caption_files[split]
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"captions file {path} of split '{split}' does not exist (data.coco.splits.{split}.captions)"
-                )
-            self._captions[split] = read_captions(path)
+            self._captions[split] = read_captions(path) if path.is_file() else {}
         return self._captions[split].get(str(info["id"]), "")
 
     def label_shape(self, split: str, sample_id: str) -> tuple[int, int] | None:

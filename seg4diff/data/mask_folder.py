@@ -109,13 +109,12 @@ class MaskFolderSource:
         )
 
     def _captions(self, split: str) -> dict[str, str]:
-        """The split's captions file (JSON: sample id → caption), read once; empty when none is configured."""
+        """The split's captions file (JSON: sample id → caption), read once; empty when none is configured or the
+        configured file is not there (captions are optional: the stages that need them refuse at start)."""
         if split not in self._caption_cache:
             path = self._splits[split][3] if len(self._splits[split]) > 3 else None
-            if path is None:
+            if path is None or not (self.root / path).is_file():
                 self._caption_cache[split] = {}
-            elif not (self.root / path).is_file():
-                raise FileNotFoundError(f"captions file {self.root / path} of split '{split}' does not exist")
             else:
                 self._caption_cache[split] = {
                     str(k): str(v) for k, v in json.loads((self.root / path).read_text()).items()

@@ -12,8 +12,10 @@ from tqdm import tqdm
 from seg4diff.config import DataParams, PrepareParams
 from seg4diff.data.coco import CocoSource
 from seg4diff.data.mask_folder import MaskFolderSource
+from seg4diff.data.partition import part_of, source_split
 from seg4diff.data.prepared import BATCH, PreparedWriter, publish, resize_label, settings_digest
 from seg4diff.data.sample import IGNORE_INDEX, DatasetSource, SampleError
+from seg4diff.errors import DataError
 from seg4diff.ownership import check_replaceable
 
 
@@ -43,6 +45,7 @@ class SplitSummary:
     skipped: Counter = field(default_factory=Counter)
     skipped_examples: dict[str, str] = field(default_factory=dict)
     notes: Counter = field(default_factory=Counter)
+    captions: int = 0  # kept samples with a caption
     class_pixels: np.ndarray | None = None
     class_images: np.ndarray | None = None
 
@@ -55,6 +58,7 @@ class SplitSummary:
             "skipped": dict(self.skipped),
             "skipped_examples": self.skipped_examples,
             "notes": dict(self.notes),
+            "captions": self.captions,
             "class_pixel_share": {n: round(float(p), 5) for n, p in zip(class_names, pixels)},
             "class_images": {n: int(c) for n, c in zip(class_names, self.class_images)},
         }
@@ -77,13 +81,25 @@ def prepare_split(
     settings: dict | None = None,
     publish_now: bool = True,
 ) -> SplitSummary:
-    """Writes `output` (a prepared zarr store) for one split and returns what was kept, skipped and noted.
+    """Writes `output` (a prepared zarr store) for one prepared split and returns what was kept, skipped and noted.
+
+    `split` is a prepared name: a source split, or its part (`val-select`, `val-report`) where `params.partition`
+    divides it (seg4diff.data.partition: by a hash of each image id, before `max_samples` caps it).
 
     `settings`: the preparation_settings recorded in the store (`made_with`, and their hash as `settings`). With
     `publish_now` false the finished store stays at `<output>.tmp` until `publish(output)`, so that several splits are
     published together."""
     check_replaceable(output, "prepare.output")  # before any work: a folder seg4diff did not write is never replaced
-    ids = source.sample_ids(split)[: params.max_samples]
+    source_name, part = source_split(split, params.partition)
+    ids = source.sample_ids(source_name)
+    if part is not None:
+        ids = [i for i in ids if part_of(i, params.partition[source_name]) == part]
+        if not ids:
+            raise DataError(
+                f"prepare.partition: no image of split '{source_name}' falls in its {part} part (share "
+                f"{params.partition[source_name]}): raise the share or prepare more images"
+            )
+    ids = ids[: params.cap(split)]
     num_classes = len(source.class_names)
     summary = SplitSummary(
         split,
@@ -97,24 +113,32 @@ def prepare_split(
         source.has_background,
         params.size,
         params.label_resolution,
-        largest_label(source, split, ids) if params.label_resolution == "native" else (0, 0),
-        attrs={"split": split, "made_with": settings, "settings": settings and settings_digest(settings)},
+        largest_label(source, source_name, ids) if params.label_resolution == "native" else (0, 0),
+        attrs={
+            "split": split,
+            "source_split": source_name,
+            "part": part or "",
+            "made_with": settings,
+            "settings": settings and settings_digest(settings),
+        },
     )
     batch = []
     for sample_id in tqdm(ids, desc=f"prepare {split}", unit="img", disable=not progress):
         try:
-            sample = source.load(split, sample_id)
+            sample = source.load(source_name, sample_id)
             writer.check(sample)
         except SampleError as error:
             if params.on_error == "fail":
                 raise SampleError(
                     error.reason,
-                    f"split '{split}', sample '{sample_id}': {error.detail} (set prepare.on_error: skip to skip it)",
+                    f"split '{source_name}', sample '{sample_id}': {error.detail} "
+                    "(set prepare.on_error: skip to skip it)",
                 ) from None
             summary.skipped[error.reason] += 1
             summary.skipped_examples.setdefault(error.reason, f"{sample_id}: {error.detail}")
             continue
         summary.notes.update(sample.notes)
+        summary.captions += bool(sample.caption.strip())
         label = resize_label(sample.label, params.label_resolution)
         counts = np.bincount(label[label != IGNORE_INDEX].ravel(), minlength=num_classes)
         summary.class_pixels += counts
@@ -134,6 +158,8 @@ def prepare_split(
 def skip_line(summary: SplitSummary) -> str:
     """Returns one line saying how many samples of a split were kept and, if any were skipped, why (with an example)."""
     line = f"prepare {summary.split}: kept {summary.kept} of {summary.total} samples"
+    if summary.kept and not summary.captions:
+        line += " (no captions: the stages that generate from them will refuse)"
     if not summary.skipped:
         return line
     reasons = ", ".join(f"{reason}: {count}" for reason, count in summary.skipped.most_common())

@@ -14,7 +14,7 @@ PROTOCOLS = {
 
 
 EXTRA = {
-    "gt_classes": ("predictor", "val_miou_by_predictor"),
+    "gt_classes": ("predictor", "val_miou_by_reading"),
     "vocabulary": ("prompts", "never_predicted", "predicted_pixels"),
     "unsupervised_per_image_matching": ("kl_threshold", "clusters_per_image", "val_miou_by_threshold"),
 }

@@ -15,7 +15,8 @@ from seg4diff.organism.sampling import sample
 @torch.no_grad()
 def generate(backbone: Backbone, captions: list[str], steps: int, guidance: float, seed: int, size: int) -> np.ndarray:
     """Returns generated images (n, H, W, 3) in [0, 1]: the organism's Euler sampler, or the diffusers pipeline's
-    call."""
+    call with the backbone's text length (the joint sequence every other stage gives the transformer: SD3 without
+    T5 sees 77 CLIP + 77 zero rows, not the pipeline's default 256)."""
     if backbone.family == "organism":
         return (
             sample(backbone.pipe, captions, steps=steps, guidance=guidance, seed=seed).permute(0, 2, 3, 1).cpu().numpy()
@@ -29,6 +30,7 @@ def generate(backbone: Backbone, captions: list[str], steps: int, guidance: floa
         width=size,
         generator=generator,
         output_type="np",
+        max_sequence_length=backbone.text_length,
     ).images
 
 

@@ -180,20 +180,14 @@ def tidy_scores(tables: ScoreTables, resamples: int, seed: int) -> pd.DataFrame:
 
 
 def headline_scores(tables: ScoreTables) -> dict:
-    """Returns, per direction, the best (layer, σ) by head-mean mIoU, its mIoU, the median layer's mIoU at that σ, and
-    the mIoU of every layer's maps averaged (at its best σ): the score stage's metrics."""
-    reference = miou_of(tables.layer_mean)  # (direction, sigma)
-    headline = {}
+    """Returns, per direction, the best (layer, σ) by head-mean mIoU and the samples scored: the score stage's metrics.
+    The best cell's mIoU is not among them: it was chosen on the images it would report (the per-layer curves in
+    results/ hold every candidate; the evaluate stage reports the expert on other images)."""
+    headline = {"samples": int(tables.per_sample.shape[0])}
     for d, direction in enumerate(tables.directions):
         grid = miou_of(tables.per_sample[:, d].sum(axis=0, dtype=np.int64))  # (layer, sigma)
         l, t = np.unravel_index(np.nanargmax(grid), grid.shape)
-        headline |= {
-            f"{direction}.best_layer": tables.layers[l],
-            f"{direction}.best_sigma": tables.sigmas[t],
-            f"{direction}.best_miou": float(grid[l, t]),
-            f"{direction}.median_layer_miou": float(np.median(grid[:, t])),
-            f"{direction}.all_layers_mean_maps_miou": float(np.nanmax(reference[d])),
-        }
+        headline |= {f"{direction}.best_layer": tables.layers[l], f"{direction}.best_sigma": tables.sigmas[t]}
     return headline
 
 

@@ -47,7 +47,7 @@ class Architecture:
     text_length: int
     text_layers: int
     pooled: str  # "none": AdaLN sees only the timestep, so the caption reaches the image through attention alone
-    patch_size: int = 2  # not a setting: the organism's 32×32 pixels → 16×16 tokens
+    patch_size: int = 2  # pixels per token side: the organism's 32×32 pixels → 16×16 tokens
 
     @classmethod
     def from_params(cls, params: ArchitectureParams, resolution: int | list[int]) -> Architecture:

@@ -350,4 +350,5 @@ def train_magnet(
             )
     bar.close()
     backbone.transformer.eval()
-    return {"best": best, "history": history, "seconds": time.perf_counter() - started}
+    checked = min(val.sizes["sample"], config.finetune.validation_samples)
+    return {"best": best, "history": history, "seconds": time.perf_counter() - started, "validation_images": checked}
