@@ -48,23 +48,22 @@ def _stage_problems(params: Params, stage: str) -> list[str]:
     return problems + _input_problems(params, stage)
 
 
-REPORTED_BY = {"evaluate": "evaluate.split", "causal": "causal.split"}  # the stages that report numbers, and where
+REPORTED_BY = ("evaluate", "causal")  # the stages that report numbers, each on its `<stage>.split`
 
 
 def protocol_problems(params: Params, stage: str) -> list[str]:
     """The selection rule: a stage that reports numbers never reports them on a split where a choice was made (the
     expert block and σ on extract.split's store, thresholds and the predictor on evaluate.val_split, the fine-tuned
-    checkpoint on the val split). Benchmarks with one split divide it: prepare.partition."""
+    checkpoint on finetune.val_split). Benchmarks with one split divide it: prepare.partition."""
     chosen_on = {
         "extract.split (the expert block and σ are chosen on its store)": params.extract.split,
         "evaluate.val_split (thresholds and the predictor)": params.evaluate.val_split,
         "finetune.val_split (the fine-tuned checkpoint)": params.finetune.val_split,
     }
-    key = REPORTED_BY[stage]
-    reported = params.evaluate.split if stage == "evaluate" else params.causal.split
+    reported = getattr(params, stage).split
     return [
-        f"{key} '{reported}' is where {choice} is made: report on other images (the organism: test; one-split "
-        f"benchmarks: prepare.partition {{{reported}: 0.2}}, choices on {reported}-select, numbers on "
+        f"{stage}.split '{reported}' is where {choice} is made: report on other images (the organism: test; "
+        f"one-split benchmarks: prepare.partition {{{reported}: 0.2}}, choices on {reported}-select, numbers on "
         f"{reported}-report)"
         for choice, split in chosen_on.items()
         if split == reported
@@ -75,29 +74,35 @@ def caption_problems(params: Params, stage: str) -> list[str]:
     """Captions are optional (prepare runs without them); a stage that needs them refuses here, before it starts,
     when the settings and files alone show that its split has none."""
     p = params
-    needs = {  # needed by → (split, what else would run)
-        "extract": {"extract.prompt 'caption'": (p.extract.split, "set extract.prompt: gt_classes")}
-        if p.extract.prompt == "caption"
-        else {},
-        "causal": {"the causal stage (it generates from captions)": (p.causal.split, "leave causal out (--stages)")},
-        "evaluate": {
-            "evaluate.generation_samples > 0 (generation fidelity)": (
-                p.evaluate.split,
-                "set evaluate.generation_samples: 0",
-            )
-        }
-        if p.evaluate.generation_samples
-        else {},
-        "finetune": {"finetune.mode 'caption'": (p.finetune.split, "set finetune.mode: gt_classes")}
-        if p.finetune.mode == "caption"
-        else {},
-    }.get(stage, {})
-    problems = []
-    for needed_by, (split, instead) in needs.items():
-        why = missing_captions(params, split)
-        if why:
-            problems.append(f"{needed_by} needs the captions of split '{split}', but {why}: give the file or {instead}")
-    return problems
+    needs = {  # stage → (whether it needs captions, what needs them, of which split, what would run instead)
+        "extract": (
+            p.extract.prompt == "caption",
+            "extract.prompt 'caption'",
+            p.extract.split,
+            "set extract.prompt: gt_classes",
+        ),
+        "causal": (
+            True,
+            "the causal stage (it generates from captions)",
+            p.causal.split,
+            "leave causal out (--stages)",
+        ),
+        "evaluate": (
+            p.evaluate.generation_samples > 0,
+            "evaluate.generation_samples > 0 (generation fidelity)",
+            p.evaluate.split,
+            "set evaluate.generation_samples: 0",
+        ),
+        "finetune": (
+            p.finetune.mode == "caption",
+            "finetune.mode 'caption'",
+            p.finetune.split,
+            "set finetune.mode: gt_classes",
+        ),
+    }
+    needed, needed_by, split, instead = needs.get(stage, (False, "", "", ""))
+    why = missing_captions(params, split) if needed else None
+    return [f"{needed_by} needs the captions of split '{split}', but {why}: give the file or {instead}"] if why else []
 
 
 def missing_captions(params: Params, split: str) -> str | None:
