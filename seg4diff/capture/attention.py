@@ -4,9 +4,8 @@
         transformer(**inputs)
     cap.image_to_text   # xarray (batch, layer, head, image_token, text_token): softmax over ALL joint keys
 
-The capture is an observing intervention (`seg4diff.capture.intervention`): each layer's processor replicates the
-stock diffusers one line for line, taking the attention output and the per-row log-sum-exp over all keys from one
-fused kernel. Only the image×text and text×image logits that are kept are formed, so the N×N joint matrix (and its
+The capture is an observing intervention (`seg4diff.capture.intervention`): each layer's own attention kernel call
+is tapped, the attention output and the per-row log-sum-exp over all keys taken from one fused kernel. Only the image×text and text×image logits that are kept are formed, so the N×N joint matrix (and its
 image×image part) never exists. Inside a perturbation of the same layer it records the attention the layer used.
 """
 
@@ -38,7 +37,7 @@ class Recorder(Intervention):
     output: Literal["probabilities", "logits"]
     detach: bool
     diagnostics: bool
-    text_length: int | None = None  # set per forward (FLUX single-stream layers see one joint sequence)
+    text_length: int | None = None  # text keys of the last layer call
     grid: Grid | None = None  # image tokens as (rows, columns), set per forward
     forwards: int = 0  # forward passes seen (denoising steps when a whole generation is captured)
     records: dict[str, dict[int, list[torch.Tensor]]] = field(default_factory=dict)  # name → layer → one per call
@@ -67,25 +66,46 @@ class Recorder(Intervention):
         product would round each score to 8 bits of mantissa before the softmax. Where an editor changed the image→text
         attention, that direction records what the layer used instead.
         """
-        layer, query, key, lse, scale = attention.layer, attention.query, attention.key, attention.lse, attention.scale
-        text_slice, image_slice, edited = attention.text, attention.image, attention.edited
+        layer, lse, edited = attention.layer, attention.lse, attention.edited
+        self.text_length = attention.text.stop - attention.text.start
         for direction in self.directions:
-            if direction == "image_to_text" and edited is not None:
-                self._record_edited(layer, edited[1], lse[:, :, image_slice])
-                continue
             if direction == "image_to_text":
-                q, k, row_lse = query[:, :, image_slice], self._keep(key[:, :, text_slice]), lse[:, :, image_slice]
+                row_lse = lse[:, :, attention.image_rows]
+                if edited is not None:
+                    self._record_edited(layer, edited[1], row_lse)
+                    continue
+                if self.text_tokens is None:
+                    logits = attention.scores(attention.image_rows, attention.text)
+                else:  # only the kept text keys' columns are formed
+                    kept = self._keep(attention.key[:, :, attention.text])
+                    logits = torch.matmul(attention.query[:, :, attention.image_rows].float(), kept.float().mT)
+                    logits = logits * attention.scale + self._bias_columns(attention)
             else:
-                q, k = self._keep(query[:, :, text_slice]), key[:, :, image_slice]
-                row_lse = self._keep(lse[:, :, text_slice, None])[..., 0]
-            logits = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+                if attention.text_rows is None:
+                    raise ValueError(
+                        f"layer {layer}: only its image tokens query the joint keys, so it has no text→image "
+                        "attention: capture it with directions=('image_to_text',)"
+                    )
+                if attention.bias is not None and self.text_tokens is not None:
+                    raise NotImplementedError("text→image capture of chosen text tokens under an attention mask")
+                rows = self._keep(attention.query[:, :, attention.text_rows])
+                logits = attention.scores(attention.text_rows, attention.image, query=rows)
+                row_lse = self._keep(lse[:, :, attention.text_rows, None])[..., 0]
             self._store(
                 direction, layer, logits if self.output == "logits" else torch.exp(logits - row_lse.float()[..., None])
             )
             if self.output == "logits" and direction == "image_to_text":  # softmax denominators, to renormalise
                 self._store("image_lse", layer, row_lse.float())
         if self.diagnostics:
-            self._diagnostics(layer, query, key, lse, scale, text_slice, image_slice, edited)
+            self._diagnostics(attention)
+
+    def _bias_columns(self, attention: JointAttention) -> torch.Tensor | float:
+        """Returns the mask's image-row × kept-text-column part (0 without a mask)."""
+        if attention.bias is None:
+            return 0.0
+        bias = attention.bias.expand(*attention.query.shape[:3], attention.key.shape[2])
+        columns = bias[:, :, attention.image_rows, attention.text].transpose(-1, -2)
+        return self._keep(columns).transpose(-1, -2).float()
 
     def _record_edited(self, layer: int, used: torch.Tensor, row_lse: torch.Tensor) -> None:
         """Records the image→text probabilities an editor made the layer use; as logits, log P' + lse, so that
@@ -97,20 +117,24 @@ class Recorder(Intervention):
         else:
             self._store("image_to_text", layer, probabilities)
 
-    def _diagnostics(self, layer, query, key, lse, scale, text_slice, image_slice, edited) -> None:
+    def _diagnostics(self, attention: JointAttention) -> None:
         """Per query row: attention mass on the other modality and the entropy of the full row, still without N×N.
 
         Entropy H = lse − Σ_j p_j·s_j, and Σ_j p_j·s_j = scale · q·(Σ_j p_j k_j) is attention with the keys as values.
         An edited image row differs from the stock one only on the text keys: H' = H + Σ_text (p log p − p' log p').
         """
+        if attention.bias is not None or attention.text_rows is None:
+            raise NotImplementedError(
+                f"layer {attention.layer}: attention diagnostics need unmasked attention in which every token queries"
+            )
+        query, key, lse, scale, edited = attention.query, attention.key, attention.lse, attention.scale, attention.edited
+        layer, image, text = attention.layer, attention.image, attention.text
         with torch.no_grad():
             expected_key, _ = attention_with_lse(query, key, key, scale)
             entropy = lse.float() - scale * (query.float() * expected_key.float()).sum(-1)
-            query, key = query.float(), key.float()
-            k_text, k_image = key[:, :, text_slice], key[:, :, image_slice]
-            to_text = torch.logsumexp(torch.matmul(query[:, :, image_slice], k_text.transpose(-1, -2)) * scale, -1)
-            to_image = torch.logsumexp(torch.matmul(query[:, :, text_slice], k_image.transpose(-1, -2)) * scale, -1)
-            image_entropy, image_mass = entropy[:, :, image_slice], torch.exp(to_text - lse[:, :, image_slice].float())
+            to_text = torch.logsumexp(attention.scores(image, text), -1)
+            to_image = torch.logsumexp(attention.scores(text, image), -1)
+            image_entropy, image_mass = entropy[:, :, image], torch.exp(to_text - lse[:, :, image].float())
             if edited is not None:
                 stock, used = edited
                 image_entropy = image_entropy + (
@@ -118,12 +142,12 @@ class Recorder(Intervention):
                 ).sum(-1)
                 image_mass = used.sum(-1)
             self._store("image_entropy", layer, image_entropy)
-            self._store("text_entropy", layer, self._keep(entropy[:, :, text_slice, None])[..., 0])
+            self._store("text_entropy", layer, self._keep(entropy[:, :, text, None])[..., 0])
             self._store("image_to_text_mass", layer, image_mass)
             self._store(
                 "text_to_image_mass",
                 layer,
-                self._keep(torch.exp(to_image - lse[:, :, text_slice].float())[..., None])[..., 0],
+                self._keep(torch.exp(to_image - lse[:, :, text].float())[..., None])[..., 0],
             )
 
 

@@ -177,7 +177,6 @@ class Perturbation(Intervention):
         self.words = words
         self.permutation: torch.Tensor | None = None  # shuffle: of the text keys, drawn at the first forward
         self.grid: tuple[int, int] | None = None
-        self.text_length: int | None = None  # of the forward (FLUX single-stream layers see one joint sequence)
         self.forwards = 0
         self.strength, self.calls = 0.0, 0
 
@@ -186,10 +185,6 @@ class Perturbation(Intervention):
         """The mean L1 change of an image query's attention over the text keys, over the calls so far."""
         return self.strength / max(self.calls, 1)
 
-    def forward_started(self) -> None:
-        if self.kind == "shuffle" and self.permutation is None:
-            self.permutation = torch.randperm(self.text_length, generator=torch.Generator().manual_seed(self.seed))
-
     def rows_started(self, text_embeds: torch.Tensor) -> None:
         """word_shuffle: takes the permutations of this forward's rows (batch, text position)."""
         self.permutation = self.words(text_embeds)
@@ -197,6 +192,9 @@ class Perturbation(Intervention):
     def __call__(self, attention: JointAttention) -> None:
         """Makes the layer use P' for the image-query × text-key part of its attention."""
         probabilities = attention.image_to_text()
+        if self.kind == "shuffle" and self.permutation is None:  # drawn once, at the first call, over its text keys
+            generator = torch.Generator().manual_seed(self.seed)
+            self.permutation = torch.randperm(probabilities.shape[-1], generator=generator)
         permutation = None if self.permutation is None else self.permutation.to(probabilities.device)
         changed = perturb(probabilities, self.grid, self.kind, self.blur_sigma, permutation, self.alpha)
         delta = attention.edit_image_to_text(changed)
