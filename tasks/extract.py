@@ -19,7 +19,8 @@ from seg4diff.capture.extract import (
     resolve_sigmas,
     storage_plan,
 )
-from seg4diff.capture.families import all_layers
+from seg4diff.capture.families import all_layers, layer_names
+from seg4diff.capture.intervention import check_layers
 from seg4diff.config import Params
 from seg4diff.data.attention_store import SCHEMA_VERSION, StoreLayout, completed, damaged_samples, discard_samples
 from seg4diff.data.prepared import class_names, prepared_split, require_captions
@@ -45,7 +46,9 @@ def plan_extraction_task(params: Params) -> dict:
     sigmas = resolve_sigmas(backbone, p, grid[0] * grid[1])
     layers = all_layers(backbone.transformer) if p.layers is None else p.layers
     heads = [-1] if p.head_mean else list(range(backbone.transformer.config.num_attention_heads))
-    layout = StoreLayout(samples, layers, heads, sigmas, p.max_tokens, grid, tuple(p.directions), p.diagnostics)
+    names = layer_names(backbone.transformer)
+    blocks = tuple(names[i] for i in check_layers(layers, names))
+    layout = StoreLayout(samples, layers, heads, sigmas, p.max_tokens, grid, tuple(p.directions), p.diagnostics, blocks)
     counts = kept_token_counts(backbone, prepared, samples, p, prompt_style(params.prompt, p.prompt))
     storage = storage_plan(layout, counts, Path(p.output))  # before anything is written: refuses what cannot fit
     print(

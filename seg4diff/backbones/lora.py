@@ -12,6 +12,7 @@ from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
+from seg4diff.capture.families import family_of
 from seg4diff.errors import ConfigError
 
 ADAPTER = "magnet"
@@ -28,28 +29,39 @@ class LoraSpec:
     target_modules: tuple[str, ...]
 
 
-def image_stream_targets(target_modules: tuple[str, ...]) -> str:
-    """Returns peft's target regex: the named projections of the joint attention's IMAGE stream of every block.
+def image_stream_targets(transformer: torch.nn.Module, target_modules: tuple[str, ...]) -> str:
+    """Returns peft's target regex: the named projections of the joint attention's IMAGE stream of every block
+    whose image and text tokens have their own projections (the family row's `lora_layers`).
 
-    Matched: `transformer_blocks.<i>.attn.<name>` — SD3's and SD3.5's joint blocks, FLUX's double-stream blocks
-    (their text stream is add_q/k/v_proj and to_add_out, never matched). Not matched: SD3.5's image-only `attn2`
-    (not part of the joint attention MAGNET supervises) and FLUX's single-stream blocks (one projection for text and
-    image tokens together: no image stream to adapt alone).
+    E.g. `transformer_blocks.<i>.attn.<name>` — SD3's and SD3.5's joint blocks, FLUX's double-stream blocks (their
+    text stream is add_q/k/v_proj and to_add_out, never matched). Not matched: SD3.5's image-only `attn2` (not part of
+    the joint attention MAGNET supervises) and single-stream blocks (one projection for text and image tokens
+    together: no image stream to adapt alone).
     """
+    family = family_of(transformer)
     names = "|".join(re.escape(name) for name in target_modules)
-    return rf"transformer_blocks\.\d+\.attn\.({names})"
+    layers = "|".join(re.escape(name) for name in family.lora_layers)
+    return rf"({layers})\.\d+\.{re.escape(family.attention)}\.({names})"
 
 
 def add_lora(transformer: torch.nn.Module, spec: LoraSpec) -> list[torch.nn.Parameter]:
     """Freezes the transformer and adds the adapter on the image stream; returns the adapter's (trainable)
-    parameters."""
+    parameters. A family with no layer to adapt, or a class diffusers gives no adapter support, is refused
+    (ConfigError)."""
+    name = type(transformer).__name__
+    if not family_of(transformer).lora_layers:
+        raise ConfigError(f"{name} has no joint-attention projections MAGNET's LoRA can adapt (FAMILIES row)")
+    if not hasattr(transformer, "add_adapter"):
+        raise ConfigError(
+            f"diffusers gives {name} no adapter support (no PeftAdapterMixin): MAGNET cannot fine-tune it"
+        )
     transformer.requires_grad_(False)
     transformer.add_adapter(
         LoraConfig(
             r=spec.rank,
             lora_alpha=spec.alpha,
             lora_dropout=spec.dropout,
-            target_modules=image_stream_targets(spec.target_modules),
+            target_modules=image_stream_targets(transformer, spec.target_modules),
             init_lora_weights=True,
         ),
         adapter_name=ADAPTER,

@@ -5,7 +5,8 @@
     cap.image_to_text   # xarray (batch, layer, head, image_token, text_token): softmax over ALL joint keys
 
 The capture is an observing intervention (`seg4diff.capture.intervention`): each layer's own attention kernel call
-is tapped, the attention output and the per-row log-sum-exp over all keys taken from one fused kernel. Only the image×text and text×image logits that are kept are formed, so the N×N joint matrix (and its
+is tapped, the attention output and the per-row log-sum-exp over all keys taken from one fused kernel. Only the
+image×text and text×image logits that are kept are formed, so the N×N joint matrix (and its
 image×image part) never exists. Inside a perturbation of the same layer it records the attention the layer used.
 """
 
@@ -127,7 +128,13 @@ class Recorder(Intervention):
             raise NotImplementedError(
                 f"layer {attention.layer}: attention diagnostics need unmasked attention in which every token queries"
             )
-        query, key, lse, scale, edited = attention.query, attention.key, attention.lse, attention.scale, attention.edited
+        query, key, lse, scale, edited = (
+            attention.query,
+            attention.key,
+            attention.lse,
+            attention.scale,
+            attention.edited,
+        )
         layer, image, text = attention.layer, attention.image, attention.text
         with torch.no_grad():
             expected_key, _ = attention_with_lse(query, key, key, scale)

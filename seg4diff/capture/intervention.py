@@ -155,7 +155,9 @@ class LayerSite:
             )
         grid = self.hooks[0].grid  # every hook was installed before this forward began: they agree
         if grid is None:
-            raise ValueError(f"layer {self.layer}: the forward's image token grid is unknown, so its tokens cannot be split")
+            raise ValueError(
+                f"layer {self.layer}: the forward's image token grid is unknown, so its tokens cannot be split"
+            )
         image, text, rows = self.family.split(query.shape[2], key.shape[2], grid[0] * grid[1], self.layer)
         scale = 1 / math.sqrt(query.shape[-1]) if scale is None else scale
         bias = additive_bias(attn_mask, query.dtype)

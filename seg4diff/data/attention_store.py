@@ -64,6 +64,7 @@ class StoreLayout:
     grid: tuple[int, int]
     directions: tuple[str, ...]
     diagnostics: bool = False
+    blocks: tuple[str, ...] = ()  # each layer's name by stream ("double 7", "single 0"); empty: "layer <i>"
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
@@ -128,6 +129,7 @@ def create_store(path: Path, layout: StoreLayout, attrs: dict) -> None:
         coords={
             "sample": np.arange(n),
             "layer": layout.layers,
+            "block": ("layer", list(layout.blocks) or [f"layer {layer}" for layer in layout.layers]),
             "head": layout.heads,
             "timestep": scheduler_timesteps(layout.sigmas),
             "sigma": ("timestep", np.asarray(layout.sigmas, dtype=np.float64)),
