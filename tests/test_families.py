@@ -11,6 +11,7 @@ import torch
 from seg4diff.backbones.lora import LoraSpec, add_lora
 from seg4diff.capture.attention import capture_attention
 from seg4diff.capture.families import FAMILIES, family_of, joint_attention_modules
+from seg4diff.capture.layer_count import declared_layer_count
 from seg4diff.capture.perturb import perturb, perturb_attention
 from seg4diff.errors import ConfigError
 
@@ -75,6 +76,7 @@ def test_capture_equals_the_naive_joint_softmax_and_leaves_the_output_unchanged(
     transformer, inputs = _built(case, dtype)
     stock, seen = _stock_calls(transformer, inputs)
     n_layers = len(joint_attention_modules(transformer))
+    assert declared_layer_count(dict(transformer.config, _class_name=case.name)) == n_layers  # the settings check's count
     assert sorted(seen) == list(range(n_layers)), "every joint-attention module runs once per forward"
     both = [layer for layer in range(n_layers) if layer not in case.queries_only]
     with torch.no_grad(), capture_attention(transformer, layers=both) as cap:

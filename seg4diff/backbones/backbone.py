@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import ClassVar, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -123,11 +123,14 @@ def pixels_of(images: np.ndarray) -> torch.Tensor:
 
 @dataclass
 class Backbone:
-    """A loaded MM-DiT with the handful of operations the pipeline stages use."""
+    """A loaded MM-DiT with the handful of operations the pipeline stages use; one subclass per pipeline family
+    (BACKBONES), each saying how its latents, prompts and transformer inputs are formed."""
 
-    family: Family
     pipe: DiffusionPipeline | OrganismPipeline
-    text_length: int  # T5 (or organism word) tokens in the joint sequence
+    text_length: int  # T5 (or organism word, or LLM) tokens in the joint sequence
+    family: ClassVar[Family]
+    default_text_length: ClassVar[int]
+    patch_size_override: ClassVar[int | None] = None  # pixels of the latent per token side, where packing sets it
 
     @property
     def transformer(self) -> torch.nn.Module:
@@ -143,15 +146,13 @@ class Backbone:
 
     @property
     def vae_scale_factor(self) -> int:
-        """Pixels per latent side (1 for the pixel-space organism)."""
-        if self.family == "organism":
-            return 1
+        """Pixels per latent side."""
         return 2 ** (len(self.pipe.vae.config.block_out_channels) - 1)
 
     @property
     def patch_size(self) -> int:
-        """Pixels of the latent per image token side (FLUX packs 2×2 latents into one token)."""
-        return 2 if self.family == "flux" else self.transformer.config.patch_size
+        """Latent pixels per image token side."""
+        return self.patch_size_override or self.transformer.config.patch_size
 
     def token_grid(self, height: int, width: int) -> tuple[int, int]:
         """Returns the (rows, cols) of image tokens for an image of height×width pixels."""
@@ -164,8 +165,6 @@ class Backbone:
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """Returns latents (batch, channel, h, w) for images (batch, 3, H, W) in [0, 1]: posterior mean, shifted,
         scaled."""
-        if self.family == "organism":  # pixel space: the image in [−1, 1] is the latent
-            return (2 * images - 1).to(self.device, self.dtype)
         vae = self.pipe.vae
         posterior = vae.encode((2 * images - 1).to(self.device, vae.dtype)).latent_dist
         shift = vae.config.shift_factor or 0.0
@@ -173,38 +172,16 @@ class Backbone:
 
     def prompt_tokens(self, prompts: list[str]) -> list[list[TextToken]]:
         """Returns, per prompt, every text position of the joint sequence: its tokenizer and character span."""
-        pipe = self.pipe
-        if self.family == "organism":
-            return _token_spans(pipe.tokenizer, prompts, self.text_length, "word")
-        if self.family == "sd3":
-            clip = _token_spans(pipe.tokenizer, prompts, pipe.tokenizer_max_length, "clip")
-            t5 = (
-                _token_spans(pipe.tokenizer_3, prompts, self.text_length, "t5")
-                if pipe.text_encoder_3 is not None
-                else [[TextToken("t5", "", 0, 0)] * self.text_length for _ in prompts]
-            )  # zeros stand in for T5 when absent
-            return [c + t for c, t in zip(clip, t5)]
-        return _token_spans(pipe.tokenizer_2, prompts, self.text_length, "t5")
+        raise NotImplementedError
+
+    def _embed(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns the pipeline's (prompt embeddings, pooled embedding) of `prompts`, without CFG."""
+        raise NotImplementedError
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> PromptEncoding:
         """Returns the prompt embeddings and, for every text position, its tokenizer and character span."""
-        pipe, device = self.pipe, self.device
-        if self.family == "organism":
-            embeds, pooled = pipe.encode_prompt(prompts)
-        elif self.family == "sd3":
-            embeds, _, pooled, _ = pipe.encode_prompt(
-                prompts,
-                prompts,
-                prompts,
-                device=device,
-                do_classifier_free_guidance=False,
-                max_sequence_length=self.text_length,
-            )
-        else:
-            embeds, pooled, _ = pipe.encode_prompt(
-                prompts, prompts, device=device, max_sequence_length=self.text_length
-            )
+        embeds, pooled = self._embed(prompts)
         tokens = self.prompt_tokens(prompts)
         if embeds.shape[1] != len(tokens[0]):
             raise RuntimeError(
@@ -226,22 +203,95 @@ class Backbone:
             scheduler.set_timesteps(num_steps)
         return scheduler.sigmas[:num_steps].float().numpy()
 
+    def _sigmas(self, latents: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+        """Returns `sigma` (one value, or a (batch,) tensor) as a (batch,) fp32 tensor on the model's device."""
+        return torch.as_tensor(sigma, dtype=torch.float32, device=self.device).expand(latents.shape[0])
+
     def transformer_inputs(self, latents: torch.Tensor, sigma: float | torch.Tensor, prompt: PromptEncoding) -> dict:
         """Returns the keyword arguments of one transformer forward on noisy latents at `sigma` (no CFG).
 
         `sigma` is one value for the batch or a (batch,) tensor.
         """
-        batch = latents.shape[0]
-        sigmas = torch.as_tensor(sigma, dtype=torch.float32, device=self.device).expand(batch)
-        if self.family in ("sd3", "organism"):
-            return {
-                "hidden_states": latents,
-                "timestep": sigmas * 1000.0,
-                "encoder_hidden_states": prompt.prompt_embeds,
-                "pooled_projections": prompt.pooled,
-                "return_dict": False,
-            }
-        _, channels, height, width = latents.shape
+        return {
+            "hidden_states": latents,
+            "timestep": self._sigmas(latents, sigma) * 1000.0,
+            "encoder_hidden_states": prompt.prompt_embeds,
+            "pooled_projections": prompt.pooled,
+            "return_dict": False,
+        }
+
+    def velocity(self, latents: torch.Tensor, sigma: float | torch.Tensor, prompt: PromptEncoding) -> torch.Tensor:
+        """Returns the transformer's flow-matching prediction for noisy latents at `sigma`, in the latents' own
+        (batch, channels, height, width) layout, comparable with noise − x0."""
+        return self.transformer(**self.transformer_inputs(latents, sigma, prompt))[0]
+
+
+class OrganismBackbone(Backbone):
+    """The Shapes organism: pixel space, a word-level text encoder."""
+
+    family = "organism"
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 1
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        return (2 * images - 1).to(self.device, self.dtype)  # pixel space: the image in [−1, 1] is the latent
+
+    def prompt_tokens(self, prompts: list[str]) -> list[list[TextToken]]:
+        return _token_spans(self.pipe.tokenizer, prompts, self.text_length, "word")
+
+    def _embed(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.pipe.encode_prompt(prompts)
+
+
+class SD3Backbone(Backbone):
+    """Stable Diffusion 3 / 3.5: CLIP-L and CLIP-G's 77 positions, then T5's (zeros without T5)."""
+
+    family = "sd3"
+    default_text_length = 256
+
+    def prompt_tokens(self, prompts: list[str]) -> list[list[TextToken]]:
+        pipe = self.pipe
+        clip = _token_spans(pipe.tokenizer, prompts, pipe.tokenizer_max_length, "clip")
+        t5 = (
+            _token_spans(pipe.tokenizer_3, prompts, self.text_length, "t5")
+            if pipe.text_encoder_3 is not None
+            else [[TextToken("t5", "", 0, 0)] * self.text_length for _ in prompts]
+        )  # zeros stand in for T5 when absent
+        return [c + t for c, t in zip(clip, t5)]
+
+    def _embed(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        embeds, _, pooled, _ = self.pipe.encode_prompt(
+            prompts,
+            prompts,
+            prompts,
+            device=self.device,
+            do_classifier_free_guidance=False,
+            max_sequence_length=self.text_length,
+        )
+        return embeds, pooled
+
+
+class FluxBackbone(Backbone):
+    """FLUX.1: T5's positions; latents packed 2×2 into one token, with image position ids."""
+
+    family = "flux"
+    default_text_length = 512
+    patch_size_override = 2
+
+    def prompt_tokens(self, prompts: list[str]) -> list[list[TextToken]]:
+        return _token_spans(self.pipe.tokenizer_2, prompts, self.text_length, "t5")
+
+    def _embed(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        embeds, pooled, _ = self.pipe.encode_prompt(
+            prompts, prompts, device=self.device, max_sequence_length=self.text_length
+        )
+        return embeds, pooled
+
+    def transformer_inputs(self, latents: torch.Tensor, sigma: float | torch.Tensor, prompt: PromptEncoding) -> dict:
+        batch, channels, height, width = latents.shape
         packed = FluxPipeline._pack_latents(latents, batch, channels, height, width)
         image_ids = FluxPipeline._prepare_latent_image_ids(batch, height // 2, width // 2, self.device, self.dtype)
         text_ids = torch.zeros(prompt.prompt_embeds.shape[1], 3, device=self.device, dtype=self.dtype)
@@ -252,7 +302,7 @@ class Backbone:
         )
         return {
             "hidden_states": packed,
-            "timestep": sigmas.to(self.dtype),
+            "timestep": self._sigmas(latents, sigma).to(self.dtype),
             "guidance": guidance,
             "pooled_projections": prompt.pooled,
             "encoder_hidden_states": prompt.prompt_embeds,
@@ -262,28 +312,30 @@ class Backbone:
         }
 
     def velocity(self, latents: torch.Tensor, sigma: float | torch.Tensor, prompt: PromptEncoding) -> torch.Tensor:
-        """Returns the transformer's flow-matching prediction for noisy latents at `sigma`, in the latents' own
-        (batch, channels, height, width) layout (FLUX's packed 2×2 patches unpacked), comparable with noise − x0."""
         out = self.transformer(**self.transformer_inputs(latents, sigma, prompt))[0]
-        if self.family == "flux":
-            height, width = latents.shape[-2:]
-            out = FluxPipeline._unpack_latents(
-                out, height * self.vae_scale_factor, width * self.vae_scale_factor, self.vae_scale_factor
-            )
-        return out
+        height, width = latents.shape[-2:]
+        return FluxPipeline._unpack_latents(
+            out, height * self.vae_scale_factor, width * self.vae_scale_factor, self.vae_scale_factor
+        )
+
+
+# the pipeline classes seg4diff runs, each with its Backbone (checked in order: a subclass before its base)
+BACKBONES: dict[type, type[Backbone]] = {
+    StableDiffusion3Pipeline: SD3Backbone,
+    FluxPipeline: FluxBackbone,
+    OrganismPipeline: OrganismBackbone,
+}
 
 
 def backbone_from_pipeline(pipe: DiffusionPipeline, text_length: int | None = None) -> Backbone:
-    """Returns a Backbone around an already-built pipeline (SD3 / SD3.5 or FLUX.1)."""
-    if isinstance(pipe, StableDiffusion3Pipeline):
-        return Backbone("sd3", pipe, text_length or 256)
-    if isinstance(pipe, FluxPipeline):
-        return Backbone("flux", pipe, text_length or 512)
-    if isinstance(pipe, OrganismPipeline):
-        return Backbone("organism", pipe, pipe.text_length)
-    raise ModelLoadError(
-        f"{type(pipe).__name__} is not a supported MM-DiT pipeline (StableDiffusion3Pipeline, FluxPipeline)"
-    )
+    """Returns a Backbone around an already-built pipeline (one of BACKBONES)."""
+    for pipeline, backbone in BACKBONES.items():
+        if isinstance(pipe, pipeline):
+            if backbone is OrganismBackbone:
+                return backbone(pipe, pipe.text_length)
+            return backbone(pipe, text_length or backbone.default_text_length)
+    names = ", ".join(pipeline.__name__ for pipeline in BACKBONES if pipeline is not OrganismPipeline)
+    raise ModelLoadError(f"{type(pipe).__name__} is not a supported MM-DiT pipeline ({names})")
 
 
 def load_backbone(params: ModelParams, lora: str | Path | None = None) -> Backbone:

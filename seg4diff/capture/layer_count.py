@@ -7,6 +7,25 @@ from __future__ import annotations
 LAYER_COUNT_KEYS: dict[str, tuple[str, ...]] = {
     "SD3Transformer2DModel": ("num_layers",),
     "FluxTransformer2DModel": ("num_layers", "num_single_layers"),  # double-stream, then single-stream layers
+    "Flux2Transformer2DModel": ("num_layers", "num_single_layers"),
+    "Flux3Transformer2DModel": ("num_single_layers",),  # its num_layers count image-only / text-only mode blocks
+    "ChromaTransformer2DModel": ("num_layers", "num_single_layers"),
+    "BriaTransformer2DModel": ("num_layers", "num_single_layers"),
+    "BriaFiboTransformer2DModel": ("num_layers", "num_single_layers"),
+    "LongCatImageTransformer2DModel": ("num_layers", "num_single_layers"),
+    "OvisImageTransformer2DModel": ("num_layers", "num_single_layers"),
+    "HunyuanImageTransformer2DModel": ("num_layers", "num_single_layers"),
+    "AuraFlowTransformer2DModel": ("num_mmdit_layers", "num_single_dit_layers"),
+    "QwenImageTransformer2DModel": ("num_layers",),
+    "NucleusMoEImageTransformer2DModel": ("num_layers",),
+    "PRXTransformer2DModel": ("depth",),
+    "CogView4Transformer2DModel": ("num_layers",),
+    "GlmImageTransformer2DModel": ("num_layers",),
+    "Lumina2Transformer2DModel": ("num_layers",),  # refiner layers are text-only or image-only
+    "Krea2Transformer2DModel": ("num_layers",),
+    "Ideogram4Transformer2DModel": ("num_layers",),
+    "ErnieImageTransformer2DModel": ("num_layers",),
+    "ZImageTransformer2DModel": ("n_layers",),
 }
 
 

@@ -7,12 +7,13 @@ from family_cases import Case
 from seg4diff.testing.reference import naive_flux_attention, naive_sd3_attention
 
 TEXT = 7
+ROWS_, COLS_ = 4, 6  # the image token grid
 
 
 def _sd3_inputs(transformer):
     g, c = torch.Generator().manual_seed(0), transformer.config
     return {
-        "hidden_states": torch.randn(2, c.in_channels, 8, 12, generator=g),
+        "hidden_states": torch.randn(2, c.in_channels, 2 * ROWS_, 2 * COLS_, generator=g),
         "encoder_hidden_states": torch.randn(2, TEXT, c.joint_attention_dim, generator=g),
         "pooled_projections": torch.randn(2, c.pooled_projection_dim, generator=g),
         "timestep": torch.tensor([500.0, 250.0]),
@@ -22,11 +23,11 @@ def _sd3_inputs(transformer):
 
 def _flux_inputs(transformer):
     g, c = torch.Generator().manual_seed(0), transformer.config
-    ids = torch.zeros(4, 6, 3)
-    ids[..., 1] += torch.arange(4)[:, None]
-    ids[..., 2] += torch.arange(6)[None, :]
+    ids = torch.zeros(ROWS_, COLS_, 3)
+    ids[..., 1] += torch.arange(ROWS_)[:, None]
+    ids[..., 2] += torch.arange(COLS_)[None, :]
     return {
-        "hidden_states": torch.randn(2, 24, c.in_channels, generator=g),
+        "hidden_states": torch.randn(2, ROWS_ * COLS_, c.in_channels, generator=g),
         "encoder_hidden_states": torch.randn(2, TEXT, c.joint_attention_dim, generator=g),
         "pooled_projections": torch.randn(2, c.pooled_projection_dim, generator=g),
         "timestep": torch.tensor([0.5, 0.25]),
@@ -47,6 +48,6 @@ def _flux_naive(attn, args, kwargs):
 
 
 CASES = [
-    Case("SD3Transformer2DModel", tiny_sd3_transformer, _sd3_inputs, _sd3_naive, (4, 6), TEXT, True),
-    Case("FluxTransformer2DModel", tiny_flux_transformer, _flux_inputs, _flux_naive, (4, 6), TEXT, False),
+    Case("SD3Transformer2DModel", tiny_sd3_transformer, _sd3_inputs, _sd3_naive, (ROWS_, COLS_), TEXT, True),
+    Case("FluxTransformer2DModel", tiny_flux_transformer, _flux_inputs, _flux_naive, (ROWS_, COLS_), TEXT, False),
 ]
