@@ -76,7 +76,8 @@ def test_capture_equals_the_naive_joint_softmax_and_leaves_the_output_unchanged(
     transformer, inputs = _built(case, dtype)
     stock, seen = _stock_calls(transformer, inputs)
     n_layers = len(joint_attention_modules(transformer))
-    assert declared_layer_count(dict(transformer.config, _class_name=case.name)) == n_layers  # the settings check's count
+    declared = declared_layer_count(dict(transformer.config, _class_name=case.name))  # what the settings check counts
+    assert declared == n_layers
     assert sorted(seen) == list(range(n_layers)), "every joint-attention module runs once per forward"
     both = [layer for layer in range(n_layers) if layer not in case.queries_only]
     with torch.no_grad(), capture_attention(transformer, layers=both) as cap:

@@ -2,9 +2,9 @@
 
 Each group module (`sd3_flux`, `group_a`, …) exports CASES: a list of `Case`. A case builds the real diffusers
 transformer class at a tiny width (seeded), the keyword arguments of one forward (batch 2, a non-square image token
-grid, a short text), and a naive reference: from an attention module and the arguments its forward received, the full joint
-softmax(QKᵀ·scale) in the order the stock processor concatenates tokens, from the module's own projections, norms and
-rotary embeddings (materialising N×N on purpose: it shares no code with seg4diff.capture).
+grid, a short text), and a naive reference: from an attention module and the arguments its forward received, the
+full joint softmax(QKᵀ·scale) in the order the stock processor concatenates tokens, from the module's own
+projections, norms and rotary embeddings (materialising N×N on purpose: it shares no code with seg4diff.capture).
 """
 
 from __future__ import annotations
