@@ -1,0 +1,101 @@
+"""Tasks of the readouts stage: the report split's attention store (every block, head and σ, as the selection store),
+then every readout fitted on the selection store and scored on it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from prefect import task
+from tqdm import tqdm
+
+from seg4diff.backbones.backbone import load_backbone, model_digest
+from seg4diff.capture.extract import extract_range, fingerprint, open_or_create
+from seg4diff.config import Params
+from seg4diff.data.attention_store import SCHEMA_VERSION, StoreLayout, completed, open_attention
+from seg4diff.data.prepared import prepared_split
+from seg4diff.evaluation.readouts import load_split, readout_table, score_readout, store_readouts
+from seg4diff.prompts import prompt_style
+
+
+def _report_extraction(params: Params):
+    """The extract settings of the report store: extract's, on readouts.split, image→text only, at its path."""
+    return params.extract.model_copy(
+        update={
+            "split": params.readouts.split,
+            "output": params.readouts.store,
+            "directions": ["image_to_text"],
+            "diagnostics": False,
+            "max_samples": params.readouts.max_samples,
+        }
+    )
+
+
+@task(name="extract-report-split")
+def extract_report_task(params: Params) -> dict:
+    """Extracts (resuming: a complete sample is never recomputed) the report split's image→text attention at the
+    selection store's blocks, heads and σ; returns its sample count."""
+    selection = open_attention(Path(params.extract.output))
+    p = _report_extraction(params)
+    prepared = prepared_split(params, p.split)
+    samples = min(prepared.sizes["sample"], p.max_samples or prepared.sizes["sample"])
+    layers = [int(v) for v in selection.layer.values]
+    heads = [int(v) for v in selection.head.values]
+    sigmas = [float(v) for v in selection.sigma.values]
+    blocks = tuple(str(v) for v in selection.block.values)
+    grid = (selection.sizes["y"], selection.sizes["x"])
+    layout = StoreLayout(samples, layers, heads, sigmas, p.max_tokens, grid, ("image_to_text",), False, blocks)
+    attrs = {
+        "fingerprint": fingerprint(
+            SCHEMA_VERSION,
+            params.model.model_dump(),
+            model_digest(params.model),
+            p.model_dump(exclude={"workers", "batch_size", "output"}),
+            params.prompt.model_dump(),
+            sigmas,
+            prepared.attrs["digest"],
+        ),
+        "split": p.split,
+        "prepared_digest": prepared.attrs["digest"],
+    }
+    path = Path(p.output)
+    print(open_or_create(path, layout, attrs))
+    backbone = load_backbone(params.model)
+    with tqdm(total=samples, desc=f"extract {p.split}", unit="sample") as bar:
+        bar.update(int(completed(path)[:samples].sum()))
+        extract_range(
+            backbone, prepared, path, 0, samples, sigmas, layers, p, prompt_style(params.prompt, p.prompt), bar
+        )
+    return {"samples": samples}
+
+
+@task(name="score-readouts")
+def score_readouts_task(params: Params) -> list[dict]:
+    """Fits every readout on the selection store (extract.split), scores it on the report store; returns the table
+    rows (`paper` first)."""
+    r = params.readouts
+    selection_store = open_attention(Path(params.extract.output))
+    val = load_split(selection_store, prepared_split(params, params.extract.split).load())
+    report = load_split(open_attention(Path(r.store)), prepared_split(params, r.split).load())
+    expert = json.loads(Path(params.select.output).read_text())
+    layer = [int(v) for v in selection_store.layer.values].index(int(expert["layer"]))
+    sigma = int(np.argmin(np.abs(selection_store.sigma.values - float(expert["sigma"]))))
+    readouts = store_readouts(layer, sigma, r.top_k)
+    thresholds = list(params.evaluate.background_thresholds)
+    scored = [score_readout(readout, val, report, thresholds) for readout in tqdm(readouts, desc="readouts")]
+    rows = readout_table(scored, r.bootstrap_resamples, r.seed)
+    names = [str(v) for v in selection_store.block.values]
+    for row, result in zip(rows, scored):
+        row["blocks"] = _block_names(result.readout, names)
+    return rows
+
+
+def _block_names(readout, names: list[str]) -> str:
+    """The blocks a readout reads, by name (for the table)."""
+    choice = readout.choice
+    if "layers" in choice:
+        return ", ".join(names[i] for i in choice["layers"])
+    if "layer_index" in choice:
+        return f"{names[choice['layer_index']]}, head {choice['head']}"
+    return "all"
