@@ -3,6 +3,8 @@ report split by the same code, protocol and paired bootstrap (seg4diff.evaluatio
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
 import pandas as pd
 from prefect.artifacts import create_markdown_artifact
@@ -25,7 +27,9 @@ def readouts(params: Params, run) -> Outcome:
     frame = pd.DataFrame([{k: v for k, v in row.items() if k != "choice"} for row in rows])
     write_csv(frame, r.output)
     mlflow.log_artifact(r.output)
-    mlflow.log_figure(readout_figure(rows, r.split), "readouts.png")
+    figure = readout_figure(rows, r.split)
+    figure.savefig(Path(r.output).with_suffix(".png"), dpi=120)
+    mlflow.log_figure(figure, "readouts.png")
     lines = [
         f"| {row['readout']} | {row['blocks']} | {row['miou']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}] | "
         f"{row['minus_paper']:+.3f} [{row['minus_paper_low']:+.3f}, {row['minus_paper_high']:+.3f}] | "

@@ -61,6 +61,7 @@ REGISTRY: tuple[Stage, ...] = (  # in pipeline order
     Stage("explore", ("explore",)),
     Stage("finetune", ("finetune",), "metrics/finetune.json"),
     Stage("evaluate", ("evaluate",), sharded=True),  # writes evaluate.output, its dvc.yaml metrics file
+    Stage("readouts", ("readouts",), "metrics/readouts.json"),
 )
 STAGES: dict[str, Stage] = {stage.name: stage for stage in REGISTRY}
 

@@ -19,6 +19,13 @@ from seg4diff.evaluation.readouts import load_split, readout_table, score_readou
 from seg4diff.prompts import prompt_style
 
 
+def block_names(store) -> list[str]:
+    """Returns the store's block name per layer ("joint 2"; a store written before names were kept: "layer 2")."""
+    if "block" in store.coords:
+        return [str(v) for v in store["block"].values]
+    return [f"layer {int(v)}" for v in store["layer"].values]
+
+
 def _report_extraction(params: Params):
     """The extract settings of the report store: extract's, on readouts.split, image→text only, at its path."""
     return params.extract.model_copy(
@@ -40,10 +47,10 @@ def extract_report_task(params: Params) -> dict:
     p = _report_extraction(params)
     prepared = prepared_split(params, p.split)
     samples = min(prepared.sizes["sample"], p.max_samples or prepared.sizes["sample"])
-    layers = [int(v) for v in selection.layer.values]
-    heads = [int(v) for v in selection.head.values]
-    sigmas = [float(v) for v in selection.sigma.values]
-    blocks = tuple(str(v) for v in selection.block.values)
+    layers = [int(v) for v in selection["layer"].values]
+    heads = [int(v) for v in selection["head"].values]
+    sigmas = [float(v) for v in selection["sigma"].values]
+    blocks = tuple(block_names(selection))
     grid = (selection.sizes["y"], selection.sizes["x"])
     layout = StoreLayout(samples, layers, heads, sigmas, p.max_tokens, grid, ("image_to_text",), False, blocks)
     attrs = {
@@ -79,13 +86,13 @@ def score_readouts_task(params: Params) -> list[dict]:
     val = load_split(selection_store, prepared_split(params, params.extract.split).load())
     report = load_split(open_attention(Path(r.store)), prepared_split(params, r.split).load())
     expert = json.loads(Path(params.select.output).read_text())
-    layer = [int(v) for v in selection_store.layer.values].index(int(expert["layer"]))
-    sigma = int(np.argmin(np.abs(selection_store.sigma.values - float(expert["sigma"]))))
+    layer = [int(v) for v in selection_store["layer"].values].index(int(expert["layer"]))
+    sigma = int(np.argmin(np.abs(selection_store["sigma"].values - float(expert["sigma"]))))
     readouts = store_readouts(layer, sigma, r.top_k)
     thresholds = list(params.evaluate.background_thresholds)
     scored = [score_readout(readout, val, report, thresholds) for readout in tqdm(readouts, desc="readouts")]
     rows = readout_table(scored, r.bootstrap_resamples, r.seed)
-    names = [str(v) for v in selection_store.block.values]
+    names = block_names(selection_store)
     for row, result in zip(rows, scored):
         row["blocks"] = _block_names(result.readout, names)
     return rows

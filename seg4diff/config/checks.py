@@ -12,7 +12,15 @@ from seg4diff.config.params import ModelParams, Params
 from seg4diff.data.partition import source_split
 from seg4diff.errors import ConfigError
 
-MODEL_STAGES = {"pretrain", "extract", "causal", "explore", "finetune", "evaluate"}  # they put a model on model.device
+MODEL_STAGES = {
+    "pretrain",
+    "extract",
+    "causal",
+    "explore",
+    "finetune",
+    "evaluate",
+    "readouts",
+}  # they put a model on model.device
 SHAPES_SPLITS = ("train", "val", "test")
 
 
@@ -25,6 +33,7 @@ def _stage_problems(params: Params, stage: str) -> list[str]:
         "causal": {"causal.split": params.causal.split},
         "finetune": {"finetune.split": params.finetune.split, "finetune.val_split": params.finetune.val_split},
         "evaluate": {"evaluate.split": params.evaluate.split, "evaluate.val_split": params.evaluate.val_split},
+        "readouts": {"readouts.split": params.readouts.split, "extract.split": params.extract.split},
     }.get(stage, {})
     problems = [
         f"{key} reads split '{split}', which prepare does not prepare (it prepares {prepared})"
@@ -48,7 +57,7 @@ def _stage_problems(params: Params, stage: str) -> list[str]:
     return problems + _input_problems(params, stage)
 
 
-REPORTED_BY = ("evaluate", "causal")  # the stages that report numbers, each on its `<stage>.split`
+REPORTED_BY = ("evaluate", "causal", "readouts")  # the stages that report numbers, each on its `<stage>.split`
 
 
 def protocol_problems(params: Params, stage: str) -> list[str]:

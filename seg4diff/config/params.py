@@ -23,6 +23,7 @@ __all__ = [
     "PrepareParams",
     "PretrainParams",
     "PromptParams",
+    "ReadoutsParams",
     "ScoreParams",
     "SelectParams",
     "TrackingParams",
@@ -451,6 +452,20 @@ class TrackingParams(Group):
     experiment: str = "seg4diff"
 
 
+class ReadoutsParams(Group):
+    split: str = Field(
+        "test",
+        description="the report split: every readout is chosen on extract.split's store and scored here, on a store "
+        "of the same blocks, heads and σ",
+    )
+    store: str = Field("data/readouts/attention.zarr", description="the report split's attention store")
+    output: str = Field("results/readouts.csv", description="one row per readout (its figure: the same name, .png)")
+    max_samples: int | None = Field(None, ge=1, description="report images (None: the whole split)")
+    top_k: int = Field(3, ge=1, description="blocks the top-k readout averages (the k best on the selection split)")
+    bootstrap_resamples: int = Field(10_000, ge=100, description="resamples of the paired bootstrap over images")
+    seed: int = 0
+
+
 class Params(Group):
     model: ModelParams
     data: DataParams
@@ -466,3 +481,4 @@ class Params(Group):
     explore: ExploreParams = ExploreParams()
     finetune: FinetuneParams = FinetuneParams()
     evaluate: EvaluateParams = EvaluateParams()
+    readouts: ReadoutsParams = ReadoutsParams()

@@ -148,3 +148,21 @@ def causal_figure(table, grounding, expert_layer: int) -> plt.Figure:
     figure.suptitle("perturbing one layer's image→text attention during generation (red: expert layer)", fontsize=9)
     figure.tight_layout()
     return figure
+
+
+def readout_figure(rows: list[dict], split: str) -> plt.Figure:
+    """Returns each readout's mIoU with its 95% interval, and its paired difference to `paper` with its interval."""
+    names = [row["readout"] for row in rows][::-1]
+    figure, axes = plt.subplots(1, 2, figsize=(10, 0.45 * len(rows) + 1.4), sharey=True)
+    for axis, (key, title) in zip(axes, (("miou", f"mIoU on {split}"), ("minus_paper", "− paper (paired)"))):
+        values = np.array([row[key] for row in rows][::-1])
+        low_key, high_key = ("ci_low", "ci_high") if key == "miou" else ("minus_paper_low", "minus_paper_high")
+        low = values - np.array([row[low_key] for row in rows][::-1])
+        high = np.array([row[high_key] for row in rows][::-1]) - values
+        axis.barh(names, values, xerr=[low, high], color="tab:blue" if key == "miou" else "tab:orange", capsize=3)
+        axis.set(title=title)
+        if key == "minus_paper":
+            axis.axvline(0, color="black", linewidth=0.8)
+    figure.suptitle(f"readouts, chosen on the selection split, {rows[0]['images']} report images")
+    figure.tight_layout()
+    return figure
