@@ -123,6 +123,7 @@ def qwen_tokenizer(template: str) -> Qwen2Tokenizer:
 
 
 def _flow_match(**config) -> FlowMatchEulerDiscreteScheduler:
+    """Returns a flow-matching Euler scheduler over 1000 training timesteps with `config`."""
     return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, **config)
 
 

@@ -1,0 +1,223 @@
+"""`trace(pipe)` over whole generations of the real FLUX.2, Qwen-Image, Chroma and AuraFlow pipelines (tiny, offline).
+
+Per family: what the capture records (steps, batch, layers, image and text tokens), that it leaves the image as it
+was, and `prompt_token_positions`: where the prompt's own tokens sit in the text sequence the transformer receives.
+
+How each pipeline builds that sequence (diffusers 0.42.1):
+- FLUX.2: Mistral's chat template (BOS, FLUX.2's system prompt, [INST] prompt [/INST]) padded to
+  `max_sequence_length`, no mask given to the transformer; several hidden layers stacked along the width, so one
+  position per token. Guidance-distilled: one transformer call per step, batch 1.
+- Qwen-Image: Qwen's chat template; the first `prompt_template_encode_start_idx` (34) tokens (the system prefix up to
+  "user\n") are dropped, the rest (prompt, then "<|im_end|>\n<|im_start|>assistant\n") kept unpadded for one prompt.
+  True CFG is a second transformer call per step (conditional first) with the negative prompt's own text length.
+- Chroma: T5 padded to `max_sequence_length`; all but the first padding token masked. CFG: two calls per step.
+- AuraFlow: UMT5 padded to `max_sequence_length` (padding zeroed, not masked), after the transformer's 8 register
+  tokens. CFG batched: [unconditional, conditional] in one call.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+from diffusers.pipelines.flux2.pipeline_flux2 import format_input
+from tiny_family_pipelines import (
+    FLUX2_TEXT_LAYERS,
+    tiny_auraflow_pipeline,
+    tiny_chroma_pipeline,
+    tiny_flux2_pipeline,
+    tiny_qwenimage_pipeline,
+)
+
+from seg4diff.capture.trace import trace
+
+PROMPT = "a red cat on a mat"
+STEPS = 2
+PATCH = 2  # every family here packs (or patchifies) 2×2 latent pixels into one image token
+BPE_PROMPT = ("a", "Ġred", "Ġcat", "Ġon", "Ġa", "Ġmat")  # the byte-level BPEs' tokens of PROMPT; "cat" is one
+T5_PROMPT = ("▁a", "▁red", "▁", "c", "a", "t", "▁", "o", "n", "▁a", "▁", "m", "a", "t")  # "cat" is "▁", "c", "a", "t"
+
+
+def _span_tokens(tokenizer, text: str, start: int, end: int, **kwargs) -> tuple[list[tuple[int, str]], int]:
+    """Returns the (index, token) of the tokens of `tokenizer(text, **kwargs)` whose characters overlap
+    text[start:end] (special tokens, whose offsets are empty or outside, left out), and the number of tokens."""
+    encoding = tokenizer(text, return_offsets_mapping=True, **kwargs)
+    tokens = tokenizer.convert_ids_to_tokens(encoding.input_ids)
+    spans = encoding.offset_mapping
+    kept = [(i, token) for i, (token, (s, e)) in enumerate(zip(tokens, spans)) if e > s and s < end and e > start]
+    return kept, len(tokens)
+
+
+def _padded(tokens: list[tuple[int, str]], count: int, max_length: int, side: str, offset: int = 0):
+    """Returns `tokens` (indices among `count` tokens) as positions after truncation and padding to `max_length` on
+    `side`, shifted by `offset`."""
+    shift = offset + (max_length - min(count, max_length) if side == "left" else 0)
+    return [(i + shift, token) for i, token in tokens if i < max_length]
+
+
+def prompt_token_positions(pipe, prompt: str, max_sequence_length: int | None = None) -> list[tuple[int, str]]:
+    """Returns (position in the joint text sequence the transformer receives, token) for each token of `prompt`
+    itself, the template, system prompt and special tokens left out; `max_sequence_length` as given to the pipeline
+    (None: its default). Built as `pipe.encode_prompt` builds the sequence, without running a model."""
+    if max_sequence_length is None:
+        max_sequence_length = inspect.signature(pipe.__call__).parameters["max_sequence_length"].default
+    tokenizer, name = pipe.tokenizer, type(pipe).__name__
+    if name == "Flux2Pipeline":  # the chat template, tokenized without added special tokens (the template has BOS)
+        text = tokenizer.apply_chat_template(format_input([prompt], pipe.system_message)[0], tokenize=False)
+        cleaned = prompt.replace("[IMG]", "")  # as format_input cleans it
+        start = text.rindex(cleaned)  # the user message comes last
+        tokens, count = _span_tokens(tokenizer, text, start, start + len(cleaned), add_special_tokens=False)
+        return _padded(tokens, count, max_sequence_length, tokenizer.padding_side)
+    if name == "QwenImagePipeline":  # the template's first `drop` tokens dropped; padding removed by the mask
+        template, drop = pipe.prompt_template_encode, pipe.prompt_template_encode_start_idx
+        start = template.index("{}")
+        tokens, _ = _span_tokens(tokenizer, template.format(prompt), start, start + len(prompt))
+        kept = [(i - drop, token) for i, token in tokens if i < pipe.tokenizer_max_length + drop]
+        return [(position, token) for position, token in kept if position < max_sequence_length]
+    if name in ("ChromaPipeline", "AuraFlowPipeline"):  # T5 / UMT5 tokens, after AuraFlow's register tokens
+        registers = pipe.transformer.register_tokens.shape[1] if name == "AuraFlowPipeline" else 0
+        tokens, count = _span_tokens(tokenizer, prompt, 0, len(prompt))
+        return _padded(tokens, count, max_sequence_length, tokenizer.padding_side, registers)
+    raise TypeError(f"no prompt token positions for {name}")
+
+
+@dataclass(frozen=True)
+class Family:
+    """One pipeline's case: how to build and call it, and what its transformer is expected to receive."""
+
+    build: Callable
+    call: dict  # the pipeline call's arguments beside the prompt, the steps and the output type
+    calls_per_step: int  # transformer calls per denoising step: 2 where CFG runs the negative prompt apart
+    batch: int  # the transformer's batch: 2 where CFG batches [unconditional, conditional]
+    text_length: int  # text keys of the joint attention
+    first: int  # the prompt's first position in the text sequence
+    tokens: tuple[str, ...] = BPE_PROMPT  # the prompt's tokens
+    cat: range = range(2, 3)  # "cat"'s tokens among them
+    layers: tuple[str, ...] = ("num_layers", "num_single_layers")  # the config's joint layer counts
+    registers: int = 0  # tokens the transformer puts before the text it is given
+
+
+FAMILIES = {
+    # 38 template tokens: <s> [SYSTEM_PROMPT] (27 tokens of system message) [/SYSTEM_PROMPT] [INST] prompt [/INST]
+    "flux2": Family(
+        tiny_flux2_pipeline,
+        {
+            "height": 32,
+            "width": 48,
+            "guidance_scale": 4.0,  # embedded guidance
+            "max_sequence_length": 64,
+            "text_encoder_out_layers": FLUX2_TEXT_LAYERS,
+        },
+        calls_per_step=1,
+        batch=1,
+        text_length=64,
+        first=31,
+    ),
+    # the negative prompt has the prompt's token count: a capture stacks steps only when their text lengths agree
+    "qwenimage": Family(
+        tiny_qwenimage_pipeline,
+        {"height": 32, "width": 48, "true_cfg_scale": 4.0, "negative_prompt": "a blue dog on a rug"},
+        calls_per_step=2,
+        batch=1,
+        text_length=6 + 5,  # the prompt, then <|im_end|> \n <|im_start|> assistant \n
+        first=0,
+        layers=("num_layers",),
+    ),
+    "chroma": Family(
+        tiny_chroma_pipeline,
+        {"height": 32, "width": 48, "guidance_scale": 4.0, "max_sequence_length": 24},
+        calls_per_step=2,
+        batch=1,
+        text_length=24,
+        first=0,
+        tokens=T5_PROMPT,
+        cat=range(2, 6),
+    ),
+    # AuraFlow's position table is 8 × 8 tokens: 32 × 16 px is an 8 × 4 grid
+    "auraflow": Family(
+        tiny_auraflow_pipeline,
+        {"height": 32, "width": 16, "guidance_scale": 4.0, "max_sequence_length": 16},
+        calls_per_step=1,
+        batch=2,
+        text_length=8 + 16,  # register tokens, then the padded UMT5 sequence
+        first=8,
+        tokens=T5_PROMPT,
+        cat=range(2, 6),
+        layers=("num_mmdit_layers", "num_single_dit_layers"),
+        registers=8,
+    ),
+}
+
+
+def _generate(pipe, call: dict) -> np.ndarray:
+    """Returns the images of a seeded STEPS-step generation of PROMPT, as numpy."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        return pipe(prompt=PROMPT, num_inference_steps=STEPS, output_type="np", generator=generator, **call).images
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_trace_records_every_step_of_a_family_pipeline_and_leaves_its_image_alone(name):
+    """One record per transformer call, of the expected dims; each image query's text mass in (0, 1]; the same
+    image as without the capture; "cat"'s positions give (y, x) maps."""
+    family = FAMILIES[name]
+    pipe = family.build()
+    stock = _generate(pipe, family.call)
+    received = []  # the text length of every transformer call
+    hook = pipe.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: received.append(kwargs["encoder_hidden_states"].shape[1]), with_kwargs=True
+    )
+    with trace(pipe) as tc:
+        traced = _generate(pipe, family.call)
+    hook.remove()
+    np.testing.assert_array_equal(traced, stock)  # the capture does not change the output
+    assert received == [family.text_length - family.registers] * (STEPS * family.calls_per_step)
+
+    height, width = family.call["height"], family.call["width"]
+    grid = (height // pipe.vae_scale_factor // PATCH, width // pipe.vae_scale_factor // PATCH)
+    layers = sum(getattr(pipe.transformer.config, key) for key in family.layers)
+    i2t = tc.capture.image_to_text
+    assert tc.capture.steps == STEPS * family.calls_per_step
+    assert i2t.dims == ("step", "batch", "layer", "head", "image_token", "text_token")
+    assert dict(i2t.sizes) == {
+        "step": STEPS * family.calls_per_step,
+        "batch": family.batch,
+        "layer": layers,
+        "head": pipe.transformer.config.num_attention_heads,
+        "image_token": grid[0] * grid[1],
+        "text_token": family.text_length,
+    }
+    assert tc.capture.recorder.grid == grid
+    mass = i2t.sum("text_token").values  # each image query's attention to the whole text
+    assert (mass > 0).all() and (mass <= 1 + 1e-6).all()  # fp32 sums may round a hair above their true value
+
+    positions = prompt_token_positions(pipe, PROMPT, family.call.get("max_sequence_length"))
+    assert positions == [(family.first + i, token) for i, token in enumerate(family.tokens)]
+    cat = [positions[i][0] for i in family.cat]
+    maps = tc.capture.maps().isel(text_token=cat)
+    assert maps.dims == ("step", "batch", "layer", "head", "y", "x", "text_token")
+    assert (maps.sizes["y"], maps.sizes["x"], maps.sizes["text_token"]) == (*grid, len(cat))
+    np.testing.assert_array_equal(maps.values.reshape(i2t.isel(text_token=cat).shape), i2t.isel(text_token=cat))
+
+
+@pytest.mark.parametrize(
+    ("name", "padding_side", "cat"),
+    [("flux2", "right", 33), ("flux2", "left", 64 - 38 + 33), ("qwenimage", "right", 2)],
+)
+def test_a_causal_text_encoder_first_changes_at_the_position_of_the_changed_word(name, padding_side, cat):
+    """Mistral (FLUX.2) and Qwen2.5-VL (Qwen-Image) are causal: "cat" → "dog" leaves every text position before the
+    word's as it was, so the first changed row of the transformer's text is where prompt_token_positions puts it."""
+    family = FAMILIES[name]
+    pipe = family.build()
+    pipe.tokenizer.padding_side = padding_side
+    accepted = inspect.signature(pipe.encode_prompt).parameters
+    encoding = {key: value for key, value in family.call.items() if key in accepted}  # FLUX.2's length and layers
+    with torch.no_grad():
+        embeds = [pipe.encode_prompt(text, device="cpu", **encoding)[0] for text in (PROMPT, "a red dog on a mat")]
+    changed = (embeds[0] != embeds[1]).any(-1)[0].nonzero().flatten().tolist()
+    positions = prompt_token_positions(pipe, PROMPT, family.call.get("max_sequence_length"))
+    assert changed[0] == cat == positions[2][0] and positions[2][1] == "Ġcat"
