@@ -121,6 +121,17 @@ def test_stage_checks_name_a_split_that_is_not_prepared_and_a_sigma_that_is_not_
 
 def test_the_registry_names_each_stage_once_in_pipeline_order():
     names = [stage.name for stage in REGISTRY]
-    assert names == ["prepare", "pretrain", "extract", "score", "select", "causal", "explore", "finetune", "evaluate", "readouts"]
+    assert names == [
+        "prepare",
+        "pretrain",
+        "extract",
+        "score",
+        "select",
+        "causal",
+        "explore",
+        "finetune",
+        "evaluate",
+        "readouts",
+    ]
     assert [name for name, stage in STAGES.items() if stage.sharded] == ["extract", "evaluate"]
     assert all(stage.flow().name == stage.name for stage in REGISTRY)
