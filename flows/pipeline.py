@@ -1,5 +1,5 @@
-"""The `seg4diff` pipeline flow: prepare → pretrain → extract → score → select → causal → explore → finetune →
-evaluate.
+"""The `seg4diff` pipeline flow: prepare → pretrain → extract → score → select → causal → finetune → evaluate →
+readouts → explore.
 
 Skipping uses ONE mechanism, DVC's: a stage whose dvc.lock entry still matches its params, code and inputs is
 skipped (`dvc status`), and a stage that ran is recorded with `dvc commit`, so `dvc repro` and Prefect runs agree.

@@ -58,10 +58,10 @@ REGISTRY: tuple[Stage, ...] = (  # in pipeline order
     Stage("score", ("score",), "metrics/score.json"),
     Stage("select", ("select",)),
     Stage("causal", ("causal",), "metrics/causal.json"),
-    Stage("explore", ("explore",)),
     Stage("finetune", ("finetune",), "metrics/finetune.json"),
     Stage("evaluate", ("evaluate",), sharded=True),  # writes evaluate.output, its dvc.yaml metrics file
     Stage("readouts", ("readouts",), "metrics/readouts.json"),
+    Stage("explore", ("explore",)),  # last: it shows the readouts' maps too
 )
 STAGES: dict[str, Stage] = {stage.name: stage for stage in REGISTRY}
 

@@ -11,6 +11,7 @@ from seg4diff.config import Params
 from seg4diff.evaluation.scoring import open_scored, store_background_threshold
 from seg4diff.evaluation.selection import read_expert
 from seg4diff.reporting.explorer import explorer_data, render_html
+from seg4diff.reporting.readout_maps import read_readout_maps, readout_maps_path
 
 CAUSAL_METRICS = ("object_recall", "clip_score", "flow_loss_increase")  # the first present is drawn
 
@@ -51,6 +52,7 @@ def build_explorer_task(params: Params) -> dict:
         store_background_threshold(store, params.prompt),
         params.explore.display_size,
         causal_curve(params),
+        read_readout_maps(readout_maps_path(params.readouts.store)),
     )
     html = render_html(
         data, f"seg4diff attention explorer — {store.attrs.get('model', '')}, {store.attrs.get('split', '')} split"

@@ -14,9 +14,19 @@ from seg4diff.backbones.backbone import load_backbone, model_digest
 from seg4diff.capture.extract import extract_range, fingerprint, open_or_create
 from seg4diff.config import Params
 from seg4diff.data.attention_store import SCHEMA_VERSION, StoreLayout, completed, open_attention
-from seg4diff.data.prepared import prepared_split
-from seg4diff.evaluation.readouts import load_split, readout_table, score_readout, store_readouts
+from seg4diff.data.prepared import class_names, prepared_split
+from seg4diff.evaluation.model_readouts import model_inputs
+from seg4diff.evaluation.readouts import (
+    ConceptAttention,
+    Probe,
+    Split,
+    load_split,
+    readout_table,
+    score_readout,
+    store_readouts,
+)
 from seg4diff.prompts import prompt_style
+from seg4diff.reporting.readout_maps import readout_maps_path, write_readout_maps
 
 
 def block_names(store) -> list[str]:
@@ -77,24 +87,68 @@ def extract_report_task(params: Params) -> dict:
     return {"samples": samples}
 
 
+def _model_splits(params: Params, stores: dict, prepared: dict, splits: dict, probe: tuple[int, int]) -> dict:
+    """Returns, per model readout, its {"val", "report"} inputs (the class axes and labels of `splits`): the forward of
+    every stored sample with the store's prompt, noise and σ — ConceptAttention's concept scores, the probe block's
+    image features."""
+    backbone = load_backbone(params.model)
+    inputs = {}
+    for name, store in stores.items():
+        with tqdm(total=store.sizes["sample"], desc=f"concepts and features, {name}", unit="sample") as bar:
+            inputs[name] = model_inputs(
+                backbone,
+                prepared[name],
+                store,
+                class_names(prepared[name]),
+                params.extract.seed,
+                probe,
+                params.readouts.concept_tokens,
+                params.extract.batch_size,
+                bar,
+            )
+    return {
+        readout: {
+            name: Split(getattr(inputs[name], attribute), split.classes, split.labels, split.num_classes)
+            for name, split in splits.items()
+        }
+        for readout, attribute in (("concept-attention", "concepts"), ("probe", "features"))
+    }
+
+
 @task(name="score-readouts")
 def score_readouts_task(params: Params) -> list[dict]:
     """Fits every readout on the selection store (extract.split), scores it on the report store; returns the table
     rows (`paper` first)."""
     r = params.readouts
-    selection_store = open_attention(Path(params.extract.output))
-    val = load_split(selection_store, prepared_split(params, params.extract.split).load())
-    report = load_split(open_attention(Path(r.store)), prepared_split(params, r.split).load())
+    stores = {"val": open_attention(Path(params.extract.output)), "report": open_attention(Path(r.store))}
+    prepared = {
+        "val": prepared_split(params, params.extract.split).load(),
+        "report": prepared_split(params, r.split).load(),
+    }
+    splits = {name: load_split(stores[name], prepared[name]) for name in stores}
     expert = json.loads(Path(params.select.output).read_text())
-    layer = [int(v) for v in selection_store["layer"].values].index(int(expert["layer"]))
-    sigma = int(np.argmin(np.abs(selection_store["sigma"].values - float(expert["sigma"]))))
-    readouts = store_readouts(layer, sigma, r.top_k)
+    layer = [int(v) for v in stores["val"]["layer"].values].index(int(expert["layer"]))
+    sigma = int(np.argmin(np.abs(stores["val"]["sigma"].values - float(expert["sigma"]))))
     thresholds = list(params.evaluate.background_thresholds)
-    scored = [score_readout(readout, val, report, thresholds) for readout in tqdm(readouts, desc="readouts")]
+    model = _model_splits(params, stores, prepared, splits, (layer, sigma))
+    inputs = {x.name: splits for x in store_readouts(layer, sigma, r.top_k)} | model  # readout → its {val, report}
+    readouts = [
+        *store_readouts(layer, sigma, r.top_k),
+        ConceptAttention("concept-attention", k=r.top_k),
+        Probe("probe", layer=layer, sigma=sigma),
+    ]
+    scored = [score_readout(x, inputs[x.name]["val"], inputs[x.name]["report"], thresholds) for x in readouts]
     rows = readout_table(scored, r.bootstrap_resamples, r.seed)
-    names = block_names(selection_store)
+    names = block_names(stores["val"])
     for row, result in zip(rows, scored):
         row["blocks"] = _block_names(result.readout, names)
+    val = {name: split["val"] for name, split in inputs.items()}
+    count = min(params.explore.samples, len(val["paper"].attention))
+    maps = [
+        np.stack([x.readout.maps(val[x.readout.name].attention[s], val[x.readout.name].classes[s]) for x in scored])
+        for s in range(count)
+    ]
+    write_readout_maps(readout_maps_path(r.store), rows, [x.threshold for x in scored], maps)
     return rows
 
 
@@ -104,5 +158,5 @@ def _block_names(readout, names: list[str]) -> str:
     if "layers" in choice:
         return ", ".join(names[i] for i in choice["layers"])
     if "layer_index" in choice:
-        return f"{names[choice['layer_index']]}, head {choice['head']}"
+        return names[choice["layer_index"]] + (f", head {choice['head']}" if "head" in choice else "")
     return "all"

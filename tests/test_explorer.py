@@ -16,6 +16,8 @@ from conftest import prepared_shapes
 
 from seg4diff.data.prepared import native_label, open_prepared
 from seg4diff.reporting.explorer import explorer_data, render_html
+from seg4diff.reporting.readout_maps import read_readout_maps, write_readout_maps
+from seg4diff.segmentation.masks import class_maps
 
 LAYERS, HEADS, SIGMAS, TOKENS, GRID = [0, 1, 2], [0, 1], [0.3, 0.6], 4, 64  # the label size: upsampling is exact
 
@@ -65,12 +67,40 @@ def scores_table() -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["layer", "sigma", "head", "direction", "metric", "value", "ci_low", "ci_high"])
 
 
+def readout_maps(store: xr.Dataset, path: Path) -> dict:
+    """Two readouts of the known store's first 3 samples, written and read back as the readouts stage does: `noise`
+    (layer 0) and `exact` (layer 2, whose maps are the labels)."""
+    maps = []
+    for s in range(3):
+        sample = store.isel(sample=s)
+        token_class = sample.token_class.values
+        per_class = class_maps(sample.image_to_text.values, token_class, np.unique(token_class[token_class >= 0]))
+        maps.append(np.stack([per_class[0, 0, 0], per_class[2, 0, 0]]))
+    rows = [
+        {"readout": "noise", "reads": "attention", "blocks": "layer 0"},
+        {"readout": "exact", "reads": "attention", "blocks": "layer 2"},
+    ]
+    write_readout_maps(path, rows, [0.2, 0.3], maps)
+    back = read_readout_maps(path)
+    assert back["names"] == ["noise", "exact"] and back["thresholds"] == [0.2, 0.3] and len(back["maps"]) == 3
+    np.testing.assert_array_equal(back["maps"][1], maps[1].astype(np.float32))
+    assert read_readout_maps(path.with_name("absent.npz")) is None
+    return back
+
+
 @pytest.fixture(scope="module")
 def page(tmp_path_factory):
     root = prepared_shapes(tmp_path_factory.mktemp("explorer"), ["val"], 32, 64, seed=5, num_val=5)
     prepared = open_prepared(root / "val.zarr")
+    store = known_store(prepared)
     data = explorer_data(
-        known_store(prepared), prepared, scores_table(), {"layer": 2, "sigma": 0.3}, samples=4, background_threshold=0.2
+        store,
+        prepared,
+        scores_table(),
+        {"layer": 2, "sigma": 0.3},
+        samples=4,
+        background_threshold=0.2,
+        readouts=readout_maps(store, root / "explorer_maps.npz"),
     )
     path = root / "explorer.html"
     path.write_text(render_html(data, "seg4diff attention explorer (test)"))
@@ -94,6 +124,16 @@ def test_the_page_shows_what_scoring_counts_on_a_store_with_a_known_answer(page)
         prediction[2, 0, 0], native_label(prepared, 0)
     )  # layer 2, head mean, σ 0.3 = the label
     assert data["grounding"]["miou"][2][0] == pytest.approx(0.8) and data["expert"] == {"layer": 2, "sigma": 0.3}
+    assert data["readouts"] == {
+        "names": ["noise", "exact"],
+        "reads": ["attention"] * 2,
+        "blocks": ["layer 0", "layer 2"],
+        "thresholds": [0.2, 0.3],
+    }
+    assert "readouts" in data["samples"][2] and "readouts" not in data["samples"][3]  # maps of 3 samples were given
+    shown = np.frombuffer(zlib.decompress(base64.b64decode(first["readouts"]["pred"])), np.uint8).reshape(2, 64, 64)
+    np.testing.assert_array_equal(shown[1], native_label(prepared, 0))  # the `exact` readout predicts the label
+    assert (shown[0] != native_label(prepared, 0)).any()
     html = path.read_text()
     assert (
         not re.search(r"""(src|href)=["'](https?:)?//""", html) and "fetch(" not in html
@@ -147,6 +187,17 @@ def test_the_page_in_headless_chromium_follows_its_controls_without_errors(page,
     )
     rows = browser.evaluate("document.querySelectorAll('#iou tr').length")
     assert rows >= 2
+    browser.evaluate("document.querySelectorAll('#thumbs img')[0].click()")
+    stored = browser.evaluate(attention)
+    browser.evaluate(f"({select})('readout', '1')")  # the `exact` readout
+    assert browser.evaluate(attention) != stored
+    assert "readout exact" in browser.evaluate("document.getElementById('attcaption').textContent")
+    assert browser.evaluate("document.getElementById('layer').disabled") is True
+    assert "exact" in browser.evaluate("document.getElementById('predcaption').textContent")
+    browser.evaluate(f"({select})('readout', '-1')")
+    assert (
+        browser.evaluate(attention) == stored and browser.evaluate("document.getElementById('layer').disabled") is False
+    )
     shot = browser.screenshot(Path(os.environ.get("EXPLORER_SCREENSHOT", tmp_path / "explorer.png")))
     assert shot.stat().st_size > 10_000
     assert browser.console_errors == []

@@ -7,11 +7,14 @@ import pytest
 from seg4diff.evaluation.metrics import miou_of
 from seg4diff.evaluation.readouts import (
     BestHead,
+    ConceptAttention,
     Daam,
     Learned,
     Paper,
+    Probe,
     Split,
     TopK,
+    concept_probabilities,
     readout_table,
     score_readout,
     statistics,
@@ -41,23 +44,24 @@ def _split(seed: int, images: int = 24) -> Split:
 
 
 def _miou(split, readout, threshold=0.2):
-    return float(miou_of(statistics(split, [readout.maps(a) for a in split.attention], threshold).sum(0)))
+    maps = [readout.maps(a, c) for a, c in zip(split.attention, split.classes)]
+    return float(miou_of(statistics(split, maps, threshold).sum(0)))
 
 
 def test_each_readout_makes_its_choice_on_val_and_reads_what_it_says():
     val = _split(0)
     a = val.attention[0]
     paper = Paper("paper", layer=1, sigma=1)
-    np.testing.assert_allclose(paper.maps(a), a[1, :, 1].mean(0))
+    np.testing.assert_allclose(paper.maps(a, None), a[1, :, 1].mean(0))
     head = BestHead("best-head")
     head.fit(val)
     assert head.index == GOOD and head.choice == {"layer_index": 1, "head": 0, "sigma_index": 1}
-    np.testing.assert_array_equal(head.maps(a), a[GOOD])
+    np.testing.assert_array_equal(head.maps(a, None), a[GOOD])
     top = TopK("top-1", k=1, sigma=1)
     top.fit(val)
     assert top.layers == [1]
-    np.testing.assert_allclose(top.maps(a), a[[1], :, 1].mean(axis=(0, 1)))
-    np.testing.assert_allclose(Daam("daam").maps(a), a.mean(axis=(0, 1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(top.maps(a, None), a[[1], :, 1].mean(axis=(0, 1)))
+    np.testing.assert_allclose(Daam("daam").maps(a, None), a.mean(axis=(0, 1, 2)), rtol=1e-6)
     assert _miou(val, head) > 0.75 > 0.3 > _miou(val, Daam("daam"))  # the clean plane segments, the noise average not
 
 
@@ -85,3 +89,53 @@ def test_the_table_pairs_every_readout_with_paper_on_the_same_images():
         assert row["ci_low"] <= row["miou"] <= row["ci_high"]
     best_head = rows[3]
     assert best_head["minus_paper_low"] > 0  # the clean head beats the head mean that dilutes it, paired
+
+
+def _concept_split(seed: int) -> Split:
+    """ConceptAttention inputs (layer, 1, σ, concept, y, x) of the crafted split: layer 2 at σ 0 scores each class's
+    concept by its area share (and the background concept, last, by the rest); everything else noise."""
+    base, rng = _split(seed), np.random.default_rng(seed + 100)
+    inputs = []
+    for label, classes in zip(base.labels, base.classes):
+        shares = token_shares(label, np.append(classes, 0), GRID)
+        scores = rng.normal(size=(4, 1, SIGMAS, len(classes) + 1, *GRID)).astype(np.float32)
+        scores[2, 0, 0] = 8 * shares
+        inputs.append(scores)
+    return Split(inputs, base.classes, base.labels, base.num_classes)
+
+
+def test_concept_attention_softmaxes_over_concepts_and_chooses_its_layers_on_val():
+    val, report = _concept_split(0), _concept_split(1)
+    scores = val.attention[0]
+    probabilities = concept_probabilities(scores, val.classes[0])
+    assert probabilities.shape == (4, 1, SIGMAS, len(val.classes[0]), *GRID)  # background concept dropped
+    full = np.exp(scores) / np.exp(scores).sum(axis=-3, keepdims=True)
+    np.testing.assert_allclose(probabilities, full[..., : len(val.classes[0]), :, :], rtol=1e-5)
+    readout = ConceptAttention("concept-attention", k=1)
+    readout.fit(val)
+    assert readout.layers == [2] and readout.sigma == 0
+    np.testing.assert_allclose(readout.maps(scores, val.classes[0]), probabilities[2, 0, 0], rtol=1e-6)
+    assert _miou(report, readout) > 0.75
+
+
+def test_the_probe_learns_classes_from_features_that_carry_them():
+    """Features: a one-hot of each token's majority class (with noise features): the probe reads it back."""
+
+    def features(split, seed):
+        rng = np.random.default_rng(seed)
+        out = []
+        for label in split.labels:
+            shares = token_shares(label, np.arange(split.num_classes), GRID)
+            out.append(np.concatenate([shares, rng.normal(size=(5, *GRID))]).astype(np.float32))
+        return Split(out, split.classes, split.labels, split.num_classes)
+
+    val, report = features(_split(0), 0), features(_split(1), 1)
+    probe = Probe("probe", layer=1, sigma=1, ridge=1e-4)
+    probe.fit(val)
+    maps = probe.maps(report.attention[0], report.classes[0])
+    truth = token_shares(report.labels[0], report.classes[0], GRID)
+    np.testing.assert_allclose(maps, truth, atol=0.05)
+    assert probe.choice == {"layer_index": 1, "sigma_index": 1, "features": 8}
+    truth = [token_shares(label, c, GRID) for label, c in zip(report.labels, report.classes)]
+    truth_miou = float(miou_of(statistics(report, truth, 0.2).sum(0)))  # the area maps themselves (a coarse grid)
+    assert _miou(report, probe) == pytest.approx(truth_miou, abs=0.02) and truth_miou > 0.75

@@ -128,10 +128,10 @@ def test_the_registry_names_each_stage_once_in_pipeline_order():
         "score",
         "select",
         "causal",
-        "explore",
         "finetune",
         "evaluate",
         "readouts",
+        "explore",
     ]
     assert [name for name, stage in STAGES.items() if stage.sharded] == ["extract", "evaluate"]
     assert all(stage.flow().name == stage.name for stage in REGISTRY)

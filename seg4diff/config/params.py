@@ -461,7 +461,16 @@ class ReadoutsParams(Group):
     store: str = Field("data/readouts/attention.zarr", description="the report split's attention store")
     output: str = Field("results/readouts.csv", description="one row per readout (its figure: the same name, .png)")
     max_samples: int | None = Field(None, ge=1, description="report images (None: the whole split)")
-    top_k: int = Field(3, ge=1, description="blocks the top-k readout averages (the k best on the selection split)")
+    top_k: int = Field(
+        3,
+        ge=1,
+        description="blocks the top-k and concept-attention readouts average (the k best on the selection split)",
+    )
+    concept_tokens: Literal["first", "mean"] = Field(
+        "first",
+        description="a ConceptAttention concept's embedding: its name's first sub-word token (ConceptAttention's rule) "
+        "or the mean of its tokens",
+    )
     bootstrap_resamples: int = Field(10_000, ge=100, description="resamples of the paired bootstrap over images")
     seed: int = 0
 

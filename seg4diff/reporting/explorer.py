@@ -105,6 +105,14 @@ def _sample_entry(
     return entry, predictions, label, predictable_classes(token_class, background_threshold)
 
 
+def readout_entry(maps: np.ndarray, classes: np.ndarray, label_shape, thresholds, size) -> dict:
+    """One sample's readout maps (readout, class, y, x) for the page: quantised maps with their ranges, and each
+    readout's prediction at its own val-chosen background threshold (label size, shrunk for display)."""
+    predictions = np.stack([predict(m, classes, label_shape, t) for m, t in zip(maps, thresholds)]).astype(np.uint8)
+    quantised, ranges = _quantise(maps)
+    return {"maps": _b64(quantised), "ranges": np.round(ranges, 6).tolist(), "pred": _b64(_shrink(predictions, size))}
+
+
 def grounding_table(scores: pd.DataFrame, layers: list[int], sigmas: list[float]) -> dict:
     """The layer × σ head-mean image→text mIoU with its 95% interval, as nested lists [layer][σ] (NaN → None)."""
     rows = head_mean_miou(scores)
@@ -126,11 +134,14 @@ def explorer_data(
     background_threshold: float | None,
     longest: int = 128,
     causal: pd.DataFrame | None = None,
+    readouts: dict | None = None,
 ) -> dict:
     """Returns everything the page shows for the first `samples` samples of a complete attention store.
 
     `prepared`: the prepared split the store was extracted from, rows aligned with the store's samples.
     `causal`: optional table (layer, metric, value, ci_low, ci_high) drawn beside the grounding curve.
+    `readouts`: optional maps of the readouts stage for these samples ({"names", "reads", "thresholds", "maps": per
+    sample (readout, class, y, x)}), shown when the page's readout chooser picks one.
     """
     names = class_names(prepared)
     layers, sigmas = store.layer.values.tolist(), [float(s) for s in store.sigma.values]
@@ -142,6 +153,14 @@ def explorer_data(
         entry, predictions, label, classes = _sample_entry(
             sample, prepared, s, names, heads, background_threshold, longest
         )
+        if readouts is not None and s < len(readouts["maps"]):
+            entry["readouts"] = readout_entry(
+                readouts["maps"][s],
+                np.asarray(entry["classes"]),
+                label.shape,
+                readouts["thresholds"],
+                tuple(entry["size"]),
+            )
         entries.append(entry)
         totals += class_statistics(predictions, label, len(names), predicted_classes=classes)
     iou = class_iou(totals)
@@ -161,6 +180,10 @@ def explorer_data(
         "samples": entries,
         "class_iou": np.where(np.isnan(iou), -1, np.round(iou, 4)).tolist(),
         "causal": None if causal is None else causal.to_dict(orient="records"),
+        "readouts": None
+        if readouts is None
+        else {k: list(readouts[k]) for k in ("names", "reads", "blocks")}
+        | {"thresholds": [float(t) for t in readouts["thresholds"]]},
     }
 
 
