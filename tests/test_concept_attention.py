@@ -1,14 +1,21 @@
 """ConceptAttention: the concept stream's output-space scores equal a naive recomputation from each layer's inputs,
 the transformer's output (and a whole generation) is unchanged by it, and padded concepts change nothing."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from family_cases.group_b import tiny_qwenimage
 from family_cases.sd3_flux import _flux_inputs, _sd3_inputs
 from tiny_pipelines import tiny_flux_transformer, tiny_sd3_transformer
 
+import seg4diff
+from seg4diff.backbones.backbone import backbone_from_pipeline
 from seg4diff.capture.concepts import concept_attention
 from seg4diff.capture.perturb import perturb_attention
+from seg4diff.evaluation.model_readouts import concept_embeddings
+from seg4diff.organism.pipeline import OrganismPipeline
+from seg4diff.organism.sampling import sample
 from seg4diff.testing.reference import naive_concept_scores
 
 BUILDS = {
@@ -110,3 +117,16 @@ def test_a_family_without_that_text_stream_is_refused():
     with pytest.raises(TypeError, match="SD3's and FLUX.1's text-stream layers"):
         with concept_attention(tiny_qwenimage(), torch.zeros(1, 1, 8)):
             pass
+
+
+def test_the_shipped_organism_generates_the_same_image_with_its_class_names_as_concepts():
+    """The readout as the readouts stage runs it (class names encoded alone, background last) around the organism's
+    own sampler (guided, two forwards a step): the generated image is the same bit for bit."""
+    pipe = OrganismPipeline.from_pretrained(Path(seg4diff.__file__).parent / "assets" / "organism")
+    concepts = concept_embeddings(backbone_from_pipeline(pipe), ["red circle", "blue square", "background"])[None]
+    caption = ["red circle and blue square"]
+    stock = sample(pipe, caption, steps=4, seed=3)
+    with concept_attention(pipe.transformer, concepts) as readout:
+        read = sample(pipe, caption, steps=4, seed=3)
+    assert torch.equal(stock, read) and readout.forwards == 8
+    assert readout.scores[2].shape == (1, 3, 16 * 16) and torch.isfinite(readout.scores[2]).all()
