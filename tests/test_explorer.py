@@ -81,6 +81,9 @@ def readout_maps(store: xr.Dataset, path: Path) -> dict:
         {"readout": "exact", "reads": "attention", "blocks": "layer 2"},
     ]
     write_readout_maps(path, rows, [0.2, 0.3], maps)
+    first = path.read_bytes()
+    write_readout_maps(path, rows, [0.2, 0.3], maps)
+    assert path.read_bytes() == first  # no timestamps: a rerun reproduces the DVC output's hash
     back = read_readout_maps(path)
     assert back["names"] == ["noise", "exact"] and back["thresholds"] == [0.2, 0.3] and len(back["maps"]) == 3
     np.testing.assert_array_equal(back["maps"][1], maps[1].astype(np.float32))
