@@ -12,8 +12,9 @@ from tiny_pipelines import tiny_flux_transformer, tiny_sd3_transformer
 import seg4diff
 from seg4diff.backbones.backbone import backbone_from_pipeline
 from seg4diff.capture.concepts import concept_attention
+from seg4diff.capture.families import family_of
 from seg4diff.capture.perturb import perturb_attention
-from seg4diff.evaluation.model_readouts import concept_embeddings
+from seg4diff.evaluation.model_readouts import concept_embeddings, image_features
 from seg4diff.organism.pipeline import OrganismPipeline
 from seg4diff.organism.sampling import sample
 from seg4diff.testing.reference import naive_concept_scores
@@ -130,3 +131,24 @@ def test_the_shipped_organism_generates_the_same_image_with_its_class_names_as_c
         read = sample(pipe, caption, steps=4, seed=3)
     assert torch.equal(stock, read) and readout.forwards == 8
     assert readout.scores[2].shape == (1, 3, 16 * 16) and torch.isfinite(readout.scores[2]).all()
+
+
+@pytest.mark.parametrize("name", ["sd3", "flux"])
+def test_the_probe_reads_the_image_tokens_any_layer_outputs(name):
+    """Every layer, FLUX's single-stream ones included (the rehearsal's expert can be one): the image half of the
+    block's output, as the next block receives it."""
+    transformer, inputs = _built(name)
+    blocks = family_of(transformer).blocks(transformer)
+    for layer in range(len(blocks)):
+        received = {}
+        following = blocks[layer + 1] if layer + 1 < len(blocks) else None
+        handle = following and following.register_forward_pre_hook(
+            lambda m, a, k: received.update(image=k["hidden_states"]), with_kwargs=True
+        )
+        with torch.no_grad(), image_features(transformer, layer) as seen:
+            transformer(**inputs)
+        if handle:
+            handle.remove()
+            if layer + 1 != len(transformer.transformer_blocks):  # FLUX joins text and image before its single layers
+                assert torch.equal(seen["features"], received["image"]), layer
+        assert seen["features"].shape == (2, inputs_image_tokens(inputs), transformer.inner_dim), layer

@@ -176,9 +176,13 @@ class Family:
             f"{n_image} image tokens"
         )
 
+    def blocks(self, transformer: torch.nn.Module) -> list[torch.nn.Module]:
+        """Returns every layer (the transformer block holding a joint attention module), in depth order."""
+        return [layer for layers, _ in self.layers for layer in getattr(transformer, layers)]
+
     def modules(self, transformer: torch.nn.Module) -> list[torch.nn.Module]:
         """Returns the joint attention module of every layer, in depth order."""
-        return [getattr(layer, self.attention) for layers, _ in self.layers for layer in getattr(transformer, layers)]
+        return [getattr(layer, self.attention) for layer in self.blocks(transformer)]
 
     def layer_names(self, transformer: torch.nn.Module) -> list[str]:
         """Returns each layer's name by stream, in depth order: "joint 9", or "double 7" … "single 0" …"""

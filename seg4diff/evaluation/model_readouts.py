@@ -22,6 +22,7 @@ import xarray as xr
 from seg4diff.backbones.backbone import Backbone, pixels_of
 from seg4diff.backbones.noise import sample_noise
 from seg4diff.capture.concepts import concept_attention, text_stream_blocks
+from seg4diff.capture.families import family_of
 from seg4diff.data.attention_store import load_samples
 from seg4diff.errors import DataError
 
@@ -53,9 +54,11 @@ def concept_embeddings(backbone: Backbone, names: list[str], tokens: ConceptToke
 
 @contextlib.contextmanager
 def image_features(transformer: torch.nn.Module, layer: int) -> Iterator[dict]:
-    """Records the image tokens (batch, token, width) text-stream layer `layer` outputs, as `seen["features"]`."""
+    """Records the image tokens (batch, token, width) joint-attention layer `layer` outputs, as `seen["features"]`:
+    SD3's and FLUX.1's blocks (double- and single-stream) return (text, image) hidden states."""
     seen: dict = {}
-    block = text_stream_blocks(transformer)[layer]
+    text_stream_blocks(transformer)  # refuses a family whose blocks return otherwise
+    block = family_of(transformer).blocks(transformer)[layer]
     handle = block.register_forward_hook(lambda module, args, output: seen.__setitem__("features", output[1]))
     try:
         yield seen
