@@ -72,8 +72,10 @@ def widened(transformer: torch.nn.Module, heads: int, head_dim: int, grid: int) 
         config["rope_axes_dim"] = type(config["rope_axes_dim"])(int(d * factor) for d in config["rope_axes_dim"])
     if "caption_projection_dim" in config:
         config["caption_projection_dim"] = heads * head_dim
-    if "pos_embed_max_size" in config:
-        config["pos_embed_max_size"] = max(config["pos_embed_max_size"], 2 * grid)
+    if "pos_embed_max_size" in config:  # a side of positions (SD3), or their count (AuraFlow: a square of them)
+        side = 2 * grid
+        count = type(transformer).__name__ == "AuraFlowTransformer2DModel"
+        config["pos_embed_max_size"] = max(config["pos_embed_max_size"], side * side if count else side)
     if "sample_size" in config:
         config["sample_size"] = max(config["sample_size"] or 0, 2 * grid)
     if "axes_lens" in config:
