@@ -131,12 +131,12 @@ def score_readouts_task(params: Params) -> list[dict]:
     sigma = int(np.argmin(np.abs(stores["val"]["sigma"].values - float(expert["sigma"]))))
     thresholds = list(params.evaluate.background_thresholds)
     model = _model_splits(params, stores, prepared, splits, (layer, sigma))
-    inputs = {x.name: splits for x in store_readouts(layer, sigma, r.top_k)} | model  # readout → its {val, report}
     readouts = [
         *store_readouts(layer, sigma, r.top_k),
         ConceptAttention("concept-attention", k=r.top_k),
         Probe("probe", layer=layer, sigma=sigma),
     ]
+    inputs = {x.name: model.get(x.name, splits) for x in readouts}  # readout → its {"val", "report"} inputs
     scored = [score_readout(x, inputs[x.name]["val"], inputs[x.name]["report"], thresholds) for x in readouts]
     rows = readout_table(scored, r.bootstrap_resamples, r.seed)
     names = block_names(stores["val"])
