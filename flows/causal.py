@@ -14,7 +14,7 @@ from flows.cli import main
 from flows.runners import gpu_request
 from flows.stages import Outcome, stage_flow
 from seg4diff.config import Params
-from seg4diff.evaluation.causal import FULL, causal_summary, dose_label
+from seg4diff.evaluation.causal_table import FULL, causal_summary, dose_label
 from seg4diff.evaluation.selection import head_mean_curve, read_expert
 from seg4diff.ownership import remove_ours
 from seg4diff.reporting.outputs import round_floats, write_csv

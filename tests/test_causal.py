@@ -344,7 +344,8 @@ def test_the_calibrated_alpha_reaches_the_target_l1_on_the_recorded_generation(o
 
 
 def test_the_causal_table_on_the_organism_has_doses_corrected_intervals_and_the_expert_contrast(organism):
-    from seg4diff.evaluation.causal import COLUMNS, causal_summary, causal_table
+    from seg4diff.evaluation.causal import causal_table
+    from seg4diff.evaluation.causal_table import COLUMNS, causal_summary
     from seg4diff.prompts import PromptStyle
 
     backbone, prepared = organism
