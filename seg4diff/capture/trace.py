@@ -26,11 +26,9 @@ class Trace:
     prompts: list[str] = field(default_factory=list)  # as the pipeline received them, in call order
 
     def _tokens(self, prompt: str):
-        text_length = self.capture.recorder.text_length
-        family = backbone_from_pipeline(self.pipe).family
-        if family == "sd3":  # the joint text sequence is CLIP's 77 positions, then T5's
-            text_length -= self.pipe.tokenizer_max_length
-        return backbone_from_pipeline(self.pipe, text_length).prompt_tokens([prompt])[0]
+        backbone = backbone_from_pipeline(self.pipe)
+        backbone.text_length = backbone.text_length_of(self.capture.recorder.text_length)
+        return backbone.prompt_tokens([prompt])[0]
 
     def word_positions(self, word: str, prompt: int = 0, encoder: str | None = None) -> list[int]:
         """Returns the text positions whose characters belong to `word` (each whole-word occurrence) in prompt

@@ -1,0 +1,147 @@
+"""The recorded families' backbones against their own pipelines (tiny FLUX.2, Qwen-Image, Chroma and AuraFlow of the
+real classes, offline): a forward built by the backbone is the pipeline's own forward bit for bit, an Euler step
+with its velocity is the pipeline's step, its σ schedule is the pipeline's, the pipeline decodes its latents to the
+VAE's own reconstruction, and the prompt's tokens sit where the pipeline puts them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_trace_families import FAMILIES, PROMPT
+
+from seg4diff.backbones.backbone import backbone_from_pipeline, pixels_of
+from seg4diff.backbones.recorded import RecordedBackbone, forward_arguments
+
+HEIGHT, WIDTH = 32, 16  # AuraFlow's tiny position table is 8 × 8 tokens
+PROMPTS = [PROMPT, "a blue dog"]
+
+
+def _backbone(name: str) -> RecordedBackbone:
+    family = FAMILIES[name]
+    pipe = family.build()
+    call = {k: v for k, v in family.call.items() if k == "text_encoder_out_layers"}
+    backbone = backbone_from_pipeline(pipe, family.call.get("max_sequence_length"), call)
+    assert isinstance(backbone, RecordedBackbone) and backbone.family == name
+    return backbone
+
+
+def _pipeline_calls(backbone: RecordedBackbone, steps: int) -> list[tuple[dict, torch.Tensor]]:
+    """Returns every transformer call (its keyword arguments, its output) of a seeded `steps`-step generation of
+    PROMPTS without classifier-free guidance."""
+    calls = []
+    hook = backbone.transformer.register_forward_hook(
+        lambda module, args, kwargs, out: calls.append((forward_arguments(module, args, kwargs), out[0].clone())),
+        with_kwargs=True,
+    )
+    try:
+        with torch.no_grad():
+            backbone.pipe(
+                prompt=PROMPTS,
+                height=HEIGHT,
+                width=WIDTH,
+                num_inference_steps=steps,
+                output_type="latent",
+                generator=torch.Generator().manual_seed(1),
+                **{backbone.row.text_length_arg: backbone.text_length},
+                **backbone.row.uncond_free,
+                **backbone.call_arguments,
+            )
+    finally:
+        hook.remove()
+    return calls
+
+
+def _latent_shape(backbone: RecordedBackbone, channels: int) -> torch.Size:
+    return torch.Size((len(PROMPTS), channels, HEIGHT // backbone.vae_scale_factor, WIDTH // backbone.vae_scale_factor))
+
+
+def _unpacked(backbone: RecordedBackbone, hidden: torch.Tensor) -> torch.Tensor:
+    """The pipeline's image input in the backbone's latent layout (batch, channel, h, w)."""
+    h, w = HEIGHT // backbone.vae_scale_factor, WIDTH // backbone.vae_scale_factor
+    channels = hidden.numel() // (len(PROMPTS) * h * w)
+    return backbone.row.unpack(hidden, _latent_shape(backbone, channels))
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_a_forward_built_by_the_backbone_is_the_pipelines_own_and_its_euler_step_the_pipelines_step(name):
+    backbone = _backbone(name)
+    calls = _pipeline_calls(backbone, steps=3)
+    sigmas = backbone.pipe.scheduler.sigmas
+    encoding = backbone.encode_prompts(PROMPTS)
+    for step in range(2):
+        kwargs, out = calls[step]
+        latents = _unpacked(backbone, kwargs["hidden_states"])
+        torch.testing.assert_close(backbone.row.pack(latents), kwargs["hidden_states"], rtol=0, atol=0)
+        ours = backbone.transformer_inputs(latents, float(sigmas[step]), encoding)
+        torch.testing.assert_close(ours["timestep"], kwargs["timestep"], rtol=0, atol=1e-7)
+        with torch.no_grad():
+            torch.testing.assert_close(backbone.transformer(**ours)[0], out, rtol=0, atol=0)
+            velocity = backbone.velocity(latents, float(sigmas[step]), encoding)
+        stepped = latents + (sigmas[step + 1] - sigmas[step]) * velocity  # the flow's Euler step
+        following = _unpacked(backbone, calls[step + 1][0]["hidden_states"])
+        torch.testing.assert_close(stepped, following, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_the_backbones_schedule_is_the_pipelines_at_that_image_size(name):
+    backbone = _backbone(name)
+    steps = 4
+    timesteps = [float(kwargs["timestep"][0]) for kwargs, _ in _pipeline_calls(backbone, steps)]
+    tokens = int(np.prod(backbone.token_grid(HEIGHT, WIDTH)))
+    np.testing.assert_allclose(backbone.sigmas(steps, tokens), timesteps, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_the_pipeline_decodes_the_backbones_latents_to_the_vaes_own_reconstruction(name):
+    backbone = _backbone(name)
+    pipe = backbone.pipe
+    images = torch.rand(len(PROMPTS), 3, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        latents = backbone.encode_images(images)
+        vae_input = (2 * images - 1)[:, :, None] if name == "qwenimage" else 2 * images - 1
+        decoded = pipe.vae.decode(pipe.vae.encode(vae_input).latent_dist.mean).sample
+        reference = ((decoded[:, :, 0] if name == "qwenimage" else decoded) / 2 + 0.5).clamp(0, 1)
+        replaced = pipe(
+            prompt=PROMPTS,
+            height=HEIGHT,
+            width=WIDTH,
+            num_inference_steps=1,
+            output_type="pt",
+            callback_on_step_end=lambda pipe, step, t, tensors: {"latents": backbone.row.pack(latents)},
+            **{backbone.row.text_length_arg: backbone.text_length},
+            **backbone.row.uncond_free,
+            **backbone.call_arguments,
+        ).images
+    torch.testing.assert_close(replaced, reference, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_the_prompts_tokens_sit_where_the_pipeline_puts_them(name):
+    """The backbone's text positions with a character span are the prompt's tokens at the positions the trace test's
+    hand count gives (after FLUX.2's 31 template tokens, after AuraFlow's 8 registers), and every prompt's token
+    list is as long as the text sequence of the attention."""
+    family = FAMILIES[name]
+    backbone = _backbone(name)
+    encoding = backbone.encode_prompts(PROMPTS)
+    for tokens in encoding.tokens:
+        assert len(tokens) == encoding.prompt_embeds.shape[1] + family.registers
+    words = [(pos, tok.token) for pos, tok in enumerate(encoding.tokens[0]) if tok.end > tok.start]
+    assert words == [(family.first + i, token) for i, token in enumerate(family.tokens)]
+    cat = PROMPT.index("cat")
+    assert encoding.positions(0, cat, cat + 3) == [family.first + i for i in family.cat]
+
+
+def test_an_unknown_pipeline_is_refused_naming_the_supported_ones():
+    from seg4diff.backbones.backbone import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="object is not a supported MM-DiT pipeline .*Flux2Pipeline"):
+        backbone_from_pipeline(object())
+
+
+def test_images_become_the_latents_of_the_store_size():
+    backbone = _backbone("qwenimage")
+    images = np.zeros((1, HEIGHT, WIDTH, 3), dtype=np.uint8)
+    latents = backbone.encode_images(pixels_of(images))
+    assert latents.shape[-2:] == (HEIGHT // backbone.vae_scale_factor, WIDTH // backbone.vae_scale_factor)
+    assert backbone.token_grid(HEIGHT, WIDTH) == (HEIGHT // 8, WIDTH // 8)
