@@ -145,3 +145,51 @@ def test_images_become_the_latents_of_the_store_size():
     latents = backbone.encode_images(pixels_of(images))
     assert latents.shape[-2:] == (HEIGHT // backbone.vae_scale_factor, WIDTH // backbone.vae_scale_factor)
     assert backbone.token_grid(HEIGHT, WIDTH) == (HEIGHT // 8, WIDTH // 8)
+
+
+PRESETS = {"flux2": "flux2-dev", "qwenimage": "qwen-image", "chroma": "chroma", "auraflow": "auraflow"}
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_extract_with_the_family_preset_on_a_tiny_pipeline_keeps_the_class_words_tokens(name, tmp_path):
+    """The family's preset end to end through extraction on its tiny pipeline (saved, loaded back from disk; CPU,
+    fp32, 32 px): σ is the pipeline's own schedule 8 steps from the end, and the kept tokens are the class words'
+    (a character span inside the prompt, the template's tokens never)."""
+    from conftest import REPO, prepared_shapes
+
+    from seg4diff.config import load_params
+    from seg4diff.data.attention_store import open_attention
+    from seg4diff.data.prepared import preparation_settings
+    from tasks.extract import extract_range_task, plan_extraction_task
+
+    family = FAMILIES[name]
+    family.build().save_pretrained(tmp_path / "model", safe_serialization=True)
+    call = {k: list(v) for k, v in family.call.items() if k == "text_encoder_out_layers"}
+    length = {"text_length": family.call["max_sequence_length"]} if "max_sequence_length" in family.call else {}
+    overrides = {
+        "model": {"path": str(tmp_path / "model"), "dtype": "float32", "device": "cpu", "call": call, **length},
+        "prepare": {"output": str(tmp_path / "prepared"), "resolution": 32, "label_resolution": 32},
+        # the tiny BPEs know only a few whole words: the Shapes class names fall apart into many pieces
+        "extract": {"output": str(tmp_path / "attention.zarr"), "batch_size": 2, "diagnostics": False, "max_tokens": 96},
+        "orchestration": {"local_workers": 0},
+    }
+    params = load_params(REPO / "params.yaml", overrides, [PRESETS[name]])
+    settings = preparation_settings(params.data, params.prepare)
+    prepared_shapes(tmp_path / "prepared", ["val"], 32, 32, seed=4, settings=settings, num_val=3)
+    plan = plan_extraction_task.fn(params)
+    backbone = backbone_from_pipeline(family.build(), length.get("text_length"), call)
+    grid = backbone.token_grid(32, 32)
+    assert plan["sigmas"] == [pytest.approx(float(backbone.sigmas(28, grid[0] * grid[1])[28 - 8]), abs=1e-6)]
+    for start, stop in plan["ranges"]:
+        extract_range_task.fn(params, start, stop, plan["sigmas"], plan["layers"])
+    store = open_attention(tmp_path / "attention.zarr")
+    assert store.sizes["layer"] == sum(getattr(backbone.transformer.config, key) for key in family.layers)
+    assert (store.sizes["y"], store.sizes["x"]) == grid
+    kept = store.token_position.values >= 0
+    assert kept.any()
+    prompts = [str(p) for p in store.prompt.values]
+    tokens = backbone.prompt_tokens(prompts)
+    for sample, prompt in enumerate(prompts):
+        positions = store.token_position.values[sample][kept[sample]]
+        assert all(tokens[sample][p].end > tokens[sample][p].start for p in positions)  # prompt characters only
+        assert "background" in prompt.split(" ")  # the preset prompts background as a word

@@ -198,6 +198,9 @@ def test_trace_records_every_step_of_a_family_pipeline_and_leaves_its_image_alon
     positions = prompt_token_positions(pipe, PROMPT, family.call.get("max_sequence_length"))
     assert positions == [(family.first + i, token) for i, token in enumerate(family.tokens)]
     cat = [positions[i][0] for i in family.cat]
+    assert tc.word_positions("cat") == cat  # the family's backbone finds the word where the hand count puts it
+    word = tc.word_maps("cat")
+    assert word.dims == ("step", "layer", "head", "y", "x") and (word.sizes["y"], word.sizes["x"]) == grid
     maps = tc.capture.maps().isel(text_token=cat)
     assert maps.dims == ("step", "batch", "layer", "head", "y", "x", "text_token")
     assert (maps.sizes["y"], maps.sizes["x"], maps.sizes["text_token"]) == (*grid, len(cat))

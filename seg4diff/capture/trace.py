@@ -23,7 +23,7 @@ from seg4diff.capture.attention import AttentionCapture, capture_attention
 class Trace:
     pipe: object
     capture: AttentionCapture
-    prompts: list[str] = field(default_factory=list)  # as the pipeline received them, in call order
+    prompts: list[str] = field(default_factory=list)  # as the pipeline received them (its first encode_prompt call)
 
     def _tokens(self, prompt: str):
         backbone = backbone_from_pipeline(self.pipe)
@@ -65,9 +65,10 @@ def trace(pipe, layers=None, head_mean: bool = False, diagnostics: bool = False)
     traced = Trace(pipe, None)  # type: ignore[arg-type]
     encode_prompt = pipe.encode_prompt
 
-    def remember(*args, **kwargs):
+    def remember(*args, **kwargs):  # the first encoding is the prompt's (Qwen-Image encodes its negative second)
         prompt = kwargs.get("prompt", args[0] if args else None)
-        traced.prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not traced.prompts:
+            traced.prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         return encode_prompt(*args, **kwargs)
 
     pipe.encode_prompt = remember
