@@ -8,10 +8,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from diffusers.schedulers.scheduling_flow_match_euler_discrete import FlowMatchEulerDiscreteSchedulerOutput
 from test_trace_families import FAMILIES, PROMPT
 
 from seg4diff.backbones.backbone import backbone_from_pipeline, pixels_of
-from seg4diff.backbones.recorded import RecordedBackbone, forward_arguments
+from seg4diff.backbones.recorded import RecordedBackbone
+from seg4diff.capture.families import forward_arguments
 
 HEIGHT, WIDTH = 32, 16  # AuraFlow's tiny position table is 8 × 8 tokens
 PROMPTS = [PROMPT, "a blue dog"]
@@ -43,7 +45,7 @@ def _pipeline_calls(backbone: RecordedBackbone, steps: int) -> list[tuple[dict, 
                 num_inference_steps=steps,
                 output_type="latent",
                 generator=torch.Generator().manual_seed(1),
-                **{backbone.row.text_length_arg: backbone.text_length},
+                **backbone.text_length_arguments(),
                 **backbone.row.uncond_free,
                 **backbone.call_arguments,
             )
@@ -89,11 +91,13 @@ def test_the_backbones_schedule_is_the_pipelines_at_that_image_size(name):
     steps = 4
     timesteps = [float(kwargs["timestep"][0]) for kwargs, _ in _pipeline_calls(backbone, steps)]
     tokens = int(np.prod(backbone.token_grid(HEIGHT, WIDTH)))
-    np.testing.assert_allclose(backbone.sigmas(steps, tokens), timesteps, rtol=1e-6)
+    sigmas = torch.from_numpy(backbone.sigmas(steps, tokens))
+    np.testing.assert_array_equal(backbone.timesteps(sigmas, tokens).numpy(), timesteps)
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-def test_the_pipeline_decodes_the_backbones_latents_to_the_vaes_own_reconstruction(name):
+def test_the_pipeline_decodes_the_backbones_latents_to_the_vaes_own_reconstruction(name, monkeypatch):
+    """The latents replace a one-step generation's (its step's result: LongCat-Image has no step callback)."""
     backbone = _backbone(name)
     pipe = backbone.pipe
     images = torch.rand(len(PROMPTS), 3, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(2))
@@ -102,14 +106,15 @@ def test_the_pipeline_decodes_the_backbones_latents_to_the_vaes_own_reconstructi
         vae_input = (2 * images - 1)[:, :, None] if name == "qwenimage" else 2 * images - 1
         decoded = pipe.vae.decode(pipe.vae.encode(vae_input).latent_dist.mean).sample
         reference = ((decoded[:, :, 0] if name == "qwenimage" else decoded) / 2 + 0.5).clamp(0, 1)
+        step = FlowMatchEulerDiscreteSchedulerOutput(prev_sample=backbone.row.pack(latents))  # [0] or .prev_sample
+        monkeypatch.setattr(pipe.scheduler, "step", lambda *args, **kwargs: step)
         replaced = pipe(
             prompt=PROMPTS,
             height=HEIGHT,
             width=WIDTH,
             num_inference_steps=1,
             output_type="pt",
-            callback_on_step_end=lambda pipe, step, t, tensors: {"latents": backbone.row.pack(latents)},
-            **{backbone.row.text_length_arg: backbone.text_length},
+            **backbone.text_length_arguments(),
             **backbone.row.uncond_free,
             **backbone.call_arguments,
         ).images
@@ -147,7 +152,18 @@ def test_images_become_the_latents_of_the_store_size():
     assert backbone.token_grid(HEIGHT, WIDTH) == (HEIGHT // 8, WIDTH // 8)
 
 
-PRESETS = {"flux2": "flux2-dev", "qwenimage": "qwen-image", "chroma": "chroma", "auraflow": "auraflow"}
+PRESETS = {
+    "flux2": "flux2-dev",
+    "qwenimage": "qwen-image",
+    "chroma": "chroma",
+    "auraflow": "auraflow",
+    "bria": "bria-3.2",
+    "longcat": "longcat-image",
+    "ovisimage": "ovis-image",
+    "ernieimage": "ernie-image",
+    "cogview4": "cogview4",
+    "hunyuanimage": "hunyuanimage-2.1",
+}
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -170,7 +186,8 @@ def test_extract_with_the_family_preset_on_a_tiny_pipeline_keeps_the_class_words
         "model": {"path": str(tmp_path / "model"), "dtype": "float32", "device": "cpu", "call": call, **length},
         "prepare": {"output": str(tmp_path / "prepared"), "resolution": 32, "label_resolution": 32},
         # the tiny BPEs know only a few whole words: the Shapes class names fall apart into many pieces
-        "extract": {"output": str(tmp_path / "attention.zarr"), "batch_size": 2, "diagnostics": False, "max_tokens": 96},
+        "extract": {"output": str(tmp_path / "attention.zarr"), "batch_size": 2, "diagnostics": False}
+        | {"max_tokens": 96},
         "orchestration": {"local_workers": 0},
     }
     params = load_params(REPO / "params.yaml", overrides, [PRESETS[name]])
@@ -193,3 +210,54 @@ def test_extract_with_the_family_preset_on_a_tiny_pipeline_keeps_the_class_words
         positions = store.token_position.values[sample][kept[sample]]
         assert all(tokens[sample][p].end > tokens[sample][p].start for p in positions)  # prompt characters only
         assert "background" in prompt.split(" ")  # the preset prompts background as a word
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_one_magnet_step_on_a_family_moves_only_its_image_stream_lora(name, tmp_path):
+    """MAGNET's step through the family's backbone (its recorded forwards, with gradients): the flow and mask losses
+    are finite, every image-stream adapter moves, and nothing else of the transformer does."""
+    from conftest import prepared_shapes
+
+    from seg4diff.config import FinetuneParams, PromptParams
+    from seg4diff.data.prepared import open_prepared
+    from seg4diff.training.magnet import MagnetConfig, train_magnet
+
+    backbone = _backbone(name)
+    root = prepared_shapes(tmp_path, ["train", "val"], 32, 32, seed=2, num_train=2, num_val=2)
+    before = {k: v.clone() for k, v in backbone.transformer.state_dict().items()}
+    settings = FinetuneParams(rank=2, alpha=2, steps=1, batch_size=2, warmup_steps=1, validate_every=100, lr=1e-2)
+    config = MagnetConfig.from_params(settings, PromptParams(separator=" ", background="word"), 0, 0.5, name)
+    train, val = open_prepared(root / "train.zarr"), open_prepared(root / "val.zarr")
+    train_magnet(backbone, train, val, config, tmp_path / "work", progress=False)
+    after = backbone.transformer.state_dict()
+    base = {k.replace(".base_layer", ""): v for k, v in after.items() if "lora_" not in k}
+    assert base.keys() == before.keys() and all(torch.equal(before[k], base[k]) for k in before)
+    moved = [k for k, v in after.items() if "lora_B" in k and v.abs().sum() > 0]
+    assert moved and len(moved) == len([k for k in after if "lora_B" in k])
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_the_causal_table_of_a_family_perturbs_its_generations_and_flow_losses(name, tmp_path):
+    """The causal stage's measurement through the family's pipeline (its own generation, CFG as it runs it) and
+    backbone (flow losses): the spatial mean and the word shuffle of two layers change the attention (size > 0),
+    every metric is finite; Qwen-Image's captions and its negative differ in text length."""
+    from conftest import prepared_shapes
+
+    from seg4diff.config import CausalParams
+    from seg4diff.data.prepared import open_prepared
+    from seg4diff.evaluation.causal import causal_table
+    from seg4diff.prompts import PromptStyle
+
+    backbone = _backbone(name)
+    prepared = open_prepared(prepared_shapes(tmp_path, ["val"], 32, 32, seed=2, num_val=2) / "val.zarr")
+    # CogView4's GLM sees its left padding, so a prompt's text rows depend on its batch: no word_shuffle there
+    kinds = ["mean"] if name == "cogview4" else ["mean", "word_shuffle"]
+    settings = CausalParams(
+        perturbations=kinds, permutations=1, doses=[0.5], calibration_samples=2, captions=2,
+        batch_size=2, generation_steps=2, flow_samples=2, flow_sigmas=[0.5], bootstrap_resamples=100,
+    )  # fmt: skip
+    style = PromptStyle("gt_classes", " ", "word", "all")
+    table, _ = causal_table(backbone, PROMPTS, prepared, style, settings, [0, 1], progress=False, expert_layer=0)
+    size = table[table.metric == "perturbation_l1"]
+    assert len(size) == 2 * len(kinds) * 2 and (size.value > 0).all()  # layers × perturbations × (full, dose 0.5)
+    assert np.isfinite(table[table.metric == "flow_loss_increase"].value).all()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 from diffusers import (
+    AutoencoderKL,
     AutoencoderKLHunyuanImage,
     CogView4Pipeline,
     HunyuanImagePipeline,
@@ -19,7 +20,7 @@ from diffusers import (
 from family_cases.group_b import tiny_hunyuanimage
 from family_cases.group_c import _cogview4
 from tiny_family_pipelines import WORDS, _byte_level_bpe, _flow_match, qwen_tokenizer
-from tiny_pipelines import _eval, _vae
+from tiny_pipelines import _eval
 from tokenizers import processors
 from transformers import (
     ByT5Tokenizer,
@@ -70,9 +71,9 @@ def glm4_tokenizer() -> PreTrainedTokenizerFast:
 
 def tiny_cogview4_pipeline(seed: int = 0) -> CogView4Pipeline:
     """Returns a CogView4Pipeline: group_c's CogView4 transformer (2 blocks, 16-wide text), a 2-layer GlmModel 16 wide
-    (the pipeline takes its second-to-last hidden states), a 2-block AutoencoderKL (scale 2, 4 latent channels, no
-    shift: CogView4's decoder divides by the scaling factor only) and CogView4's scheduler (dynamic, linear time
-    shift)."""
+    (the pipeline takes its second-to-last hidden states), a 3-block AutoencoderKL (scale 4, so that a 2 × 2-token
+    image is 16 px, the pipeline's smallest; 4 latent channels, no shift: CogView4's decoder divides by the scaling
+    factor only) and CogView4's scheduler (dynamic, linear time shift)."""
     transformer = _cogview4()
     torch.manual_seed(seed)
     tokenizer = glm4_tokenizer()
@@ -98,7 +99,17 @@ def tiny_cogview4_pipeline(seed: int = 0) -> CogView4Pipeline:
         use_dynamic_shifting=True,
         time_shift_type="linear",
     )
-    return _eval(CogView4Pipeline(tokenizer, text_encoder, _vae(4, None), transformer, scheduler))
+    vae = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(8, 16, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=32,
+        scaling_factor=1.5,
+    )
+    return _eval(CogView4Pipeline(tokenizer, text_encoder, vae, transformer, scheduler))
 
 
 def _qwen25vl(tokenizer, hidden: int, layers: int) -> Qwen2_5_VLForConditionalGeneration:
@@ -117,7 +128,13 @@ def _qwen25vl(tokenizer, hidden: int, layers: int) -> Qwen2_5_VLForConditionalGe
             "bos_token_id": ids("<|endoftext|>"),
             "eos_token_id": ids("<|im_end|>"),
         },
-        vision_config={"depth": 1, "hidden_size": 8, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": hidden},
+        vision_config={
+            "depth": 1,
+            "hidden_size": 8,
+            "intermediate_size": 16,
+            "num_heads": 2,
+            "out_hidden_size": hidden,
+        },
         image_token_id=ids("<|image_pad|>"),
         vision_start_token_id=ids("<|vision_start|>"),
         vision_end_token_id=ids("<|vision_end|>"),
@@ -130,9 +147,9 @@ def _qwen25vl(tokenizer, hidden: int, layers: int) -> Qwen2_5_VLForConditionalGe
 def tiny_hunyuanimage_transformer(glyph_dim: int | None = 16) -> HunyuanImageTransformer2DModel:
     """Returns group_b's HunyuanImage-2.1 transformer (1 double + 1 single block, 1 refiner block, width 32, 2×2
     patches, 24-wide text) with the ByT5 glyph projection (`text_embed_2_dim` = glyph_dim) the released model has."""
-    config = dict(tiny_hunyuanimage().config) | {"text_embed_2_dim": glyph_dim}
+    config = {key: value for key, value in tiny_hunyuanimage().config.items() if not key.startswith("_")}
     torch.manual_seed(0)
-    return HunyuanImageTransformer2DModel.from_config(config).float().eval()
+    return HunyuanImageTransformer2DModel(**config | {"text_embed_2_dim": glyph_dim}).eval()
 
 
 def tiny_hunyuanimage_pipeline(seed: int = 0) -> HunyuanImagePipeline:

@@ -16,215 +16,20 @@ reconstruction.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from seg4diff.backbones.backbone import Backbone, PromptEncoding, TextToken, _token_spans
+from seg4diff.backbones.backbone import Backbone, PromptEncoding, TextToken
+from seg4diff.backbones.pipeline_families import PIPELINE_FAMILIES, PipelineFamily
+from seg4diff.capture.families import forward_arguments
 
 
 class _Recorded(Exception):  # noqa: N818 (a control-flow signal, not an error)
     def __init__(self, kwargs: dict):
         self.kwargs = kwargs
-
-
-def forward_arguments(transformer: torch.nn.Module, args: tuple, kwargs: dict) -> dict:
-    """Returns a transformer call's arguments by name (AuraFlow's pipeline passes the image tokens positionally)."""
-    return dict(inspect.signature(transformer.forward).bind_partial(*args, **kwargs).arguments)
-
-
-def _template_tokens(tokenizer, texts: list[str], starts: list[int], lengths: list[int], encoder: str, **kwargs):
-    """Returns, per text, every token of `tokenizer(texts, **kwargs)` with its character span relative to the
-    prompt embedded at texts[i][starts[i]:starts[i] + lengths[i]] ((0, 0) outside it: template, special, padding)."""
-    encoding = tokenizer(texts, return_offsets_mapping=True, **kwargs)
-    rows = []
-    for ids, offsets, start, length in zip(encoding["input_ids"], encoding["offset_mapping"], starts, lengths):
-        names = tokenizer.convert_ids_to_tokens(ids)
-        row = []
-        for name, (a, b) in zip(names, offsets):
-            inside = b > a and a < start + length and b > start
-            span = (max(a - start, 0), min(b - start, length)) if inside else (0, 0)
-            row.append(TextToken(encoder, name, *span))
-        rows.append(row)
-    return rows
-
-
-def _blank(encoder: str) -> TextToken:
-    return TextToken(encoder, "", 0, 0)
-
-
-def _flux2_tokens(pipe, prompts: list[str], text_length: int) -> list[list[TextToken]]:
-    """FLUX.2: Mistral's chat template (BOS, FLUX.2's system message, [INST] prompt [/INST]) padded to text_length."""
-    from diffusers.pipelines.flux2.pipeline_flux2 import format_input
-
-    cleaned = [prompt.replace("[IMG]", "") for prompt in prompts]  # as format_input cleans it
-    texts = [
-        pipe.tokenizer.apply_chat_template(message, tokenize=False)
-        for message in format_input(prompts, pipe.system_message)
-    ]
-    starts = [text.rindex(prompt) for text, prompt in zip(texts, cleaned)]  # the user message comes last
-    return _template_tokens(
-        pipe.tokenizer,
-        texts,
-        starts,
-        [len(p) for p in cleaned],
-        "mistral",
-        add_special_tokens=False,
-        padding="max_length",
-        max_length=text_length,
-        truncation=True,
-    )
-
-
-def _qwenimage_tokens(pipe, prompts: list[str], text_length: int) -> list[list[TextToken]]:
-    """Qwen-Image: Qwen's chat template, its first `prompt_template_encode_start_idx` tokens (the system prefix)
-    dropped, each prompt's valid tokens kept and padded to the batch's longest, at most text_length."""
-    template, drop = pipe.prompt_template_encode, pipe.prompt_template_encode_start_idx
-    start = template.index("{}")
-    rows = _template_tokens(
-        pipe.tokenizer,
-        [template.format(prompt) for prompt in prompts],
-        [start] * len(prompts),
-        [len(p) for p in prompts],
-        "qwen",
-        max_length=pipe.tokenizer_max_length + drop,
-        truncation=True,
-    )
-    kept = [row[drop:][:text_length] for row in rows]
-    longest = max(len(row) for row in kept)
-    return [row + [_blank("qwen")] * (longest - len(row)) for row in kept]
-
-
-def _t5_tokens(pipe, prompts: list[str], text_length: int) -> list[list[TextToken]]:
-    """T5 (Chroma) or UMT5 (AuraFlow): padded to text_length; AuraFlow's register tokens come first."""
-    registers = getattr(pipe.transformer, "register_tokens", None)
-    before = [_blank("register")] * (0 if registers is None else registers.shape[1])
-    return [before + row for row in _token_spans(pipe.tokenizer, prompts, text_length, "t5")]
-
-
-def _posterior_mean(pipe, images: torch.Tensor) -> torch.Tensor:
-    vae = pipe.vae
-    return vae.encode((2 * images - 1).to(vae.device, vae.dtype)).latent_dist.mean
-
-
-def _shift_scale_latents(pipe, images: torch.Tensor) -> torch.Tensor:
-    """SD-style VAEs: (mean − shift_factor) × scaling_factor, as the pipeline's decoder inverts it."""
-    config = pipe.vae.config
-    return (_posterior_mean(pipe, images) - (config.shift_factor or 0.0)) * config.scaling_factor
-
-
-def _flux2_latents(pipe, images: torch.Tensor) -> torch.Tensor:
-    """FLUX.2: the posterior mean patchified 2×2 into channels, then normalised by the VAE's batch-norm statistics."""
-    latents = pipe._patchify_latents(_posterior_mean(pipe, images))
-    bn = pipe.vae.bn
-    mean = bn.running_mean.view(1, -1, 1, 1).to(latents)
-    std = torch.sqrt(bn.running_var.view(1, -1, 1, 1) + pipe.vae.config.batch_norm_eps).to(latents)
-    return (latents - mean) / std
-
-
-def _qwenimage_latents(pipe, images: torch.Tensor) -> torch.Tensor:
-    """Qwen-Image: its video VAE's one-frame posterior mean, normalised by the config's per-channel mean and std."""
-    vae = pipe.vae
-    mean = vae.encode((2 * images - 1).to(vae.device, vae.dtype)[:, :, None]).latent_dist.mean[:, :, 0]
-    shape = (1, -1, 1, 1)
-    centre = torch.tensor(vae.config.latents_mean).view(shape).to(mean)
-    std = torch.tensor(vae.config.latents_std).view(shape).to(mean)
-    return (mean - centre) / std
-
-
-def _flatten(latents: torch.Tensor) -> torch.Tensor:
-    """(batch, channel, h, w) → (batch, h·w, channel): one token per latent pixel (FLUX.2's packing)."""
-    return latents.flatten(2).transpose(1, 2)
-
-
-def _unflatten(tokens: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    return tokens.transpose(1, 2).reshape(shape)
-
-
-def _pack2x2(latents: torch.Tensor) -> torch.Tensor:
-    """(batch, channel, h, w) → (batch, h/2·w/2, 4·channel): 2×2 latent pixels per token (FLUX.1, Chroma, Qwen)."""
-    b, c, h, w = latents.shape
-    return latents.view(b, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(b, h // 2 * (w // 2), c * 4)
-
-
-def _unpack2x2(tokens: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    b, c, h, w = shape
-    return tokens.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(shape)
-
-
-def _identity(latents: torch.Tensor, shape: torch.Size | None = None) -> torch.Tensor:
-    return latents
-
-
-@dataclass(frozen=True)
-class PipelineFamily:
-    """How one diffusers pipeline family's forward is formed from (latents, σ, prompts)."""
-
-    name: str  # the backbone's family name
-    pipeline: str  # the diffusers pipeline class
-    default_text_length: int
-    prompt_tokens: Callable[[object, list[str], int], list[list[TextToken]]]  # per attention text position
-    latents: Callable[[object, torch.Tensor], torch.Tensor]  # images in [0, 1] → the flow's latent space
-    patch: int  # latent pixels per image token side
-    latent_scale: int = 1  # VAE latent pixels per side of one pixel of the flow's latents (FLUX.2 patchifies 2×2)
-    pack: Callable[[torch.Tensor], torch.Tensor] = _identity  # latents → the transformer's image input
-    unpack: Callable[[torch.Tensor, torch.Size], torch.Tensor] = _identity
-    timestep_scale: float = 1.0  # the transformer is given σ × this
-    uncond_free: dict = field(default_factory=dict)  # the call's arguments that turn classifier-free guidance off
-    guidance: Callable[[float], dict] = lambda scale: {"guidance_scale": scale}  # the call's arguments for CFG
-    text_length_arg: str = "max_sequence_length"
-    registers: Callable[[torch.nn.Module], int] = lambda transformer: 0  # text positions the transformer prepends
-
-
-PIPELINE_FAMILIES = [
-    PipelineFamily(
-        "flux2",
-        "Flux2Pipeline",
-        512,
-        _flux2_tokens,
-        _flux2_latents,
-        patch=1,
-        latent_scale=2,
-        pack=_flatten,
-        unpack=_unflatten,
-    ),
-    PipelineFamily(
-        "qwenimage",
-        "QwenImagePipeline",
-        512,
-        _qwenimage_tokens,
-        _qwenimage_latents,
-        patch=2,
-        pack=_pack2x2,
-        unpack=_unpack2x2,
-        uncond_free={"true_cfg_scale": 1.0},
-        guidance=lambda scale: {"true_cfg_scale": scale, "negative_prompt": " "},  # true CFG needs a negative
-    ),
-    PipelineFamily(
-        "chroma",
-        "ChromaPipeline",
-        512,
-        _t5_tokens,
-        _shift_scale_latents,
-        patch=2,
-        pack=_pack2x2,
-        unpack=_unpack2x2,
-        uncond_free={"guidance_scale": 1.0},
-    ),
-    PipelineFamily(
-        "auraflow",
-        "AuraFlowPipeline",
-        256,
-        _t5_tokens,
-        _shift_scale_latents,
-        patch=2,
-        uncond_free={"guidance_scale": 1.0},
-        registers=lambda transformer: transformer.register_tokens.shape[1],
-    ),
-]
 
 
 @dataclass
@@ -250,18 +55,23 @@ class RecordedBackbone(Backbone):
 
     @property
     def patch_size(self) -> int:
-        return self.row.patch
+        patch = self.row.patch or self.transformer.config.patch_size
+        return patch[0] if isinstance(patch, (tuple, list)) else patch  # HunyuanImage's config: (2, 2)
 
     @property
     def vae_scale_factor(self) -> int:
         """Pixels per latent side of the flow's latent space (FLUX.2's 2×2 patchified latents: twice the VAE's)."""
-        return self.pipe.vae_scale_factor * self.row.latent_scale
+        return self.row.vae_scale(self.pipe) * self.row.latent_scale
 
     def text_length_of(self, attention_text: int) -> int:
         return attention_text - self.row.registers(self.transformer)
 
+    def text_length_arguments(self) -> dict:
+        """Returns the call's argument giving this backbone's text length (none where the pipeline fixes it)."""
+        return {self.row.text_length_arg: self.text_length} if self.row.text_length_arg else {}
+
     def generation_arguments(self, guidance: float) -> dict:
-        return {self.row.text_length_arg: self.text_length} | self.row.guidance(guidance) | self.call_arguments
+        return self.text_length_arguments() | self.row.guidance(guidance) | self.call_arguments
 
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
@@ -288,7 +98,7 @@ class RecordedBackbone(Backbone):
                 num_inference_steps=steps,
                 output_type="latent",
                 generator=torch.Generator().manual_seed(0),
-                **{self.row.text_length_arg: self.text_length},
+                **self.text_length_arguments(),
                 **self.row.uncond_free,
                 **self.call_arguments,
             )
@@ -310,7 +120,7 @@ class RecordedBackbone(Backbone):
         tokens = self.prompt_tokens(prompts)
         side = 2 * self.vae_scale_factor * self.patch_size  # 2 × 2 image tokens: the text does not depend on it
         encoding = RecordedPrompt(None, None, tokens, prompts=list(prompts), record=self.record)
-        text = encoding.inputs_at(side, side)["encoder_hidden_states"]
+        text = encoding.inputs_at(side, side)[self.row.text_input]
         attention_text = text.shape[1] + self.row.registers(self.transformer)
         if attention_text != len(tokens[0]):
             raise RuntimeError(
@@ -320,12 +130,17 @@ class RecordedBackbone(Backbone):
         encoding.prompt_embeds = text
         return encoding
 
+    def timesteps(self, sigmas: torch.Tensor, image_tokens: int) -> torch.Tensor:
+        """Returns the timestep the pipeline gives its transformer at each σ (fp32) for `image_tokens` image tokens."""
+        return self.row.timestep(self.pipe, sigmas, image_tokens)
+
     def transformer_inputs(self, latents: torch.Tensor, sigma: float | torch.Tensor, prompt: PromptEncoding) -> dict:
         if not isinstance(prompt, RecordedPrompt):
             raise TypeError(f"{self.row.pipeline}'s forwards need an encoding from its own encode_prompts")
         height, width = (side * self.vae_scale_factor for side in latents.shape[-2:])
         recorded = prompt.inputs_at(height, width)
-        timestep = (self._sigmas(latents, sigma) * self.row.timestep_scale).to(recorded["timestep"].dtype)
+        tokens = latents.shape[-2] * latents.shape[-1] // self.patch_size**2
+        timestep = self.timesteps(self._sigmas(latents, sigma), tokens).to(recorded["timestep"].dtype)
         return recorded | {"hidden_states": self.row.pack(latents), "timestep": timestep, "return_dict": False}
 
     def velocity(self, latents: torch.Tensor, sigma: float | torch.Tensor, prompt: PromptEncoding) -> torch.Tensor:
