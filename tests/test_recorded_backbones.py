@@ -16,7 +16,7 @@ from seg4diff.backbones.recorded import RecordedBackbone
 from seg4diff.capture.families import forward_arguments
 
 HEIGHT, WIDTH = 32, 16  # AuraFlow's tiny position table is 8 × 8 tokens
-PROMPTS = [PROMPT, "a blue dog"]
+PROMPTS = (PROMPT, "a blue dog")  # a tuple: Z-Image rewrites a prompt list in place
 
 
 def _backbone(name: str) -> RecordedBackbone:
@@ -32,14 +32,17 @@ def _pipeline_calls(backbone: RecordedBackbone, steps: int) -> list[tuple[dict, 
     """Returns every transformer call (its keyword arguments, its output) of a seeded `steps`-step generation of
     PROMPTS without classifier-free guidance."""
     calls = []
-    hook = backbone.transformer.register_forward_hook(
-        lambda module, args, kwargs, out: calls.append((forward_arguments(module, args, kwargs), out[0].clone())),
-        with_kwargs=True,
-    )
+
+    def keep(module, args, kwargs, out):
+        value = out[0]  # Z-Image's: one tensor per sample
+        calls.append((forward_arguments(module, args, kwargs), [v.clone() for v in value] if isinstance(value, list)
+                      else value.clone()))  # fmt: skip
+
+    hook = backbone.transformer.register_forward_hook(keep, with_kwargs=True)
     try:
         with torch.no_grad():
             backbone.pipe(
-                prompt=PROMPTS,
+                prompt=list(PROMPTS),
                 height=HEIGHT,
                 width=WIDTH,
                 num_inference_steps=steps,
@@ -61,27 +64,28 @@ def _latent_shape(backbone: RecordedBackbone, channels: int) -> torch.Size:
 def _unpacked(backbone: RecordedBackbone, hidden: torch.Tensor) -> torch.Tensor:
     """The pipeline's image input in the backbone's latent layout (batch, channel, h, w)."""
     h, w = HEIGHT // backbone.vae_scale_factor, WIDTH // backbone.vae_scale_factor
-    channels = hidden.numel() // (len(PROMPTS) * h * w)
-    return backbone.row.unpack(hidden, _latent_shape(backbone, channels))
+    numel = sum(x.numel() for x in hidden) if isinstance(hidden, list) else hidden.numel()
+    return backbone.row.unpack(hidden, _latent_shape(backbone, numel // (len(PROMPTS) * h * w)))
 
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_a_forward_built_by_the_backbone_is_the_pipelines_own_and_its_euler_step_the_pipelines_step(name):
     backbone = _backbone(name)
+    image, time = backbone.row.image_input, backbone.row.timestep_input
     calls = _pipeline_calls(backbone, steps=3)
     sigmas = backbone.pipe.scheduler.sigmas
-    encoding = backbone.encode_prompts(PROMPTS)
+    encoding = backbone.encode_prompts(list(PROMPTS))
     for step in range(2):
         kwargs, out = calls[step]
-        latents = _unpacked(backbone, kwargs["hidden_states"])
-        torch.testing.assert_close(backbone.row.pack(latents), kwargs["hidden_states"], rtol=0, atol=0)
+        latents = _unpacked(backbone, kwargs[image])
+        torch.testing.assert_close(backbone.row.pack(latents), kwargs[image], rtol=0, atol=0)
         ours = backbone.transformer_inputs(latents, float(sigmas[step]), encoding)
-        torch.testing.assert_close(ours["timestep"], kwargs["timestep"], rtol=0, atol=1e-7)
+        torch.testing.assert_close(ours[time], kwargs[time], rtol=0, atol=0)
         with torch.no_grad():
             torch.testing.assert_close(backbone.transformer(**ours)[0], out, rtol=0, atol=0)
             velocity = backbone.velocity(latents, float(sigmas[step]), encoding)
         stepped = latents + (sigmas[step + 1] - sigmas[step]) * velocity  # the flow's Euler step
-        following = _unpacked(backbone, calls[step + 1][0]["hidden_states"])
+        following = _unpacked(backbone, calls[step + 1][0][image])
         torch.testing.assert_close(stepped, following, rtol=1e-5, atol=1e-6)
 
 
@@ -89,7 +93,7 @@ def test_a_forward_built_by_the_backbone_is_the_pipelines_own_and_its_euler_step
 def test_the_backbones_schedule_is_the_pipelines_at_that_image_size(name):
     backbone = _backbone(name)
     steps = 4
-    timesteps = [float(kwargs["timestep"][0]) for kwargs, _ in _pipeline_calls(backbone, steps)]
+    timesteps = [float(kwargs[backbone.row.timestep_input][0]) for kwargs, _ in _pipeline_calls(backbone, steps)]
     tokens = int(np.prod(backbone.token_grid(HEIGHT, WIDTH)))
     sigmas = torch.from_numpy(backbone.sigmas(steps, tokens))
     np.testing.assert_array_equal(backbone.timesteps(sigmas, tokens).numpy(), timesteps)
@@ -103,13 +107,15 @@ def test_the_pipeline_decodes_the_backbones_latents_to_the_vaes_own_reconstructi
     images = torch.rand(len(PROMPTS), 3, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         latents = backbone.encode_images(images)
+        packed = backbone.row.pack(latents)
+        layout = latents if isinstance(packed, list) else packed  # Z-Image keeps (batch, C, h, w), lists per call
         vae_input = (2 * images - 1)[:, :, None] if name == "qwenimage" else 2 * images - 1
         decoded = pipe.vae.decode(pipe.vae.encode(vae_input).latent_dist.mean).sample
         reference = ((decoded[:, :, 0] if name == "qwenimage" else decoded) / 2 + 0.5).clamp(0, 1)
-        step = FlowMatchEulerDiscreteSchedulerOutput(prev_sample=backbone.row.pack(latents))  # [0] or .prev_sample
+        step = FlowMatchEulerDiscreteSchedulerOutput(prev_sample=layout)  # read as [0] or .prev_sample
         monkeypatch.setattr(pipe.scheduler, "step", lambda *args, **kwargs: step)
         replaced = pipe(
-            prompt=PROMPTS,
+            prompt=list(PROMPTS),
             height=HEIGHT,
             width=WIDTH,
             num_inference_steps=1,
@@ -128,7 +134,7 @@ def test_the_prompts_tokens_sit_where_the_pipeline_puts_them(name):
     list is as long as the text sequence of the attention."""
     family = FAMILIES[name]
     backbone = _backbone(name)
-    encoding = backbone.encode_prompts(PROMPTS)
+    encoding = backbone.encode_prompts(list(PROMPTS))
     for tokens in encoding.tokens:
         assert len(tokens) == encoding.prompt_embeds.shape[1] + family.registers
     words = [(pos, tok.token) for pos, tok in enumerate(encoding.tokens[0]) if tok.end > tok.start]
@@ -152,6 +158,9 @@ def test_images_become_the_latents_of_the_store_size():
     assert backbone.token_grid(HEIGHT, WIDTH) == (HEIGHT // 8, WIDTH // 8)
 
 
+# Lumina 2's joint sequence is [each caption's valid tokens, image]: its batches of prompts of different lengths put
+# the image tokens at different places, which the capture refuses (grid unknown), so no stage runs it
+STAGE_FAMILIES = [name for name in FAMILIES if name != "lumina2"]
 PRESETS = {
     "flux2": "flux2-dev",
     "qwenimage": "qwen-image",
@@ -163,10 +172,11 @@ PRESETS = {
     "ernieimage": "ernie-image",
     "cogview4": "cogview4",
     "hunyuanimage": "hunyuanimage-2.1",
+    "zimage": "z-image",
 }
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", STAGE_FAMILIES)
 def test_extract_with_the_family_preset_on_a_tiny_pipeline_keeps_the_class_words_tokens(name, tmp_path):
     """The family's preset end to end through extraction on its tiny pipeline (saved, loaded back from disk; CPU,
     fp32, 32 px): σ is the pipeline's own schedule 8 steps from the end, and the kept tokens are the class words'
@@ -212,7 +222,7 @@ def test_extract_with_the_family_preset_on_a_tiny_pipeline_keeps_the_class_words
         assert "background" in prompt.split(" ")  # the preset prompts background as a word
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", STAGE_FAMILIES)
 def test_one_magnet_step_on_a_family_moves_only_its_image_stream_lora(name, tmp_path):
     """MAGNET's step through the family's backbone (its recorded forwards, with gradients): the flow and mask losses
     are finite, every image-stream adapter moves, and nothing else of the transformer does."""
@@ -236,7 +246,7 @@ def test_one_magnet_step_on_a_family_moves_only_its_image_stream_lora(name, tmp_
     assert moved and len(moved) == len([k for k in after if "lora_B" in k])
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", STAGE_FAMILIES)
 def test_the_causal_table_of_a_family_perturbs_its_generations_and_flow_losses(name, tmp_path):
     """The causal stage's measurement through the family's pipeline (its own generation, CFG as it runs it) and
     backbone (flow losses): the spatial mean and the word shuffle of two layers change the attention (size > 0),
@@ -257,7 +267,7 @@ def test_the_causal_table_of_a_family_perturbs_its_generations_and_flow_losses(n
         batch_size=2, generation_steps=2, flow_samples=2, flow_sigmas=[0.5], bootstrap_resamples=100,
     )  # fmt: skip
     style = PromptStyle("gt_classes", " ", "word", "all")
-    table, _ = causal_table(backbone, PROMPTS, prepared, style, settings, [0, 1], progress=False, expert_layer=0)
+    table, _ = causal_table(backbone, list(PROMPTS), prepared, style, settings, [0, 1], progress=False, expert_layer=0)
     size = table[table.metric == "perturbation_l1"]
     assert len(size) == 2 * len(kinds) * 2 and (size.value > 0).all()  # layers × perturbations × (full, dose 0.5)
     assert np.isfinite(table[table.metric == "flow_loss_increase"].value).all()

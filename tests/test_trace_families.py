@@ -36,14 +36,21 @@ from tiny_family_pipelines import (
 from tiny_pipelines_bria_longcat import tiny_bria_pipeline, tiny_longcat_pipeline
 from tiny_pipelines_cogview4_hunyuan import tiny_cogview4_pipeline, tiny_hunyuanimage_pipeline
 from tiny_pipelines_ovis_ernie import tiny_ernie_pipeline, tiny_ovis_pipeline
+from tiny_pipelines_zimage_lumina2 import tiny_lumina2_pipeline, tiny_zimage_pipeline
 
-from seg4diff.capture.families import family_of, forward_arguments
+from seg4diff.backbones.backbone import backbone_from_pipeline
+from seg4diff.capture.families import forward_arguments
 from seg4diff.capture.trace import trace
 
 PROMPT = "a red cat on a mat"
 STEPS = 2
 PATCH = 2  # every family here packs (or patchifies) 2×2 latent pixels into one image token
 BPE_PROMPT = ("a", "Ġred", "Ġcat", "Ġon", "Ġa", "Ġmat")  # the byte-level BPEs' tokens of PROMPT; "cat" is one
+GEMMA_PROMPT = ("▁a", "▁red", "▁cat", "▁on", "▁a", "▁mat")  # Gemma's tokens of PROMPT after " <Prompt Start> "
+LUMINA2_SYSTEM = (  # Lumina2Pipeline.system_prompt (set in __init__)
+    "You are an assistant designed to generate superior images with the superior degree of image-text alignment "
+    "based on textual prompts or user prompts."
+)
 T5_PROMPT = ("▁a", "▁red", "▁", "c", "a", "t", "▁", "o", "n", "▁a", "▁", "m", "a", "t")  # "cat" is "▁", "c", "a", "t"
 
 
@@ -99,6 +106,17 @@ def prompt_token_positions(pipe, prompt: str, max_sequence_length: int | None = 
     if name == "CogView4Pipeline":  # [gMASK] <sop> prompt, left-padded with pad tokens to a multiple of 16
         tokens, count = _span_tokens(tokenizer, prompt, 0, len(prompt))
         return [(i + -min(count, max_sequence_length) % 16, token) for i, token in tokens if i < max_sequence_length]
+    if name == "ZImagePipeline":  # the chat template, padding dropped by the mask; the caption after the image
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True, enable_thinking=True
+        )
+        start = text.index(prompt)
+        tokens, count = _span_tokens(tokenizer, text, start, start + len(prompt))
+        return _padded(tokens, count, max_sequence_length, "right")
+    if name == "Lumina2Pipeline":  # BOS + system prompt + " <Prompt Start> " + prompt, padding dropped
+        text = pipe.system_prompt + " <Prompt Start> " + prompt
+        tokens, count = _span_tokens(tokenizer, text, len(text) - len(prompt), len(text))
+        return _padded(tokens, count, max_sequence_length, "right")
     if name == "OvisImagePipeline":  # the chat template, its first user_prompt_begin_id tokens dropped, padded
         text, drop = pipe._get_messages([prompt])[0], pipe.user_prompt_begin_id
         start = text.index(pipe.system_prompt + prompt) + len(pipe.system_prompt)
@@ -238,6 +256,34 @@ FAMILIES = {
         first=0,
         registers=128,  # the glyph positions, joined by the transformer (after the valid Qwen tokens here)
     ),
+    # [image (8×12 = 96 tokens, a multiple of 32), caption: 14 template tokens padded to 32]; CFG batched [cond, uncond]
+    "zimage": Family(
+        tiny_zimage_pipeline,
+        {"height": 32, "width": 48, "guidance_scale": 4.0, "max_sequence_length": 64},
+        calls_per_step=1,
+        batch=2,
+        text_length=32,
+        first=3,
+        layers=("n_layers",),
+    ),
+    # [<bos>, 23 system tokens, "▁<Prompt" "▁Start>", prompt]; a second CFG call; the negative gets no system prompt,
+    # so it is given one with the prompt's token count (otherwise the steps' text lengths differ)
+    "lumina2": Family(
+        tiny_lumina2_pipeline,
+        {
+            "height": 32,
+            "width": 48,
+            "guidance_scale": 4.0,
+            "negative_prompt": LUMINA2_SYSTEM + " <Prompt Start> a blue dog on a rug",
+            "max_sequence_length": 64,
+        },
+        calls_per_step=2,
+        batch=1,
+        text_length=32,
+        first=26,
+        tokens=GEMMA_PROMPT,
+        layers=("num_layers",),
+    ),
 }
 
 
@@ -256,9 +302,11 @@ def test_trace_records_every_step_of_a_family_pipeline_and_leaves_its_image_alon
     pipe = family.build()
     stock = _generate(pipe, family.call)
     received = []  # the text length of every transformer call
-    text_input = family_of(pipe.transformer).text_input
+    backbone = backbone_from_pipeline(pipe)
     hook = pipe.transformer.register_forward_pre_hook(
-        lambda module, args, kwargs: received.append(forward_arguments(module, args, kwargs)[text_input].shape[1]),
+        lambda module, args, kwargs: received.append(
+            backbone.text_of(forward_arguments(module, args, kwargs)).shape[1]
+        ),
         with_kwargs=True,
     )
     with trace(pipe) as tc:
@@ -278,7 +326,7 @@ def test_trace_records_every_step_of_a_family_pipeline_and_leaves_its_image_alon
         "step": STEPS * family.calls_per_step,
         "batch": family.batch,
         "layer": layers,
-        "head": pipe.transformer.config.num_attention_heads,
+        "head": pipe.transformer.config.get("num_attention_heads", pipe.transformer.config.get("n_heads")),
         "image_token": grid[0] * grid[1],
         "text_token": family.text_length,
     }

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from diffusers.models.transformers.transformer_z_image import SEQ_MULTI_OF
 
 from seg4diff.backbones.backbone import TextToken, _token_spans
 
@@ -194,6 +195,36 @@ def _hunyuanimage_tokens(pipe, prompts: list[str], text_length: int) -> list[lis
     return joint
 
 
+def _zimage_tokens(pipe, prompts: list[str], text_length: int) -> list[list[TextToken]]:
+    """Z-Image: Qwen3's chat template (one user message, the generation prompt, thinking on), truncated to
+    text_length; the padding dropped, each caption padded to a multiple of SEQ_MULTI_OF (32) with the transformer's
+    pad token, then to the batch's longest (masked)."""
+    texts = [
+        pipe.tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True, enable_thinking=True
+        )
+        for prompt in prompts
+    ]
+    starts = [text.index(prompt) for text, prompt in zip(texts, prompts)]  # the user message is the template's first
+    rows = _template_tokens(
+        pipe.tokenizer, texts, starts, [len(p) for p in prompts], "qwen", max_length=text_length, truncation=True
+    )
+    longest = max(len(row) + (-len(row)) % SEQ_MULTI_OF for row in rows)
+    return [row + [_blank("qwen")] * (longest - len(row)) for row in rows]
+
+
+def _lumina2_tokens(pipe, prompts: list[str], text_length: int) -> list[list[TextToken]]:
+    """Lumina 2: Gemma's BOS, then `system_prompt + " <Prompt Start> " + prompt`, truncated to text_length; the
+    transformer keeps each caption's valid tokens (before the image's), padded here to the batch's longest."""
+    head = pipe.system_prompt + " <Prompt Start> "
+    rows = _template_tokens(
+        pipe.tokenizer, [head + prompt for prompt in prompts], [len(head)] * len(prompts),
+        [len(p) for p in prompts], "gemma", max_length=text_length, truncation=True,
+    )  # fmt: skip
+    longest = max(len(row) for row in rows)
+    return [row + [_blank("gemma")] * (longest - len(row)) for row in rows]
+
+
 def _posterior_mean(pipe, images: torch.Tensor) -> torch.Tensor:
     vae = pipe.vae
     return vae.encode((2 * images - 1).to(vae.device, vae.dtype)).latent_dist.mean
@@ -263,6 +294,15 @@ def _identity(latents: torch.Tensor, shape: torch.Size | None = None) -> torch.T
     return latents
 
 
+def _per_sample_frames(latents: torch.Tensor) -> list[torch.Tensor]:
+    """(batch, channel, h, w) → per sample (channel, 1, h, w): Z-Image's one-frame latent list."""
+    return list(latents.unsqueeze(2).unbind(0))
+
+
+def _stack_frames(frames: list[torch.Tensor], shape: torch.Size | None = None) -> torch.Tensor:
+    return torch.stack([frame.float() for frame in frames]).squeeze(2)
+
+
 def _per_mille(pipe, sigma: torch.Tensor, image_tokens: int) -> torch.Tensor:
     """The scheduler's timestep t = σ·1000 divided by 1000, in fp32 as the pipeline divides it (FLUX.2, Qwen-Image,
     Chroma, AuraFlow, Ovis-Image): σ up to an ulp."""
@@ -296,6 +336,33 @@ def _cogview4_timestep(pipe, sigmas: torch.Tensor, image_tokens: int) -> torch.T
     sigma = sigmas.double()
     unshifted = sigma / (sigma + factor * (1 - sigma))  # σ = f·u / (1 + (f − 1)·u), inverted
     return torch.round(unshifted * config.num_train_timesteps).to(sigmas.dtype)
+
+
+def _zimage_timestep(pipe, sigma: torch.Tensor, image_tokens: int) -> torch.Tensor:
+    """Z-Image: (1000 − t) / 1000 of the scheduler's t = σ·1000, in fp32 as the pipeline computes it: 1 − σ."""
+    return (1000 - sigma * pipe.scheduler.config.num_train_timesteps) / 1000
+
+
+def _lumina2_timestep(pipe, sigma: torch.Tensor, image_tokens: int) -> torch.Tensor:
+    """Lumina 2: 1 − t / 1000 of the scheduler's t = σ·1000 (t = 0 is its noise), in fp32 as the pipeline has it."""
+    return 1 - _per_mille(pipe, sigma, image_tokens)
+
+
+def _zimage_text(kwargs: dict) -> torch.Tensor:
+    """Z-Image: the per-sample caption features `cap_feats`, zero where the transformer puts its pad token (up to a
+    multiple of SEQ_MULTI_OF) and where the batch is padded."""
+    captions = kwargs["cap_feats"]
+    longest = max(len(c) + (-len(c)) % SEQ_MULTI_OF for c in captions)
+    return torch.stack([torch.nn.functional.pad(c, (0, 0, 0, longest - len(c))) for c in captions])
+
+
+def _lumina2_text(kwargs: dict) -> torch.Tensor:
+    """Lumina 2: the caption's rows up to the batch's longest valid length (its attention mask's count)."""
+    return kwargs["encoder_hidden_states"][:, : int(kwargs["encoder_attention_mask"].sum(1).max())]
+
+
+def _zimage_guidance(scale: float) -> dict:
+    return {"guidance_scale": scale - 1.0}  # Z-Image steps with cond + s·(cond − uncond): s = w − 1
 
 
 def _vae_scale(pipe) -> int:
@@ -336,6 +403,10 @@ class PipelineFamily:
     guidance: Callable[[float], dict] = _guidance_scale  # the call's arguments for classifier-free guidance
     text_length_arg: str | None = "max_sequence_length"  # None: the pipeline fixes its text length
     text_input: str = "encoder_hidden_states"  # the transformer's argument holding the text sequence
+    text: Callable[[dict], torch.Tensor] | None = None  # recorded call → (batch, attention text, dim); None: text_input
+    image_input: str = "hidden_states"  # the transformer's argument holding the image tokens
+    timestep_input: str = "timestep"  # the transformer's argument holding the timestep
+    velocity_sign: float = 1.0  # the pipeline steps with this × the transformer's output (−1: it predicts x0 − noise)
     registers: Callable[[torch.nn.Module], int] = _no_registers  # text positions the transformer prepends
 
 
@@ -415,5 +486,15 @@ PIPELINE_FAMILIES = [
         "hunyuanimage", "HunyuanImagePipeline", 1000, _hunyuanimage_tokens, _scale_latents,
         patch=None, timestep=_scheduler_timestep, guidance=_guider_guidance,  # patch: the released 1, the tiny 2
         text_length_arg=None, registers=_hunyuanimage_glyph_positions,  # Qwen text fixed at 1000, glyph at 128
+    ),
+    PipelineFamily(
+        "zimage", "ZImagePipeline", 512, _zimage_tokens, _shift_scale_latents,
+        patch=2, pack=_per_sample_frames, unpack=_stack_frames, timestep=_zimage_timestep,
+        uncond_free={"guidance_scale": 0.0}, guidance=_zimage_guidance,  # CFG runs whenever guidance_scale > 0
+        text_input="cap_feats", text=_zimage_text, image_input="x", timestep_input="t", velocity_sign=-1.0,
+    ),
+    PipelineFamily(
+        "lumina2", "Lumina2Pipeline", 256, _lumina2_tokens, _shift_scale_latents,
+        patch=2, timestep=_lumina2_timestep, uncond_free=NO_CFG, text=_lumina2_text, velocity_sign=-1.0,
     ),
 ]  # fmt: skip

@@ -92,7 +92,7 @@ class RecordedBackbone(Backbone):
         self.pipe.set_progress_bar_config(disable=True)
         try:
             self.pipe(
-                prompt=prompts,
+                prompt=list(prompts),  # Z-Image templates the list it is given in place
                 height=height,
                 width=width,
                 num_inference_steps=steps,
@@ -120,7 +120,7 @@ class RecordedBackbone(Backbone):
         tokens = self.prompt_tokens(prompts)
         side = 2 * self.vae_scale_factor * self.patch_size  # 2 × 2 image tokens: the text does not depend on it
         encoding = RecordedPrompt(None, None, tokens, prompts=list(prompts), record=self.record)
-        text = encoding.inputs_at(side, side)[self.row.text_input]
+        text = self.text_of(encoding.inputs_at(side, side))
         attention_text = text.shape[1] + self.row.registers(self.transformer)
         if attention_text != len(tokens[0]):
             raise RuntimeError(
@@ -129,6 +129,11 @@ class RecordedBackbone(Backbone):
             )
         encoding.prompt_embeds = text
         return encoding
+
+    def text_of(self, arguments: dict) -> torch.Tensor:
+        """Returns the (batch, text position, dim) text of a transformer call's arguments, as its attention holds it
+        (Z-Image's per-caption list padded, Lumina 2's padding past the longest caption cut)."""
+        return self.row.text(arguments) if self.row.text else arguments[self.row.text_input]
 
     def timesteps(self, sigmas: torch.Tensor, image_tokens: int) -> torch.Tensor:
         """Returns the timestep the pipeline gives its transformer at each σ (fp32) for `image_tokens` image tokens."""
@@ -140,12 +145,15 @@ class RecordedBackbone(Backbone):
         height, width = (side * self.vae_scale_factor for side in latents.shape[-2:])
         recorded = prompt.inputs_at(height, width)
         tokens = latents.shape[-2] * latents.shape[-1] // self.patch_size**2
-        timestep = self.timesteps(self._sigmas(latents, sigma), tokens).to(recorded["timestep"].dtype)
-        return recorded | {"hidden_states": self.row.pack(latents), "timestep": timestep, "return_dict": False}
+        image, time = self.row.image_input, self.row.timestep_input
+        timestep = self.timesteps(self._sigmas(latents, sigma), tokens).to(recorded[time].dtype)
+        return recorded | {image: self.row.pack(latents), time: timestep, "return_dict": False}
 
     def velocity(self, latents: torch.Tensor, sigma: float | torch.Tensor, prompt: PromptEncoding) -> torch.Tensor:
         out = self.transformer(**self.transformer_inputs(latents, sigma, prompt))[0]
-        return self.row.unpack(out[:, : self.row.pack(latents).shape[1]], latents.shape)
+        if torch.is_tensor(out):  # tokens past the image's (reference images) cut as the pipeline cuts them
+            out = out[:, : self.row.pack(latents).shape[1]]
+        return self.row.velocity_sign * self.row.unpack(out, latents.shape)
 
 
 def recorded_backbones() -> dict[str, type[RecordedBackbone]]:

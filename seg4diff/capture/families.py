@@ -264,7 +264,9 @@ FAMILIES: dict[str, Family] = {
             True,
             "text_bth",
         ),
-        Family("ZImageTransformer2DModel", "image first", LAYERS, zimage_grid, "attention", ("layers",), True),
+        Family(
+            "ZImageTransformer2DModel", "image first", LAYERS, zimage_grid, "attention", ("layers",), True, "cap_feats"
+        ),
     )
 }
 

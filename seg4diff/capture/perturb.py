@@ -236,6 +236,8 @@ def perturb_attention(
 
     def note_rows(module, args, kwargs):
         text = forward_arguments(module, args, kwargs).get(text_input)
+        if isinstance(text, list):  # Z-Image: one (tokens, dim) caption per sample, zero-padded to the longest
+            text = torch.nn.utils.rnn.pad_sequence(text, batch_first=True)
         if text is None:
             raise ValueError(f"word_shuffle needs the forward's {text_input} (the prompt embeddings)")
         perturbation.rows_started(text)
