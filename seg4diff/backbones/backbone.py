@@ -1,4 +1,5 @@
-"""MM-DiT backbones (Stable Diffusion 3 / 3.5, FLUX.1) loaded from a hub id or a local directory.
+"""MM-DiT backbones loaded from a hub id or a local directory: SD3 / SD3.5 and FLUX.1 here, every other family in
+`recorded.py`.
 
 A `Backbone` exposes what the stages need and nothing else: images → latents (VAE posterior mean, shift and
 scale), prompts → embeddings with each text position's source tokenizer and character span, the scheduler's
