@@ -22,7 +22,6 @@ from tiny_family_pipelines import _flow_match, qwen_tokenizer
 from tiny_pipelines import _eval, _t5, _vae, t5_tokenizer
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-
 # Qwen2-VL's chat template, text blocks only (the default system message when none is given)
 QWEN_VL_CHAT_TEMPLATE = (
     "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
