@@ -1,4 +1,4 @@
-"""`trace(pipe)` over whole generations of the real FLUX.2, Qwen-Image, Chroma and AuraFlow pipelines (tiny, offline).
+"""`trace(pipe)` over whole generations of the real pipelines of every recorded family (tiny, offline).
 
 Per family: what the capture records (steps, batch, layers, image and text tokens), that it leaves the image as it
 was, and `prompt_token_positions`: where the prompt's own tokens sit in the text sequence the transformer receives.
@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers.pipelines.flux2.pipeline_flux2 import format_input
+from diffusers.pipelines.hunyuan_image.pipeline_hunyuanimage import extract_glyph_text
 from tiny_family_pipelines import (
     FLUX2_TEXT_LAYERS,
     tiny_auraflow_pipeline,
@@ -32,13 +33,24 @@ from tiny_family_pipelines import (
     tiny_flux2_pipeline,
     tiny_qwenimage_pipeline,
 )
+from tiny_pipelines_bria_longcat import tiny_bria_pipeline, tiny_longcat_pipeline
+from tiny_pipelines_cogview4_hunyuan import tiny_cogview4_pipeline, tiny_hunyuanimage_pipeline
+from tiny_pipelines_ovis_ernie import tiny_ernie_pipeline, tiny_ovis_pipeline
+from tiny_pipelines_zimage_lumina2 import tiny_lumina2_pipeline, tiny_zimage_pipeline
 
+from seg4diff.backbones.backbone import backbone_from_pipeline
+from seg4diff.capture.families import forward_arguments
 from seg4diff.capture.trace import trace
 
 PROMPT = "a red cat on a mat"
 STEPS = 2
 PATCH = 2  # every family here packs (or patchifies) 2×2 latent pixels into one image token
 BPE_PROMPT = ("a", "Ġred", "Ġcat", "Ġon", "Ġa", "Ġmat")  # the byte-level BPEs' tokens of PROMPT; "cat" is one
+GEMMA_PROMPT = ("▁a", "▁red", "▁cat", "▁on", "▁a", "▁mat")  # Gemma's tokens of PROMPT after " <Prompt Start> "
+LUMINA2_SYSTEM = (  # Lumina2Pipeline.system_prompt (set in __init__)
+    "You are an assistant designed to generate superior images with the superior degree of image-text alignment "
+    "based on textual prompts or user prompts."
+)
 T5_PROMPT = ("▁a", "▁red", "▁", "c", "a", "t", "▁", "o", "n", "▁a", "▁", "m", "a", "t")  # "cat" is "▁", "c", "a", "t"
 
 
@@ -63,9 +75,22 @@ def prompt_token_positions(pipe, prompt: str, max_sequence_length: int | None = 
     """Returns (position in the joint text sequence the transformer receives, token) for each token of `prompt`
     itself, the template, system prompt and special tokens left out; `max_sequence_length` as given to the pipeline
     (None: its default). Built as `pipe.encode_prompt` builds the sequence, without running a model."""
+    tokenizer, name = pipe.tokenizer, type(pipe).__name__
+    if name == "LongCatImagePipeline":  # the prompt alone (the chat prefix is cut), padded to its fixed length
+        tokens, count = _span_tokens(tokenizer, prompt, 0, len(prompt), add_special_tokens=False)
+        return _padded(tokens, count, pipe.tokenizer_max_length, tokenizer.padding_side)
+    if name == "ErnieImagePipeline":  # the prompt alone, with the tokenizer's BOS; zero padding comes after
+        return _span_tokens(tokenizer, prompt, 0, len(prompt))[0]
+    if name == "HunyuanImagePipeline":  # Qwen-Image's cut template at its fixed length; quoted text's bytes first
+        template, drop = pipe.prompt_template_encode, pipe.prompt_template_encode_start_idx
+        start = template.index("{}")
+        tokens, _ = _span_tokens(tokenizer, template.format(prompt), start, start + len(prompt))
+        glyph = extract_glyph_text(prompt)  # ByT5's valid bytes (and </s>) precede the Qwen text where it has any
+        before = len(glyph.encode()) + 1 if glyph and pipe.transformer.context_embedder_2 is not None else 0
+        before = min(before, pipe.tokenizer_2_max_length)
+        return [(i - drop + before, token) for i, token in tokens if i < pipe.tokenizer_max_length + drop]
     if max_sequence_length is None:
         max_sequence_length = inspect.signature(pipe.__call__).parameters["max_sequence_length"].default
-    tokenizer, name = pipe.tokenizer, type(pipe).__name__
     if name == "Flux2Pipeline":  # the chat template, tokenized without added special tokens (the template has BOS)
         text = tokenizer.apply_chat_template(format_input([prompt], pipe.system_message)[0], tokenize=False)
         cleaned = prompt.replace("[IMG]", "")  # as format_input cleans it
@@ -78,7 +103,26 @@ def prompt_token_positions(pipe, prompt: str, max_sequence_length: int | None = 
         tokens, _ = _span_tokens(tokenizer, template.format(prompt), start, start + len(prompt))
         kept = [(i - drop, token) for i, token in tokens if i < pipe.tokenizer_max_length + drop]
         return [(position, token) for position, token in kept if position < max_sequence_length]
-    if name in ("ChromaPipeline", "AuraFlowPipeline"):  # T5 / UMT5 tokens, after AuraFlow's register tokens
+    if name == "CogView4Pipeline":  # [gMASK] <sop> prompt, left-padded with pad tokens to a multiple of 16
+        tokens, count = _span_tokens(tokenizer, prompt, 0, len(prompt))
+        return [(i + -min(count, max_sequence_length) % 16, token) for i, token in tokens if i < max_sequence_length]
+    if name == "ZImagePipeline":  # the chat template, padding dropped by the mask; the caption after the image
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True, enable_thinking=True
+        )
+        start = text.index(prompt)
+        tokens, count = _span_tokens(tokenizer, text, start, start + len(prompt))
+        return _padded(tokens, count, max_sequence_length, "right")
+    if name == "Lumina2Pipeline":  # BOS + system prompt + " <Prompt Start> " + prompt, padding dropped
+        text = pipe.system_prompt + " <Prompt Start> " + prompt
+        tokens, count = _span_tokens(tokenizer, text, len(text) - len(prompt), len(text))
+        return _padded(tokens, count, max_sequence_length, "right")
+    if name == "OvisImagePipeline":  # the chat template, its first user_prompt_begin_id tokens dropped, padded
+        text, drop = pipe._get_messages([prompt])[0], pipe.user_prompt_begin_id
+        start = text.index(pipe.system_prompt + prompt) + len(pipe.system_prompt)
+        tokens, _ = _span_tokens(tokenizer, text, start, start + len(prompt), add_special_tokens=False)
+        return [(i - drop, token) for i, token in tokens if drop <= i < drop + max_sequence_length]
+    if name in ("ChromaPipeline", "AuraFlowPipeline", "BriaPipeline"):  # T5 / UMT5, after AuraFlow's registers
         registers = pipe.transformer.register_tokens.shape[1] if name == "AuraFlowPipeline" else 0
         tokens, count = _span_tokens(tokenizer, prompt, 0, len(prompt))
         return _padded(tokens, count, max_sequence_length, tokenizer.padding_side, registers)
@@ -99,6 +143,7 @@ class Family:
     cat: range = range(2, 3)  # "cat"'s tokens among them
     layers: tuple[str, ...] = ("num_layers", "num_single_layers")  # the config's joint layer counts
     registers: int = 0  # tokens the transformer puts before the text it is given
+    pixels: int = 0  # pixels per image token side (0: the pipeline's vae_scale_factor × PATCH)
 
 
 FAMILIES = {
@@ -150,6 +195,95 @@ FAMILIES = {
         layers=("num_mmdit_layers", "num_single_dit_layers"),
         registers=8,
     ),
+    "bria": Family(
+        tiny_bria_pipeline,
+        {"height": 32, "width": 48, "guidance_scale": 4.0, "max_sequence_length": 24},
+        calls_per_step=1,
+        batch=2,
+        text_length=24,
+        first=0,
+        tokens=T5_PROMPT,
+        cat=range(2, 6),
+        pixels=4,  # Bria's vae_scale_factor (4 here) counts the 2×2 packing already
+    ),
+    # LongCat-Image's text length is fixed (tokenizer_max_length): the chat prefix is encoded, then cut
+    "longcat": Family(
+        tiny_longcat_pipeline,
+        {"height": 32, "width": 48, "guidance_scale": 4.0, "enable_prompt_rewrite": False},
+        calls_per_step=2,
+        batch=1,
+        text_length=512,
+        first=0,
+    ),
+    # Ovis drops 28 of the 29 whole-word tokens of "<|im_start|>user\n" + system prompt: its ":" stays at 0
+    "ovisimage": Family(
+        tiny_ovis_pipeline,
+        {"height": 32, "width": 48, "guidance_scale": 4.0, "max_sequence_length": 24},
+        calls_per_step=2,
+        batch=1,
+        text_length=24,
+        first=1,
+        tokens=("Ġa", "Ġred", "Ġcat", "Ġon", "Ġa", "Ġmat"),
+    ),
+    # ERNIE: <s> + prompt, unpadded; CFG batched [negative "" (<s>, zero-padded, masked), prompt]
+    "ernieimage": Family(
+        tiny_ernie_pipeline,
+        {"height": 32, "width": 48, "guidance_scale": 4.0, "use_pe": False},
+        calls_per_step=1,
+        batch=2,
+        text_length=1 + 6,
+        first=1,
+        layers=("num_layers",),
+    ),
+    # GLM-4: [gMASK] <sop> + 6 prompt tokens, left-padded with pad tokens to 16 (unmasked); "" (the negative) too
+    "cogview4": Family(
+        tiny_cogview4_pipeline,
+        {"height": 32, "width": 48, "guidance_scale": 4.0, "max_sequence_length": 64},
+        calls_per_step=2,
+        batch=1,
+        text_length=16,
+        first=10,
+        layers=("num_layers",),
+    ),
+    # HunyuanImage-2.1 without a guider: one call per step; 1000 Qwen positions (34 template tokens dropped) + 128
+    # ByT5 glyph positions, per sample [valid glyph bytes, valid Qwen, glyph padding, Qwen padding]
+    "hunyuanimage": Family(
+        tiny_hunyuanimage_pipeline,
+        {"height": 32, "width": 48},
+        calls_per_step=1,
+        batch=1,
+        text_length=1000 + 128,
+        first=0,
+        registers=128,  # the glyph positions, joined by the transformer (after the valid Qwen tokens here)
+    ),
+    # [image (8×12 = 96 tokens, a multiple of 32), caption: 14 template tokens padded to 32]; CFG batched [cond, uncond]
+    "zimage": Family(
+        tiny_zimage_pipeline,
+        {"height": 32, "width": 48, "guidance_scale": 4.0, "max_sequence_length": 64},
+        calls_per_step=1,
+        batch=2,
+        text_length=32,
+        first=3,
+        layers=("n_layers",),
+    ),
+    # [<bos>, 23 system tokens, "▁<Prompt" "▁Start>", prompt]; a second CFG call; the negative gets no system prompt,
+    # so it is given one with the prompt's token count (otherwise the steps' text lengths differ)
+    "lumina2": Family(
+        tiny_lumina2_pipeline,
+        {
+            "height": 32,
+            "width": 48,
+            "guidance_scale": 4.0,
+            "negative_prompt": LUMINA2_SYSTEM + " <Prompt Start> a blue dog on a rug",
+            "max_sequence_length": 64,
+        },
+        calls_per_step=2,
+        batch=1,
+        text_length=32,
+        first=26,
+        tokens=GEMMA_PROMPT,
+        layers=("num_layers",),
+    ),
 }
 
 
@@ -168,8 +302,12 @@ def test_trace_records_every_step_of_a_family_pipeline_and_leaves_its_image_alon
     pipe = family.build()
     stock = _generate(pipe, family.call)
     received = []  # the text length of every transformer call
+    backbone = backbone_from_pipeline(pipe)
     hook = pipe.transformer.register_forward_pre_hook(
-        lambda module, args, kwargs: received.append(kwargs["encoder_hidden_states"].shape[1]), with_kwargs=True
+        lambda module, args, kwargs: received.append(
+            backbone.text_of(forward_arguments(module, args, kwargs)).shape[1]
+        ),
+        with_kwargs=True,
     )
     with trace(pipe) as tc:
         traced = _generate(pipe, family.call)
@@ -178,7 +316,8 @@ def test_trace_records_every_step_of_a_family_pipeline_and_leaves_its_image_alon
     assert received == [family.text_length - family.registers] * (STEPS * family.calls_per_step)
 
     height, width = family.call["height"], family.call["width"]
-    grid = (height // pipe.vae_scale_factor // PATCH, width // pipe.vae_scale_factor // PATCH)
+    pixels = family.pixels or pipe.vae_scale_factor * PATCH
+    grid = (height // pixels, width // pixels)
     layers = sum(getattr(pipe.transformer.config, key) for key in family.layers)
     i2t = tc.capture.image_to_text
     assert tc.capture.steps == STEPS * family.calls_per_step
@@ -187,7 +326,7 @@ def test_trace_records_every_step_of_a_family_pipeline_and_leaves_its_image_alon
         "step": STEPS * family.calls_per_step,
         "batch": family.batch,
         "layer": layers,
-        "head": pipe.transformer.config.num_attention_heads,
+        "head": pipe.transformer.config.get("num_attention_heads", pipe.transformer.config.get("n_heads")),
         "image_token": grid[0] * grid[1],
         "text_token": family.text_length,
     }
@@ -198,6 +337,9 @@ def test_trace_records_every_step_of_a_family_pipeline_and_leaves_its_image_alon
     positions = prompt_token_positions(pipe, PROMPT, family.call.get("max_sequence_length"))
     assert positions == [(family.first + i, token) for i, token in enumerate(family.tokens)]
     cat = [positions[i][0] for i in family.cat]
+    assert tc.word_positions("cat") == cat  # the family's backbone finds the word where the hand count puts it
+    word = tc.word_maps("cat")
+    assert word.dims == ("step", "layer", "head", "y", "x") and (word.sizes["y"], word.sizes["x"]) == grid
     maps = tc.capture.maps().isel(text_token=cat)
     assert maps.dims == ("step", "batch", "layer", "head", "y", "x", "text_token")
     assert (maps.sizes["y"], maps.sizes["x"], maps.sizes["text_token"]) == (*grid, len(cat))

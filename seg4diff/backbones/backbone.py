@@ -1,4 +1,5 @@
-"""MM-DiT backbones (Stable Diffusion 3 / 3.5, FLUX.1) loaded from a hub id or a local directory.
+"""MM-DiT backbones loaded from a hub id or a local directory: SD3 / SD3.5 and FLUX.1 here, every other family in
+`recorded.py`.
 
 A `Backbone` exposes what the stages need and nothing else: images → latents (VAE posterior mean, shift and
 scale), prompts → embeddings with each text position's source tokenizer and character span, the scheduler's
@@ -8,9 +9,9 @@ sigmas, and the inputs of one transformer forward at a given sigma.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal, NamedTuple
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from seg4diff.errors import ConfigError
 from seg4diff.organism.pipeline import OrganismPipeline, is_organism
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-Family = Literal["sd3", "flux", "organism"]
+Family = str  # "sd3", "flux", "organism", or a recorded family's name (seg4diff.backbones.recorded)
 
 
 class ModelLoadError(ConfigError):
@@ -128,6 +129,7 @@ class Backbone:
 
     pipe: DiffusionPipeline | OrganismPipeline
     text_length: int  # T5 (or organism word, or LLM) tokens in the joint sequence
+    call_arguments: dict = field(default_factory=dict)  # the pipeline call's extra arguments (model.call)
     family: ClassVar[Family]
     default_text_length: ClassVar[int]
     patch_size_override: ClassVar[int | None] = None  # pixels of the latent per token side, where packing sets it
@@ -153,6 +155,16 @@ class Backbone:
     def patch_size(self) -> int:
         """Latent pixels per image token side."""
         return self.patch_size_override or self.transformer.config.patch_size
+
+    def generation_arguments(self, guidance: float) -> dict:
+        """Returns the pipeline call's arguments for a generation at classifier-free guidance `guidance` with this
+        backbone's text length (the joint sequence every other stage gives the transformer)."""
+        return {"guidance_scale": guidance, "max_sequence_length": self.text_length} | self.call_arguments
+
+    def text_length_of(self, attention_text: int) -> int:
+        """Returns the text length (this backbone's `text_length`) whose joint attention has `attention_text` text
+        keys."""
+        return attention_text
 
     def token_grid(self, height: int, width: int) -> tuple[int, int]:
         """Returns the (rows, cols) of image tokens for an image of height×width pixels."""
@@ -252,6 +264,9 @@ class SD3Backbone(Backbone):
     family = "sd3"
     default_text_length = 256
 
+    def text_length_of(self, attention_text: int) -> int:
+        return attention_text - self.pipe.tokenizer_max_length  # CLIP's 77 positions come first
+
     def prompt_tokens(self, prompts: list[str]) -> list[list[TextToken]]:
         pipe = self.pipe
         clip = _token_spans(pipe.tokenizer, prompts, pipe.tokenizer_max_length, "clip")
@@ -327,15 +342,25 @@ BACKBONES: dict[type, type[Backbone]] = {
 }
 
 
-def backbone_from_pipeline(pipe: DiffusionPipeline, text_length: int | None = None) -> Backbone:
-    """Returns a Backbone around an already-built pipeline (one of BACKBONES)."""
+def backbone_from_pipeline(
+    pipe: DiffusionPipeline, text_length: int | None = None, call_arguments: dict | None = None
+) -> Backbone:
+    """Returns a Backbone around an already-built pipeline: one of BACKBONES, or of a recorded family
+    (seg4diff.backbones.recorded); `call_arguments` go to every call of the pipeline (model.call)."""
+    from seg4diff.backbones.recorded import recorded_backbones
+
+    recorded = recorded_backbones()
     for pipeline, backbone in BACKBONES.items():
         if isinstance(pipe, pipeline):
             if backbone is OrganismBackbone:
                 return backbone(pipe, pipe.text_length)
-            return backbone(pipe, text_length or backbone.default_text_length)
-    names = ", ".join(pipeline.__name__ for pipeline in BACKBONES if pipeline is not OrganismPipeline)
-    raise ModelLoadError(f"{type(pipe).__name__} is not a supported MM-DiT pipeline ({names})")
+            break
+    else:
+        backbone = next((recorded[k.__name__] for k in type(pipe).__mro__ if k.__name__ in recorded), None)
+        if backbone is None:
+            names = [p.__name__ for p in BACKBONES if p is not OrganismPipeline] + list(recorded)
+            raise ModelLoadError(f"{type(pipe).__name__} is not a supported MM-DiT pipeline ({', '.join(names)})")
+    return backbone(pipe, text_length or backbone.default_text_length, dict(call_arguments or {}))
 
 
 def load_backbone(params: ModelParams, lora: str | Path | None = None) -> Backbone:
@@ -348,7 +373,7 @@ def load_backbone(params: ModelParams, lora: str | Path | None = None) -> Backbo
                 f"model.t5 is false but {params.path} is a {type(pipe).__name__}: only SD3/SD3.5 run without T5"
             )
         text_length = text_length or pipe.tokenizer_max_length  # the authors' 77 zero rows
-    backbone = backbone_from_pipeline(pipe, text_length)
+    backbone = backbone_from_pipeline(pipe, text_length, params.call)
     if lora is not None:
         from seg4diff.backbones.lora import load_lora
 

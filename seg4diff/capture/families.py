@@ -7,6 +7,7 @@ joint sequence's token order, and how one forward's image token grid (rows, colu
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -16,6 +17,11 @@ from diffusers.models.transformers.transformer_ideogram4 import OUTPUT_IMAGE_IND
 from diffusers.models.transformers.transformer_z_image import SEQ_MULTI_OF
 
 Grid = tuple[int, int]
+
+
+def forward_arguments(transformer: torch.nn.Module, args: tuple, kwargs: dict) -> dict:
+    """Returns a transformer call's arguments by name (AuraFlow's pipeline passes the image tokens positionally)."""
+    return dict(inspect.signature(transformer.forward).bind_partial(*args, **kwargs).arguments)
 
 
 def _forward_argument(args: tuple, kwargs: dict, name: str, position: int, default=None):
@@ -153,6 +159,7 @@ class Family:
     # the text tokens too); () where none can be adapted
     lora_layers: tuple[str, ...] = ("transformer_blocks",)
     lora_shared: bool = False
+    text_input: str = "encoder_hidden_states"  # the forward's argument holding the prompt embeddings
 
     def split(self, queries: int, keys: int, n_image: int, layer: int) -> tuple[slice, slice, tuple[slice, slice]]:
         """Returns the (image, text) key slices of a kernel call with `keys` joint keys of which `n_image` are image
@@ -247,8 +254,19 @@ FAMILIES: dict[str, Family] = {
             lora_shared=True,
         ),
         Family("Ideogram4Transformer2DModel", "text first", LAYERS, indicator_grid, "attention", ("layers",), True),
-        Family("ErnieImageTransformer2DModel", "image first", LAYERS, latent_grid, "self_attention", ("layers",), True),
-        Family("ZImageTransformer2DModel", "image first", LAYERS, zimage_grid, "attention", ("layers",), True),
+        Family(
+            "ErnieImageTransformer2DModel",
+            "image first",
+            LAYERS,
+            latent_grid,
+            "self_attention",
+            ("layers",),
+            True,
+            "text_bth",
+        ),
+        Family(
+            "ZImageTransformer2DModel", "image first", LAYERS, zimage_grid, "attention", ("layers",), True, "cap_feats"
+        ),
     )
 }
 

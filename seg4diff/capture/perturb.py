@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from seg4diff.capture.families import family_of, forward_arguments
 from seg4diff.capture.intervention import Intervention, JointAttention, intervene
 
 if TYPE_CHECKING:
@@ -111,7 +112,7 @@ def word_permutations(
     """Returns (prompt, text position) permutations: each prompt's word positions (a character span: not padding, not
     special) deranged among themselves per encoder (CLIP words with CLIP words, T5 with T5), every other position fixed.
     Drawn from (seed, draw, the prompt's text): the same prompt gets the same permutation at every layer and batch."""
-    table = np.tile(np.arange(len(tokens[0])), (len(prompts), 1))
+    table = np.tile(np.arange(max(len(t) for t in tokens)), (len(prompts), 1))  # identity past a shorter prompt
     for row, (prompt, prompt_tokens) in enumerate(zip(prompts, tokens)):
         rng = np.random.default_rng([seed, draw, zlib.crc32(prompt.encode())])
         for encoder in dict.fromkeys(token.encoder for token in prompt_tokens):
@@ -129,10 +130,15 @@ class PromptRows:
     def __init__(self, prompt_embeds: torch.Tensor, projection: int = 8):
         generator = torch.Generator().manual_seed(0)
         self.projection = torch.randn(prompt_embeds.shape[-1], projection, generator=generator)
+        self.length = prompt_embeds.shape[1]
         self.fingerprints = self._fingerprint(prompt_embeds)  # (prompt, text position × projection): small
 
     def _fingerprint(self, embeds: torch.Tensor) -> torch.Tensor:
-        return (embeds.detach().float().cpu() @ self.projection).flatten(1)
+        """Projected rows at `length` text positions: a forward's text cut or zero-padded to it (Qwen-Image pads a
+        batch's shorter prompts with zero rows, so a prompt's rows match at any batch length)."""
+        embeds = embeds.detach().float().cpu()[:, : self.length]
+        embeds = F.pad(embeds, (0, 0, 0, self.length - embeds.shape[1]))
+        return (embeds @ self.projection).flatten(1)
 
     def __call__(self, embeds: torch.Tensor, tolerance: float = 1e-2) -> torch.Tensor:
         """Returns the index of each row's prompt (batch,), or raises ValueError naming the rows that match none."""
@@ -195,11 +201,20 @@ class Perturbation(Intervention):
         if self.kind == "shuffle" and self.permutation is None:  # drawn once, at the first call, over its text keys
             generator = torch.Generator().manual_seed(self.seed)
             self.permutation = torch.randperm(probabilities.shape[-1], generator=generator)
-        permutation = None if self.permutation is None else self.permutation.to(probabilities.device)
+        permutation = None if self.permutation is None else _fitted(self.permutation, probabilities.shape[-1])
         changed = perturb(probabilities, self.grid, self.kind, self.blur_sigma, permutation, self.alpha)
         delta = attention.edit_image_to_text(changed)
         self.strength += float(delta.abs().sum(-1).mean())
         self.calls += 1
+
+
+def _fitted(permutation: torch.Tensor, keys: int) -> torch.Tensor:
+    """Returns a permutation of the text keys cut or extended by the identity to `keys` (a batch whose text is
+    shorter or longer than the longest registered prompt's; positions past a prompt's own text are never moved)."""
+    if permutation.shape[-1] < keys:
+        tail = torch.arange(permutation.shape[-1], keys).expand(*permutation.shape[:-1], -1)
+        permutation = torch.cat([permutation, tail], -1)
+    return permutation[..., :keys]
 
 
 @contextlib.contextmanager
@@ -217,10 +232,14 @@ def perturb_attention(
     `joint_attention_modules`). `word_shuffle` needs `words`: the permutations of every prompt the model is given."""
     perturbation = Perturbation(layer, kind, blur_sigma, seed, alpha, words)
 
+    text_input = family_of(transformer).text_input
+
     def note_rows(module, args, kwargs):
-        text = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
+        text = forward_arguments(module, args, kwargs).get(text_input)
+        if isinstance(text, list):  # Z-Image: one (tokens, dim) caption per sample, zero-padded to the longest
+            text = torch.nn.utils.rnn.pad_sequence(text, batch_first=True)
         if text is None:
-            raise ValueError("word_shuffle needs the forward's encoder_hidden_states (the prompt embeddings)")
+            raise ValueError(f"word_shuffle needs the forward's {text_input} (the prompt embeddings)")
         perturbation.rows_started(text)
 
     hook = transformer.register_forward_pre_hook(note_rows, with_kwargs=True) if kind == "word_shuffle" else None

@@ -23,14 +23,12 @@ from seg4diff.capture.attention import AttentionCapture, capture_attention
 class Trace:
     pipe: object
     capture: AttentionCapture
-    prompts: list[str] = field(default_factory=list)  # as the pipeline received them, in call order
+    prompts: list[str] = field(default_factory=list)  # as the pipeline received them (its first encode_prompt call)
 
     def _tokens(self, prompt: str):
-        text_length = self.capture.recorder.text_length
-        family = backbone_from_pipeline(self.pipe).family
-        if family == "sd3":  # the joint text sequence is CLIP's 77 positions, then T5's
-            text_length -= self.pipe.tokenizer_max_length
-        return backbone_from_pipeline(self.pipe, text_length).prompt_tokens([prompt])[0]
+        backbone = backbone_from_pipeline(self.pipe)
+        backbone.text_length = backbone.text_length_of(self.capture.recorder.text_length)
+        return backbone.prompt_tokens([prompt])[0]
 
     def word_positions(self, word: str, prompt: int = 0, encoder: str | None = None) -> list[int]:
         """Returns the text positions whose characters belong to `word` (each whole-word occurrence) in prompt
@@ -67,9 +65,10 @@ def trace(pipe, layers=None, head_mean: bool = False, diagnostics: bool = False)
     traced = Trace(pipe, None)  # type: ignore[arg-type]
     encode_prompt = pipe.encode_prompt
 
-    def remember(*args, **kwargs):
+    def remember(*args, **kwargs):  # the first encoding is the prompt's (Qwen-Image encodes its negative second)
         prompt = kwargs.get("prompt", args[0] if args else None)
-        traced.prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not traced.prompts:
+            traced.prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         return encode_prompt(*args, **kwargs)
 
     pipe.encode_prompt = remember

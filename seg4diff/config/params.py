@@ -34,7 +34,12 @@ class ModelParams(Group):
     text_length: int | None = Field(
         None,
         ge=1,
-        description="T5 tokens in the joint sequence (None: 256 SD3, 512 FLUX; 77 zero rows for SD3 without T5)",
+        description="text tokens the pipeline gives the transformer: its max_sequence_length (None: the family's "
+        "default: 256 SD3, 512 FLUX; 77 zero rows for SD3 without T5)",
+    )
+    call: dict = Field(
+        {},
+        description="extra arguments of every call of the pipeline, e.g. FLUX.2's text_encoder_out_layers",
     )
     t5: bool = Field(
         True,

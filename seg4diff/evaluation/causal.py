@@ -33,6 +33,7 @@ import xarray as xr
 from tqdm import tqdm
 
 from seg4diff.backbones.backbone import Backbone
+from seg4diff.capture.families import forward_arguments
 from seg4diff.capture.perturb import (
     PERMUTING,
     Perturbation,
@@ -98,6 +99,11 @@ def word_shuffles(backbone: Backbone, prompts: list[str], settings: CausalParams
         encoding = backbone.encode_prompts(prompts[start : start + settings.batch_size])
         embeds.append(encoding.prompt_embeds.float().cpu())
         tokens += encoding.tokens
+    width = max(e.shape[1] for e in embeds)  # batches differ in text length where the pipeline pads to the longest
+    embeds = [torch.nn.functional.pad(e, (0, 0, 0, width - e.shape[1])) for e in embeds]
+    # an all-zero text, Bria's unconditional one (it never encodes ""), matches a row whose permutation moves nothing
+    embeds.append(torch.zeros_like(embeds[0][:1]))
+    prompts, tokens = [*prompts, ""], [*tokens, [token._replace(start=0, end=0) for token in tokens[0]]]
     rows = PromptRows(torch.cat(embeds))
     return [
         WordShuffle(rows, word_permutations(prompts, tokens, settings.seed, d)) for d in range(settings.permutations)
@@ -123,7 +129,8 @@ def recorded_forwards(backbone: Backbone, captions: list[str], settings: CausalP
     forwards = []
 
     def record(module, args, kwargs):
-        forwards.append({k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in kwargs.items()})
+        named = forward_arguments(module, args, kwargs)
+        forwards.append({k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in named.items()})
 
     hook = backbone.transformer.register_forward_pre_hook(record, with_kwargs=True)
     try:

@@ -25,12 +25,11 @@ def generate(backbone: Backbone, captions: list[str], steps: int, guidance: floa
     return backbone.pipe(
         prompt=captions,
         num_inference_steps=steps,
-        guidance_scale=guidance,
         height=size,
         width=size,
         generator=generator,
         output_type="np",
-        max_sequence_length=backbone.text_length,
+        **backbone.generation_arguments(guidance),
     ).images
 
 
