@@ -122,6 +122,39 @@ def qwen_tokenizer(template: str) -> Qwen2Tokenizer:
     return tokenizer
 
 
+def qwen25_vl(tokenizer, hidden: int, layers: int = 2, mrope: tuple[int, ...] = (2, 2, 2), **text):
+    """Returns a tiny Qwen2.5-VL (`layers` text layers `hidden` wide, `mrope` its rotary sections, `text` more text
+    config) over `tokenizer`'s vocabulary and Qwen's special tokens, with a one-block vision tower."""
+    ids = tokenizer.convert_tokens_to_ids
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": hidden,
+            "intermediate_size": 32,
+            "num_hidden_layers": layers,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "rope_parameters": {"rope_type": "default", "mrope_section": list(mrope), "rope_theta": 1e6},
+            "bos_token_id": ids("<|endoftext|>"),
+            "eos_token_id": ids("<|im_end|>"),
+            **text,
+        },
+        vision_config={
+            "depth": 1,
+            "hidden_size": 8,
+            "intermediate_size": 16,
+            "num_heads": 2,
+            "out_hidden_size": hidden,
+        },
+        image_token_id=ids("<|image_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+        bos_token_id=ids("<|endoftext|>"),
+        eos_token_id=ids("<|im_end|>"),
+    )
+    return Qwen2_5_VLForConditionalGeneration(config)
+
+
 def _flow_match(**config) -> FlowMatchEulerDiscreteScheduler:
     """Returns a flow-matching Euler scheduler over 1000 training timesteps with `config`."""
     return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, **config)
@@ -206,27 +239,7 @@ def tiny_qwenimage_pipeline(seed: int = 0) -> QwenImagePipeline:
     )
     template = QwenImagePipeline(scheduler, vae, None, None, transformer).prompt_template_encode  # set in __init__
     tokenizer = qwen_tokenizer(template)
-    ids = tokenizer.convert_tokens_to_ids
-    config = Qwen2_5_VLConfig(
-        text_config={
-            "vocab_size": len(tokenizer),
-            "hidden_size": 24,
-            "intermediate_size": 32,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 1,
-            "rope_parameters": {"rope_type": "default", "mrope_section": [2, 2, 2], "rope_theta": 1e6},
-            "bos_token_id": ids("<|endoftext|>"),
-            "eos_token_id": ids("<|im_end|>"),
-        },
-        vision_config={"depth": 1, "hidden_size": 8, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 24},
-        image_token_id=ids("<|image_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"),
-        vision_end_token_id=ids("<|vision_end|>"),
-        bos_token_id=ids("<|endoftext|>"),
-        eos_token_id=ids("<|im_end|>"),
-    )
-    text_encoder = Qwen2_5_VLForConditionalGeneration(config)
+    text_encoder = qwen25_vl(tokenizer, 24)
     return _eval(QwenImagePipeline(scheduler, vae, text_encoder, tokenizer, transformer))
 
 

@@ -18,9 +18,8 @@ import copy
 import torch
 from diffusers import BriaPipeline, LongCatImagePipeline, LongCatImageTransformer2DModel
 from family_cases.group_a import tiny_bria, tiny_longcat
-from tiny_family_pipelines import _flow_match, qwen_tokenizer
+from tiny_family_pipelines import _flow_match, qwen25_vl, qwen_tokenizer
 from tiny_pipelines import _eval, _t5, _vae, t5_tokenizer
-from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
 # Qwen2-VL's chat template, text blocks only (the default system message when none is given)
 QWEN_VL_CHAT_TEMPLATE = (
@@ -70,27 +69,7 @@ def tiny_longcat_pipeline(seed: int = 0) -> LongCatImagePipeline:
     scheduler = _flow_match(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15)
     probe = LongCatImagePipeline(scheduler, vae, None, None, None, transformer)  # the template is set in __init__
     tokenizer = qwen_tokenizer(probe.prompt_template_encode_prefix + "{}" + probe.prompt_template_encode_suffix)
-    ids = tokenizer.convert_tokens_to_ids
-    config = Qwen2_5_VLConfig(
-        text_config={
-            "vocab_size": len(tokenizer),
-            "hidden_size": 16,
-            "intermediate_size": 32,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 1,
-            "rope_parameters": {"rope_type": "default", "mrope_section": [2, 1, 1], "rope_theta": 1e6},
-            "bos_token_id": ids("<|endoftext|>"),
-            "eos_token_id": ids("<|im_end|>"),
-        },
-        vision_config={"depth": 1, "hidden_size": 8, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 16},
-        image_token_id=ids("<|image_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"),
-        vision_end_token_id=ids("<|vision_end|>"),
-        bos_token_id=ids("<|endoftext|>"),
-        eos_token_id=ids("<|im_end|>"),
-    )
-    text_encoder = Qwen2_5_VLForConditionalGeneration(config)
+    text_encoder = qwen25_vl(tokenizer, 16, mrope=(2, 1, 1))
     text_processor = copy.deepcopy(tokenizer)
     text_processor.chat_template = QWEN_VL_CHAT_TEMPLATE
     return _eval(LongCatImagePipeline(scheduler, vae, text_encoder, tokenizer, text_processor, transformer))

@@ -19,7 +19,7 @@ from diffusers import (
 )
 from family_cases.group_b import tiny_hunyuanimage
 from family_cases.group_c import _cogview4
-from tiny_family_pipelines import WORDS, _byte_level_bpe, _flow_match, qwen_tokenizer
+from tiny_family_pipelines import WORDS, _byte_level_bpe, _flow_match, qwen25_vl, qwen_tokenizer
 from tiny_pipelines import _eval
 from tokenizers import processors
 from transformers import (
@@ -27,8 +27,6 @@ from transformers import (
     GlmConfig,
     GlmModel,
     PreTrainedTokenizerFast,
-    Qwen2_5_VLConfig,
-    Qwen2_5_VLForConditionalGeneration,
     T5Config,
     T5EncoderModel,
 )
@@ -112,38 +110,6 @@ def tiny_cogview4_pipeline(seed: int = 0) -> CogView4Pipeline:
     return _eval(CogView4Pipeline(tokenizer, text_encoder, vae, transformer, scheduler))
 
 
-def _qwen25vl(tokenizer, hidden: int, layers: int) -> Qwen2_5_VLForConditionalGeneration:
-    """Returns a Qwen2.5-VL of `layers` text layers, `hidden` wide, with a 1-block vision tower."""
-    ids = tokenizer.convert_tokens_to_ids
-    config = Qwen2_5_VLConfig(
-        text_config={
-            "vocab_size": len(tokenizer),
-            "hidden_size": hidden,
-            "intermediate_size": 32,
-            "num_hidden_layers": layers,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 1,
-            "max_position_embeddings": 2048,
-            "rope_parameters": {"rope_type": "default", "mrope_section": [2, 2, 2], "rope_theta": 1e6},
-            "bos_token_id": ids("<|endoftext|>"),
-            "eos_token_id": ids("<|im_end|>"),
-        },
-        vision_config={
-            "depth": 1,
-            "hidden_size": 8,
-            "intermediate_size": 16,
-            "num_heads": 2,
-            "out_hidden_size": hidden,
-        },
-        image_token_id=ids("<|image_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"),
-        vision_end_token_id=ids("<|vision_end|>"),
-        bos_token_id=ids("<|endoftext|>"),
-        eos_token_id=ids("<|im_end|>"),
-    )
-    return Qwen2_5_VLForConditionalGeneration(config)
-
-
 def tiny_hunyuanimage_transformer(glyph_dim: int | None = 16) -> HunyuanImageTransformer2DModel:
     """Returns group_b's HunyuanImage-2.1 transformer (1 double + 1 single block, 1 refiner block, width 32, 2×2
     patches, 24-wide text) with the ByT5 glyph projection (`text_embed_2_dim` = glyph_dim) the released model has."""
@@ -190,7 +156,7 @@ def tiny_hunyuanimage_pipeline(seed: int = 0) -> HunyuanImagePipeline:
         HunyuanImagePipeline(
             scheduler=_flow_match(shift=5.0),
             vae=vae,
-            text_encoder=_qwen25vl(tokenizer, 24, 3),
+            text_encoder=qwen25_vl(tokenizer, 24, 3, max_position_embeddings=2048),
             tokenizer=tokenizer,
             text_encoder_2=text_encoder_2,
             tokenizer_2=tokenizer_2,
